@@ -1,0 +1,439 @@
+//! The daemon: recovers from the journal, watches the inbox, admits bundles, runs commands, and
+//! tells systemd the truth.
+//!
+//! One work loop owns the store. Each pass: skip sequences whose gap timed out, fail bundles that
+//! expired while waiting, scan and admit settled inbox files, then run commands until none is
+//! runnable. Between passes the loop sleeps on a channel that file-system hints and signals wake;
+//! the timeout is the earliest of the scan interval, a file settling, a waiting command's retry,
+//! a gap timeout, and the watchdog period. A stop request is honoured between steps, never in the
+//! middle of one; whatever was interrupted by a crash is resumed from the journal at start.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
+use crate::commands;
+use crate::config::Config;
+use crate::failpoint;
+use crate::inbox::{self, Admitted, Scanner};
+use crate::service::Notifier;
+use crate::store::{CommandOutcome, CommandRow, CommandState, Store, StoreError};
+
+/// A command that was running when the agent died this many times is failed instead of retried.
+pub const MAX_CRASH_RESUMES: i64 = 5;
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The journal failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A directory problem.
+    #[error("{0}")]
+    Io(String),
+    /// Another agent holds the state directory.
+    #[error("another vessel-sync agent is already running with state directory {0} (lock file agent.lock); stop it first")]
+    Locked(PathBuf),
+}
+
+/// What one or more passes did, for `--once` output and the demo.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Inbox files and what became of them.
+    pub files: Vec<(String, Admitted)>,
+    /// Commands run: (command id, type, final state, note).
+    pub commands: Vec<(String, String, CommandState, String)>,
+    /// Sequences given up on.
+    pub skipped: Vec<String>,
+    /// Files still arriving.
+    pub arriving: Vec<PathBuf>,
+}
+
+impl Report {
+    fn did_something(&self) -> bool {
+        !self.files.is_empty() || !self.commands.is_empty() || !self.skipped.is_empty()
+    }
+    fn absorb(&mut self, other: Report) {
+        self.files.extend(other.files);
+        self.commands.extend(other.commands);
+        self.skipped.extend(other.skipped);
+        self.arriving = other.arriving;
+    }
+}
+
+/// Events that wake the work loop.
+#[derive(Debug, Clone, Copy)]
+pub enum Wake {
+    /// Something changed in the inbox.
+    Hint,
+    /// Shut down.
+    Stop,
+}
+
+/// The running agent.
+pub struct Agent {
+    cfg: Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    scanner: Scanner,
+    stop: Arc<AtomicBool>,
+    _lock: File,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+    AgentError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+fn lock(state_dir: &Path) -> Result<File, AgentError> {
+    let path = state_dir.join("agent.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err("opening", &path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(AgentError::Locked(state_dir.to_path_buf()));
+    }
+    Ok(f)
+}
+
+/// True when an agent holds the lock of `state_dir` right now.
+pub fn is_running(state_dir: &Path) -> bool {
+    let Ok(f) = File::open(state_dir.join("agent.lock")) else {
+        return false;
+    };
+    // SAFETY: as in `lock`.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0
+}
+
+impl Agent {
+    /// Takes the state lock, creates directories, opens and migrates the journal, and recovers
+    /// what a crash left behind.
+    pub fn start(cfg: Config, clock: Arc<dyn Clock>) -> Result<Self, AgentError> {
+        let p = &cfg.paths;
+        for dir in [&p.state_dir, &p.inbox, &p.work, &p.archive, &p.quarantine, &p.outbound] {
+            fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        }
+        let lock = lock(&p.state_dir)?;
+        let store = Store::open(&p.database(), &cfg.vessel_id)?;
+        let mut agent = Self {
+            cfg,
+            store,
+            clock,
+            scanner: Scanner::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            _lock: lock,
+        };
+        agent.recover()?;
+        Ok(agent)
+    }
+
+    /// The flag that makes the loop stop between steps.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The journal (read access for reports).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn recover(&mut self) -> Result<(), AgentError> {
+        // Work directories of finished or never-journaled bundles.
+        let active = self.store.active_bundle_ids()?;
+        let work = &self.cfg.paths.work;
+        let entries = fs::read_dir(work).map_err(|e| io_err("reading", work, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !active.contains(&name) {
+                let path = entry.path();
+                let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                if let Err(e) = removed {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover work entry");
+                }
+            }
+        }
+        // Journaled bundles whose file never reached the archive and is no longer in the inbox.
+        for (id, source) in self.store.unarchived()? {
+            if !self.cfg.paths.inbox.join(&source).exists() {
+                self.store.write(|tx| tx.mark_archived(&id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass; see the module doc.
+    pub fn pass(&mut self) -> Result<Report, AgentError> {
+        let mut report = Report::default();
+        let now = self.clock.now();
+        let gap = i64::try_from(self.cfg.inbox.gap_timeout).unwrap_or(i64::MAX);
+        let skew = i64::try_from(self.cfg.inbox.clock_skew).unwrap_or(i64::MAX);
+        for (id, issuer, exp) in self.store.expired_waiting(now, skew)? {
+            let reason = format!(
+                "the bundle expired at {} before it could be applied; ask shore for a fresh bundle",
+                crate::clock::format_time(exp)
+            );
+            self.store.write(|tx| tx.fail_bundle(&id, &issuer, &reason, now))?;
+            tracing::warn!(bundle_id = %id, "{reason}");
+        }
+        report.skipped = self.store.write(|tx| tx.release_gaps(now, gap))?;
+        for line in &report.skipped {
+            tracing::warn!("{line}");
+        }
+
+        let settle = i64::try_from(self.cfg.inbox.settle).unwrap_or(i64::MAX);
+        match self.scanner.scan(&self.cfg.paths.inbox, settle, now) {
+            Err(e) => tracing::error!(inbox = %self.cfg.paths.inbox.display(), error = %e, "cannot read the inbox"),
+            Ok(scan) => {
+                report.arriving = scan.arriving.iter().map(|(p, _)| p.clone()).collect();
+                for path in scan.ready {
+                    if self.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let outcome = inbox::admit(&mut self.store, &self.cfg, &path, self.clock.now())?;
+                    match &outcome {
+                        Admitted::LeftForLater(why) => {
+                            tracing::error!(file = %name, error = %why, "bundle left in the inbox for a later attempt");
+                        }
+                        Admitted::Journaled { id, waiting } => {
+                            self.scanner.forget(&path);
+                            tracing::info!(bundle_id = %id, file = %name, waiting, "bundle journaled");
+                        }
+                        Admitted::Duplicate(id) => {
+                            self.scanner.forget(&path);
+                            tracing::info!(bundle_id = %id, file = %name, "duplicate bundle ignored");
+                        }
+                        _ => self.scanner.forget(&path),
+                    }
+                    if !matches!(outcome, Admitted::LeftForLater(_)) {
+                        report.files.push((name, outcome));
+                    }
+                }
+            }
+        }
+
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.run_next()? {
+                Some(done) => report.commands.push(done),
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs the next runnable command, if any. Returns (id, type, state, note).
+    pub fn run_next(&mut self) -> Result<Option<(String, String, CommandState, String)>, AgentError> {
+        let now = self.clock.now();
+        let Some(cmd) = self.store.next_command(now)? else {
+            return Ok(None);
+        };
+        if cmd.state == CommandState::Running && cmd.attempts >= MAX_CRASH_RESUMES {
+            let outcome = CommandOutcome::Failed(format!(
+                "the agent stopped {} times while running this command; giving up on it so the rest can proceed",
+                cmd.attempts
+            ));
+            return self.finish(&cmd, outcome, now).map(Some);
+        }
+        self.store.write(|tx| tx.start_command(&cmd, now))?;
+        failpoint::hit("command.after-start");
+        tracing::info!(bundle_id = %cmd.bundle_id, command_id = %cmd.cmd_id, kind = %cmd.kind, "running command");
+        let dir = inbox::work_dir(&self.cfg, &cmd.bundle_id);
+        let args = serde_json::from_str(&cmd.args).unwrap_or_default();
+        let files: Vec<String> = serde_json::from_str(&cmd.files).unwrap_or_default();
+        let reports_dir = self.cfg.paths.state_dir.join("reports");
+        let ctx = commands::Ctx {
+            cmd: &cmd,
+            args,
+            files: files.into_iter().map(|n| (n.clone(), dir.join(n))).collect(),
+            reports_dir: &reports_dir,
+            now,
+        };
+        let tx = self.store.begin()?;
+        let outcome = match commands::find(&cmd.kind) {
+            Some(c) => c.run(&ctx, &tx)?,
+            None => commands::unknown(&cmd.kind),
+        };
+        failpoint::hit("command.before-commit");
+        let finished = tx.finish_command(&cmd, &outcome, now)?;
+        tx.commit()?;
+        failpoint::hit("command.after-commit");
+        if finished.is_some() {
+            self.cleanup(&cmd.bundle_id);
+        }
+        Ok(Some(describe(&cmd, &outcome)))
+    }
+
+    fn finish(&mut self, cmd: &CommandRow, outcome: CommandOutcome, now: i64) -> Result<(String, String, CommandState, String), AgentError> {
+        let finished = self.store.write(|tx| tx.finish_command(cmd, &outcome, now))?;
+        if finished.is_some() {
+            self.cleanup(&cmd.bundle_id);
+        }
+        Ok(describe(cmd, &outcome))
+    }
+
+    fn cleanup(&self, bundle_id: &str) {
+        failpoint::hit("bundle.before-cleanup");
+        let dir = inbox::work_dir(&self.cfg, bundle_id);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(bundle_id, error = %e, "could not remove the work directory; it is removed at next start");
+            }
+        }
+    }
+
+    /// Runs passes until one does nothing (`--once`).
+    pub fn run_once(&mut self) -> Result<Report, AgentError> {
+        let mut total = Report::default();
+        loop {
+            let r = self.pass()?;
+            let more = r.did_something();
+            total.absorb(r);
+            if !more || self.stop.load(Ordering::SeqCst) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// A one-line status for systemd.
+    pub fn status_line(&self) -> String {
+        match self.store.overview() {
+            Ok(o) => {
+                let get = |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+                let mut s = format!(
+                    "{} bundles done, {} failed; {} commands waiting",
+                    get(&o.bundles, "done"),
+                    get(&o.bundles, "failed"),
+                    get(&o.commands, "waiting")
+                );
+                for g in &o.gaps {
+                    s.push_str(&format!("; {} bundle(s) wait for sequence {} from {}", g.waiting, g.missing, g.issuer));
+                }
+                s
+            }
+            Err(e) => format!("journal unreadable: {e}"),
+        }
+    }
+
+    fn next_deadline(&self, report: &Report) -> i64 {
+        let now = self.clock.now();
+        let gap = i64::try_from(self.cfg.inbox.gap_timeout).unwrap_or(i64::MAX);
+        let mut t = now.saturating_add(i64::try_from(self.cfg.inbox.scan_interval).unwrap_or(30));
+        if let Ok(Some(w)) = self.store.next_wakeup(gap) {
+            t = t.min(w);
+        }
+        if !report.arriving.is_empty() {
+            t = t.min(now + 1);
+        }
+        t.max(now)
+    }
+
+    /// The daemon loop: runs until a [`Wake::Stop`] arrives or the stop flag is set.
+    pub fn run(mut self, wake: &mpsc::Receiver<Wake>, notifier: &Notifier) -> Result<(), AgentError> {
+        notifier.ready(&format!("watching {}; {}", self.cfg.paths.inbox.display(), self.status_line()));
+        tracing::info!(vessel = %self.cfg.vessel_id, inbox = %self.cfg.paths.inbox.display(), "agent ready");
+        let ping = notifier.ping_interval();
+        loop {
+            notifier.watchdog();
+            let report = self.pass()?;
+            if report.did_something() {
+                notifier.status(&self.status_line());
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let deadline = self.next_deadline(&report);
+            let secs = u64::try_from(deadline - self.clock.now()).unwrap_or(0);
+            let mut timeout = Duration::from_secs(secs).max(Duration::from_millis(200));
+            if let Some(p) = ping {
+                timeout = timeout.min(p);
+            }
+            let started = Instant::now();
+            match wake.recv_timeout(timeout) {
+                Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Wake::Hint) => {
+                    // Let a burst of events from one copy collapse into one scan.
+                    while let Ok(w) = wake.try_recv() {
+                        if matches!(w, Wake::Stop) {
+                            self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    tracing::debug!(after = ?started.elapsed(), "inbox hint");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        notifier.stopping();
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+fn describe(cmd: &CommandRow, outcome: &CommandOutcome) -> (String, String, CommandState, String) {
+    let (state, note) = match outcome {
+        CommandOutcome::Done(n) => (CommandState::Done, n.clone()),
+        CommandOutcome::Superseded(n) => (CommandState::Superseded, n.clone()),
+        CommandOutcome::Failed(n) => (CommandState::Failed, n.clone()),
+        CommandOutcome::Waiting { reason, .. } => (CommandState::Waiting, reason.clone()),
+    };
+    (cmd.cmd_id.clone(), cmd.kind.clone(), state, note)
+}
+
+/// Starts the threads that feed the work loop: an inotify watcher on the inbox (hints only) and
+/// a signal listener (SIGTERM/SIGINT stop, SIGHUP rescans). Returns the receiver and the watcher,
+/// which must be kept alive.
+pub fn wake_sources(inbox: &Path, stop: Arc<AtomicBool>) -> Result<(mpsc::Receiver<Wake>, Option<notify::RecommendedWatcher>), AgentError> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::channel();
+    let hint = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = hint.send(Wake::Hint);
+        }
+    })
+    .and_then(|mut w| w.watch(inbox, notify::RecursiveMode::NonRecursive).map(|()| w));
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "no file-system events for the inbox; relying on periodic scans");
+            None
+        }
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| AgentError::Io(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    let _ = tx.send(Wake::Hint);
+                } else {
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Wake::Stop);
+                }
+            }
+        })
+        .map_err(|e| AgentError::Io(format!("cannot start the signal thread: {e}")))?;
+    Ok((rx, watcher))
+}

@@ -1,0 +1,375 @@
+//! Command-line interface: argument parsing and dispatch. Thin: every subcommand calls the
+//! library and maps its errors to an exit code (see [`crate::exit`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent::{Agent, AgentError};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, DEFAULT_PATH};
+use crate::envelope::{self, Keyring, PublicKey, SecretKey, VerifyError};
+use crate::exit;
+
+/// Ship-to-shore sync agent for Moodle.
+///
+/// On a vessel, `vessel-sync agent` runs as a systemd service: it takes signed command bundles
+/// from an inbox directory (shared disk, store-and-forward carrier, USB stick), verifies them,
+/// records them in a crash-safe journal and applies each command exactly once. Ashore, operators
+/// use the same binary to make keys and to build, sign, inspect and verify bundles.
+///
+/// New here? Run `vessel-sync demo` to watch the whole flow in a temporary folder.
+#[derive(Debug, Parser)]
+#[command(name = "vessel-sync", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make an Ed25519 key pair for signing bundles: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    ///
+    /// Keep the .key file on the operator's machine ashore; copy the .pub file to every vessel
+    /// and list it under [keyring] trusted in the agent's config. Existing files are never
+    /// overwritten.
+    Keygen {
+        /// Path prefix of the two files, e.g. `keys/shore-ops`.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+        /// A label stored in the .pub file (shown by `bundle inspect`).
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Build, inspect and verify command bundles.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    /// Run the vessel agent (normally started by systemd).
+    ///
+    /// Watches the inbox, verifies and journals every bundle, and applies its commands exactly
+    /// once. Under systemd it reports readiness, status and watchdog pings; SIGTERM stops it
+    /// between two steps. With --once it works the inbox and journal until nothing more can be
+    /// done now, prints what happened, and exits.
+    Agent {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Work until idle, then exit (for cron, tests, or a manual run after plugging in a USB stick).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a config file: syntax, every key, key files, directories. Exit 78 when invalid.
+    CheckConfig {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show what the agent is doing: bundles, waiting commands with reasons, sequence gaps,
+    /// quarantined files, mappings and the acknowledgement watermark.
+    Status {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export the audit trail: every bundle accepted, duplicated or rejected and every command
+    /// transition, with time, actor (issuer key id) and outcome.
+    Audit {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// JSON lines, one object per event.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV with a header row (cells that a spreadsheet would run as formulas are made safe).
+        #[arg(long)]
+        csv: bool,
+        /// Only events after this audit id (for incremental export).
+        #[arg(long, default_value_t = 0)]
+        since_id: i64,
+    },
+    /// Show the whole flow in a temporary folder: keys, signed bundles, the agent applying a good
+    /// bundle, ignoring a replayed one and quarantining a tampered one.
+    Demo {
+        /// Work in this directory instead of a temporary one (kept afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Benchmarks to run on the ship's own hardware.
+    Bench {
+        /// Which benchmark: `bundle` (verify-and-extract throughput and peak memory).
+        name: String,
+        /// Print one JSON object of figures on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Size of the generated bundle in MB.
+        #[arg(long, default_value_t = 200)]
+        size_mb: u64,
+    },
+}
+
+/// The --config option shared by the agent-side commands.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The agent's config file.
+    #[arg(long, short = 'c', env = "VESSEL_SYNC_CONFIG", default_value = DEFAULT_PATH, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Bundle subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Build and sign a bundle from a spec file (TOML; see docs/bundle-format.md, "Spec").
+    ///
+    /// The output is written atomically (a temporary .part name, then renamed), so it is safe to
+    /// write straight into an outbound carrier folder.
+    Build {
+        /// The spec: recipient, sequence, optional not_before/expires, and [[command]] entries.
+        #[arg(long, value_name = "SPEC.toml")]
+        spec: PathBuf,
+        /// The operator's private key (from `vessel-sync keygen`).
+        #[arg(long, value_name = "PREFIX.key")]
+        key: PathBuf,
+        /// Where to write the bundle (conventionally NAME.vsb).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Show a bundle's manifest: issuer, recipient, sequence, validity, commands and files.
+    /// This reads the manifest without checking the signature; use `verify` for that.
+    Inspect {
+        /// The bundle file.
+        file: PathBuf,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a bundle completely: signature against the given keys, recipient, validity
+    /// window, and every member's size and SHA-256. Exit 0 only when valid; otherwise the
+    /// reason is printed and the exit status is 65.
+    Verify {
+        /// The bundle file.
+        file: PathBuf,
+        /// Trusted public key files (.pub); repeat for several.
+        #[arg(long = "trust", value_name = "PUB", required = true)]
+        trust: Vec<PathBuf>,
+        /// Also check that the bundle is addressed to this vessel (or the fleet).
+        #[arg(long, value_name = "ID")]
+        vessel: Option<String>,
+    },
+}
+
+/// Parses the process arguments and runs; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    run(cli)
+}
+
+fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
+    eprintln!("vessel-sync: {msg}");
+    code
+}
+
+fn load_config(path: &Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        eprint!("{e}");
+        exit::CONFIG
+    })
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> i32 {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match cli.command {
+        Command::Keygen { out, comment } => keygen(&out, &comment),
+        Command::Bundle(b) => bundle(b, clock.as_ref()),
+        Command::Agent { config, once } => agent(&config.config, once, clock),
+        Command::CheckConfig { config } => check_config(&config.config),
+        Command::Status { config, json } => match load_config(&config.config) {
+            Ok(cfg) => crate::report::status(&cfg, clock.as_ref(), json),
+            Err(code) => code,
+        },
+        Command::Audit { config, json, csv, since_id } => match load_config(&config.config) {
+            Ok(cfg) => crate::report::audit(&cfg, json, csv, since_id),
+            Err(code) => code,
+        },
+        Command::Demo { dir } => crate::demo::run(dir),
+        Command::Bench { name, json, size_mb } => crate::bench::run(&name, json, size_mb),
+    }
+}
+
+fn keygen(out: &Path, comment: &str) -> i32 {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return fail(exit::NOINPUT, format!("directory {} does not exist", parent.display()));
+        }
+    }
+    let key = match SecretKey::generate() {
+        Ok(k) => k,
+        Err(e) => return fail(exit::SOFTWARE, format!("no randomness available: {e}")),
+    };
+    let label = if comment.is_empty() {
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    } else {
+        comment.to_string()
+    };
+    match key.write_pair(out, &label) {
+        Ok((k, p)) => {
+            println!("private key: {} (mode 0600; keep it ashore, never copy it to a vessel)", k.display());
+            println!("public key:  {} (copy to each vessel, list under [keyring] trusted)", p.display());
+            println!("key id:      {}", key.id);
+            exit::OK
+        }
+        Err(e) => fail(exit::IOERR, e),
+    }
+}
+
+fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
+    match cmd {
+        BundleCmd::Build { spec, key, out } => {
+            let key = match SecretKey::load(&key) {
+                Ok(k) => k,
+                Err(e) => return fail(exit::NOINPUT, e),
+            };
+            let now = clock.now();
+            let draft = match crate::spec::load(&spec, now) {
+                Ok(d) => d,
+                Err(e) => return fail(exit::DATAERR, e),
+            };
+            for c in &draft.commands {
+                if crate::commands::find(&c.kind).is_none() {
+                    eprintln!(
+                        "vessel-sync: warning: command type {:?} is unknown to this build ({}); agents of the same version will fail that command",
+                        c.kind,
+                        crate::commands::known_kinds().join(", ")
+                    );
+                }
+            }
+            match envelope::write_envelope(&draft, &key, now, &out) {
+                Ok(m) => {
+                    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+                    println!(
+                        "wrote {} ({size} bytes): bundle {} for {:?}, sequence {}, {} command(s), {} file(s), signed by {}",
+                        out.display(),
+                        m.id,
+                        m.recipient,
+                        m.sequence,
+                        m.commands.len(),
+                        m.files.len(),
+                        m.issuer
+                    );
+                    exit::OK
+                }
+                Err(e) => fail(exit::IOERR, e),
+            }
+        }
+        BundleCmd::Inspect { file, json } => crate::report::inspect(&file, json),
+        BundleCmd::Verify { file, trust, vessel } => {
+            let mut keys = Vec::new();
+            for p in &trust {
+                match PublicKey::load(p) {
+                    Ok(k) => keys.push(k),
+                    Err(e) => return fail(exit::NOINPUT, e),
+                }
+            }
+            let keyring = Keyring::new(keys);
+            let limits = envelope::Limits::default();
+            let result = envelope::open(&file, &keyring, &limits).and_then(|o| {
+                if let Some(v) = &vessel {
+                    envelope::check_policy(&o.manifest, v, clock.now(), 0)?;
+                } else if let Some(exp) = o.manifest.expires.as_deref().and_then(crate::clock::parse_time) {
+                    if clock.now() > exp {
+                        return Err(envelope::Rejection::Expired {
+                            expires: crate::clock::format_time(exp),
+                            now: crate::clock::format_time(clock.now()),
+                        }
+                        .into());
+                    }
+                }
+                let m = o.manifest.clone();
+                let signer = o.signer.clone();
+                o.extract(None).map(|x| (m, signer, x))
+            });
+            match result {
+                Ok((m, signer, x)) => {
+                    println!(
+                        "valid: bundle {} signed by {} ({}), for {:?}, sequence {}, {} file(s), {} bytes verified",
+                        m.id, signer.id, signer.name, m.recipient, m.sequence, x.members, x.bytes
+                    );
+                    exit::OK
+                }
+                Err(VerifyError::Rejected(r)) => fail(exit::DATAERR, format!("{}: INVALID ({}): {r}", file.display(), r.code())),
+                Err(VerifyError::Local(e)) => fail(exit::NOINPUT, e),
+            }
+        }
+    }
+}
+
+fn check_config(path: &Path) -> i32 {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let problems = cfg.check_directories();
+    if !problems.is_empty() {
+        eprintln!("{}: {} problem(s) with directories:", path.display(), problems.len());
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        return exit::CONFIG;
+    }
+    println!(
+        "{}: OK. vessel {:?}, {} trusted key(s): {}; inbox {}",
+        path.display(),
+        cfg.vessel_id,
+        cfg.keyring.len(),
+        cfg.keyring.iter().map(|k| format!("{} ({})", k.id, k.name)).collect::<Vec<_>>().join(", "),
+        cfg.paths.inbox.display()
+    );
+    exit::OK
+}
+
+fn agent(path: &Path, once: bool, clock: Arc<dyn Clock>) -> i32 {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::service::init_logging(&cfg.log_level);
+    let mut agent = match Agent::start(cfg, clock) {
+        Ok(a) => a,
+        Err(e) => return agent_error(&e),
+    };
+    if once {
+        return match agent.run_once() {
+            Ok(report) => {
+                crate::report::print_pass(&report);
+                exit::OK
+            }
+            Err(e) => agent_error(&e),
+        };
+    }
+    let inbox = agent.config().paths.inbox.clone();
+    let (wake, _watcher) = match crate::agent::wake_sources(&inbox, agent.stop_flag()) {
+        Ok(w) => w,
+        Err(e) => return agent_error(&e),
+    };
+    let notifier = crate::service::Notifier::from_env();
+    match agent.run(&wake, &notifier) {
+        Ok(()) => exit::OK,
+        Err(e) => agent_error(&e),
+    }
+}
+
+fn agent_error(e: &AgentError) -> i32 {
+    tracing::error!(error = %e, "agent stopped on an error");
+    let code = match e {
+        AgentError::Locked(_) => exit::TEMPFAIL,
+        AgentError::Store(crate::store::StoreError::WrongVessel { .. }) => exit::CONFIG,
+        _ => exit::IOERR,
+    };
+    fail(code, e)
+}

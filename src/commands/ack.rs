@@ -1,0 +1,41 @@
+//! `ack`: shore's acknowledgement watermark for the progress outbox, carried in a bundle (file
+//! mode, or any time shore wants to confirm). Arguments: `acked_seq` (integer, the highest outbox
+//! sequence shore holds) and optional `channel` (default `outbox`). The watermark only rises.
+
+use super::{Command, Ctx};
+use crate::store::{CommandOutcome, Result, Tx};
+
+/// The `ack` command.
+pub struct Ack;
+
+impl Command for Ack {
+    fn kind(&self) -> &'static str {
+        "ack"
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+        let Some(seq) = ctx.args.get("acked_seq").and_then(serde_json::Value::as_u64) else {
+            return Ok(CommandOutcome::Failed(
+                "argument acked_seq is missing or not a non-negative integer".into(),
+            ));
+        };
+        let channel = match ctx.args.get("channel") {
+            None => "outbox",
+            Some(v) => match v.as_str() {
+                Some(s) if !s.is_empty() => s,
+                _ => return Ok(CommandOutcome::Failed("argument channel must be a non-empty string".into())),
+            },
+        };
+        if tx.raise_ack(channel, seq, &ctx.cmd.bundle_id, ctx.now)? {
+            Ok(CommandOutcome::Done(format!("shore acknowledged {channel} up to sequence {seq}")))
+        } else if ctx.cmd.late {
+            Ok(CommandOutcome::Superseded(format!(
+                "{channel} was already acknowledged at or beyond sequence {seq} by a newer bundle"
+            )))
+        } else {
+            Ok(CommandOutcome::Done(format!(
+                "{channel} was already acknowledged at or beyond sequence {seq}; nothing changed"
+            )))
+        }
+    }
+}

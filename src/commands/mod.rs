@@ -1,0 +1,58 @@
+//! The command registry: one module per command type.
+//!
+//! A command is looked up by its `type`; an unknown type fails that command with a reason and
+//! never stops the agent. Commands must be idempotent: the runner commits `running` before the
+//! effect (law 7), so after a crash the same command runs again. Commands whose whole effect is in
+//! the agent's own database (`set_mapping`, `ack`) do it inside the transaction that also marks
+//! them done, which makes them exactly-once outright. Commands never build HTTP clients or speak
+//! SQL; they use the store's typed methods.
+
+mod ack;
+mod set_mapping;
+
+use std::path::{Path, PathBuf};
+
+use crate::store::{CommandOutcome, CommandRow, Result, Tx};
+
+/// What a command gets to work with.
+pub struct Ctx<'a> {
+    /// The journaled command.
+    pub cmd: &'a CommandRow,
+    /// Its arguments.
+    pub args: serde_json::Map<String, serde_json::Value>,
+    /// Its files, extracted and verified: (member name, path on disk).
+    pub files: Vec<(String, PathBuf)>,
+    /// Where reports for operators are written.
+    pub reports_dir: &'a Path,
+    /// Now, Unix seconds.
+    pub now: i64,
+}
+
+/// A command type.
+pub trait Command: Sync {
+    /// The `type` string in manifests.
+    fn kind(&self) -> &'static str;
+    /// Applies the command. Store errors propagate (the transaction is rolled back and the
+    /// command retried); everything else is an outcome.
+    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome>;
+}
+
+static REGISTRY: &[&dyn Command] = &[&ack::Ack, &set_mapping::SetMapping];
+
+/// Finds a command type.
+pub fn find(kind: &str) -> Option<&'static dyn Command> {
+    REGISTRY.iter().copied().find(|c| c.kind() == kind)
+}
+
+/// Names of every known command type.
+pub fn known_kinds() -> Vec<&'static str> {
+    REGISTRY.iter().map(|c| c.kind()).collect()
+}
+
+/// The outcome for a type this build does not know.
+pub fn unknown(kind: &str) -> CommandOutcome {
+    CommandOutcome::Failed(format!(
+        "unknown command type {kind:?}: this agent knows {}; upgrade vessel-sync on this vessel or correct the bundle spec",
+        known_kinds().join(", ")
+    ))
+}

@@ -1,0 +1,537 @@
+//! The agent's configuration file (TOML, default `/etc/vessel-sync/agent.toml`).
+//!
+//! Parse, validate, then construct: the whole file is read into a span-keeping document, every
+//! key is checked against the schema below, and every problem (unknown key, wrong type, bad
+//! value, unreadable key file) is collected with its line before anything is returned. A config
+//! is either entirely valid or rejected with the full list. The commented example
+//! `packaging/agent.toml.example` documents every key and default.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Document, Item, Table};
+
+use crate::envelope::{Keyring, Limits, PublicKey};
+
+/// Where the packaged service looks by default.
+pub const DEFAULT_PATH: &str = "/etc/vessel-sync/agent.toml";
+/// The config format version this build reads.
+pub const CONFIG_VERSION: i64 = 1;
+
+/// One problem in the file.
+#[derive(Debug, Clone)]
+pub struct Issue {
+    /// 1-based line, 0 when not tied to a line.
+    pub line: usize,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// All issues, in file order.
+    pub issues: Vec<Issue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(
+            f,
+            "{}: {n} problem{} found:",
+            self.path.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for i in &self.issues {
+            if i.line > 0 {
+                writeln!(f, "  {}:{}: {}", self.path.display(), i.line, i.message)?;
+            } else {
+                writeln!(f, "  {}: {}", self.path.display(), i.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Directories the agent uses.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// State directory: the journal database lives here.
+    pub state_dir: PathBuf,
+    /// Where bundles arrive.
+    pub inbox: PathBuf,
+    /// Where verified bundles are extracted while their commands run.
+    pub work: PathBuf,
+    /// Where journaled bundles are kept.
+    pub archive: PathBuf,
+    /// Where rejected files go, each with a `.reason.txt`.
+    pub quarantine: PathBuf,
+    /// Where outgoing envelopes are written for a file carrier.
+    pub outbound: PathBuf,
+}
+
+impl Paths {
+    /// The journal database.
+    pub fn database(&self) -> PathBuf {
+        self.state_dir.join("journal.db")
+    }
+}
+
+/// Inbox and ordering settings.
+#[derive(Debug, Clone)]
+pub struct InboxSettings {
+    /// Full rescan period in seconds (file system events are only hints).
+    pub scan_interval: u64,
+    /// A file must be unchanged (size and mtime) for this many seconds before it is read.
+    pub settle: u64,
+    /// How long a bundle that arrived ahead of a missing sequence waits before proceeding.
+    pub gap_timeout: u64,
+    /// Tolerance for not-before/expiry against a drifting clock.
+    pub clock_skew: u64,
+}
+
+/// A loaded, valid agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// This vessel's id.
+    pub vessel_id: String,
+    /// Directories.
+    pub paths: Paths,
+    /// Trusted operator keys.
+    pub keyring: Keyring,
+    /// Inbox behaviour.
+    pub inbox: InboxSettings,
+    /// Envelope caps.
+    pub limits: Limits,
+    /// Log level filter (`info`, `debug`, or a tracing filter).
+    pub log_level: String,
+}
+
+struct Walker<'a> {
+    src: &'a str,
+    base: PathBuf,
+    issues: Vec<Issue>,
+}
+
+impl Walker<'_> {
+    fn line(&self, span: Option<Range<usize>>) -> usize {
+        span.map(|s| self.src[..s.start.min(self.src.len())].matches('\n').count() + 1)
+            .unwrap_or(0)
+    }
+
+    fn push(&mut self, span: Option<Range<usize>>, message: String) {
+        let line = self.line(span);
+        self.issues.push(Issue { line, message });
+    }
+
+    /// Reports keys of `table` not in `allowed`.
+    fn only(&mut self, table: &Table, label: &str, allowed: &[&str]) {
+        for (k, _) in table.iter() {
+            if !allowed.contains(&k) {
+                let span = table.key(k).and_then(|key| key.span());
+                let hint = closest(k, allowed)
+                    .map(|c| format!(" (did you mean '{c}'?)"))
+                    .unwrap_or_default();
+                self.push(
+                    span,
+                    format!(
+                        "unknown key '{k}' in {label}{hint}; allowed here: {}",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    fn sub<'t>(&mut self, root: &'t Table, name: &str) -> Option<&'t Table> {
+        match root.get(name) {
+            None => None,
+            Some(Item::Table(t)) => Some(t),
+            Some(other) => {
+                self.push(other.span(), format!("'{name}' must be a [{name}] section"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, t: Option<&Table>, label: &str, key: &str) -> Option<(String, Option<Range<usize>>)> {
+        let item = t.and_then(|t| t.get(key))?;
+        match item.as_str() {
+            Some(s) => Some((s.to_string(), item.span())),
+            None => {
+                self.push(item.span(), format!("{label}.{key} must be a string in quotes"));
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, t: Option<&Table>, label: &str, key: &str, default: PathBuf) -> PathBuf {
+        match self.string(t, label, key) {
+            Some((s, span)) => {
+                if s.is_empty() {
+                    self.push(span, format!("{label}.{key} is empty"));
+                }
+                let p = PathBuf::from(&s);
+                if p.is_absolute() { p } else { self.base.join(p) }
+            }
+            None => default,
+        }
+    }
+
+    fn seconds(&mut self, t: Option<&Table>, label: &str, key: &str, default: u64) -> u64 {
+        let Some(item) = t.and_then(|t| t.get(key)) else {
+            return default;
+        };
+        if let Some(i) = item.as_integer() {
+            if i >= 0 {
+                return i.unsigned_abs();
+            }
+        } else if let Some(s) = item.as_str() {
+            if let Ok(d) = humantime::parse_duration(s) {
+                return d.as_secs();
+            }
+        }
+        self.push(
+            item.span(),
+            format!("{label}.{key} must be a duration such as \"30s\", \"5m\", \"2days\" (or whole seconds)"),
+        );
+        default
+    }
+
+    fn bytes(&mut self, t: Option<&Table>, label: &str, key: &str, default: u64) -> u64 {
+        let Some(item) = t.and_then(|t| t.get(key)) else {
+            return default;
+        };
+        let parsed = if let Some(i) = item.as_integer() {
+            u64::try_from(i).ok()
+        } else {
+            item.as_str().and_then(parse_size)
+        };
+        match parsed {
+            Some(v) if v > 0 => v,
+            _ => {
+                self.push(
+                    item.span(),
+                    format!("{label}.{key} must be a positive size such as \"200MiB\", \"4GiB\" (or whole bytes)"),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, t: Option<&Table>, label: &str, key: &str, default: u64) -> u64 {
+        let Some(item) = t.and_then(|t| t.get(key)) else {
+            return default;
+        };
+        match item.as_integer().and_then(|i| u64::try_from(i).ok()) {
+            Some(v) if v > 0 => v,
+            _ => {
+                self.push(item.span(), format!("{label}.{key} must be a positive whole number"));
+                default
+            }
+        }
+    }
+}
+
+/// Parses sizes like `512`, `10KB`, `200MiB`, `4 GiB` (KB/MB/GB are powers of 1000).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn closest<'a>(word: &str, options: &[&'a str]) -> Option<&'a str> {
+    options
+        .iter()
+        .map(|o| (edit_distance(word, o), *o))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, o)| o)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A vessel id: 1-64 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn valid_vessel_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id != "shore"
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            issues: vec![Issue {
+                line: 0,
+                message: format!(
+                    "cannot read the config file: {e}{}",
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        " (start from packaging/agent.toml.example, or pass --config FILE)"
+                    } else {
+                        ""
+                    }
+                ),
+            }],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `path` is used for messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let fail = |issues| ConfigError {
+            path: path.to_path_buf(),
+            issues,
+        };
+        let doc = Document::parse(text.to_string()).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(0);
+            let msg = e.message().trim().to_string();
+            fail(vec![Issue {
+                line,
+                message: format!("not valid TOML: {msg}"),
+            }])
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut w = Walker {
+            src: text,
+            base,
+            issues: Vec::new(),
+        };
+        let root = doc.as_table();
+        w.only(
+            root,
+            "the top level",
+            &["version", "vessel", "paths", "keyring", "inbox", "limits", "log", "moodle", "uplink"],
+        );
+        match root.get("version") {
+            None => w.push(None, format!("missing 'version = {CONFIG_VERSION}' at the top of the file")),
+            Some(item) => {
+                if item.as_integer() != Some(CONFIG_VERSION) {
+                    w.push(
+                        item.span(),
+                        format!("version must be {CONFIG_VERSION} (this build reads config version {CONFIG_VERSION})"),
+                    );
+                }
+            }
+        }
+
+        let vessel = w.sub(root, "vessel");
+        if let Some(t) = vessel {
+            w.only(t, "[vessel]", &["id"]);
+        }
+        let vessel_id = match w.string(vessel, "vessel", "id") {
+            Some((id, span)) => {
+                if !valid_vessel_id(&id) {
+                    w.push(span, format!("vessel.id {id:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (and not 'shore')"));
+                }
+                id
+            }
+            None => {
+                w.push(vessel.and_then(Table::span), "vessel.id is required: the id shore addresses bundles to, e.g. id = \"mv-aurora\"".into());
+                String::new()
+            }
+        };
+
+        let paths_t = w.sub(root, "paths");
+        if let Some(t) = paths_t {
+            w.only(t, "[paths]", &["state_dir", "inbox", "work", "archive", "quarantine", "outbound"]);
+        }
+        let state_dir = w.path(paths_t, "paths", "state_dir", PathBuf::from("/var/lib/vessel-sync"));
+        let paths = Paths {
+            inbox: w.path(paths_t, "paths", "inbox", state_dir.join("inbox")),
+            work: w.path(paths_t, "paths", "work", state_dir.join("work")),
+            archive: w.path(paths_t, "paths", "archive", state_dir.join("archive")),
+            quarantine: w.path(paths_t, "paths", "quarantine", state_dir.join("quarantine")),
+            outbound: w.path(paths_t, "paths", "outbound", state_dir.join("outbound")),
+            state_dir,
+        };
+
+        let keyring_t = w.sub(root, "keyring");
+        if let Some(t) = keyring_t {
+            w.only(t, "[keyring]", &["trusted"]);
+        }
+        let mut keys = Vec::new();
+        match keyring_t.and_then(|t| t.get("trusted")) {
+            None => w.push(keyring_t.and_then(Table::span), "[keyring] trusted is required: a list of operator .pub files, e.g. trusted = [\"/etc/vessel-sync/keys/shore-ops.pub\"]".into()),
+            Some(item) => match item.as_array() {
+                None => w.push(item.span(), "keyring.trusted must be a list of file paths".into()),
+                Some(arr) => {
+                    if arr.is_empty() {
+                        w.push(item.span(), "keyring.trusted is empty: with no trusted key every bundle would be refused".into());
+                    }
+                    for v in arr.iter() {
+                        match v.as_str() {
+                            None => w.push(v.span(), "keyring.trusted entries must be strings".into()),
+                            Some(s) => {
+                                let p = PathBuf::from(s);
+                                let p = if p.is_absolute() { p } else { w.base.join(p) };
+                                match PublicKey::load(&p) {
+                                    Ok(k) => keys.push(k),
+                                    Err(e) => w.push(v.span(), format!("keyring.trusted: {e}")),
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        }
+
+        let inbox_t = w.sub(root, "inbox");
+        if let Some(t) = inbox_t {
+            w.only(t, "[inbox]", &["scan_interval", "settle", "gap_timeout", "clock_skew"]);
+        }
+        let inbox = InboxSettings {
+            scan_interval: w.seconds(inbox_t, "inbox", "scan_interval", 30).max(1),
+            settle: w.seconds(inbox_t, "inbox", "settle", 5),
+            gap_timeout: w.seconds(inbox_t, "inbox", "gap_timeout", 2 * 86_400),
+            clock_skew: w.seconds(inbox_t, "inbox", "clock_skew", 300),
+        };
+
+        let limits_t = w.sub(root, "limits");
+        if let Some(t) = limits_t {
+            w.only(t, "[limits]", &["max_bundle_bytes", "max_member_bytes", "max_members", "max_manifest_bytes"]);
+        }
+        let d = Limits::default();
+        let limits = Limits {
+            max_total_bytes: w.bytes(limits_t, "limits", "max_bundle_bytes", d.max_total_bytes),
+            max_member_bytes: w.bytes(limits_t, "limits", "max_member_bytes", d.max_member_bytes),
+            max_members: w.count(limits_t, "limits", "max_members", d.max_members),
+            max_manifest_bytes: w.bytes(limits_t, "limits", "max_manifest_bytes", d.max_manifest_bytes),
+            max_window_log: d.max_window_log,
+        };
+
+        let log_t = w.sub(root, "log");
+        if let Some(t) = log_t {
+            w.only(t, "[log]", &["level"]);
+        }
+        let log_level = w
+            .string(log_t, "log", "level")
+            .map(|(s, _)| s)
+            .unwrap_or_else(|| "info".into());
+
+        // Reserved for the Moodle and uplink work: accepted as sections, no keys yet.
+        for reserved in ["moodle", "uplink"] {
+            if let Some(t) = w.sub(root, reserved) {
+                w.only(t, &format!("[{reserved}] (reserved: this version has no settings here yet)"), &[]);
+            }
+        }
+
+        if !w.issues.is_empty() {
+            let mut issues = w.issues;
+            issues.sort_by_key(|i| i.line);
+            return Err(fail(issues));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            vessel_id,
+            paths,
+            keyring: Keyring::new(keys),
+            inbox,
+            limits,
+            log_level,
+        })
+    }
+
+    /// Checks that every directory exists or can be created and is writable; returns problems.
+    pub fn check_directories(&self) -> Vec<String> {
+        let p = &self.paths;
+        let mut problems = Vec::new();
+        for (label, dir) in [
+            ("state_dir", &p.state_dir),
+            ("inbox", &p.inbox),
+            ("work", &p.work),
+            ("archive", &p.archive),
+            ("quarantine", &p.quarantine),
+            ("outbound", &p.outbound),
+        ] {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                problems.push(format!("paths.{label} {}: cannot create: {e}", dir.display()));
+                continue;
+            }
+            let probe = dir.join(format!(".vessel-sync-write-test-{}", std::process::id()));
+            match std::fs::write(&probe, b"") {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&probe);
+                }
+                Err(e) => problems.push(format!("paths.{label} {}: not writable: {e}", dir.display())),
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_line() {
+        let text = "version = 1\n[vessel]\nid = \"bad id!\"\ncolour = \"red\"\n[inbox]\nsettle = \"soon\"\n[limits]\nmax_members = -3\n[keyring]\ntrusted = [\"/nonexistent/ops.pub\"]\n";
+        let err = Config::parse(text, Path::new("/tmp/agent.toml")).unwrap_err();
+        let lines: Vec<usize> = err.issues.iter().map(|i| i.line).collect();
+        assert_eq!(lines, vec![3, 4, 6, 8, 10], "{err}");
+        let text = err.to_string();
+        assert!(text.contains("5 problems"), "{text}");
+        assert!(text.contains("unknown key 'colour'"), "{text}");
+    }
+
+    #[test]
+    fn typo_gets_a_suggestion_and_missing_version_is_named() {
+        let text = "[inbox]\nscan_intervall = 5\n";
+        let err = Config::parse(text, Path::new("a.toml")).unwrap_err().to_string();
+        assert!(err.contains("did you mean 'scan_interval'"), "{err}");
+        assert!(err.contains("missing 'version = 1'"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("200MiB"), Some(200 << 20));
+        assert_eq!(parse_size("4 GiB"), Some(4 << 30));
+        assert_eq!(parse_size("10KB"), Some(10_000));
+        assert_eq!(parse_size("ten"), None);
+    }
+}

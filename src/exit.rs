@@ -1,0 +1,20 @@
+//! Exit codes (from sysexits.h), so scripts and systemd can tell failures apart.
+
+/// Success.
+pub const OK: i32 = 0;
+/// A generic failure (a verification that failed, a command that did not succeed).
+pub const FAILURE: i32 = 1;
+/// Wrong usage (clap also exits 2 for parse errors).
+pub const USAGE: i32 = 64;
+/// Input data is bad (an invalid bundle).
+pub const DATAERR: i32 = 65;
+/// An input file does not exist or cannot be read.
+pub const NOINPUT: i32 = 66;
+/// Internal error.
+pub const SOFTWARE: i32 = 70;
+/// I/O error (disk, database).
+pub const IOERR: i32 = 74;
+/// Temporary failure (another agent holds the lock); try again later.
+pub const TEMPFAIL: i32 = 75;
+/// Bad configuration; systemd is told not to restart on it (`RestartPreventExitStatus=78`).
+pub const CONFIG: i32 = 78;

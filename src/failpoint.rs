@@ -1,0 +1,56 @@
+//! Crash injection for the crash-scenario tests.
+//!
+//! When the environment variable `VESSEL_SYNC_FAILPOINT` is `NAME` or `NAME@N`, the process
+//! kills itself with SIGKILL the first (or N-th) time it reaches the failpoint `NAME`: no
+//! destructors, no flushing, exactly like a power cut or the OOM killer. Unset (always, in
+//! production), a failpoint costs one relaxed atomic load.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+struct Armed {
+    name: String,
+    nth: u64,
+    hits: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let v = std::env::var("VESSEL_SYNC_FAILPOINT").ok()?;
+            let (name, nth) = match v.split_once('@') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (v, 1),
+            };
+            Some(Armed {
+                name,
+                nth,
+                hits: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Every failpoint name, for the tests that iterate over them.
+pub const ALL: &[&str] = &[
+    "admit.after-extract",
+    "admit.after-journal",
+    "admit.after-archive",
+    "command.after-start",
+    "command.before-commit",
+    "command.after-commit",
+    "bundle.before-cleanup",
+];
+
+/// Kills the process here if this failpoint is armed and its count is reached.
+pub fn hit(name: &str) {
+    if let Some(a) = armed() {
+        if a.name == name && a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
+            // SAFETY: raise() with a valid signal number has no memory-safety preconditions.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! vessel-sync: the ship-to-shore sync agent for Moodle, as a library with a thin binary.
+//!
+//! See `ARCHITECTURE.md` for the code map and each module's invariants, and
+//! `docs/bundle-format.md` for the envelope format.
+
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod agent;
+pub mod bench;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod envelope;
+pub mod exit;
+pub mod failpoint;
+pub mod fsutil;
+pub mod inbox;
+pub mod report;
+pub mod service;
+pub mod spec;
+pub mod store;

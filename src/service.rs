@@ -1,0 +1,87 @@
+//! Talking to systemd and to the journal.
+//!
+//! [`Notifier`] sends `READY=1`, `STATUS=`, `WATCHDOG=1` and `STOPPING=1` to `$NOTIFY_SOCKET`
+//! (a no-op when the variable is unset, i.e. outside systemd). [`init_logging`] sends logs to
+//! journald with structured fields (`BUNDLE_ID`, `COMMAND_ID`, ...) when stderr is connected to
+//! the journal (`$JOURNAL_STREAM`), and to stderr otherwise.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// systemd notification sender.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`) from the environment.
+    pub fn from_env() -> Self {
+        let mut usec = 0u64;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec));
+        Self { watchdog }
+    }
+
+    /// How often the work loop must ping: half the watchdog period, if a watchdog is set.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        self.watchdog.map(|w| (w / 2).max(Duration::from_millis(100)))
+    }
+
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if let Err(e) = sd_notify::notify(false, states) {
+            tracing::warn!(error = %e, "could not notify systemd");
+        }
+    }
+
+    /// Start-up finished: database migrated, inbox armed.
+    pub fn ready(&self, status: &str) {
+        self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// A human status line for `systemctl status`.
+    pub fn status(&self, status: &str) {
+        self.send(&[NotifyState::Status(status)]);
+    }
+
+    /// Watchdog keep-alive, sent from the work loop.
+    pub fn watchdog(&self) {
+        if self.watchdog.is_some() {
+            self.send(&[NotifyState::Watchdog]);
+        }
+    }
+
+    /// Shutting down.
+    pub fn stopping(&self) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+}
+
+/// Installs the global logger. `level` is a tracing filter (`info`, `debug`,
+/// `vessel_sync=debug`); `RUST_LOG` overrides it.
+pub fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(layer) = tracing_journald::layer() {
+            let layer = layer
+                .with_field_prefix(None)
+                .with_syslog_identifier("vessel-sync".into());
+            let _ = registry.with(layer).try_init();
+            return;
+        }
+    }
+    let _ = registry
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .compact(),
+        )
+        .try_init();
+}
