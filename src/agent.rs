@@ -404,8 +404,15 @@ pub fn wake_sources(inbox: &Path, stop: Arc<AtomicBool>) -> Result<(mpsc::Receiv
     let (tx, rx) = mpsc::channel();
     let hint = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = hint.send(Wake::Hint);
+        // Only changes are hints: the scan's own directory reads raise access events, which
+        // would otherwise wake the loop for ever.
+        if let Ok(event) = res {
+            if matches!(
+                event.kind,
+                notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+            ) {
+                let _ = hint.send(Wake::Hint);
+            }
         }
     })
     .and_then(|mut w| w.watch(inbox, notify::RecursiveMode::NonRecursive).map(|()| w));

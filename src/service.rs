@@ -19,10 +19,16 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Reads `WATCHDOG_USEC` (and `WATCHDOG_PID`) from the environment.
+    /// Reads `WATCHDOG_USEC` and `WATCHDOG_PID` from the environment, as libsystemd's
+    /// `sd_watchdog_enabled` does: the watchdog is on when `WATCHDOG_USEC` is a positive number
+    /// and `WATCHDOG_PID` is unset or names this process.
     pub fn from_env() -> Self {
-        let mut usec = 0u64;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec));
+        let usec = std::env::var("WATCHDOG_USEC").ok().and_then(|s| s.parse::<u64>().ok());
+        let pid_ok = match std::env::var("WATCHDOG_PID") {
+            Err(_) => true,
+            Ok(p) => p.parse::<u32>().ok() == Some(std::process::id()),
+        };
+        let watchdog = usec.filter(|u| *u > 0 && pid_ok).map(Duration::from_micros);
         Self { watchdog }
     }
 

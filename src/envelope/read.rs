@@ -122,6 +122,11 @@ fn attribute(probe: &Probe, err: TarError, first: bool) -> VerifyError {
         };
     }
     match err {
+        TarError::Truncated if first => Rejection::NotTar(format!(
+            "the decompressed data is only {} bytes, shorter than one tar header",
+            probe.total.get()
+        ))
+        .into(),
         TarError::Truncated => Rejection::Truncated.into(),
         TarError::NotTar(m) if first => Rejection::NotTar(m).into(),
         TarError::NotTar(m) => Rejection::NotTar(format!("a later member header is damaged: {m}")).into(),

@@ -1,0 +1,136 @@
+//! Running under systemd: readiness only after the journal is migrated, watchdog pings from the
+//! work loop, a human status line, STOPPING=1 and a clean exit on SIGTERM; the unit file passes
+//! `systemd-analyze verify`.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+struct Notify {
+    sock: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl Notify {
+    /// Reads notifications until one satisfies `want`; fails after 60 s.
+    fn until(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let mut buf = [0u8; 4096];
+        let start = std::time::Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(60), "no {what} within 60 s; got {:?}", self.seen);
+            let n = self.sock.recv(&mut buf).unwrap_or_else(|e| panic!("no {what} from the agent ({e}); got {:?}", self.seen));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.push(msg.clone());
+            if want(&msg) {
+                return msg;
+            }
+        }
+    }
+}
+
+#[test]
+fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm() {
+    let v = Vessel::new();
+    let sock_path = v.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut n = Notify { sock, seen: Vec::new() };
+    let mut child = Daemon::spawn(
+        Command::new(bin())
+            .args(["agent", "--config", v.config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "300000")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("VESSEL_SYNC_FAILPOINT")
+            .stderr(Stdio::null()),
+    );
+
+    let ready = n.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    assert!(ready.contains("STATUS=watching"), "{ready}");
+    // The journal is migrated by the time READY=1 is sent.
+    let store = v.store();
+    assert!(store.overview().is_ok(), "journal readable at READY");
+    assert!(n.seen.len() == 1, "READY=1 is the first notification: {:?}", n.seen);
+
+    for _ in 0..3 {
+        n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    }
+
+    // The agent keeps working: a bad file is quarantined, a good bundle applied, and the status
+    // line says so.
+    std::fs::write(v.path("junk"), b"not a bundle").unwrap();
+    v.drop_in(&v.path("junk"), "junk.vsb");
+    let b = v.bundle("b.vsb", ack(1, 11));
+    v.drop_in(&b, "good.vsb");
+    n.until("a status line with the bundle done", |m| m.contains("STATUS=1 bundles done"));
+    assert!(v.reason("junk.vsb").unwrap().contains("not_zstd"));
+    n.until("WATCHDOG=1 after work", |m| m.trim_end() == "WATCHDOG=1");
+
+    child.signal(libc::SIGTERM);
+    n.until("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert_eq!(v.store().ack("outbox").unwrap().unwrap().acked_seq, 11);
+}
+
+#[test]
+fn a_second_agent_on_the_same_state_is_refused() {
+    let v = Vessel::new();
+    v.once();
+    let mut child = Daemon::spawn(
+        Command::new(bin())
+            .args(["agent", "--config", v.config.to_str().unwrap()])
+            .env_remove("NOTIFY_SOCKET")
+            .stderr(Stdio::null()),
+    );
+    // Wait until the first agent holds the lock (it shows as running in status).
+    let mut running = false;
+    for _ in 0..600 {
+        let s = v.run(&["status", "--json", "--config", v.config.to_str().unwrap()]);
+        let s: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+        if s["agent_running"] == true {
+            running = true;
+            break;
+        }
+        std::thread::yield_now();
+    }
+    assert!(running, "the first agent never took its lock");
+    let out = v.run(&["agent", "--once", "--config", v.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(75), "EX_TEMPFAIL");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    child.signal(libc::SIGTERM);
+    assert!(child.0.wait().unwrap().success());
+}
+
+fn unit_with_test_binary(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/")
+        .to_string()
+        + name)
+    .unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, unit.replace("/usr/bin/vessel-sync", bin())).unwrap();
+    path
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_and_is_well_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit_with_test_binary(dir.path(), "vessel-sync.service");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze (package systemd) is needed");
+    assert!(out.status.success() && out.stderr.is_empty(), "verify: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&unit).unwrap();
+    for needed in ["Type=notify", "WatchdogSec=", "RestartPreventExitStatus=78", "ExecStartPre=", "NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=", "SystemCallFilter="] {
+        assert!(text.contains(needed), "unit lacks {needed}");
+    }
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = report
+        .lines()
+        .find_map(|l| l.split("vessel-sync.service: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in: {report}"));
+    assert!(score <= 2.0, "exposure {score} is above 2.0");
+}

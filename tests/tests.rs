@@ -1,0 +1,10 @@
+//! The integration tests: the real binary, real files, real SQLite. One test binary (so the
+//! binary under test is built once); each module is one area.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod crash;
+mod ordering;
+mod service;
