@@ -37,7 +37,9 @@ pub enum AgentError {
     #[error("{0}")]
     Io(String),
     /// Another agent holds the state directory.
-    #[error("another vessel-sync agent is already running with state directory {0} (lock file agent.lock); stop it first")]
+    #[error(
+        "another vessel-sync agent is already running with state directory {0} (lock file agent.lock); stop it first"
+    )]
     Locked(PathBuf),
 }
 
@@ -120,7 +122,14 @@ impl Agent {
     /// what a crash left behind.
     pub fn start(cfg: Config, clock: Arc<dyn Clock>) -> Result<Self, AgentError> {
         let p = &cfg.paths;
-        for dir in [&p.state_dir, &p.inbox, &p.work, &p.archive, &p.quarantine, &p.outbound] {
+        for dir in [
+            &p.state_dir,
+            &p.inbox,
+            &p.work,
+            &p.archive,
+            &p.quarantine,
+            &p.outbound,
+        ] {
             fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         }
         let lock = lock(&p.state_dir)?;
@@ -161,7 +170,11 @@ impl Agent {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !active.contains(&name) {
                 let path = entry.path();
-                let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
                 if let Err(e) = removed {
                     tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover work entry");
                 }
@@ -187,7 +200,8 @@ impl Agent {
                 "the bundle expired at {} before it could be applied; ask shore for a fresh bundle",
                 crate::clock::format_time(exp)
             );
-            self.store.write(|tx| tx.fail_bundle(&id, &issuer, &reason, now))?;
+            self.store
+                .write(|tx| tx.fail_bundle(&id, &issuer, &reason, now))?;
             tracing::warn!(bundle_id = %id, "{reason}");
         }
         report.skipped = self.store.write(|tx| tx.release_gaps(now, gap))?;
@@ -197,15 +211,21 @@ impl Agent {
 
         let settle = i64::try_from(self.cfg.inbox.settle).unwrap_or(i64::MAX);
         match self.scanner.scan(&self.cfg.paths.inbox, settle, now) {
-            Err(e) => tracing::error!(inbox = %self.cfg.paths.inbox.display(), error = %e, "cannot read the inbox"),
+            Err(e) => {
+                tracing::error!(inbox = %self.cfg.paths.inbox.display(), error = %e, "cannot read the inbox")
+            }
             Ok(scan) => {
                 report.arriving = scan.arriving.iter().map(|(p, _)| p.clone()).collect();
                 for path in scan.ready {
                     if self.stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    let outcome = inbox::admit(&mut self.store, &self.cfg, &path, self.clock.now())?;
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let outcome =
+                        inbox::admit(&mut self.store, &self.cfg, &path, self.clock.now())?;
                     match &outcome {
                         Admitted::LeftForLater(why) => {
                             tracing::error!(file = %name, error = %why, "bundle left in the inbox for a later attempt");
@@ -237,7 +257,9 @@ impl Agent {
     }
 
     /// Runs the next runnable command, if any. Returns (id, type, state, note).
-    pub fn run_next(&mut self) -> Result<Option<(String, String, CommandState, String)>, AgentError> {
+    pub fn run_next(
+        &mut self,
+    ) -> Result<Option<(String, String, CommandState, String)>, AgentError> {
         let now = self.clock.now();
         let Some(cmd) = self.store.next_command(now)? else {
             return Ok(None);
@@ -259,7 +281,10 @@ impl Agent {
         let ctx = commands::Ctx {
             cmd: &cmd,
             args,
-            files: files.into_iter().map(|n| (n.clone(), dir.join(n))).collect(),
+            files: files
+                .into_iter()
+                .map(|n| (n.clone(), dir.join(n)))
+                .collect(),
             reports_dir: &reports_dir,
             now,
         };
@@ -278,8 +303,15 @@ impl Agent {
         Ok(Some(describe(&cmd, &outcome)))
     }
 
-    fn finish(&mut self, cmd: &CommandRow, outcome: CommandOutcome, now: i64) -> Result<(String, String, CommandState, String), AgentError> {
-        let finished = self.store.write(|tx| tx.finish_command(cmd, &outcome, now))?;
+    fn finish(
+        &mut self,
+        cmd: &CommandRow,
+        outcome: CommandOutcome,
+        now: i64,
+    ) -> Result<(String, String, CommandState, String), AgentError> {
+        let finished = self
+            .store
+            .write(|tx| tx.finish_command(cmd, &outcome, now))?;
         if finished.is_some() {
             self.cleanup(&cmd.bundle_id);
         }
@@ -313,7 +345,9 @@ impl Agent {
     pub fn status_line(&self) -> String {
         match self.store.overview() {
             Ok(o) => {
-                let get = |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+                let get = |m: &std::collections::BTreeMap<String, u64>, k: &str| {
+                    m.get(k).copied().unwrap_or(0)
+                };
                 let mut s = format!(
                     "{} bundles done, {} failed; {} commands waiting",
                     get(&o.bundles, "done"),
@@ -321,7 +355,10 @@ impl Agent {
                     get(&o.commands, "waiting")
                 );
                 for g in &o.gaps {
-                    s.push_str(&format!("; {} bundle(s) wait for sequence {} from {}", g.waiting, g.missing, g.issuer));
+                    s.push_str(&format!(
+                        "; {} bundle(s) wait for sequence {} from {}",
+                        g.waiting, g.missing, g.issuer
+                    ));
                 }
                 s
             }
@@ -343,8 +380,16 @@ impl Agent {
     }
 
     /// The daemon loop: runs until a [`Wake::Stop`] arrives or the stop flag is set.
-    pub fn run(mut self, wake: &mpsc::Receiver<Wake>, notifier: &Notifier) -> Result<(), AgentError> {
-        notifier.ready(&format!("watching {}; {}", self.cfg.paths.inbox.display(), self.status_line()));
+    pub fn run(
+        mut self,
+        wake: &mpsc::Receiver<Wake>,
+        notifier: &Notifier,
+    ) -> Result<(), AgentError> {
+        notifier.ready(&format!(
+            "watching {}; {}",
+            self.cfg.paths.inbox.display(),
+            self.status_line()
+        ));
         tracing::info!(vessel = %self.cfg.vessel_id, inbox = %self.cfg.paths.inbox.display(), "agent ready");
         let ping = notifier.ping_interval();
         loop {
@@ -399,7 +444,10 @@ fn describe(cmd: &CommandRow, outcome: &CommandOutcome) -> (String, String, Comm
 /// Starts the threads that feed the work loop: an inotify watcher on the inbox (hints only) and
 /// a signal listener (SIGTERM/SIGINT stop, SIGHUP rescans). Returns the receiver and the watcher,
 /// which must be kept alive.
-pub fn wake_sources(inbox: &Path, stop: Arc<AtomicBool>) -> Result<(mpsc::Receiver<Wake>, Option<notify::RecommendedWatcher>), AgentError> {
+pub fn wake_sources(
+    inbox: &Path,
+    stop: Arc<AtomicBool>,
+) -> Result<(mpsc::Receiver<Wake>, Option<notify::RecommendedWatcher>), AgentError> {
     use notify::Watcher;
     let (tx, rx) = mpsc::channel();
     let hint = tx.clone();
@@ -409,13 +457,18 @@ pub fn wake_sources(inbox: &Path, stop: Arc<AtomicBool>) -> Result<(mpsc::Receiv
         if let Ok(event) = res {
             if matches!(
                 event.kind,
-                notify::EventKind::Create(_) | notify::EventKind::Modify(_) | notify::EventKind::Remove(_)
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
             ) {
                 let _ = hint.send(Wake::Hint);
             }
         }
     })
-    .and_then(|mut w| w.watch(inbox, notify::RecursiveMode::NonRecursive).map(|()| w));
+    .and_then(|mut w| {
+        w.watch(inbox, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
     let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {

@@ -37,10 +37,19 @@ pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
                         Err(e) => eprintln!("vessel-sync: {e}"),
                     }
                 } else {
-                    println!("bench bundle: {} MB bundle ({:.1} MB compressed)", f.bundle_mb, f.compressed_mb);
-                    println!("  verify + extract  {:>8.1} MB/s", f.verify_extract_mb_per_s);
+                    println!(
+                        "bench bundle: {} MB bundle ({:.1} MB compressed)",
+                        f.bundle_mb, f.compressed_mb
+                    );
+                    println!(
+                        "  verify + extract  {:>8.1} MB/s",
+                        f.verify_extract_mb_per_s
+                    );
                     println!("  verify only       {:>8.1} MB/s", f.verify_only_mb_per_s);
-                    println!("  peak RSS          {:>8.1} MB   (for a {} MB bundle: {:.1} MB)", f.peak_rss_mb, f.small_bundle_mb, f.small_peak_rss_mb);
+                    println!(
+                        "  peak RSS          {:>8.1} MB   (for a {} MB bundle: {:.1} MB)",
+                        f.peak_rss_mb, f.small_bundle_mb, f.small_peak_rss_mb
+                    );
                 }
                 exit::OK
             }
@@ -92,7 +101,12 @@ fn generate(path: &Path, bytes: u64) -> std::io::Result<()> {
     out.into_inner().map_err(|e| e.into_error())?.sync_all()
 }
 
-fn one(dir: &Path, mb: u64, key: &SecretKey, keyring: &Keyring) -> Result<(f64, f64, f64, f64), String> {
+fn one(
+    dir: &Path,
+    mb: u64,
+    key: &SecretKey,
+    keyring: &Keyring,
+) -> Result<(f64, f64, f64, f64), String> {
     let data = dir.join(format!("payload-{mb}.bin"));
     let bundle = dir.join(format!("bench-{mb}.vsb"));
     let bytes = mb * 1_000_000;

@@ -21,7 +21,12 @@ use crate::exit;
 ///
 /// New here? Run `vessel-sync demo` to watch the whole flow in a temporary folder.
 #[derive(Debug, Parser)]
-#[command(name = "vessel-sync", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "vessel-sync",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -193,19 +198,31 @@ pub fn run(cli: Cli) -> i32 {
             Ok(cfg) => crate::report::status(&cfg, clock.as_ref(), json),
             Err(code) => code,
         },
-        Command::Audit { config, json, csv, since_id } => match load_config(&config.config) {
+        Command::Audit {
+            config,
+            json,
+            csv,
+            since_id,
+        } => match load_config(&config.config) {
             Ok(cfg) => crate::report::audit(&cfg, json, csv, since_id),
             Err(code) => code,
         },
         Command::Demo { dir } => crate::demo::run(dir),
-        Command::Bench { name, json, size_mb } => crate::bench::run(&name, json, size_mb),
+        Command::Bench {
+            name,
+            json,
+            size_mb,
+        } => crate::bench::run(&name, json, size_mb),
     }
 }
 
 fn keygen(out: &Path, comment: &str) -> i32 {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
-            return fail(exit::NOINPUT, format!("directory {} does not exist", parent.display()));
+            return fail(
+                exit::NOINPUT,
+                format!("directory {} does not exist", parent.display()),
+            );
         }
     }
     let key = match SecretKey::generate() {
@@ -213,14 +230,22 @@ fn keygen(out: &Path, comment: &str) -> i32 {
         Err(e) => return fail(exit::SOFTWARE, format!("no randomness available: {e}")),
     };
     let label = if comment.is_empty() {
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     } else {
         comment.to_string()
     };
     match key.write_pair(out, &label) {
         Ok((k, p)) => {
-            println!("private key: {} (mode 0600; keep it ashore, never copy it to a vessel)", k.display());
-            println!("public key:  {} (copy to each vessel, list under [keyring] trusted)", p.display());
+            println!(
+                "private key: {} (mode 0600; keep it ashore, never copy it to a vessel)",
+                k.display()
+            );
+            println!(
+                "public key:  {} (copy to each vessel, list under [keyring] trusted)",
+                p.display()
+            );
             println!("key id:      {}", key.id);
             exit::OK
         }
@@ -268,7 +293,11 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
             }
         }
         BundleCmd::Inspect { file, json } => crate::report::inspect(&file, json),
-        BundleCmd::Verify { file, trust, vessel } => {
+        BundleCmd::Verify {
+            file,
+            trust,
+            vessel,
+        } => {
             let mut keys = Vec::new();
             for p in &trust {
                 match PublicKey::load(p) {
@@ -281,7 +310,12 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
             let result = envelope::open(&file, &keyring, &limits).and_then(|o| {
                 if let Some(v) = &vessel {
                     envelope::check_policy(&o.manifest, v, clock.now(), 0)?;
-                } else if let Some(exp) = o.manifest.expires.as_deref().and_then(crate::clock::parse_time) {
+                } else if let Some(exp) = o
+                    .manifest
+                    .expires
+                    .as_deref()
+                    .and_then(crate::clock::parse_time)
+                {
                     if clock.now() > exp {
                         return Err(envelope::Rejection::Expired {
                             expires: crate::clock::format_time(exp),
@@ -302,7 +336,10 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
                     );
                     exit::OK
                 }
-                Err(VerifyError::Rejected(r)) => fail(exit::DATAERR, format!("{}: INVALID ({}): {r}", file.display(), r.code())),
+                Err(VerifyError::Rejected(r)) => fail(
+                    exit::DATAERR,
+                    format!("{}: INVALID ({}): {r}", file.display(), r.code()),
+                ),
                 Err(VerifyError::Local(e)) => fail(exit::NOINPUT, e),
             }
         }
@@ -316,7 +353,11 @@ fn check_config(path: &Path) -> i32 {
     };
     let problems = cfg.check_directories();
     if !problems.is_empty() {
-        eprintln!("{}: {} problem(s) with directories:", path.display(), problems.len());
+        eprintln!(
+            "{}: {} problem(s) with directories:",
+            path.display(),
+            problems.len()
+        );
         for p in problems {
             eprintln!("  {p}");
         }
@@ -327,7 +368,11 @@ fn check_config(path: &Path) -> i32 {
         path.display(),
         cfg.vessel_id,
         cfg.keyring.len(),
-        cfg.keyring.iter().map(|k| format!("{} ({})", k.id, k.name)).collect::<Vec<_>>().join(", "),
+        cfg.keyring
+            .iter()
+            .map(|k| format!("{} ({})", k.id, k.name))
+            .collect::<Vec<_>>()
+            .join(", "),
         cfg.paths.inbox.display()
     );
     exit::OK

@@ -123,8 +123,13 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn line(&self, span: Option<Range<usize>>) -> usize {
-        span.map(|s| self.src[..s.start.min(self.src.len())].matches('\n').count() + 1)
-            .unwrap_or(0)
+        span.map(|s| {
+            self.src[..s.start.min(self.src.len())]
+                .matches('\n')
+                .count()
+                + 1
+        })
+        .unwrap_or(0)
     }
 
     fn push(&mut self, span: Option<Range<usize>>, message: String) {
@@ -162,12 +167,20 @@ impl Walker<'_> {
         }
     }
 
-    fn string(&mut self, t: Option<&Table>, label: &str, key: &str) -> Option<(String, Option<Range<usize>>)> {
+    fn string(
+        &mut self,
+        t: Option<&Table>,
+        label: &str,
+        key: &str,
+    ) -> Option<(String, Option<Range<usize>>)> {
         let item = t.and_then(|t| t.get(key))?;
         match item.as_str() {
             Some(s) => Some((s.to_string(), item.span())),
             None => {
-                self.push(item.span(), format!("{label}.{key} must be a string in quotes"));
+                self.push(
+                    item.span(),
+                    format!("{label}.{key} must be a string in quotes"),
+                );
                 None
             }
         }
@@ -180,7 +193,11 @@ impl Walker<'_> {
                     self.push(span, format!("{label}.{key} is empty"));
                 }
                 let p = PathBuf::from(&s);
-                if p.is_absolute() { p } else { self.base.join(p) }
+                if p.is_absolute() {
+                    p
+                } else {
+                    self.base.join(p)
+                }
             }
             None => default,
         }
@@ -234,7 +251,10 @@ impl Walker<'_> {
         match item.as_integer().and_then(|i| u64::try_from(i).ok()) {
             Some(v) if v > 0 => v,
             _ => {
-                self.push(item.span(), format!("{label}.{key} must be a positive whole number"));
+                self.push(
+                    item.span(),
+                    format!("{label}.{key} must be a positive whole number"),
+                );
                 default
             }
         }
@@ -345,10 +365,16 @@ impl Config {
         w.only(
             root,
             "the top level",
-            &["version", "vessel", "paths", "keyring", "inbox", "limits", "log", "moodle", "uplink"],
+            &[
+                "version", "vessel", "paths", "keyring", "inbox", "limits", "log", "moodle",
+                "uplink",
+            ],
         );
         match root.get("version") {
-            None => w.push(None, format!("missing 'version = {CONFIG_VERSION}' at the top of the file")),
+            None => w.push(
+                None,
+                format!("missing 'version = {CONFIG_VERSION}' at the top of the file"),
+            ),
             Some(item) => {
                 if item.as_integer() != Some(CONFIG_VERSION) {
                     w.push(
@@ -378,9 +404,25 @@ impl Config {
 
         let paths_t = w.sub(root, "paths");
         if let Some(t) = paths_t {
-            w.only(t, "[paths]", &["state_dir", "inbox", "work", "archive", "quarantine", "outbound"]);
+            w.only(
+                t,
+                "[paths]",
+                &[
+                    "state_dir",
+                    "inbox",
+                    "work",
+                    "archive",
+                    "quarantine",
+                    "outbound",
+                ],
+            );
         }
-        let state_dir = w.path(paths_t, "paths", "state_dir", PathBuf::from("/var/lib/vessel-sync"));
+        let state_dir = w.path(
+            paths_t,
+            "paths",
+            "state_dir",
+            PathBuf::from("/var/lib/vessel-sync"),
+        );
         let paths = Paths {
             inbox: w.path(paths_t, "paths", "inbox", state_dir.join("inbox")),
             work: w.path(paths_t, "paths", "work", state_dir.join("work")),
@@ -422,7 +464,11 @@ impl Config {
 
         let inbox_t = w.sub(root, "inbox");
         if let Some(t) = inbox_t {
-            w.only(t, "[inbox]", &["scan_interval", "settle", "gap_timeout", "clock_skew"]);
+            w.only(
+                t,
+                "[inbox]",
+                &["scan_interval", "settle", "gap_timeout", "clock_skew"],
+            );
         }
         let inbox = InboxSettings {
             scan_interval: w.seconds(inbox_t, "inbox", "scan_interval", 30).max(1),
@@ -433,14 +479,28 @@ impl Config {
 
         let limits_t = w.sub(root, "limits");
         if let Some(t) = limits_t {
-            w.only(t, "[limits]", &["max_bundle_bytes", "max_member_bytes", "max_members", "max_manifest_bytes"]);
+            w.only(
+                t,
+                "[limits]",
+                &[
+                    "max_bundle_bytes",
+                    "max_member_bytes",
+                    "max_members",
+                    "max_manifest_bytes",
+                ],
+            );
         }
         let d = Limits::default();
         let limits = Limits {
             max_total_bytes: w.bytes(limits_t, "limits", "max_bundle_bytes", d.max_total_bytes),
             max_member_bytes: w.bytes(limits_t, "limits", "max_member_bytes", d.max_member_bytes),
             max_members: w.count(limits_t, "limits", "max_members", d.max_members),
-            max_manifest_bytes: w.bytes(limits_t, "limits", "max_manifest_bytes", d.max_manifest_bytes),
+            max_manifest_bytes: w.bytes(
+                limits_t,
+                "limits",
+                "max_manifest_bytes",
+                d.max_manifest_bytes,
+            ),
             max_window_log: d.max_window_log,
         };
 
@@ -456,7 +516,11 @@ impl Config {
         // Reserved for the Moodle and uplink work: accepted as sections, no keys yet.
         for reserved in ["moodle", "uplink"] {
             if let Some(t) = w.sub(root, reserved) {
-                w.only(t, &format!("[{reserved}] (reserved: this version has no settings here yet)"), &[]);
+                w.only(
+                    t,
+                    &format!("[{reserved}] (reserved: this version has no settings here yet)"),
+                    &[],
+                );
             }
         }
 
@@ -489,7 +553,10 @@ impl Config {
             ("outbound", &p.outbound),
         ] {
             if let Err(e) = std::fs::create_dir_all(dir) {
-                problems.push(format!("paths.{label} {}: cannot create: {e}", dir.display()));
+                problems.push(format!(
+                    "paths.{label} {}: cannot create: {e}",
+                    dir.display()
+                ));
                 continue;
             }
             let probe = dir.join(format!(".vessel-sync-write-test-{}", std::process::id()));
@@ -497,7 +564,10 @@ impl Config {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&probe);
                 }
-                Err(e) => problems.push(format!("paths.{label} {}: not writable: {e}", dir.display())),
+                Err(e) => problems.push(format!(
+                    "paths.{label} {}: not writable: {e}",
+                    dir.display()
+                )),
             }
         }
         problems
@@ -522,7 +592,9 @@ mod tests {
     #[test]
     fn typo_gets_a_suggestion_and_missing_version_is_named() {
         let text = "[inbox]\nscan_intervall = 5\n";
-        let err = Config::parse(text, Path::new("a.toml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did you mean 'scan_interval'"), "{err}");
         assert!(err.contains("missing 'version = 1'"), "{err}");
     }

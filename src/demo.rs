@@ -15,16 +15,26 @@ fn step(n: u32, text: &str) {
 
 /// Rewrites a bundle with one member's bytes changed (same size), keeping the original signed
 /// manifest and signature: what tampering in transit looks like. Used by the demo and tests.
-pub fn rewrite_member(src: &Path, dst: &Path, member: &str, change: impl Fn(&mut Vec<u8>)) -> std::io::Result<()> {
+pub fn rewrite_member(
+    src: &Path,
+    dst: &Path,
+    member: &str,
+    change: impl Fn(&mut Vec<u8>),
+) -> std::io::Result<()> {
     use crate::envelope::tarstream::TarReader;
     let file = std::fs::File::open(src)?;
     let mut tar = TarReader::new(zstd::stream::read::Decoder::new(file)?);
     let mut members = Vec::new();
-    while let Some(h) = tar.next_header().map_err(|e| std::io::Error::other(format!("{e:?}")))? {
+    while let Some(h) = tar
+        .next_header()
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?
+    {
         let mut data = Vec::new();
         let mut buf = [0u8; 8192];
         loop {
-            let n = tar.read_data(&mut buf).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+            let n = tar
+                .read_data(&mut buf)
+                .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
             if n == 0 {
                 break;
             }
@@ -58,7 +68,12 @@ fn command(kind: &str, args: serde_json::Value, files: &[&str]) -> CommandEntry 
     }
 }
 
-fn draft(recipient: &str, sequence: u64, commands: Vec<CommandEntry>, files: Vec<(String, Source)>) -> Draft {
+fn draft(
+    recipient: &str,
+    sequence: u64,
+    commands: Vec<CommandEntry>,
+    files: Vec<(String, Source)>,
+) -> Draft {
     Draft {
         kind: Kind::Commands,
         sender: "shore-ops".into(),
@@ -87,20 +102,33 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
         std::fs::create_dir_all(dir.join(sub)).map_err(e)?;
     }
 
-    step(1, "Shore: make the operator's signing key (vessel-sync keygen --out keys/shore-ops)");
+    step(
+        1,
+        "Shore: make the operator's signing key (vessel-sync keygen --out keys/shore-ops)",
+    );
     let ops = SecretKey::generate().map_err(e)?;
-    ops.write_pair(&dir.join("keys/shore-ops"), "shore operations desk").map_err(|e| e.to_string())?;
+    ops.write_pair(&dir.join("keys/shore-ops"), "shore operations desk")
+        .map_err(|e| e.to_string())?;
     let rogue = SecretKey::generate().map_err(e)?;
-    println!("operator key id {} (keys/shore-ops.key stays ashore; keys/shore-ops.pub goes to the vessel)", ops.id);
+    println!(
+        "operator key id {} (keys/shore-ops.key stays ashore; keys/shore-ops.pub goes to the vessel)",
+        ops.id
+    );
 
-    step(2, "Vessel: configure the agent for vessel mv-aurora, trusting that key");
+    step(
+        2,
+        "Vessel: configure the agent for vessel mv-aurora, trusting that key",
+    );
     let cfg_text = "version = 1\n\n[vessel]\nid = \"mv-aurora\"\n\n[paths]\nstate_dir = \"state\"\ninbox = \"inbox\"\n\n[keyring]\ntrusted = [\"keys/shore-ops.pub\"]\n\n[inbox]\nsettle = \"0s\"\n";
     let cfg_path = dir.join("agent.toml");
     std::fs::write(&cfg_path, cfg_text).map_err(e)?;
     print!("{cfg_text}");
     let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
 
-    step(3, "Shore: build and sign bundle #1 (a legacy-id mapping and an acknowledgement)");
+    step(
+        3,
+        "Shore: build and sign bundle #1 (a legacy-id mapping and an acknowledgement)",
+    );
     let csv = dir.join("shore/mapping.csv");
     std::fs::write(&csv, "kind,legacy_id,moodle_key,course\ncategory,TRS-DECK,DECK,\ncourse,TRS-0110,ERM-110,\ncourse,TRS-0101,SAFETY-101,\nactivity,TRS-0110-Q1,erm-quiz-1,ERM-110\n").map_err(e)?;
     let good = dir.join("shore/0001-mapping.vsb");
@@ -116,31 +144,66 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
     let m = envelope::write_envelope(&d, &ops, now, &good).map_err(e)?;
     println!("bundle {} sequence 1 -> {}", m.id, good.display());
 
-    step(4, "Vessel: the carrier drops it into the inbox; the agent verifies, journals and applies it");
+    step(
+        4,
+        "Vessel: the carrier drops it into the inbox; the agent verifies, journals and applies it",
+    );
     std::fs::copy(&good, dir.join("inbox/0001-mapping.vsb")).map_err(e)?;
     once(&cfg, &clock)?;
 
-    step(5, "The same bundle arrives again (carriers retry), plus a re-signed bundle reusing sequence 1");
+    step(
+        5,
+        "The same bundle arrives again (carriers retry), plus a re-signed bundle reusing sequence 1",
+    );
     std::fs::copy(&good, dir.join("inbox/0001-mapping-again.vsb")).map_err(e)?;
-    let replay = draft("mv-aurora", 1, vec![command("ack", serde_json::json!({"acked_seq": 7}), &[])], vec![]);
+    let replay = draft(
+        "mv-aurora",
+        1,
+        vec![command("ack", serde_json::json!({"acked_seq": 7}), &[])],
+        vec![],
+    );
     envelope::write_envelope(&replay, &ops, now, &dir.join("inbox/0001-old-ack.vsb")).map_err(e)?;
     once(&cfg, &clock)?;
 
-    step(6, "Tampering: bundle #2 with mapping.csv changed after signing, and one signed by an unknown key");
-    std::fs::write(&csv, "kind,legacy_id,moodle_key,course\ncourse,TRS-0201,FIRE-201,\n").map_err(e)?;
+    step(
+        6,
+        "Tampering: bundle #2 with mapping.csv changed after signing, and one signed by an unknown key",
+    );
+    std::fs::write(
+        &csv,
+        "kind,legacy_id,moodle_key,course\ncourse,TRS-0201,FIRE-201,\n",
+    )
+    .map_err(e)?;
     let second = dir.join("shore/0002-mapping.vsb");
-    let d2 = draft("mv-aurora", 2, vec![command("set_mapping", serde_json::json!({}), &["files/mapping.csv"])], vec![("files/mapping.csv".into(), Source::Path(csv.clone()))]);
+    let d2 = draft(
+        "mv-aurora",
+        2,
+        vec![command(
+            "set_mapping",
+            serde_json::json!({}),
+            &["files/mapping.csv"],
+        )],
+        vec![("files/mapping.csv".into(), Source::Path(csv.clone()))],
+    );
     envelope::write_envelope(&d2, &ops, now, &second).map_err(e)?;
-    rewrite_member(&second, &dir.join("inbox/0002-tampered.vsb"), "files/mapping.csv", |b| {
-        if let Some(pos) = b.windows(8).position(|w| w == b"FIRE-201") {
-            b[pos..pos + 8].copy_from_slice(b"FIRE-666");
-        }
-    })
+    rewrite_member(
+        &second,
+        &dir.join("inbox/0002-tampered.vsb"),
+        "files/mapping.csv",
+        |b| {
+            if let Some(pos) = b.windows(8).position(|w| w == b"FIRE-201") {
+                b[pos..pos + 8].copy_from_slice(b"FIRE-666");
+            }
+        },
+    )
     .map_err(e)?;
     envelope::write_envelope(&d2, &rogue, now, &dir.join("inbox/0002-rogue.vsb")).map_err(e)?;
     once(&cfg, &clock)?;
 
-    step(7, "What the IT officer sees: a reason file beside each quarantined bundle");
+    step(
+        7,
+        "What the IT officer sees: a reason file beside each quarantined bundle",
+    );
     let mut reasons: Vec<PathBuf> = std::fs::read_dir(&cfg.paths.quarantine)
         .map_err(e)?
         .flatten()
@@ -150,19 +213,30 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
     reasons.sort();
     for r in reasons {
         let text = std::fs::read_to_string(&r).map_err(e)?;
-        let reason = text.lines().find(|l| l.starts_with("Reason:")).unwrap_or("");
+        let reason = text
+            .lines()
+            .find(|l| l.starts_with("Reason:"))
+            .unwrap_or("");
         println!("{}\n    {}", r.display(), reason.trim());
     }
 
-    step(8, "The untampered bundle #2 arrives after all; then 'vessel-sync status'");
+    step(
+        8,
+        "The untampered bundle #2 arrives after all; then 'vessel-sync status'",
+    );
     std::fs::copy(&second, dir.join("inbox/0002-mapping.vsb")).map_err(e)?;
     once(&cfg, &clock)?;
     println!();
     crate::report::status(&cfg, clock.as_ref(), false);
     if kept {
-        println!("\nTry: vessel-sync status --config {0}    vessel-sync audit --config {0}", cfg_path.display());
+        println!(
+            "\nTry: vessel-sync status --config {0}    vessel-sync audit --config {0}",
+            cfg_path.display()
+        );
     } else {
-        println!("\n(The temporary folder is removed now; 'vessel-sync demo --dir DIR' keeps it to explore with status and audit.)");
+        println!(
+            "\n(The temporary folder is removed now; 'vessel-sync demo --dir DIR' keeps it to explore with status and audit.)"
+        );
     }
     Ok(())
 }
@@ -179,7 +253,10 @@ pub fn run(dir: Option<PathBuf>) -> i32 {
             }
             d
         }
-        None => match tempfile::Builder::new().prefix("vessel-sync-demo-").tempdir() {
+        None => match tempfile::Builder::new()
+            .prefix("vessel-sync-demo-")
+            .tempdir()
+        {
             Ok(t) => {
                 temp = t;
                 temp.path().to_path_buf()

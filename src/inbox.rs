@@ -102,7 +102,11 @@ impl Scanner {
             if settled {
                 out.ready.push(path);
             } else {
-                let at = if mtime_in_future { since + settle } else { mtime.saturating_add(settle).max(now) };
+                let at = if mtime_in_future {
+                    since + settle
+                } else {
+                    mtime.saturating_add(settle).max(now)
+                };
                 out.arriving.push((path, at));
             }
         }
@@ -199,8 +203,18 @@ pub fn admit(store: &mut Store, cfg: &Config, path: &Path, now: i64) -> Result<A
         tx.classify(&m.id, &sha, &m.issuer, &m.recipient, m.sequence)?
     };
     match admission {
-        Admission::Known { same_content: false, .. } => {
-            return quarantine(store, cfg, path, &Rejection::IdReused(m.id.clone()), Some(&m), now);
+        Admission::Known {
+            same_content: false,
+            ..
+        } => {
+            return quarantine(
+                store,
+                cfg,
+                path,
+                &Rejection::IdReused(m.id.clone()),
+                Some(&m),
+                now,
+            );
         }
         Admission::Replay { previous } => {
             let r = Rejection::Replay {
@@ -211,7 +225,9 @@ pub fn admit(store: &mut Store, cfg: &Config, path: &Path, now: i64) -> Result<A
             };
             return quarantine(store, cfg, path, &r, Some(&m), now);
         }
-        Admission::Known { archived: false, .. } => {
+        Admission::Known {
+            archived: false, ..
+        } => {
             archive(store, cfg, path, &m.id)?;
             return Ok(Admitted::Recovered(m.id));
         }
@@ -234,12 +250,18 @@ pub fn admit(store: &mut Store, cfg: &Config, path: &Path, now: i64) -> Result<A
     for d in [&tmp_dir, &final_dir] {
         if d.exists() {
             if let Err(e) = fs::remove_dir_all(d) {
-                return Ok(Admitted::LeftForLater(format!("cannot clear {}: {e}", d.display())));
+                return Ok(Admitted::LeftForLater(format!(
+                    "cannot clear {}: {e}",
+                    d.display()
+                )));
             }
         }
     }
     if let Err(e) = fs::create_dir_all(&tmp_dir) {
-        return Ok(Admitted::LeftForLater(format!("cannot create {}: {e}", tmp_dir.display())));
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot create {}: {e}",
+            tmp_dir.display()
+        )));
     }
     match opened.extract(Some(&tmp_dir)) {
         Ok(_) => {}
@@ -253,7 +275,9 @@ pub fn admit(store: &mut Store, cfg: &Config, path: &Path, now: i64) -> Result<A
     }
     if let Err(e) = fsutil::commit_temp(&tmp_dir, &final_dir) {
         let _ = fs::remove_dir_all(&tmp_dir);
-        return Ok(Admitted::LeftForLater(format!("cannot move extracted files into place: {e}")));
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot move extracted files into place: {e}"
+        )));
     }
     failpoint::hit("admit.after-extract");
 
@@ -288,7 +312,14 @@ fn archive(store: &mut Store, cfg: &Config, path: &Path, id: &str) -> Result<()>
 }
 
 /// Moves a refused file to quarantine with a reason file, and records it.
-pub fn quarantine(store: &mut Store, cfg: &Config, path: &Path, why: &Rejection, m: Option<&Manifest>, now: i64) -> Result<Admitted> {
+pub fn quarantine(
+    store: &mut Store,
+    cfg: &Config,
+    path: &Path,
+    why: &Rejection,
+    m: Option<&Manifest>,
+    now: i64,
+) -> Result<Admitted> {
     let name = file_name(path);
     let dest = fsutil::free_name(&cfg.paths.quarantine, &name);
     let dest_name = file_name(&dest);
@@ -312,10 +343,14 @@ pub fn quarantine(store: &mut Store, cfg: &Config, path: &Path, why: &Rejection,
     );
     let reason_path = cfg.paths.quarantine.join(format!("{dest_name}.reason.txt"));
     if let Err(e) = fsutil::atomic_write(&reason_path, text.as_bytes()) {
-        return Ok(Admitted::LeftForLater(format!("cannot write to quarantine: {e}")));
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot write to quarantine: {e}"
+        )));
     }
     if let Err(e) = fsutil::move_file(path, &dest) {
-        return Ok(Admitted::LeftForLater(format!("cannot move {name} to quarantine: {e}")));
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot move {name} to quarantine: {e}"
+        )));
     }
     let actor = m.map_or("unknown", |m| m.issuer.as_str());
     store.write(|tx| {
@@ -347,12 +382,22 @@ mod tests {
         fs::write(&f, b"abc").unwrap();
         fs::write(dir.path().join(".hidden"), b"x").unwrap();
         fs::write(dir.path().join("c.vsb.part"), b"x").unwrap();
-        let mtime = fs::metadata(&f).unwrap().modified().unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let mtime = fs::metadata(&f)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let mut s = Scanner::default();
         // Fresh file: arriving.
         let scan = s.scan(dir.path(), 5, mtime + 1).unwrap();
         assert!(scan.ready.is_empty());
-        assert_eq!(scan.arriving.len(), 1, "temporary and hidden names are ignored");
+        assert_eq!(
+            scan.arriving.len(),
+            1,
+            "temporary and hidden names are ignored"
+        );
         // Old enough and unchanged: ready.
         let scan = s.scan(dir.path(), 5, mtime + 10).unwrap();
         assert_eq!(scan.ready, vec![f.clone()]);

@@ -4,7 +4,10 @@
 //! `docs/bundle-format.md` for the envelope format.
 
 #![deny(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod agent;
 pub mod bench;

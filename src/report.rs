@@ -49,7 +49,10 @@ fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::Store
         agent_running: crate::agent::is_running(&cfg.paths.state_dir),
         now: format_time(clock.now()),
         inbox_pending: list_dir(&cfg.paths.inbox, |n| !ignored_name(n)),
-        quarantine_files: list_dir(&cfg.paths.quarantine, |n| !n.ends_with(".reason.txt") && !ignored_name(n)).len() as u64,
+        quarantine_files: list_dir(&cfg.paths.quarantine, |n| {
+            !n.ends_with(".reason.txt") && !ignored_name(n)
+        })
+        .len() as u64,
         recent_rejections: store.recent_audit(AuditEvent::REJECTED, 5)?,
         duplicates_ignored: store.count_audit(AuditEvent::DUPLICATE)?,
         journal: store.overview()?,
@@ -80,8 +83,18 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         };
     }
     let now = clock.now();
-    let count = |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-    println!("vessel {}   agent {}   ({})", s.vessel, if s.agent_running { "running" } else { "NOT running" }, s.now);
+    let count =
+        |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    println!(
+        "vessel {}   agent {}   ({})",
+        s.vessel,
+        if s.agent_running {
+            "running"
+        } else {
+            "NOT running"
+        },
+        s.now
+    );
     println!(
         "bundles:   {} done, {} failed, {} ready, {} waiting for a missing sequence",
         count(&s.journal.bundles, "done"),
@@ -109,10 +122,16 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         );
     }
     for (issuer, recipient, seq, at) in &s.journal.skipped {
-        println!("skipped:   sequence {seq} from {issuer} for {recipient:?} never arrived (given up {})", format_time(*at));
+        println!(
+            "skipped:   sequence {seq} from {issuer} for {recipient:?} never arrived (given up {})",
+            format_time(*at)
+        );
     }
     for c in &s.journal.held {
-        let when = c.next_attempt_at.map(|t| format!(", next attempt {}", format_time(t))).unwrap_or_default();
+        let when = c
+            .next_attempt_at
+            .map(|t| format!(", next attempt {}", format_time(t)))
+            .unwrap_or_default();
         println!(
             "{:<10} {} {} (bundle {}, attempt {}{when}): {}",
             format!("{}:", c.state.as_str().to_uppercase()),
@@ -124,7 +143,11 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         );
     }
     if !s.inbox_pending.is_empty() {
-        println!("inbox:     {} file(s) not yet taken: {}", s.inbox_pending.len(), s.inbox_pending.join(", "));
+        println!(
+            "inbox:     {} file(s) not yet taken: {}",
+            s.inbox_pending.len(),
+            s.inbox_pending.join(", ")
+        );
     }
     println!(
         "quarantine: {} file(s) in {} (each with a .reason.txt); {} duplicate bundle(s) ignored",
@@ -136,9 +159,20 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         println!("  {}  {}: {}", format_time(r.at), r.outcome, r.detail);
     }
     let maps: Vec<String> = s.mappings.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!("mappings:  {}", if maps.is_empty() { "none".into() } else { maps.join(", ") });
+    println!(
+        "mappings:  {}",
+        if maps.is_empty() {
+            "none".into()
+        } else {
+            maps.join(", ")
+        }
+    );
     match &s.outbox_ack {
-        Some(a) => println!("shore ack: outbox acknowledged up to sequence {} ({})", a.acked_seq, format_time(a.updated_at)),
+        Some(a) => println!(
+            "shore ack: outbox acknowledged up to sequence {} ({})",
+            a.acked_seq,
+            format_time(a.updated_at)
+        ),
         None => println!("shore ack: none received yet"),
     }
     exit::OK
@@ -167,7 +201,16 @@ pub fn audit(cfg: &Config, json: bool, csv: bool, since_id: i64) -> i32 {
     let result = if csv {
         let mut w = csv::Writer::from_writer(&mut out);
         let header = w
-            .write_record(["id", "time", "actor", "bundle_id", "command_id", "event", "outcome", "detail"])
+            .write_record([
+                "id",
+                "time",
+                "actor",
+                "bundle_id",
+                "command_id",
+                "event",
+                "outcome",
+                "detail",
+            ])
             .map_err(std::io::Error::other);
         let r = store.for_each_audit(since_id, None, |e| {
             let row = [
@@ -180,7 +223,8 @@ pub fn audit(cfg: &Config, json: bool, csv: bool, since_id: i64) -> i32 {
                 e.outcome,
                 e.detail,
             ];
-            w.write_record(row.iter().map(|c| csv_safe(c))).map_err(std::io::Error::other)
+            w.write_record(row.iter().map(|c| csv_safe(c)))
+                .map_err(std::io::Error::other)
         });
         r.map(|r| header.and(r).and_then(|()| w.flush()))
     } else {
@@ -221,14 +265,19 @@ pub fn audit(cfg: &Config, json: bool, csv: bool, since_id: i64) -> i32 {
 fn read_manifest_unverified(path: &Path) -> Result<Manifest, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut decoder = zstd::stream::read::Decoder::new(file).map_err(|e| e.to_string())?;
-    decoder.window_log_max(crate::envelope::Limits::default().max_window_log).map_err(|e| e.to_string())?;
+    decoder
+        .window_log_max(crate::envelope::Limits::default().max_window_log)
+        .map_err(|e| e.to_string())?;
     let mut tar = crate::envelope::tarstream::TarReader::new(decoder);
     let h = tar
         .next_header()
         .map_err(|e| format!("not a readable bundle: {e:?}"))?
         .ok_or("empty archive")?;
     if h.name != manifest::MANIFEST_NAME.as_bytes() || h.size > (16 << 20) {
-        return Err(format!("the first member is {:?}, not manifest.json", String::from_utf8_lossy(&h.name)));
+        return Err(format!(
+            "the first member is {:?}, not manifest.json",
+            String::from_utf8_lossy(&h.name)
+        ));
     }
     let mut bytes = Vec::new();
     let mut buf = [0u8; 8192];
@@ -261,7 +310,10 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
         }
         return exit::OK;
     }
-    println!("bundle     {}  (NOT verified: use 'vessel-sync bundle verify' for that)", m.id);
+    println!(
+        "bundle     {}  (NOT verified: use 'vessel-sync bundle verify' for that)",
+        m.id
+    );
     println!("format     {} ({:?})", m.format, m.kind);
     println!("issuer     {} (sender {:?})", m.issuer, m.sender);
     println!("recipient  {:?}   sequence {}", m.recipient, m.sequence);
@@ -275,7 +327,10 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
     println!("commands   {}", m.commands.len());
     for c in &m.commands {
         let args = serde_json::Value::Object(c.args.clone());
-        println!("  - {} {}  args {}  files {:?}", c.kind, c.id, args, c.files);
+        println!(
+            "  - {} {}  args {}  files {:?}",
+            c.kind, c.id, args, c.files
+        );
     }
     println!("files      {}", m.files.len());
     for f in &m.files {
@@ -288,11 +343,22 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
 pub fn print_pass(r: &Report) {
     for (name, what) in &r.files {
         match what {
-            Admitted::Journaled { id, waiting: false } => println!("accepted     {name} (bundle {id})"),
-            Admitted::Journaled { id, waiting: true } => println!("waiting      {name} (bundle {id}) arrived early; see 'vessel-sync status'"),
-            Admitted::Duplicate(id) => println!("duplicate    {name} (bundle {id} was already received; ignored)"),
-            Admitted::Recovered(id) => println!("recovered    {name} (bundle {id}, admission finished after a restart)"),
-            Admitted::Quarantined { code, to } => println!("QUARANTINED  {name} ({code}); reason in {}.reason.txt", to.display()),
+            Admitted::Journaled { id, waiting: false } => {
+                println!("accepted     {name} (bundle {id})")
+            }
+            Admitted::Journaled { id, waiting: true } => println!(
+                "waiting      {name} (bundle {id}) arrived early; see 'vessel-sync status'"
+            ),
+            Admitted::Duplicate(id) => {
+                println!("duplicate    {name} (bundle {id} was already received; ignored)")
+            }
+            Admitted::Recovered(id) => {
+                println!("recovered    {name} (bundle {id}, admission finished after a restart)")
+            }
+            Admitted::Quarantined { code, to } => println!(
+                "QUARANTINED  {name} ({code}); reason in {}.reason.txt",
+                to.display()
+            ),
             Admitted::LeftForLater(e) => println!("left         {name}: {e}"),
         }
     }
@@ -303,9 +369,13 @@ pub fn print_pass(r: &Report) {
         println!("{:<12} {kind} {id}: {note}", state.as_str());
     }
     for p in &r.arriving {
-        println!("arriving     {} (still being written; taken once unchanged)", p.display());
+        println!(
+            "arriving     {} (still being written; taken once unchanged)",
+            p.display()
+        );
     }
-    if r.files.is_empty() && r.commands.is_empty() && r.arriving.is_empty() && r.skipped.is_empty() {
+    if r.files.is_empty() && r.commands.is_empty() && r.arriving.is_empty() && r.skipped.is_empty()
+    {
         println!("nothing to do");
     }
 }

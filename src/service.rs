@@ -23,7 +23,9 @@ impl Notifier {
     /// `sd_watchdog_enabled` does: the watchdog is on when `WATCHDOG_USEC` is a positive number
     /// and `WATCHDOG_PID` is unset or names this process.
     pub fn from_env() -> Self {
-        let usec = std::env::var("WATCHDOG_USEC").ok().and_then(|s| s.parse::<u64>().ok());
+        let usec = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
         let pid_ok = match std::env::var("WATCHDOG_PID") {
             Err(_) => true,
             Ok(p) => p.parse::<u32>().ok() == Some(std::process::id()),
@@ -34,7 +36,8 @@ impl Notifier {
 
     /// How often the work loop must ping: half the watchdog period, if a watchdog is set.
     pub fn ping_interval(&self) -> Option<Duration> {
-        self.watchdog.map(|w| (w / 2).max(Duration::from_millis(100)))
+        self.watchdog
+            .map(|w| (w / 2).max(Duration::from_millis(100)))
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {

@@ -72,7 +72,9 @@ fn to_json(v: &toml::Value) -> serde_json::Value {
         toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
         toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
         toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
-        toml::Value::Table(t) => serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
     }
 }
 
@@ -81,21 +83,38 @@ pub fn load(path: &Path, now: i64) -> Result<Draft, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let spec: Spec = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    if spec.recipient != crate::envelope::manifest::FLEET && !crate::config::valid_vessel_id(&spec.recipient) {
-        return Err(format!("{}: recipient {:?} is not a vessel id or \"*\"", path.display(), spec.recipient));
+    if spec.recipient != crate::envelope::manifest::FLEET
+        && !crate::config::valid_vessel_id(&spec.recipient)
+    {
+        return Err(format!(
+            "{}: recipient {:?} is not a vessel id or \"*\"",
+            path.display(),
+            spec.recipient
+        ));
     }
     let time = |label: &str, v: &Option<String>| -> Result<Option<i64>, String> {
         v.as_deref()
-            .map(|s| crate::clock::parse_time(s).ok_or_else(|| format!("{}: {label} {s:?} is not an RFC 3339 UTC time like 2026-12-01T00:00:00Z", path.display())))
+            .map(|s| {
+                crate::clock::parse_time(s).ok_or_else(|| {
+                    format!(
+                        "{}: {label} {s:?} is not an RFC 3339 UTC time like 2026-12-01T00:00:00Z",
+                        path.display()
+                    )
+                })
+            })
             .transpose()
     };
     let not_before = time("not_before", &spec.not_before)?;
     let mut expires = time("expires", &spec.expires)?;
     if let Some(rel) = &spec.expires_in {
         if expires.is_some() {
-            return Err(format!("{}: give expires or expires_in, not both", path.display()));
+            return Err(format!(
+                "{}: give expires or expires_in, not both",
+                path.display()
+            ));
         }
-        let d = humantime::parse_duration(rel).map_err(|e| format!("{}: expires_in {rel:?}: {e}", path.display()))?;
+        let d = humantime::parse_duration(rel)
+            .map_err(|e| format!("{}: expires_in {rel:?}: {e}", path.display()))?;
         expires = Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX)));
     }
     let mut files: Vec<(String, Source)> = Vec::new();
@@ -104,18 +123,35 @@ pub fn load(path: &Path, now: i64) -> Result<Draft, String> {
     for (i, c) in spec.commands.iter().enumerate() {
         let mut names = Vec::new();
         for f in &c.files {
-            let full = if f.is_absolute() { f.clone() } else { base.join(f) };
+            let full = if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            };
             if !full.is_file() {
-                return Err(format!("{}: command {} ({}) names file {}, which does not exist", path.display(), i + 1, c.kind, full.display()));
+                return Err(format!(
+                    "{}: command {} ({}) names file {}, which does not exist",
+                    path.display(),
+                    i + 1,
+                    c.kind,
+                    full.display()
+                ));
             }
             let name = match by_path.get(&full) {
                 Some(n) => n.clone(),
                 None => {
-                    let base_name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let base_name = full
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let member = format!("files/{base_name}");
-                    crate::envelope::manifest::check_member_name(&member).map_err(|e| format!("{}: {e}; rename the file", path.display()))?;
+                    crate::envelope::manifest::check_member_name(&member)
+                        .map_err(|e| format!("{}: {e}; rename the file", path.display()))?;
                     if files.iter().any(|(n, _)| *n == member) {
-                        return Err(format!("{}: two different files are both called {base_name}; rename one", path.display()));
+                        return Err(format!(
+                            "{}: two different files are both called {base_name}; rename one",
+                            path.display()
+                        ));
                     }
                     files.push((member.clone(), Source::Path(full.clone())));
                     by_path.insert(full, member.clone());
@@ -127,12 +163,19 @@ pub fn load(path: &Path, now: i64) -> Result<Draft, String> {
         commands.push(CommandEntry {
             id: c.id.clone().unwrap_or_default(),
             kind: c.kind.clone(),
-            args: c.args.iter().map(|(k, v)| (k.clone(), to_json(v))).collect(),
+            args: c
+                .args
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
             files: names,
         });
     }
     if commands.is_empty() {
-        return Err(format!("{}: no [[command]] given; a bundle needs at least one", path.display()));
+        return Err(format!(
+            "{}: no [[command]] given; a bundle needs at least one",
+            path.display()
+        ));
     }
     Ok(Draft {
         kind: Kind::Commands,

@@ -6,7 +6,10 @@ use std::os::unix::fs::PermissionsExt;
 use crate::support::*;
 
 fn s(o: &std::process::Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -15,12 +18,23 @@ fn keygen_build_inspect_verify_round_trip() {
     let p = |r: &str| v.path(r).to_str().unwrap().to_string();
     let out = v.run(&["keygen", "--out", &p("keys/desk")]);
     assert!(out.status.success(), "{:?}", s(&out));
-    let mode = std::fs::metadata(v.path("keys/desk.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(v.path("keys/desk.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     // Refuses to overwrite.
-    assert!(!v.run(&["keygen", "--out", &p("keys/desk")]).status.success());
+    assert!(
+        !v.run(&["keygen", "--out", &p("keys/desk")])
+            .status
+            .success()
+    );
 
-    v.file("spec/mapping.csv", b"kind,legacy_id,moodle_key,course\ncourse,L-1,ERM-110,\n");
+    v.file(
+        "spec/mapping.csv",
+        b"kind,legacy_id,moodle_key,course\ncourse,L-1,ERM-110,\n",
+    );
     v.file(
         "spec/spec.toml",
         format!(
@@ -28,25 +42,75 @@ fn keygen_build_inspect_verify_round_trip() {
         )
         .as_bytes(),
     );
-    let out = v.run(&["bundle", "build", "--spec", &p("spec/spec.toml"), "--key", &p("keys/desk.key"), "--out", &p("out.vsb")]);
+    let out = v.run(&[
+        "bundle",
+        "build",
+        "--spec",
+        &p("spec/spec.toml"),
+        "--key",
+        &p("keys/desk.key"),
+        "--out",
+        &p("out.vsb"),
+    ]);
     assert!(out.status.success(), "{:?}", s(&out));
 
     let (text, _) = s(&v.run(&["bundle", "inspect", &p("out.vsb")]));
-    assert!(text.contains("set_mapping map-1") && text.contains("files/mapping.csv") && text.contains("NOT verified"), "{text}");
+    assert!(
+        text.contains("set_mapping map-1")
+            && text.contains("files/mapping.csv")
+            && text.contains("NOT verified"),
+        "{text}"
+    );
     let json = v.run(&["bundle", "inspect", "--json", &p("out.vsb")]);
     let m: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(m["sequence"], 1);
     assert_eq!(m["commands"][1]["args"]["acked_seq"], 12);
 
-    let ok = v.run(&["bundle", "verify", &p("out.vsb"), "--trust", &p("keys/desk.pub"), "--vessel", VESSEL]);
+    let ok = v.run(&[
+        "bundle",
+        "verify",
+        &p("out.vsb"),
+        "--trust",
+        &p("keys/desk.pub"),
+        "--vessel",
+        VESSEL,
+    ]);
     assert_eq!(ok.status.code(), Some(0), "{:?}", s(&ok));
-    let wrong_key = v.run(&["bundle", "verify", &p("out.vsb"), "--trust", &p("keys/ops.pub")]);
+    let wrong_key = v.run(&[
+        "bundle",
+        "verify",
+        &p("out.vsb"),
+        "--trust",
+        &p("keys/ops.pub"),
+    ]);
     assert_eq!(wrong_key.status.code(), Some(65));
-    assert!(s(&wrong_key).1.contains("not in this vessel's keyring"), "{:?}", s(&wrong_key));
-    let wrong_vessel = v.run(&["bundle", "verify", &p("out.vsb"), "--trust", &p("keys/desk.pub"), "--vessel", "mv-other"]);
+    assert!(
+        s(&wrong_key).1.contains("not in this vessel's keyring"),
+        "{:?}",
+        s(&wrong_key)
+    );
+    let wrong_vessel = v.run(&[
+        "bundle",
+        "verify",
+        &p("out.vsb"),
+        "--trust",
+        &p("keys/desk.pub"),
+        "--vessel",
+        "mv-other",
+    ]);
     assert_eq!(wrong_vessel.status.code(), Some(65));
-    assert!(s(&wrong_vessel).1.contains("addressed to vessel"), "{:?}", s(&wrong_vessel));
-    let missing = v.run(&["bundle", "verify", &p("nope.vsb"), "--trust", &p("keys/desk.pub")]);
+    assert!(
+        s(&wrong_vessel).1.contains("addressed to vessel"),
+        "{:?}",
+        s(&wrong_vessel)
+    );
+    let missing = v.run(&[
+        "bundle",
+        "verify",
+        &p("nope.vsb"),
+        "--trust",
+        &p("keys/desk.pub"),
+    ]);
     assert_eq!(missing.status.code(), Some(66));
 }
 
@@ -60,14 +124,28 @@ fn check_config_reports_every_error_with_its_line_and_exits_78() {
     let out = v.run(&["check-config", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78));
     let err = s(&out).1;
-    for (line, what) in [(3, "vessel.id"), (5, "inbox.settle"), (6, "did you mean 'scan_interval'"), (8, "keyring.trusted"), (10, "unknown key 'url'")] {
-        assert!(err.contains(&format!("bad.toml:{line}: ")) && err.contains(what), "line {line} / {what} missing in:\n{err}");
+    for (line, what) in [
+        (3, "vessel.id"),
+        (5, "inbox.settle"),
+        (6, "did you mean 'scan_interval'"),
+        (8, "keyring.trusted"),
+        (10, "unknown key 'url'"),
+    ] {
+        assert!(
+            err.contains(&format!("bad.toml:{line}: ")) && err.contains(what),
+            "line {line} / {what} missing in:\n{err}"
+        );
     }
     assert!(err.contains("5 problems"), "{err}");
     let good = v.run(&["check-config", "--config", v.config.to_str().unwrap()]);
     assert!(good.status.success(), "{:?}", s(&good));
     // The agent itself refuses a bad config with the same exit code (systemd does not restart).
-    assert_eq!(v.run(&["agent", "--once", "--config", bad.to_str().unwrap()]).status.code(), Some(78));
+    assert_eq!(
+        v.run(&["agent", "--once", "--config", bad.to_str().unwrap()])
+            .status
+            .code(),
+        Some(78)
+    );
     let missing = v.run(&["check-config", "--config", "/nonexistent/agent.toml"]);
     assert_eq!(missing.status.code(), Some(78));
     assert!(s(&missing).1.contains("cannot read the config file"));
@@ -82,13 +160,34 @@ fn audit_exports_json_lines_and_formula_safe_csv() {
     v.once();
     let cfg = v.config.to_str().unwrap();
     let json = v.run(&["audit", "--json", "--config", cfg]);
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"bundle_accepted") && kinds.contains(&"command_done") && kinds.contains(&"bundle_rejected"), "{kinds:?}");
-    let accepted = events.iter().find(|e| e["event"] == "bundle_accepted").unwrap();
-    assert_eq!(accepted["actor"], v.ops.id.as_str(), "actor is the issuer key id");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"bundle_accepted")
+            && kinds.contains(&"command_done")
+            && kinds.contains(&"bundle_rejected"),
+        "{kinds:?}"
+    );
+    let accepted = events
+        .iter()
+        .find(|e| e["event"] == "bundle_accepted")
+        .unwrap();
+    assert_eq!(
+        accepted["actor"],
+        v.ops.id.as_str(),
+        "actor is the issuer key id"
+    );
     let csv = s(&v.run(&["audit", "--csv", "--config", cfg])).0;
-    assert!(csv.starts_with("id,time,actor,bundle_id,command_id,event,outcome,detail\n"), "{csv}");
+    assert!(
+        csv.starts_with("id,time,actor,bundle_id,command_id,event,outcome,detail\n"),
+        "{csv}"
+    );
     let mut r = csv::Reader::from_reader(csv.as_bytes());
     for rec in r.records() {
         for cell in rec.unwrap().iter() {
@@ -100,7 +199,13 @@ fn audit_exports_json_lines_and_formula_safe_csv() {
 #[test]
 fn help_explains_every_level() {
     let v = Vessel::new();
-    for args in [&["--help"][..], &["bundle", "--help"], &["bundle", "build", "--help"], &["agent", "--help"], &["bundle", "verify", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["bundle", "--help"],
+        &["bundle", "build", "--help"],
+        &["agent", "--help"],
+        &["bundle", "verify", "--help"],
+    ] {
         let out = v.run(args);
         assert!(out.status.success());
         let text = s(&out).0;
@@ -119,9 +224,21 @@ fn demo_runs_and_shows_apply_replay_and_quarantine() {
     let (text, err) = s(&out);
     assert!(out.status.success(), "{text}\n{err}");
     assert!(text.contains("accepted     0001-mapping.vsb"), "{text}");
-    assert!(text.contains("duplicate    0001-mapping-again.vsb"), "{text}");
-    assert!(text.contains("QUARANTINED  0001-old-ack.vsb (replay)"), "{text}");
-    assert!(text.contains("QUARANTINED  0002-tampered.vsb (digest_mismatch)"), "{text}");
-    assert!(text.contains("QUARANTINED  0002-rogue.vsb (unknown_key)"), "{text}");
+    assert!(
+        text.contains("duplicate    0001-mapping-again.vsb"),
+        "{text}"
+    );
+    assert!(
+        text.contains("QUARANTINED  0001-old-ack.vsb (replay)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("QUARANTINED  0002-tampered.vsb (digest_mismatch)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("QUARANTINED  0002-rogue.vsb (unknown_key)"),
+        "{text}"
+    );
     assert!(text.contains("accepted     0002-mapping.vsb"), "{text}");
 }

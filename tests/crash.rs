@@ -18,12 +18,25 @@ fn multi_command_bundle(v: &Vessel) -> std::path::PathBuf {
         VESSEL,
         1,
         vec![
-            cmd("set_mapping", "map-a", serde_json::json!({}), &["files/a.csv"]),
+            cmd(
+                "set_mapping",
+                "map-a",
+                serde_json::json!({}),
+                &["files/a.csv"],
+            ),
             cmd("ack", "ack-10", serde_json::json!({"acked_seq": 10}), &[]),
-            cmd("set_mapping", "map-b", serde_json::json!({}), &["files/b.csv"]),
+            cmd(
+                "set_mapping",
+                "map-b",
+                serde_json::json!({}),
+                &["files/b.csv"],
+            ),
             cmd("ack", "ack-20", serde_json::json!({"acked_seq": 20}), &[]),
         ],
-        vec![("files/a.csv", Source::Bytes(a.into())), ("files/b.csv", Source::Bytes(b.into()))],
+        vec![
+            ("files/a.csv", Source::Bytes(a.into())),
+            ("files/b.csv", Source::Bytes(b.into())),
+        ],
     );
     v.bundle("multi.vsb", d)
 }
@@ -33,31 +46,80 @@ fn assert_applied_exactly_once(v: &Vessel, scenario: &str) {
     let cmds = store.commands().unwrap();
     assert_eq!(cmds.len(), 4, "{scenario}");
     for c in &cmds {
-        assert_eq!(c.state.as_str(), "done", "{scenario}: {} is {:?}", c.cmd_id, c.state);
+        assert_eq!(
+            c.state.as_str(),
+            "done",
+            "{scenario}: {} is {:?}",
+            c.cmd_id,
+            c.state
+        );
     }
     // One completion per command in the audit trail, and as many starts as the journal counted.
-    let done: Vec<String> = v.audit("command_done").into_iter().filter_map(|r| r.1).collect();
+    let done: Vec<String> = v
+        .audit("command_done")
+        .into_iter()
+        .filter_map(|r| r.1)
+        .collect();
     let mut sorted = done.clone();
     sorted.sort();
-    assert_eq!(sorted, vec!["ack-10", "ack-20", "map-a", "map-b"], "{scenario}: each command done once");
+    assert_eq!(
+        sorted,
+        vec!["ack-10", "ack-20", "map-a", "map-b"],
+        "{scenario}: each command done once"
+    );
     let mut starts: BTreeMap<String, i64> = BTreeMap::new();
     for r in v.audit("command_started") {
         *starts.entry(r.1.unwrap()).or_default() += 1;
     }
     for c in &cmds {
-        assert_eq!(starts.get(&c.cmd_id).copied().unwrap_or(0), c.attempts, "{scenario}: journal attempts of {} match the audit", c.cmd_id);
+        assert_eq!(
+            starts.get(&c.cmd_id).copied().unwrap_or(0),
+            c.attempts,
+            "{scenario}: journal attempts of {} match the audit",
+            c.cmd_id
+        );
     }
-    assert_eq!(done, vec!["map-a", "ack-10", "map-b", "ack-20"], "{scenario}: in bundle order");
-    assert_eq!(v.audit("bundle_accepted").len(), 1, "{scenario}: journaled once");
-    assert_eq!(v.audit("bundle_finished").len(), 1, "{scenario}: finished once");
-    let maps: Vec<(String, String)> = store.mappings().unwrap().into_iter().map(|m| (m.legacy_id, m.moodle_key)).collect();
+    assert_eq!(
+        done,
+        vec!["map-a", "ack-10", "map-b", "ack-20"],
+        "{scenario}: in bundle order"
+    );
+    assert_eq!(
+        v.audit("bundle_accepted").len(),
+        1,
+        "{scenario}: journaled once"
+    );
+    assert_eq!(
+        v.audit("bundle_finished").len(),
+        1,
+        "{scenario}: finished once"
+    );
+    let maps: Vec<(String, String)> = store
+        .mappings()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.legacy_id, m.moodle_key))
+        .collect();
     assert_eq!(maps.len(), 4, "{scenario}: {maps:?}");
-    assert_eq!(store.ack("outbox").unwrap().unwrap().acked_seq, 20, "{scenario}");
+    assert_eq!(
+        store.ack("outbox").unwrap().unwrap().acked_seq,
+        20,
+        "{scenario}"
+    );
     assert!(v.inbox_names().is_empty(), "{scenario}: inbox empty");
-    let archived: Vec<_> = std::fs::read_dir(v.path("state/archive")).unwrap().flatten().collect();
+    let archived: Vec<_> = std::fs::read_dir(v.path("state/archive"))
+        .unwrap()
+        .flatten()
+        .collect();
     assert_eq!(archived.len(), 1, "{scenario}: archived once");
-    let work: Vec<_> = std::fs::read_dir(v.path("state/work")).unwrap().flatten().collect();
-    assert!(work.is_empty(), "{scenario}: no leftovers in work/: {work:?}");
+    let work: Vec<_> = std::fs::read_dir(v.path("state/work"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        work.is_empty(),
+        "{scenario}: no leftovers in work/: {work:?}"
+    );
 }
 
 #[test]
@@ -75,7 +137,12 @@ fn sigkill_at_every_failpoint_then_restart_applies_every_command_exactly_once() 
                 &["agent", "--once", "--config", v.config.to_str().unwrap()],
                 &[("VESSEL_SYNC_FAILPOINT", &scenario)],
             );
-            assert_eq!(out.status.signal(), Some(9), "{scenario}: the agent should have been killed; stdout {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "{scenario}: the agent should have been killed; stdout {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             v.once();
             // A second restart finds nothing more to do.
             let again = v.once();
@@ -93,7 +160,10 @@ fn killed_twice_in_a_row_still_exactly_once() {
     let b = multi_command_bundle(&v);
     v.drop_in(&b, "multi.vsb");
     for point in ["command.before-commit@2", "command.after-start@1"] {
-        let out = v.run_env(&["agent", "--once", "--config", v.config.to_str().unwrap()], &[("VESSEL_SYNC_FAILPOINT", point)]);
+        let out = v.run_env(
+            &["agent", "--once", "--config", v.config.to_str().unwrap()],
+            &[("VESSEL_SYNC_FAILPOINT", point)],
+        );
         assert_eq!(out.status.signal(), Some(9), "{point}");
     }
     v.once();
@@ -108,11 +178,18 @@ fn same_bundle_twice_or_while_the_agent_is_down_is_applied_once() {
     v.drop_in(&b, "multi.vsb");
     v.drop_in(&b, "multi-copy.vsb");
     let out = v.once();
-    assert!(out.contains("duplicate    multi.vsb") || out.contains("duplicate    multi-copy.vsb"), "{out}");
+    assert!(
+        out.contains("duplicate    multi.vsb") || out.contains("duplicate    multi-copy.vsb"),
+        "{out}"
+    );
     // And once more later.
     v.drop_in(&b, "multi-again.vsb");
     let out = v.once();
     assert!(out.contains("duplicate    multi-again.vsb"), "{out}");
     assert_applied_exactly_once(&v, "duplicates");
-    assert_eq!(v.audit("bundle_duplicate").len(), 2, "one audit line per duplicate");
+    assert_eq!(
+        v.audit("bundle_duplicate").len(),
+        2,
+        "one audit line per duplicate"
+    );
 }

@@ -19,8 +19,15 @@ impl Notify {
         let mut buf = [0u8; 4096];
         let start = std::time::Instant::now();
         loop {
-            assert!(start.elapsed() < Duration::from_secs(60), "no {what} within 60 s; got {:?}", self.seen);
-            let n = self.sock.recv(&mut buf).unwrap_or_else(|e| panic!("no {what} from the agent ({e}); got {:?}", self.seen));
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no {what} within 60 s; got {:?}",
+                self.seen
+            );
+            let n = self
+                .sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what} from the agent ({e}); got {:?}", self.seen));
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             self.seen.push(msg.clone());
             if want(&msg) {
@@ -35,8 +42,12 @@ fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm()
     let v = Vessel::new();
     let sock_path = v.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut n = Notify { sock, seen: Vec::new() };
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut n = Notify {
+        sock,
+        seen: Vec::new(),
+    };
     let mut child = Daemon::spawn(
         Command::new(bin())
             .args(["agent", "--config", v.config.to_str().unwrap()])
@@ -52,7 +63,11 @@ fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm()
     // The journal is migrated by the time READY=1 is sent.
     let store = v.store();
     assert!(store.overview().is_ok(), "journal readable at READY");
-    assert!(n.seen.len() == 1, "READY=1 is the first notification: {:?}", n.seen);
+    assert!(
+        n.seen.len() == 1,
+        "READY=1 is the first notification: {:?}",
+        n.seen
+    );
 
     for _ in 0..3 {
         n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
@@ -64,7 +79,9 @@ fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm()
     v.drop_in(&v.path("junk"), "junk.vsb");
     let b = v.bundle("b.vsb", ack(1, 11));
     v.drop_in(&b, "good.vsb");
-    n.until("a status line with the bundle done", |m| m.contains("STATUS=1 bundles done"));
+    n.until("a status line with the bundle done", |m| {
+        m.contains("STATUS=1 bundles done")
+    });
     assert!(v.reason("junk.vsb").unwrap().contains("not_zstd"));
     n.until("WATCHDOG=1 after work", |m| m.trim_end() == "WATCHDOG=1");
 
@@ -105,9 +122,9 @@ fn a_second_agent_on_the_same_state_is_refused() {
 }
 
 fn unit_with_test_binary(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/")
-        .to_string()
-        + name)
+    let unit = std::fs::read_to_string(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/").to_string() + name,
+    )
     .unwrap();
     let path = dir.join(name);
     std::fs::write(&path, unit.replace("/usr/bin/vessel-sync", bin())).unwrap();
@@ -118,13 +135,34 @@ fn unit_with_test_binary(dir: &std::path::Path, name: &str) -> std::path::PathBu
 fn the_unit_passes_systemd_analyze_verify_and_is_well_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_with_test_binary(dir.path(), "vessel-sync.service");
-    let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("systemd-analyze (package systemd) is needed");
-    assert!(out.status.success() && out.stderr.is_empty(), "verify: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (package systemd) is needed");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&unit).unwrap();
-    for needed in ["Type=notify", "WatchdogSec=", "RestartPreventExitStatus=78", "ExecStartPre=", "NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=", "SystemCallFilter="] {
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "RestartPreventExitStatus=78",
+        "ExecStartPre=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=",
+        "SystemCallFilter=",
+    ] {
         assert!(text.contains(needed), "unit lacks {needed}");
     }
-    let out = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     let score: f64 = report
         .lines()

@@ -14,7 +14,11 @@ impl Command for Ack {
     }
 
     fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
-        let Some(seq) = ctx.args.get("acked_seq").and_then(serde_json::Value::as_u64) else {
+        let Some(seq) = ctx
+            .args
+            .get("acked_seq")
+            .and_then(serde_json::Value::as_u64)
+        else {
             return Ok(CommandOutcome::Failed(
                 "argument acked_seq is missing or not a non-negative integer".into(),
             ));
@@ -23,11 +27,17 @@ impl Command for Ack {
             None => "outbox",
             Some(v) => match v.as_str() {
                 Some(s) if !s.is_empty() => s,
-                _ => return Ok(CommandOutcome::Failed("argument channel must be a non-empty string".into())),
+                _ => {
+                    return Ok(CommandOutcome::Failed(
+                        "argument channel must be a non-empty string".into(),
+                    ));
+                }
             },
         };
         if tx.raise_ack(channel, seq, &ctx.cmd.bundle_id, ctx.now)? {
-            Ok(CommandOutcome::Done(format!("shore acknowledged {channel} up to sequence {seq}")))
+            Ok(CommandOutcome::Done(format!(
+                "shore acknowledged {channel} up to sequence {seq}"
+            )))
         } else if ctx.cmd.late {
             Ok(CommandOutcome::Superseded(format!(
                 "{channel} was already acknowledged at or beyond sequence {seq} by a newer bundle"

@@ -63,9 +63,19 @@ fn check_text(row: u64, field: &str, value: &str, max: usize, errors: &mut Vec<R
     if value.is_empty() {
         errors.push(bad(row, field, value, "is empty"));
     } else if value.chars().count() > max {
-        errors.push(bad(row, field, value, &format!("is longer than {max} characters")));
+        errors.push(bad(
+            row,
+            field,
+            value,
+            &format!("is longer than {max} characters"),
+        ));
     } else if value.chars().any(char::is_control) {
-        errors.push(bad(row, field, value, "contains a control character (tab, line break ...)"));
+        errors.push(bad(
+            row,
+            field,
+            value,
+            "contains a control character (tab, line break ...)",
+        ));
     }
 }
 
@@ -88,7 +98,14 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
     let mut errors = Vec::new();
     let mut records = reader.byte_records();
     let header = match records.next() {
-        None => return Ok(vec![bad(1, "(header)", "", "the file is empty: expected a header row kind,legacy_id,moodle_key[,course]")]),
+        None => {
+            return Ok(vec![bad(
+                1,
+                "(header)",
+                "",
+                "the file is empty: expected a header row kind,legacy_id,moodle_key[,course]",
+            )]);
+        }
         Some(Err(e)) => return Ok(vec![bad(1, "(header)", "", &format!("unreadable: {e}"))]),
         Some(Ok(h)) => h,
     };
@@ -96,7 +113,11 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let f = if i == 0 { f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f) } else { f };
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
             String::from_utf8_lossy(f).trim().to_ascii_lowercase()
         })
         .collect();
@@ -110,8 +131,16 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
         )]);
     };
     let cc = col("course");
-    for unknown in names.iter().filter(|n| !["kind", "legacy_id", "moodle_key", "course"].contains(&n.as_str())) {
-        errors.push(bad(1, "(header)", unknown, "unknown column; allowed: kind, legacy_id, moodle_key, course"));
+    for unknown in names
+        .iter()
+        .filter(|n| !["kind", "legacy_id", "moodle_key", "course"].contains(&n.as_str()))
+    {
+        errors.push(bad(
+            1,
+            "(header)",
+            unknown,
+            "unknown column; allowed: kind, legacy_id, moodle_key, course",
+        ));
     }
     let mut first_seen: HashMap<(String, String), u64> = HashMap::new();
     for rec in records {
@@ -128,7 +157,12 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
             continue;
         }
         if rec.len() != names.len() {
-            errors.push(bad(row, "(row)", "", &format!("has {} fields, the header has {}", rec.len(), names.len())));
+            errors.push(bad(
+                row,
+                "(row)",
+                "",
+                &format!("has {} fields, the header has {}", rec.len(), names.len()),
+            ));
             continue;
         }
         let mut field = |i: Option<usize>, name: &str| -> Option<String> {
@@ -136,33 +170,56 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
             match std::str::from_utf8(raw) {
                 Ok(s) => Some(s.trim().to_string()),
                 Err(_) => {
-                    errors.push(bad(row, name, &String::from_utf8_lossy(raw), "is not valid UTF-8 (save the file as UTF-8)"));
+                    errors.push(bad(
+                        row,
+                        name,
+                        &String::from_utf8_lossy(raw),
+                        "is not valid UTF-8 (save the file as UTF-8)",
+                    ));
                     None
                 }
             }
         };
-        let (Some(kind), Some(legacy), Some(key), Some(course)) =
-            (field(Some(ck), "kind"), field(Some(cl), "legacy_id"), field(Some(cm), "moodle_key"), field(cc, "course"))
-        else {
+        let (Some(kind), Some(legacy), Some(key), Some(course)) = (
+            field(Some(ck), "kind"),
+            field(Some(cl), "legacy_id"),
+            field(Some(cm), "moodle_key"),
+            field(cc, "course"),
+        ) else {
             continue;
         };
         let before = errors.len();
         let kind_l = kind.to_ascii_lowercase();
         if !KINDS.contains(&kind_l.as_str()) {
-            errors.push(bad(row, "kind", &kind, "must be category, course or activity"));
+            errors.push(bad(
+                row,
+                "kind",
+                &kind,
+                "must be category, course or activity",
+            ));
         }
         check_text(row, "legacy_id", &legacy, 255, &mut errors);
         check_text(row, "moodle_key", &key, 100, &mut errors);
         match kind_l.as_str() {
             "activity" => check_text(row, "course", &course, 255, &mut errors),
             "category" | "course" if !course.is_empty() => {
-                errors.push(bad(row, "course", &course, "only activity rows name a course; leave it empty"));
+                errors.push(bad(
+                    row,
+                    "course",
+                    &course,
+                    "only activity rows name a course; leave it empty",
+                ));
             }
             _ => {}
         }
         if errors.len() == before {
             if let Some(first) = first_seen.insert((kind_l.clone(), legacy.clone()), row) {
-                errors.push(bad(row, "legacy_id", &legacy, &format!("duplicate {kind_l} legacy_id (first on row {first})")));
+                errors.push(bad(
+                    row,
+                    "legacy_id",
+                    &legacy,
+                    &format!("duplicate {kind_l} legacy_id (first on row {first})"),
+                ));
                 continue;
             }
             each(&Row {
@@ -227,7 +284,9 @@ impl Command for SetMapping {
                 superseded += 1;
             }
         }
-        let note = format!("{applied} mapping(s) stored from {name}, {superseded} left as a newer sequence set them");
+        let note = format!(
+            "{applied} mapping(s) stored from {name}, {superseded} left as a newer sequence set them"
+        );
         Ok(if applied == 0 && superseded > 0 {
             CommandOutcome::Superseded(note)
         } else {
@@ -242,7 +301,13 @@ impl SetMapping {
             .cmd
             .cmd_id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = ctx.reports_dir.join(format!("{safe}.mapping-report.json"));
         let written = std::fs::create_dir_all(ctx.reports_dir).and_then(|()| {
@@ -284,7 +349,13 @@ mod tests {
         let got: Vec<(u64, &str)> = errs.iter().map(|e| (e.row, e.field.as_str())).collect();
         assert_eq!(
             got,
-            vec![(3, "kind"), (4, "course"), (5, "legacy_id"), (6, "moodle_key"), (7, "(row)")],
+            vec![
+                (3, "kind"),
+                (4, "course"),
+                (5, "legacy_id"),
+                (6, "moodle_key"),
+                (7, "(row)")
+            ],
             "{errs:#?}"
         );
         assert_eq!(errs[0].value, "cours");

@@ -102,7 +102,9 @@ impl SecretKey {
         if parts.next() != Some(SECRET_TAG) {
             return Err(format_err(
                 path,
-                format!("not a vessel-sync private key (expected a line starting with '{SECRET_TAG}'; a .pub file cannot sign)"),
+                format!(
+                    "not a vessel-sync private key (expected a line starting with '{SECRET_TAG}'; a .pub file cannot sign)"
+                ),
             ));
         }
         let seed = decode32(path, parts.next())?;
@@ -154,7 +156,9 @@ impl PublicKey {
             _ => {
                 return Err(format_err(
                     path,
-                    format!("not a vessel-sync public key (expected a line starting with '{PUB_TAG}')"),
+                    format!(
+                        "not a vessel-sync public key (expected a line starting with '{PUB_TAG}')"
+                    ),
                 ));
             }
         }
@@ -268,7 +272,8 @@ fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), KeyError> {
         .open(path)
         .map_err(io)?;
     // The umask may have narrowed the mode; make it exact.
-    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io)?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)
 }

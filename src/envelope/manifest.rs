@@ -95,7 +95,10 @@ impl Manifest {
             return Err("sequence 0 (sequences start at 1)".into());
         }
         if crate::clock::parse_time(&self.created).is_none() {
-            return Err(format!("'created' is not an RFC 3339 UTC time: {:?}", self.created));
+            return Err(format!(
+                "'created' is not an RFC 3339 UTC time: {:?}",
+                self.created
+            ));
         }
         for (label, v) in [("not_before", &self.not_before), ("expires", &self.expires)] {
             if let Some(v) = v {
@@ -144,14 +147,18 @@ pub const SIGNATURE_NAME: &str = "manifest.sig";
 /// most 100 bytes so that it fits a plain ustar header.
 pub fn check_member_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 100 {
-        return Err(format!("member name {name:?} is empty or longer than 100 bytes"));
+        return Err(format!(
+            "member name {name:?} is empty or longer than 100 bytes"
+        ));
     }
     if name.starts_with('/') {
         return Err(format!("member name {name:?} is an absolute path"));
     }
     for part in name.split('/') {
         if part.is_empty() || part == "." || part == ".." {
-            return Err(format!("member name {name:?} has an empty, '.' or '..' component"));
+            return Err(format!(
+                "member name {name:?} has an empty, '.' or '..' component"
+            ));
         }
         if !part
             .bytes()

@@ -65,28 +65,40 @@ pub enum Rejection {
     #[error("not a vessel-sync bundle: the file is not zstd-compressed (it starts with {0})")]
     NotZstd(String),
     /// The compressed stream ends early.
-    #[error("the file is truncated: the compressed data ends before the bundle does (an interrupted copy?); send it again")]
+    #[error(
+        "the file is truncated: the compressed data ends before the bundle does (an interrupted copy?); send it again"
+    )]
     Truncated,
     /// The compressed stream is damaged.
     #[error("the compressed data is corrupt ({0}); send the bundle again")]
     CorruptCompression(String),
     /// Inside the zstd stream there is no tar archive.
-    #[error("the file is zstd-compressed but does not contain a tar archive ({0}); it is not a vessel-sync bundle")]
+    #[error(
+        "the file is zstd-compressed but does not contain a tar archive ({0}); it is not a vessel-sync bundle"
+    )]
     NotTar(String),
     /// The first member is not the manifest.
-    #[error("the manifest is missing or not first: the first member must be manifest.json, found {0}")]
+    #[error(
+        "the manifest is missing or not first: the first member must be manifest.json, found {0}"
+    )]
     ManifestNotFirst(String),
     /// The second member is not the signature.
-    #[error("the signature is missing: the second member must be manifest.sig (64 bytes), found {0}")]
+    #[error(
+        "the signature is missing: the second member must be manifest.sig (64 bytes), found {0}"
+    )]
     SignatureMissing(String),
     /// The manifest is not valid.
     #[error("the manifest is invalid: {0}")]
     ManifestInvalid(String),
     /// Signed by a key that is not trusted.
-    #[error("signed by key {0}, which is not in this vessel's keyring; if this operator is trusted, add their .pub file to [keyring] trusted in the config")]
+    #[error(
+        "signed by key {0}, which is not in this vessel's keyring; if this operator is trusted, add their .pub file to [keyring] trusted in the config"
+    )]
     UnknownKey(String),
     /// The signature does not verify.
-    #[error("bad signature: the manifest does not match its signature (claimed issuer {0}); the bundle was altered after signing, or damaged in transit")]
+    #[error(
+        "bad signature: the manifest does not match its signature (claimed issuer {0}); the bundle was altered after signing, or damaged in transit"
+    )]
     BadSignature(String),
     /// The manifest names another issuer than the key that signed it.
     #[error("the manifest names issuer {claimed} but was signed by key {actual}")]
@@ -108,7 +120,9 @@ pub enum Rejection {
         vessel: String,
     },
     /// Sequence already used.
-    #[error("replay: sequence {sequence} from issuer {issuer} for {recipient:?} was already applied ({previous}); a bundle is applied once")]
+    #[error(
+        "replay: sequence {sequence} from issuer {issuer} for {recipient:?} was already applied ({previous}); a bundle is applied once"
+    )]
     Replay {
         /// Issuer key id.
         issuer: String,
@@ -131,7 +145,9 @@ pub enum Rejection {
         now: String,
     },
     /// Before its validity.
-    #[error("not valid before {not_before} (this vessel's clock says {now}); check the clock, or put the file back in the inbox after that time")]
+    #[error(
+        "not valid before {not_before} (this vessel's clock says {now}); check the clock, or put the file back in the inbox after that time"
+    )]
     NotYetValid {
         /// Start of validity.
         not_before: String,
@@ -167,7 +183,9 @@ pub enum Rejection {
     #[error("absolute path: member {0:?} would be written outside the bundle")]
     AbsolutePath(String),
     /// Symlink member.
-    #[error("member {name:?} is a symbolic link (to {target:?}); bundles may only hold regular files")]
+    #[error(
+        "member {name:?} is a symbolic link (to {target:?}); bundles may only hold regular files"
+    )]
     Symlink {
         /// Member.
         name: String,

@@ -129,7 +129,9 @@ fn attribute(probe: &Probe, err: TarError, first: bool) -> VerifyError {
         .into(),
         TarError::Truncated => Rejection::Truncated.into(),
         TarError::NotTar(m) if first => Rejection::NotTar(m).into(),
-        TarError::NotTar(m) => Rejection::NotTar(format!("a later member header is damaged: {m}")).into(),
+        TarError::NotTar(m) => {
+            Rejection::NotTar(format!("a later member header is damaged: {m}")).into()
+        }
         TarError::Io(e) => VerifyError::Local(format!("reading the bundle failed: {e}")),
     }
 }
@@ -186,8 +188,12 @@ pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, V
 
     // Member 2: the signature.
     let second = tar.next_header().map_err(|e| attribute(&probe, e, false))?;
-    let second = second.ok_or_else(|| Rejection::SignatureMissing("the end of the archive".into()))?;
-    if second.name != SIGNATURE_NAME.as_bytes() || second.kind != MemberKind::Regular || second.size != 64 {
+    let second =
+        second.ok_or_else(|| Rejection::SignatureMissing("the end of the archive".into()))?;
+    if second.name != SIGNATURE_NAME.as_bytes()
+        || second.kind != MemberKind::Regular
+        || second.size != 64
+    {
         return Err(Rejection::SignatureMissing(format!(
             "{:?} ({} bytes)",
             name_of(&second.name),
@@ -284,11 +290,17 @@ fn describe_start(bytes: &[u8]) -> String {
     format!("bytes {}", hexes.join(" "))
 }
 
-fn read_member(tar: &mut TarReader<Stream>, size: u64, probe: &Probe) -> Result<Vec<u8>, VerifyError> {
+fn read_member(
+    tar: &mut TarReader<Stream>,
+    size: u64,
+    probe: &Probe,
+) -> Result<Vec<u8>, VerifyError> {
     let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
     let mut buf = [0u8; 8192];
     loop {
-        let n = tar.read_data(&mut buf).map_err(|e| attribute(probe, e, false))?;
+        let n = tar
+            .read_data(&mut buf)
+            .map_err(|e| attribute(probe, e, false))?;
         if n == 0 {
             break;
         }
@@ -341,7 +353,10 @@ impl Opened {
             let mut hasher = Sha256::new();
             let mut got: u64 = 0;
             loop {
-                let n = self.tar.read_data(&mut buf).map_err(|e| attribute(&probe, e, false))?;
+                let n = self
+                    .tar
+                    .read_data(&mut buf)
+                    .map_err(|e| attribute(&probe, e, false))?;
                 if n == 0 {
                     break;
                 }
@@ -386,7 +401,11 @@ impl Opened {
     }
 }
 
-fn check_member(kind: &MemberKind, name: &str, header: &super::tarstream::Header) -> Result<(), Rejection> {
+fn check_member(
+    kind: &MemberKind,
+    name: &str,
+    header: &super::tarstream::Header,
+) -> Result<(), Rejection> {
     let target = name_of(&header.link);
     if name.starts_with('/') {
         return Err(Rejection::AbsolutePath(name.into()));

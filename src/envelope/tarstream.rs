@@ -111,7 +111,9 @@ impl<R: Read> TarReader<R> {
         if self.pending_data == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.pending_data).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.pending_data).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(TarError::Truncated);
@@ -150,7 +152,9 @@ impl<R: Read> TarReader<R> {
         }
         let mut pad = [0u8; BLOCK];
         if self.pending_pad > 0 {
-            let len = usize::try_from(self.pending_pad).unwrap_or(BLOCK).min(BLOCK);
+            let len = usize::try_from(self.pending_pad)
+                .unwrap_or(BLOCK)
+                .min(BLOCK);
             read_exact_or_eof(&mut self.inner, &mut pad[..len])?;
             self.pending_pad = 0;
         }
@@ -182,7 +186,13 @@ fn parse_header(block: &[u8; BLOCK]) -> Result<Header, TarError> {
     let computed: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32u64 } else { u64::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32u64
+            } else {
+                u64::from(*b)
+            }
+        })
         .sum();
     if stored != computed {
         return Err(TarError::NotTar(format!(

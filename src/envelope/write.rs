@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::SecretKey;
 use super::manifest::{
     CommandEntry, FORMAT_VERSION, FileEntry, Kind, MANIFEST_NAME, Manifest, SIGNATURE_NAME,
     check_member_name,
 };
-use super::SecretKey;
 use crate::clock::format_time;
 use crate::fsutil;
 
@@ -74,7 +74,12 @@ fn digest(source: &Source) -> io::Result<(u64, String)> {
 
 /// Builds the manifest for `draft` (hashing every source), signs it with `key`, and writes the
 /// envelope to `out` atomically. Returns the manifest written.
-pub fn write_envelope(draft: &Draft, key: &SecretKey, now: i64, out: &Path) -> io::Result<Manifest> {
+pub fn write_envelope(
+    draft: &Draft,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+) -> io::Result<Manifest> {
     let id = draft
         .id
         .clone()
@@ -127,14 +132,26 @@ pub fn write_envelope(draft: &Draft, key: &SecretKey, now: i64, out: &Path) -> i
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
-        append(&mut tar, MANIFEST_NAME, manifest_bytes.len() as u64, now, &mut &manifest_bytes[..])?;
+        append(
+            &mut tar,
+            MANIFEST_NAME,
+            manifest_bytes.len() as u64,
+            now,
+            &mut &manifest_bytes[..],
+        )?;
         append(&mut tar, SIGNATURE_NAME, 64, now, &mut &signature[..])?;
         for ((name, source), entry) in draft.files.iter().zip(&manifest.files) {
             match source {
                 Source::Bytes(b) => append(&mut tar, name, entry.size, now, &mut &b[..])?,
                 Source::Path(p) => {
                     let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
-                    append(&mut tar, name, entry.size, now, &mut (&mut f).take(entry.size))?;
+                    append(
+                        &mut tar,
+                        name,
+                        entry.size,
+                        now,
+                        &mut (&mut f).take(entry.size),
+                    )?;
                 }
             }
         }

@@ -88,7 +88,9 @@ impl Store {
                  WHERE id > ?1 AND (?2 IS NULL OR event = ?2) ORDER BY id",
             )
             .ctx(&self.path)?;
-        let rows = stmt.query_map(params![since_id, event], entry).ctx(&self.path)?;
+        let rows = stmt
+            .query_map(params![since_id, event], entry)
+            .ctx(&self.path)?;
         for row in rows {
             if let Err(e) = f(row.ctx(&self.path)?) {
                 return Ok(Err(e));
@@ -118,7 +120,11 @@ impl Store {
     pub fn count_audit(&self, event: &str) -> Result<u64> {
         let n: i64 = self
             .conn
-            .query_row("SELECT COUNT(*) FROM audit WHERE event = ?1", params![event], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM audit WHERE event = ?1",
+                params![event],
+                |r| r.get(0),
+            )
             .ctx(&self.path)?;
         Ok(n.unsigned_abs())
     }

@@ -64,7 +64,10 @@ str_enum!(CommandState {
 impl CommandState {
     /// True once nothing more will happen to the command.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Superseded | Self::Duplicate)
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Superseded | Self::Duplicate
+        )
     }
 }
 
@@ -263,12 +266,21 @@ fn seq(v: u64) -> i64 {
 
 impl Tx<'_> {
     /// Decides how a verified bundle relates to the journal.
-    pub fn classify(&self, id: &str, manifest_sha256: &str, issuer: &str, recipient: &str, sequence: u64) -> Result<Admission> {
+    pub fn classify(
+        &self,
+        id: &str,
+        manifest_sha256: &str,
+        issuer: &str,
+        recipient: &str,
+        sequence: u64,
+    ) -> Result<Admission> {
         let c = &self.tx;
         let known: Option<(String, bool)> = c
-            .query_row("SELECT manifest_sha256, archived FROM bundles WHERE id = ?1", params![id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT manifest_sha256, archived FROM bundles WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .ctx(self.path)?;
         if let Some((sha, archived)) = known {
@@ -339,13 +351,23 @@ impl Tx<'_> {
 
     fn next_order(&self) -> Result<i64> {
         self.tx
-            .query_row("SELECT COALESCE(MAX(admitted_order), 0) + 1 FROM bundles", [], |r| r.get(0))
+            .query_row(
+                "SELECT COALESCE(MAX(admitted_order), 0) + 1 FROM bundles",
+                [],
+                |r| r.get(0),
+            )
             .ctx(self.path)
     }
 
     /// Records a verified bundle and its commands according to `admission` (which must come
     /// from [`Tx::classify`] in the same transaction). Returns the state it entered.
-    pub fn admit(&self, b: &NewBundle, admission: &Admission, gap_timeout: i64, now: i64) -> Result<BundleState> {
+    pub fn admit(
+        &self,
+        b: &NewBundle,
+        admission: &Admission,
+        gap_timeout: i64,
+        now: i64,
+    ) -> Result<BundleState> {
         let (state, reason, late) = match admission {
             Admission::InOrder => (BundleState::Ready, None, false),
             Admission::Late => (BundleState::Ready, None, true),
@@ -362,15 +384,30 @@ impl Tx<'_> {
                 return Ok(BundleState::Failed);
             }
         };
-        let order = if state == BundleState::Ready { Some(self.next_order()?) } else { None };
+        let order = if state == BundleState::Ready {
+            Some(self.next_order()?)
+        } else {
+            None
+        };
         self.tx
             .execute(
                 "INSERT INTO bundles(id, issuer, recipient, sequence, manifest_sha256, source_name,
                     created_at, expires_at, received_at, state, reason, late, admitted_order)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
-                    b.id, b.issuer, b.recipient, seq(b.sequence), b.manifest_sha256, b.source_name,
-                    b.created_at, b.expires_at, now, state.as_str(), reason, late, order
+                    b.id,
+                    b.issuer,
+                    b.recipient,
+                    seq(b.sequence),
+                    b.manifest_sha256,
+                    b.source_name,
+                    b.created_at,
+                    b.expires_at,
+                    now,
+                    state.as_str(),
+                    reason,
+                    late,
+                    order
                 ],
             )
             .ctx(self.path)?;
@@ -387,7 +424,10 @@ impl Tx<'_> {
             let (cstate, creason) = match &dup {
                 Some(other) => (
                     CommandState::Duplicate,
-                    Some(format!("command id {} was already taken from bundle {other}; not applied again", c.cmd_id)),
+                    Some(format!(
+                        "command id {} was already taken from bundle {other}; not applied again",
+                        c.cmd_id
+                    )),
                 ),
                 None => (CommandState::Ready, None),
             };
@@ -399,7 +439,15 @@ impl Tx<'_> {
                 )
                 .ctx(self.path)?;
             if let Some(reason) = creason {
-                self.audit(now, &b.issuer, Some(&b.id), Some(&c.cmd_id), "command_duplicate", "skipped", &reason)?;
+                self.audit(
+                    now,
+                    &b.issuer,
+                    Some(&b.id),
+                    Some(&c.cmd_id),
+                    "command_duplicate",
+                    "skipped",
+                    &reason,
+                )?;
             }
         }
         let detail = format!(
@@ -411,7 +459,15 @@ impl Tx<'_> {
         );
         match admission {
             Admission::InOrder => {
-                self.audit(now, &b.issuer, Some(&b.id), None, "bundle_accepted", "ready", &detail)?;
+                self.audit(
+                    now,
+                    &b.issuer,
+                    Some(&b.id),
+                    None,
+                    "bundle_accepted",
+                    "ready",
+                    &detail,
+                )?;
                 self.set_next_seq(&b.issuer, &b.recipient, b.sequence + 1)?;
                 self.release_in_order(&b.issuer, &b.recipient, now)?;
             }
@@ -434,7 +490,15 @@ impl Tx<'_> {
                 )?;
             }
             _ => {
-                self.audit(now, &b.issuer, Some(&b.id), None, "bundle_accepted", "waiting", &format!("{detail}; {}", reason.unwrap_or_default()))?;
+                self.audit(
+                    now,
+                    &b.issuer,
+                    Some(&b.id),
+                    None,
+                    "bundle_accepted",
+                    "waiting",
+                    &format!("{detail}; {}", reason.unwrap_or_default()),
+                )?;
             }
         }
         self.finish_bundle_if_done(&b.id, now)?;
@@ -462,7 +526,15 @@ impl Tx<'_> {
                     params![id, order],
                 )
                 .ctx(self.path)?;
-            self.audit(now, issuer, Some(&id), None, "bundle_released", "ready", &format!("sequence {next} is next in order"))?;
+            self.audit(
+                now,
+                issuer,
+                Some(&id),
+                None,
+                "bundle_released",
+                "ready",
+                &format!("sequence {next} is next in order"),
+            )?;
             self.set_next_seq(issuer, recipient, next + 1)?;
         }
     }
@@ -502,7 +574,15 @@ impl Tx<'_> {
                     "sequence {missing} from issuer {issuer} for {recipient:?} never arrived within {}; later bundles proceed without it (it will still be applied if it turns up)",
                     format_age(gap_timeout)
                 );
-                self.audit(now, &issuer, None, None, "sequence_skipped", "skipped", &line)?;
+                self.audit(
+                    now,
+                    &issuer,
+                    None,
+                    None,
+                    "sequence_skipped",
+                    "skipped",
+                    &line,
+                )?;
                 lines.push(line);
             }
             self.set_next_seq(&issuer, &recipient, first_waiting)?;
@@ -528,7 +608,11 @@ impl Tx<'_> {
                 params![cmd.bundle_id, cmd.idx, attempt, now],
             )
             .ctx(self.path)?;
-        let resumed = if cmd.state == CommandState::Running { " (resumed after a restart)" } else { "" };
+        let resumed = if cmd.state == CommandState::Running {
+            " (resumed after a restart)"
+        } else {
+            ""
+        };
         self.audit(
             now,
             &cmd.issuer,
@@ -543,14 +627,41 @@ impl Tx<'_> {
 
     /// Records how a command attempt ended; finishes its bundle when it was the last one.
     /// Returns the bundle's final state when the bundle finished.
-    pub fn finish_command(&self, cmd: &CommandRow, outcome: &CommandOutcome, now: i64) -> Result<Option<BundleState>> {
+    pub fn finish_command(
+        &self,
+        cmd: &CommandRow,
+        outcome: &CommandOutcome,
+        now: i64,
+    ) -> Result<Option<BundleState>> {
         let (state, reason, next, event, text) = match outcome {
-            CommandOutcome::Done(note) => (CommandState::Done, note.clone(), None, "command_done", "done"),
-            CommandOutcome::Superseded(note) => (CommandState::Superseded, note.clone(), None, "command_superseded", "superseded"),
-            CommandOutcome::Failed(err) => (CommandState::Failed, err.clone(), None, "command_failed", "failed"),
-            CommandOutcome::Waiting { reason, retry_at } => {
-                (CommandState::Waiting, reason.clone(), Some(*retry_at), "command_waiting", "waiting")
-            }
+            CommandOutcome::Done(note) => (
+                CommandState::Done,
+                note.clone(),
+                None,
+                "command_done",
+                "done",
+            ),
+            CommandOutcome::Superseded(note) => (
+                CommandState::Superseded,
+                note.clone(),
+                None,
+                "command_superseded",
+                "superseded",
+            ),
+            CommandOutcome::Failed(err) => (
+                CommandState::Failed,
+                err.clone(),
+                None,
+                "command_failed",
+                "failed",
+            ),
+            CommandOutcome::Waiting { reason, retry_at } => (
+                CommandState::Waiting,
+                reason.clone(),
+                Some(*retry_at),
+                "command_waiting",
+                "waiting",
+            ),
         };
         self.tx
             .execute(
@@ -559,7 +670,15 @@ impl Tx<'_> {
                 params![cmd.bundle_id, cmd.idx, state.as_str(), reason, next, now],
             )
             .ctx(self.path)?;
-        self.audit(now, &cmd.issuer, Some(&cmd.bundle_id), Some(&cmd.cmd_id), event, text, &format!("{}: {reason}", cmd.kind))?;
+        self.audit(
+            now,
+            &cmd.issuer,
+            Some(&cmd.bundle_id),
+            Some(&cmd.cmd_id),
+            event,
+            text,
+            &format!("{}: {reason}", cmd.kind),
+        )?;
         self.finish_bundle_if_done(&cmd.bundle_id, now)
     }
 
@@ -572,7 +691,15 @@ impl Tx<'_> {
                 params![bundle_id, reason, now],
             )
             .ctx(self.path)?;
-        self.audit(now, actor, Some(bundle_id), None, "bundle_failed", "failed", reason)?;
+        self.audit(
+            now,
+            actor,
+            Some(bundle_id),
+            None,
+            "bundle_failed",
+            "failed",
+            reason,
+        )?;
         self.finish_bundle_if_done(bundle_id, now)?;
         Ok(())
     }
@@ -592,7 +719,11 @@ impl Tx<'_> {
         if open > 0 || state != "ready" {
             return Ok(None);
         }
-        let fin = if failed > 0 { BundleState::Failed } else { BundleState::Done };
+        let fin = if failed > 0 {
+            BundleState::Failed
+        } else {
+            BundleState::Done
+        };
         self.tx
             .execute(
                 "UPDATE bundles SET state = ?2, finished_at = ?3 WHERE id = ?1",
@@ -601,10 +732,26 @@ impl Tx<'_> {
             .ctx(self.path)?;
         let actor: String = self
             .tx
-            .query_row("SELECT issuer FROM bundles WHERE id = ?1", params![bundle_id], |r| r.get(0))
+            .query_row(
+                "SELECT issuer FROM bundles WHERE id = ?1",
+                params![bundle_id],
+                |r| r.get(0),
+            )
             .ctx(self.path)?;
-        let detail = if failed > 0 { format!("{failed} command(s) failed") } else { "all commands finished".into() };
-        self.audit(now, &actor, Some(bundle_id), None, "bundle_finished", fin.as_str(), &detail)?;
+        let detail = if failed > 0 {
+            format!("{failed} command(s) failed")
+        } else {
+            "all commands finished".into()
+        };
+        self.audit(
+            now,
+            &actor,
+            Some(bundle_id),
+            None,
+            "bundle_finished",
+            fin.as_str(),
+            &detail,
+        )?;
         Ok(Some(fin))
     }
 }
@@ -677,7 +824,9 @@ impl Store {
                       AND EXISTS (SELECT 1 FROM commands c WHERE c.bundle_id = bundles.id AND c.state IN ('ready','waiting'))")
             .ctx(&self.path)?;
         let rows = stmt
-            .query_map(params![now, skew], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map(params![now, skew], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .ctx(&self.path)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .ctx(&self.path)?;
@@ -728,7 +877,9 @@ impl Store {
         for (table, target) in [("bundles", &mut o.bundles), ("commands", &mut o.commands)] {
             let mut stmt = self
                 .conn
-                .prepare(&format!("SELECT state, COUNT(*) FROM {table} GROUP BY state"))
+                .prepare(&format!(
+                    "SELECT state, COUNT(*) FROM {table} GROUP BY state"
+                ))
                 .ctx(&self.path)?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -776,7 +927,14 @@ impl Store {
             .prepare("SELECT issuer, recipient, sequence, skipped_at FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at")
             .ctx(&self.path)?;
         o.skipped = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.unsigned_abs(), r.get(3)?)))
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)?.unsigned_abs(),
+                    r.get(3)?,
+                ))
+            })
             .ctx(&self.path)?
             .collect::<rusqlite::Result<_>>()
             .ctx(&self.path)?;

@@ -60,7 +60,12 @@ pub struct Origin<'a> {
 impl Tx<'_> {
     /// Writes a mapping unless a newer sequence of the same stream already set this key.
     /// Returns false when the row was superseded (left as it was).
-    pub fn upsert_mapping(&self, m: &MappingWrite<'_>, origin: Origin<'_>, now: i64) -> Result<bool> {
+    pub fn upsert_mapping(
+        &self,
+        m: &MappingWrite<'_>,
+        origin: Origin<'_>,
+        now: i64,
+    ) -> Result<bool> {
         let seq = i64::try_from(origin.sequence).unwrap_or(i64::MAX);
         let changed = self
             .tx
@@ -81,7 +86,13 @@ impl Tx<'_> {
     }
 
     /// Raises the acknowledgement watermark of `channel`; returns false if it was already as high.
-    pub fn raise_ack(&self, channel: &str, acked_seq: u64, bundle_id: &str, now: i64) -> Result<bool> {
+    pub fn raise_ack(
+        &self,
+        channel: &str,
+        acked_seq: u64,
+        bundle_id: &str,
+        now: i64,
+    ) -> Result<bool> {
         let seq = i64::try_from(acked_seq).unwrap_or(i64::MAX);
         let changed = self
             .tx
@@ -127,7 +138,9 @@ impl Store {
             .prepare("SELECT kind, COUNT(*) FROM mappings GROUP BY kind")
             .ctx(&self.path)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs())))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
+            })
             .ctx(&self.path)?
             .collect::<rusqlite::Result<_>>()
             .ctx(&self.path)?;

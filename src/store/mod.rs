@@ -40,7 +40,9 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// The database is damaged.
-    #[error("database {path} is damaged ({detail}); stop the agent, move the file aside and restore it from backup (the archive/ directory holds every bundle received)")]
+    #[error(
+        "database {path} is damaged ({detail}); stop the agent, move the file aside and restore it from backup (the archive/ directory holds every bundle received)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -48,7 +50,9 @@ pub enum StoreError {
         detail: String,
     },
     /// Written by a newer build.
-    #[error("database {path} has schema version {found}, newer than this build knows ({known}); run the newer vessel-sync")]
+    #[error(
+        "database {path} has schema version {found}, newer than this build knows ({known}); run the newer vessel-sync"
+    )]
     TooNew {
         /// The file.
         path: PathBuf,
@@ -58,7 +62,9 @@ pub enum StoreError {
         known: i64,
     },
     /// The state belongs to another vessel.
-    #[error("database {path} belongs to vessel {found:?}, but the config says {configured:?}; each vessel needs its own state directory")]
+    #[error(
+        "database {path} belongs to vessel {found:?}, but the config says {configured:?}; each vessel needs its own state directory"
+    )]
     WrongVessel {
         /// The file.
         path: PathBuf,
@@ -68,7 +74,9 @@ pub enum StoreError {
         configured: String,
     },
     /// Not created yet (read-only open).
-    #[error("no journal at {0} yet: the agent has not run with this config (start it, or run 'vessel-sync agent --once')")]
+    #[error(
+        "no journal at {0} yet: the agent has not run with this config (start it, or run 'vessel-sync agent --once')"
+    )]
     Missing(PathBuf),
 }
 
@@ -175,10 +183,15 @@ impl Store {
                 known,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
             let tx = self.conn.transaction().ctx(&path)?;
             tx.execute_batch(sql).ctx(&path)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1).ctx(&path)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)
+                .ctx(&path)?;
             tx.commit().ctx(&path)?;
         }
         Ok(())
@@ -188,7 +201,9 @@ impl Store {
         let path = self.path.clone();
         let found: Option<String> = self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'vessel_id'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'vessel_id'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .ctx(&path)?;
         match found {

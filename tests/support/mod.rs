@@ -68,7 +68,12 @@ impl Vessel {
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("inbox")).unwrap();
-        Self { dir, ops, rogue, config }
+        Self {
+            dir,
+            ops,
+            rogue,
+            config,
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -119,7 +124,9 @@ impl Vessel {
 
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(bin());
-        c.args(args).env_remove("NOTIFY_SOCKET").env_remove("VESSEL_SYNC_FAILPOINT");
+        c.args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("VESSEL_SYNC_FAILPOINT");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -130,7 +137,12 @@ impl Vessel {
     pub fn once(&self) -> String {
         let out = self.run(&["agent", "--once", "--config", self.config.to_str().unwrap()]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "agent --once failed: {}\n{}", text, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "agent --once failed: {}\n{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
         text
     }
 
@@ -176,7 +188,12 @@ pub fn cmd(kind: &str, id: &str, args: serde_json::Value, files: &[&str]) -> Com
     }
 }
 
-pub fn draft(recipient: &str, sequence: u64, commands: Vec<CommandEntry>, files: Vec<(&str, Source)>) -> Draft {
+pub fn draft(
+    recipient: &str,
+    sequence: u64,
+    commands: Vec<CommandEntry>,
+    files: Vec<(&str, Source)>,
+) -> Draft {
     Draft {
         kind: Kind::Commands,
         sender: "test".into(),
@@ -192,7 +209,12 @@ pub fn draft(recipient: &str, sequence: u64, commands: Vec<CommandEntry>, files:
 
 /// A one-command ack bundle draft.
 pub fn ack(sequence: u64, acked: u64) -> Draft {
-    draft(VESSEL, sequence, vec![cmd("ack", "", serde_json::json!({"acked_seq": acked}), &[])], vec![])
+    draft(
+        VESSEL,
+        sequence,
+        vec![cmd("ack", "", serde_json::json!({"acked_seq": acked}), &[])],
+        vec![],
+    )
 }
 
 /// A one-command set_mapping draft with the given CSV text.
@@ -200,7 +222,12 @@ pub fn mapping(sequence: u64, csv: &str) -> Draft {
     draft(
         VESSEL,
         sequence,
-        vec![cmd("set_mapping", "", serde_json::json!({}), &["files/mapping.csv"])],
+        vec![cmd(
+            "set_mapping",
+            "",
+            serde_json::json!({}),
+            &["files/mapping.csv"],
+        )],
         vec![("files/mapping.csv", Source::Bytes(csv.as_bytes().to_vec()))],
     )
 }
@@ -216,7 +243,11 @@ pub fn members(bundle: &Path) -> Vec<(Vec<u8>, u8, Vec<u8>)> {
             break;
         }
         let name: Vec<u8> = h[..100].iter().copied().take_while(|b| *b != 0).collect();
-        let size_txt: String = h[124..136].iter().map(|b| *b as char).filter(|c| c.is_digit(8)).collect();
+        let size_txt: String = h[124..136]
+            .iter()
+            .map(|b| *b as char)
+            .filter(|c| c.is_digit(8))
+            .collect();
         let size = usize::from_str_radix(&size_txt, 8).unwrap();
         let data = raw[pos + 512..pos + 512 + size].to_vec();
         out.push((name, h[156], data));
@@ -237,7 +268,13 @@ pub struct Raw {
 
 impl Raw {
     pub fn file(name: &[u8], data: &[u8]) -> Self {
-        Self { name: name.to_vec(), kind: b'0', link: vec![], data: data.to_vec(), size: None }
+        Self {
+            name: name.to_vec(),
+            kind: b'0',
+            link: vec![],
+            data: data.to_vec(),
+            size: None,
+        }
     }
 }
 
@@ -267,7 +304,12 @@ pub fn header(name: &[u8], size: u64, kind: u8, link: &[u8]) -> [u8; 512] {
 pub fn craft(members: &[Raw], trailer: &[u8]) -> Vec<u8> {
     let mut raw = Vec::new();
     for m in members {
-        raw.extend_from_slice(&header(&m.name, m.size.unwrap_or(m.data.len() as u64), m.kind, &m.link));
+        raw.extend_from_slice(&header(
+            &m.name,
+            m.size.unwrap_or(m.data.len() as u64),
+            m.kind,
+            &m.link,
+        ));
         raw.extend_from_slice(&m.data);
         let pad = (512 - m.data.len() % 512) % 512;
         raw.extend(std::iter::repeat_n(0u8, pad));
