@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds vessel-sync with Debian 12's rustc 1.85 (package rustc-web), the compiler that
+# Type-checks vessel-sync (all targets) with Debian 12's rustc 1.85 (package rustc-web), the compiler that
 # cross-builds the ARM packages, to prove the MSRV in Cargo.toml (rust-version = "1.85") holds
 # for the crate and every locked dependency. Installs rustc-web/cargo-web when missing (root).
 set -euo pipefail
@@ -14,4 +14,4 @@ if [ ! -x /usr/bin/rustc ] || ! /usr/bin/rustc --version | grep -q '^rustc 1\.85
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web
 fi
 /usr/bin/rustc --version
-RUSTC=/usr/bin/rustc /usr/bin/cargo build --locked --target-dir target/msrv
+RUSTC=/usr/bin/rustc /usr/bin/cargo check --locked --all-targets --target-dir target/msrv

@@ -84,6 +84,7 @@ pub struct Agent {
     clock: Arc<dyn Clock>,
     scanner: Scanner,
     stop: Arc<AtomicBool>,
+    notifier: Notifier,
     _lock: File,
 }
 
@@ -140,6 +141,7 @@ impl Agent {
             clock,
             scanner: Scanner::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            notifier: Notifier::from_env(),
             _lock: lock,
         };
         agent.recover()?;
@@ -224,8 +226,14 @@ impl Agent {
                         .file_name()
                         .map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default();
-                    let outcome =
-                        inbox::admit(&mut self.store, &self.cfg, &path, self.clock.now())?;
+                    let notifier = &self.notifier;
+                    let outcome = inbox::admit(
+                        &mut self.store,
+                        &self.cfg,
+                        &path,
+                        self.clock.now(),
+                        &mut || notifier.keepalive(),
+                    )?;
                     match &outcome {
                         Admitted::LeftForLater(why) => {
                             tracing::error!(file = %name, error = %why, "bundle left in the inbox for a later attempt");
@@ -380,23 +388,19 @@ impl Agent {
     }
 
     /// The daemon loop: runs until a [`Wake::Stop`] arrives or the stop flag is set.
-    pub fn run(
-        mut self,
-        wake: &mpsc::Receiver<Wake>,
-        notifier: &Notifier,
-    ) -> Result<(), AgentError> {
-        notifier.ready(&format!(
+    pub fn run(mut self, wake: &mpsc::Receiver<Wake>) -> Result<(), AgentError> {
+        self.notifier.ready(&format!(
             "watching {}; {}",
             self.cfg.paths.inbox.display(),
             self.status_line()
         ));
         tracing::info!(vessel = %self.cfg.vessel_id, inbox = %self.cfg.paths.inbox.display(), "agent ready");
-        let ping = notifier.ping_interval();
+        let ping = self.notifier.ping_interval();
         loop {
-            notifier.watchdog();
+            self.notifier.watchdog();
             let report = self.pass()?;
             if report.did_something() {
-                notifier.status(&self.status_line());
+                self.notifier.status(&self.status_line());
             }
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -425,7 +429,7 @@ impl Agent {
                 break;
             }
         }
-        notifier.stopping();
+        self.notifier.stopping();
         tracing::info!("agent stopped");
         Ok(())
     }

@@ -402,8 +402,7 @@ fn agent(path: &Path, once: bool, clock: Arc<dyn Clock>) -> i32 {
         Ok(w) => w,
         Err(e) => return agent_error(&e),
     };
-    let notifier = crate::service::Notifier::from_env();
-    match agent.run(&wake, &notifier) {
+    match agent.run(&wake) {
         Ok(()) => exit::OK,
         Err(e) => agent_error(&e),
     }

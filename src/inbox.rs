@@ -183,8 +183,14 @@ pub fn work_dir(cfg: &Config, bundle_id: &str) -> PathBuf {
     cfg.paths.work.join(bundle_id)
 }
 
-/// Verifies and journals one settled inbox file.
-pub fn admit(store: &mut Store, cfg: &Config, path: &Path, now: i64) -> Result<Admitted> {
+/// Verifies and journals one settled inbox file; `progress` is called while members stream.
+pub fn admit(
+    store: &mut Store,
+    cfg: &Config,
+    path: &Path,
+    now: i64,
+    progress: &mut dyn FnMut(),
+) -> Result<Admitted> {
     let name = file_name(path);
     let opened = match envelope::open(path, &cfg.keyring, &cfg.limits) {
         Ok(o) => o,
@@ -263,7 +269,7 @@ pub fn admit(store: &mut Store, cfg: &Config, path: &Path, now: i64) -> Result<A
             tmp_dir.display()
         )));
     }
-    match opened.extract(Some(&tmp_dir)) {
+    match opened.extract_with(Some(&tmp_dir), progress) {
         Ok(_) => {}
         Err(err) => {
             let _ = fs::remove_dir_all(&tmp_dir);

@@ -13,9 +13,10 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// systemd notification sender.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Notifier {
     watchdog: Option<Duration>,
+    last_ping: std::cell::Cell<Option<std::time::Instant>>,
 }
 
 impl Notifier {
@@ -31,7 +32,10 @@ impl Notifier {
             Ok(p) => p.parse::<u32>().ok() == Some(std::process::id()),
         };
         let watchdog = usec.filter(|u| *u > 0 && pid_ok).map(Duration::from_micros);
-        Self { watchdog }
+        Self {
+            watchdog,
+            last_ping: std::cell::Cell::new(None),
+        }
     }
 
     /// How often the work loop must ping: half the watchdog period, if a watchdog is set.
@@ -59,7 +63,23 @@ impl Notifier {
     /// Watchdog keep-alive, sent from the work loop.
     pub fn watchdog(&self) {
         if self.watchdog.is_some() {
+            self.last_ping.set(Some(std::time::Instant::now()));
             self.send(&[NotifyState::Watchdog]);
+        }
+    }
+
+    /// Keep-alive from inside a long step (extracting a large bundle): pings only when a
+    /// quarter of the watchdog period has passed since the last ping, so it is cheap to call
+    /// for every block. A step that makes progress is not a hung loop.
+    pub fn keepalive(&self) {
+        if let Some(period) = self.watchdog {
+            let due = self
+                .last_ping
+                .get()
+                .is_none_or(|t| t.elapsed() >= period / 4);
+            if due {
+                self.watchdog();
+            }
         }
     }
 

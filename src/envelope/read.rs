@@ -313,7 +313,17 @@ impl Opened {
     /// Streams every remaining member, checking it against the manifest, into `dest` (created
     /// if missing; files land at `dest/NAME`), or only verifies when `dest` is `None`.
     /// On error, files already written under `dest` are left for the caller to remove.
-    pub fn extract(mut self, dest: Option<&Path>) -> Result<Extracted, VerifyError> {
+    pub fn extract(self, dest: Option<&Path>) -> Result<Extracted, VerifyError> {
+        self.extract_with(dest, &mut || {})
+    }
+
+    /// As [`Opened::extract`], calling `progress` after every block read (to feed a watchdog
+    /// while a large bundle streams).
+    pub fn extract_with(
+        mut self,
+        dest: Option<&Path>,
+        progress: &mut dyn FnMut(),
+    ) -> Result<Extracted, VerifyError> {
         let expected: HashMap<&str, &super::FileEntry> = self
             .manifest
             .files
@@ -361,6 +371,7 @@ impl Opened {
                     break;
                 }
                 got += n as u64;
+                progress();
                 if got > self.limits.max_member_bytes {
                     return Err(Rejection::TooLarge(format!(
                         "member {name:?} exceeds the per-member limit of {} bytes",
