@@ -192,6 +192,14 @@ pub fn admit(
     progress: &mut dyn FnMut(),
 ) -> Result<Admitted> {
     let name = file_name(path);
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            let why = Rejection::NotAFile(envelope::read::describe_type(meta.file_type()));
+            return quarantine(store, cfg, path, &why, None, now);
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(Admitted::LeftForLater(format!("{}: {e}", path.display()))),
+    }
     let opened = match envelope::open(path, &cfg.keyring, &cfg.limits) {
         Ok(o) => o,
         Err(VerifyError::Rejected(r)) => return quarantine(store, cfg, path, &r, None, now),

@@ -199,6 +199,13 @@ fn each_bad_input_is_quarantined_with_its_own_reason_and_good_bundles_still_appl
     for (name, bytes, _) in &cases {
         std::fs::write(v.inbox().join(name), bytes).unwrap();
     }
+    // Not files at all: a symlink to a good bundle and a FIFO (opening it would block for ever).
+    std::os::unix::fs::symlink(&base, v.inbox().join("31-symlink.vsb")).unwrap();
+    let fifo = std::ffi::CString::new(v.inbox().join("32-fifo.vsb").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    cases.push(("31-symlink.vsb", vec![], "not_a_file"));
+    cases.push(("32-fifo.vsb", vec![], "not_a_file"));
     assert!(
         std::fs::metadata(v.inbox().join("29-bomb-hidden.vsb"))
             .unwrap()
@@ -265,9 +272,15 @@ fn each_bad_input_is_quarantined_with_its_own_reason_and_good_bundles_still_appl
     let codes: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.2).collect();
     assert_eq!(
         codes.len(),
-        cases.len() - 1,
-        "every case but the two bombs has its own reason"
+        cases.len() - 2,
+        "every case but the two bombs and the two non-files has its own reason"
     );
+    assert!(
+        v.reason("31-symlink.vsb")
+            .unwrap()
+            .contains("symbolic link")
+    );
+    assert!(v.reason("32-fifo.vsb").unwrap().contains("FIFO"));
 
     let store = v.store();
     let cmds = store.commands().unwrap();

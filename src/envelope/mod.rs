@@ -61,6 +61,9 @@ pub enum Rejection {
     /// Zero bytes.
     #[error("the file is empty (0 bytes); the copy probably failed: send it again")]
     Empty,
+    /// A symlink, FIFO, socket or device where a bundle file was expected.
+    #[error("this is a {0}, not a regular file; the inbox takes plain bundle files only")]
+    NotAFile(String),
     /// Not zstd.
     #[error("not a vessel-sync bundle: the file is not zstd-compressed (it starts with {0})")]
     NotZstd(String),
@@ -224,6 +227,7 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Empty => "empty",
+            Self::NotAFile(_) => "not_a_file",
             Self::NotZstd(_) => "not_zstd",
             Self::Truncated => "truncated",
             Self::CorruptCompression(_) => "corrupt_compression",

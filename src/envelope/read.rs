@@ -143,6 +143,11 @@ fn name_of(raw: &[u8]) -> String {
 /// Opens `path`, reads the manifest and signature, and verifies them against `keyring`.
 pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, VerifyError> {
     let local = |e: io::Error| VerifyError::Local(format!("{}: {e}", path.display()));
+    // Checked before opening: opening a FIFO would block for ever.
+    let kind = fs::metadata(path).map_err(local)?.file_type();
+    if !kind.is_file() {
+        return Err(Rejection::NotAFile(describe_type(kind)).into());
+    }
     let mut file = File::open(path).map_err(local)?;
     let len = file.metadata().map_err(local)?.len();
     if len == 0 {
@@ -266,6 +271,25 @@ pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, V
         probe,
         limits: limits.clone(),
     })
+}
+
+/// Words for a non-regular file type.
+pub fn describe_type(t: std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "symbolic link"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO (named pipe)"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+    .into()
 }
 
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
