@@ -536,6 +536,8 @@ impl Tx<'_> {
                 &format!("sequence {next} is next in order"),
             )?;
             self.set_next_seq(issuer, recipient, next + 1)?;
+            // A bundle whose commands all ended while it waited (expired) finishes now.
+            self.finish_bundle_if_done(&id, now)?;
         }
     }
 
@@ -939,5 +941,92 @@ impl Store {
             .collect::<rusqlite::Result<_>>()
             .ctx(&self.path)?;
         Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(id: &str, seq: u64, expires_at: Option<i64>) -> NewBundle {
+        NewBundle {
+            id: id.into(),
+            issuer: "k".into(),
+            recipient: "v".into(),
+            sequence: seq,
+            manifest_sha256: id.into(),
+            source_name: format!("{id}.vsb"),
+            created_at: 0,
+            expires_at,
+            commands: vec![NewCommand {
+                cmd_id: format!("{id}:1"),
+                kind: "ack".into(),
+                args: "{}".into(),
+                files: "[]".into(),
+            }],
+        }
+    }
+
+    fn admit(store: &mut Store, b: &NewBundle, now: i64) -> BundleState {
+        store
+            .write(|tx| {
+                let a = tx.classify(
+                    &b.id,
+                    &b.manifest_sha256,
+                    &b.issuer,
+                    &b.recipient,
+                    b.sequence,
+                )?;
+                tx.admit(b, &a, 100, now)
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bundle_that_expired_while_waiting_finishes_when_the_gap_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("j.db"), "v").unwrap();
+        assert_eq!(
+            admit(&mut store, &bundle("b2", 2, Some(50)), 10),
+            BundleState::Waiting
+        );
+        for (id, issuer, _) in store.expired_waiting(60, 0).unwrap() {
+            store
+                .write(|tx| tx.fail_bundle(&id, &issuer, "expired", 60))
+                .unwrap();
+        }
+        // Sequence 1 arrives: b2 is released and, having nothing left to run, finishes.
+        assert_eq!(
+            admit(&mut store, &bundle("b1", 1, None), 70),
+            BundleState::Ready
+        );
+        assert_eq!(
+            store.bundle("b2").unwrap().unwrap().state,
+            BundleState::Failed
+        );
+        assert!(
+            store
+                .next_command(70)
+                .unwrap()
+                .is_some_and(|c| c.bundle_id == "b1")
+        );
+    }
+
+    #[test]
+    fn the_journal_survives_reopening_and_refuses_another_vessel() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let mut store = Store::open(&path, "v").unwrap();
+            admit(&mut store, &bundle("b1", 1, None), 1);
+        }
+        let store = Store::open(&path, "v").unwrap();
+        assert_eq!(
+            store.bundle("b1").unwrap().unwrap().state,
+            BundleState::Ready
+        );
+        drop(store);
+        let err = Store::open(&path, "other").err().unwrap().to_string();
+        assert!(err.contains("belongs to vessel \"v\""), "{err}");
     }
 }
