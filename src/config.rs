@@ -18,6 +18,8 @@ use crate::envelope::{Keyring, Limits, PublicKey};
 pub const DEFAULT_PATH: &str = "/etc/vessel-sync/agent.toml";
 /// The config format version this build reads.
 pub const CONFIG_VERSION: i64 = 1;
+/// The vessel id of the shipped example, which must be edited before the agent starts.
+pub const PLACEHOLDER_ID: &str = "CHANGE-ME";
 
 /// One problem in the file.
 #[derive(Debug, Clone)]
@@ -391,7 +393,9 @@ impl Config {
         }
         let vessel_id = match w.string(vessel, "vessel", "id") {
             Some((id, span)) => {
-                if !valid_vessel_id(&id) {
+                if id == PLACEHOLDER_ID {
+                    w.push(span, format!("vessel.id is still the placeholder {PLACEHOLDER_ID:?}: set this vessel's id (what shore addresses bundles to) before starting the agent"));
+                } else if !valid_vessel_id(&id) {
                     w.push(span, format!("vessel.id {id:?} is not valid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (and not 'shore')"));
                 }
                 id

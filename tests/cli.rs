@@ -242,3 +242,34 @@ fn demo_runs_and_shows_apply_replay_and_quarantine() {
     );
     assert!(text.contains("accepted     0002-mapping.vsb"), "{text}");
 }
+
+#[test]
+fn the_shipped_example_config_is_valid_once_edited_and_refused_before() {
+    let v = Vessel::new();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/agent.toml.example"
+    ))
+    .unwrap();
+    let raw = v.file("example.toml", example.as_bytes());
+    let out = v.run(&["check-config", "--config", raw.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "the unedited example must not start"
+    );
+    let err = s(&out).1;
+    assert!(err.contains("still the placeholder"), "{err}");
+    // Edited as the README says (vessel id, key path, directories): every documented key is valid.
+    let state = v.path("state");
+    let edited = example
+        .replace("\"CHANGE-ME\"", "\"mv-aurora\"")
+        .replace(
+            "/etc/vessel-sync/keys/shore-ops.pub",
+            v.path("keys/ops.pub").to_str().unwrap(),
+        )
+        .replace("/var/lib/vessel-sync", state.to_str().unwrap());
+    let ok = v.file("edited.toml", edited.as_bytes());
+    let out = v.run(&["check-config", "--config", ok.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", s(&out));
+}
