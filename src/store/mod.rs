@@ -15,6 +15,9 @@
 mod audit;
 mod journal;
 mod mapping;
+mod queries;
+mod sequence;
+mod transitions;
 
 pub use audit::{AuditEntry, AuditEvent};
 pub use journal::{
