@@ -36,6 +36,11 @@ pub enum AgentError {
     /// A directory problem.
     #[error("{0}")]
     Io(String),
+    /// Root working on a state directory that belongs to the service user.
+    #[error(
+        "refusing to run as root on {0}, which belongs to uid {1}: files root creates there would lock the service out; run as that user, e.g. sudo -u vessel-sync vessel-sync ..."
+    )]
+    WrongUser(PathBuf, u32),
     /// Another agent holds the state directory.
     #[error(
         "another vessel-sync agent is already running with state directory {0} (lock file agent.lock); stop it first"
@@ -108,6 +113,19 @@ fn lock(state_dir: &Path) -> Result<File, AgentError> {
     Ok(f)
 }
 
+/// Root must not work on a state directory that belongs to another user (the service's): the
+/// journal, work and archive files it created would be root's and the service could not use them.
+fn check_owner(state_dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(state_dir).map_err(|e| io_err("reading", state_dir, e))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 && meta.uid() != 0 {
+        return Err(AgentError::WrongUser(state_dir.to_path_buf(), meta.uid()));
+    }
+    Ok(())
+}
+
 /// True when an agent holds the lock of `state_dir` right now.
 pub fn is_running(state_dir: &Path) -> bool {
     let Ok(f) = File::open(state_dir.join("agent.lock")) else {
@@ -123,14 +141,9 @@ impl Agent {
     /// what a crash left behind.
     pub fn start(cfg: Config, clock: Arc<dyn Clock>) -> Result<Self, AgentError> {
         let p = &cfg.paths;
-        for dir in [
-            &p.state_dir,
-            &p.inbox,
-            &p.work,
-            &p.archive,
-            &p.quarantine,
-            &p.outbound,
-        ] {
+        fs::create_dir_all(&p.state_dir).map_err(|e| io_err("creating", &p.state_dir, e))?;
+        check_owner(&p.state_dir)?;
+        for dir in [&p.inbox, &p.work, &p.archive, &p.quarantine, &p.outbound] {
             fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         }
         let lock = lock(&p.state_dir)?;

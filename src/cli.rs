@@ -412,6 +412,7 @@ fn agent_error(e: &AgentError) -> i32 {
     tracing::error!(error = %e, "agent stopped on an error");
     let code = match e {
         AgentError::Locked(_) => exit::TEMPFAIL,
+        AgentError::WrongUser(..) => exit::NOPERM,
         AgentError::Store(crate::store::StoreError::WrongVessel { .. }) => exit::CONFIG,
         _ => exit::IOERR,
     };

@@ -544,7 +544,8 @@ impl Config {
         })
     }
 
-    /// Checks that every directory exists or can be created and is writable; returns problems.
+    /// Checks, without creating or writing anything, that every directory is writable by this
+    /// user, or can be created (its nearest existing parent is writable); returns problems.
     pub fn check_directories(&self) -> Vec<String> {
         let p = &self.paths;
         let mut problems = Vec::new();
@@ -556,26 +557,41 @@ impl Config {
             ("quarantine", &p.quarantine),
             ("outbound", &p.outbound),
         ] {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                problems.push(format!(
-                    "paths.{label} {}: cannot create: {e}",
-                    dir.display()
-                ));
-                continue;
-            }
-            let probe = dir.join(format!(".vessel-sync-write-test-{}", std::process::id()));
-            match std::fs::write(&probe, b"") {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&probe);
-                }
-                Err(e) => problems.push(format!(
-                    "paths.{label} {}: not writable: {e}",
+            let existing = dir.ancestors().find(|a| a.exists());
+            match existing {
+                Some(a) if !a.is_dir() => problems.push(format!(
+                    "paths.{label} {}: {} is not a directory",
+                    dir.display(),
+                    a.display()
+                )),
+                Some(a) if !writable(a) => problems.push(format!(
+                    "paths.{label} {}: {} is not writable by this user{}",
+                    dir.display(),
+                    a.display(),
+                    if a == dir.as_path() {
+                        ""
+                    } else {
+                        " (so the directory cannot be created)"
+                    }
+                )),
+                Some(_) => {}
+                None => problems.push(format!(
+                    "paths.{label} {}: no existing parent",
                     dir.display()
                 )),
             }
         }
         problems
     }
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access() with a valid NUL-terminated path has no other preconditions.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub const DATAERR: i32 = 65;
 pub const NOINPUT: i32 = 66;
 /// Internal error.
 pub const SOFTWARE: i32 = 70;
+/// Permission denied (root on the service user's state directory).
+pub const NOPERM: i32 = 77;
 /// I/O error (disk, database).
 pub const IOERR: i32 = 74;
 /// Temporary failure (another agent holds the lock); try again later.

@@ -139,6 +139,7 @@ fn check_config_reports_every_error_with_its_line_and_exits_78() {
     assert!(err.contains("5 problems"), "{err}");
     let good = v.run(&["check-config", "--config", v.config.to_str().unwrap()]);
     assert!(good.status.success(), "{:?}", s(&good));
+    assert!(!v.path("state").exists(), "check-config creates nothing");
     // The agent itself refuses a bad config with the same exit code (systemd does not restart).
     assert_eq!(
         v.run(&["agent", "--once", "--config", bad.to_str().unwrap()])

@@ -172,3 +172,25 @@ fn the_unit_passes_systemd_analyze_verify_and_is_well_hardened() {
         .unwrap_or_else(|| panic!("no exposure score in: {report}"));
     assert!(score <= 2.0, "exposure {score} is above 2.0");
 }
+
+#[test]
+fn root_refuses_to_work_on_the_service_users_state_directory() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to own a directory by another user");
+        return;
+    }
+    let v = Vessel::new();
+    let state = v.path("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let c = std::ffi::CString::new(state.to_str().unwrap()).unwrap();
+    // SAFETY: chown with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    let out = v.run(&["agent", "--once", "--config", v.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(77));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sudo -u vessel-sync"));
+    assert!(
+        !state.join("journal.db").exists(),
+        "nothing was written as root"
+    );
+}
