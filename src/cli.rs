@@ -105,6 +105,20 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// For example: `vessel-sync completions bash > /usr/share/bash-completion/completions/vessel-sync`.
+    /// Packages install these for you.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (vessel-sync.1 and one page per subcommand) into a directory.
+    Manpages {
+        /// Where to write the .1 files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Benchmarks to run on the ship's own hardware.
     Bench {
         /// Which benchmark: `bundle` (verify-and-extract throughput and peak memory).
@@ -213,6 +227,21 @@ pub fn run(cli: Cli) -> i32 {
             json,
             size_mb,
         } => crate::bench::run(&name, json, size_mb),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "vessel-sync", &mut std::io::stdout());
+            exit::OK
+        }
+        Command::Manpages { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match std::fs::create_dir_all(&out).and_then(|()| clap_mangen::generate_to(cmd, &out)) {
+                Ok(()) => {
+                    println!("manual pages written to {}", out.display());
+                    exit::OK
+                }
+                Err(e) => fail(exit::IOERR, format!("{}: {e}", out.display())),
+            }
+        }
     }
 }
 

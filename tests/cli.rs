@@ -274,3 +274,48 @@ fn the_shipped_example_config_is_valid_once_edited_and_refused_before() {
     let out = v.run(&["check-config", "--config", ok.to_str().unwrap()]);
     assert!(out.status.success(), "{:?}", s(&out));
 }
+
+#[test]
+fn man_pages_and_completions_come_from_the_cli_definition() {
+    let v = Vessel::new();
+    let dir = v.path("man");
+    let out = v.run(&["manpages", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", s(&out));
+    for page in [
+        "vessel-sync.1",
+        "vessel-sync-agent.1",
+        "vessel-sync-bundle-build.1",
+        "vessel-sync-check-config.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is not a man page"
+        );
+    }
+    let agent = std::fs::read_to_string(dir.join("vessel-sync-agent.1")).unwrap();
+    assert!(
+        agent.contains("exactly once"),
+        "the long help is in the page"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let out = v.run(&["completions", shell]);
+        let text = s(&out).0;
+        assert!(
+            out.status.success() && text.contains("check-config"),
+            "{shell}: {text}"
+        );
+    }
+    let bash = v.file("completion.bash", &v.run(&["completions", "bash"]).stdout);
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&bash)
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "bash completion does not parse: {:?}",
+        s(&syntax)
+    );
+}
