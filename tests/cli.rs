@@ -66,52 +66,35 @@ fn keygen_build_inspect_verify_round_trip() {
     assert_eq!(m["sequence"], 1);
     assert_eq!(m["commands"][1]["args"]["acked_seq"], 12);
 
-    let ok = v.run(&[
-        "bundle",
-        "verify",
-        &p("out.vsb"),
-        "--trust",
-        &p("keys/desk.pub"),
-        "--vessel",
-        VESSEL,
-    ]);
-    assert_eq!(ok.status.code(), Some(0), "{:?}", s(&ok));
-    let wrong_key = v.run(&[
-        "bundle",
-        "verify",
-        &p("out.vsb"),
-        "--trust",
-        &p("keys/ops.pub"),
-    ]);
-    assert_eq!(wrong_key.status.code(), Some(65));
-    assert!(
-        s(&wrong_key).1.contains("not in this vessel's keyring"),
-        "{:?}",
-        s(&wrong_key)
-    );
-    let wrong_vessel = v.run(&[
-        "bundle",
-        "verify",
-        &p("out.vsb"),
-        "--trust",
-        &p("keys/desk.pub"),
-        "--vessel",
-        "mv-other",
-    ]);
-    assert_eq!(wrong_vessel.status.code(), Some(65));
-    assert!(
-        s(&wrong_vessel).1.contains("addressed to vessel"),
-        "{:?}",
-        s(&wrong_vessel)
-    );
-    let missing = v.run(&[
-        "bundle",
-        "verify",
-        &p("nope.vsb"),
-        "--trust",
-        &p("keys/desk.pub"),
-    ]);
-    assert_eq!(missing.status.code(), Some(66));
+    // (bundle, trusted key, --vessel, expected exit code, what stderr must say)
+    let cases: [(&str, &str, Option<&str>, i32, &str); 4] = [
+        ("out.vsb", "keys/desk.pub", Some(VESSEL), 0, ""),
+        (
+            "out.vsb",
+            "keys/ops.pub",
+            None,
+            65,
+            "not in this vessel's keyring",
+        ),
+        (
+            "out.vsb",
+            "keys/desk.pub",
+            Some("mv-other"),
+            65,
+            "addressed to vessel",
+        ),
+        ("nope.vsb", "keys/desk.pub", None, 66, ""),
+    ];
+    for (file, key, vessel, code, says) in cases {
+        let (file, key) = (p(file), p(key));
+        let mut args = vec!["bundle", "verify", &file, "--trust", &key];
+        if let Some(id) = vessel {
+            args.extend(["--vessel", id]);
+        }
+        let out = v.run(&args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {:?}", s(&out));
+        assert!(s(&out).1.contains(says), "{args:?}: {:?}", s(&out));
+    }
 }
 
 #[test]

@@ -101,18 +101,12 @@ impl Store {
 
     /// The newest `limit` rows of one event kind, newest first.
     pub fn recent_audit(&self, event: &str, limit: i64) -> Result<Vec<AuditEntry>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, at, actor, bundle_id, command_id, event, outcome, detail FROM audit
+        let rows = self.rows(
+            "SELECT id, at, actor, bundle_id, command_id, event, outcome, detail FROM audit
                  WHERE event = ?1 ORDER BY id DESC LIMIT ?2",
-            )
-            .ctx(&self.path)?;
-        let rows = stmt
-            .query_map(params![event, limit], entry)
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .ctx(&self.path)?;
+            params![event, limit],
+            entry,
+        )?;
         Ok(rows)
     }
 

@@ -1,7 +1,7 @@
 //! Data that commands store: legacy-id mappings (`set_mapping`) and shore's acknowledgement
 //! watermark (`ack`).
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Ctx, Result, Store, Tx};
 
@@ -111,12 +111,7 @@ impl Tx<'_> {
 impl Store {
     /// Every mapping, ordered by kind and legacy id.
     pub fn mappings(&self) -> Result<Vec<MappingRow>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, legacy_id, moodle_key, course, command_id FROM mappings ORDER BY kind, legacy_id")
-            .ctx(&self.path)?;
-        let rows = stmt
-            .query_map([], |r| {
+        let rows = self.rows("SELECT kind, legacy_id, moodle_key, course, command_id FROM mappings ORDER BY kind, legacy_id", [], |r| {
                 Ok(MappingRow {
                     kind: r.get(0)?,
                     legacy_id: r.get(1)?,
@@ -124,44 +119,32 @@ impl Store {
                     course: r.get(3)?,
                     command_id: r.get(4)?,
                 })
-            })
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .ctx(&self.path)?;
+            })?;
         Ok(rows)
     }
 
     /// Count of mappings per kind.
     pub fn mapping_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, COUNT(*) FROM mappings GROUP BY kind")
-            .ctx(&self.path)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
-            })
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<_>>()
-            .ctx(&self.path)?;
-        Ok(rows)
+        let rows = self.rows(
+            "SELECT kind, COUNT(*) FROM mappings GROUP BY kind",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs())),
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     /// The acknowledgement watermark of `channel`.
     pub fn ack(&self, channel: &str) -> Result<Option<AckState>> {
-        self.conn
-            .query_row(
-                "SELECT acked_seq, bundle_id, updated_at FROM acks WHERE channel = ?1",
-                params![channel],
-                |r| {
-                    Ok(AckState {
-                        acked_seq: r.get::<_, i64>(0)?.unsigned_abs(),
-                        bundle_id: r.get(1)?,
-                        updated_at: r.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .ctx(&self.path)
+        self.row(
+            "SELECT acked_seq, bundle_id, updated_at FROM acks WHERE channel = ?1",
+            params![channel],
+            |r| {
+                Ok(AckState {
+                    acked_seq: r.get::<_, i64>(0)?.unsigned_abs(),
+                    bundle_id: r.get(1)?,
+                    updated_at: r.get(2)?,
+                })
+            },
+        )
     }
 }

@@ -255,4 +255,61 @@ impl Tx<'_> {
         let path = self.path;
         self.tx.commit().ctx(path)
     }
+
+    /// The first row of a query, if any.
+    fn row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        self.tx.query_row(sql, params, f).optional().ctx(self.path)
+    }
+
+    /// Every row of a query.
+    fn rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        collect(&self.tx, self.path, sql, params, f)
+    }
+}
+
+impl Store {
+    /// The first row of a query, if any.
+    fn row<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>> {
+        self.conn
+            .query_row(sql, params, f)
+            .optional()
+            .ctx(&self.path)
+    }
+
+    /// Every row of a query.
+    fn rows<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        collect(&self.conn, &self.path, sql, params, f)
+    }
+}
+
+fn collect<T, P: rusqlite::Params>(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    params: P,
+    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare(sql).ctx(path)?;
+    let rows = stmt.query_map(params, f).ctx(path)?;
+    rows.collect::<rusqlite::Result<Vec<T>>>().ctx(path)
 }

@@ -1,7 +1,7 @@
 //! The journal's read side: the next runnable command, wake-up times, recovery lists, and the
 //! summaries behind `status`.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::journal::{
     BundleRow, BundleState, COMMAND_COLUMNS, CommandRow, Overview, StreamGap, command_row,
@@ -21,10 +21,7 @@ impl Store {
                                AND p.state IN ('ready','running','waiting'))
              ORDER BY b.admitted_order, c.idx LIMIT 1"
         );
-        self.conn
-            .query_row(&sql, params![now], command_row)
-            .optional()
-            .ctx(&self.path)
+        self.row(&sql, params![now], command_row)
     }
 
     /// The earliest time a waiting command or waiting bundle needs attention, if any.
@@ -42,54 +39,36 @@ impl Store {
 
     /// Ids of bundles whose work directory is still needed.
     pub fn active_bundle_ids(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM bundles WHERE state IN ('waiting','ready')")
-            .ctx(&self.path)?;
-        let ids = stmt
-            .query_map([], |r| r.get(0))
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .ctx(&self.path)?;
+        let ids = self.rows(
+            "SELECT id FROM bundles WHERE state IN ('waiting','ready')",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(ids)
     }
 
     /// Bundles whose file may still sit in the inbox (journaled, not yet archived).
     pub fn unarchived(&self) -> Result<Vec<(String, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, source_name FROM bundles WHERE archived = 0")
-            .ctx(&self.path)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .ctx(&self.path)?;
+        let rows = self.rows(
+            "SELECT id, source_name FROM bundles WHERE archived = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         Ok(rows)
     }
 
     /// Waiting bundles that expired while they waited: (id, issuer, expires_at).
     pub fn expired_waiting(&self, now: i64, skew: i64) -> Result<Vec<(String, String, i64)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, issuer, expires_at FROM bundles WHERE state IN ('waiting','ready') AND expires_at IS NOT NULL AND expires_at + ?2 < ?1
-                      AND EXISTS (SELECT 1 FROM commands c WHERE c.bundle_id = bundles.id AND c.state IN ('ready','waiting'))")
-            .ctx(&self.path)?;
-        let rows = stmt
-            .query_map(params![now, skew], |r| {
+        let rows = self.rows("SELECT id, issuer, expires_at FROM bundles WHERE state IN ('waiting','ready') AND expires_at IS NOT NULL AND expires_at + ?2 < ?1
+                      AND EXISTS (SELECT 1 FROM commands c WHERE c.bundle_id = bundles.id AND c.state IN ('ready','waiting'))", params![now, skew], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .ctx(&self.path)?;
+            })?;
         Ok(rows)
     }
 
     /// One bundle.
     pub fn bundle(&self, id: &str) -> Result<Option<BundleRow>> {
-        self.conn
-            .query_row(
-                "SELECT id, issuer, recipient, sequence, state, reason, late, received_at FROM bundles WHERE id = ?1",
+        self.row("SELECT id, issuer, recipient, sequence, state, reason, late, received_at FROM bundles WHERE id = ?1",
                 params![id],
                 |r| {
                     Ok(BundleRow {
@@ -102,10 +81,7 @@ impl Store {
                         late: r.get(6)?,
                         received_at: r.get(7)?,
                     })
-                },
-            )
-            .optional()
-            .ctx(&self.path)
+                })
     }
 
     /// Every command, in journal order (tests, status).
@@ -114,12 +90,7 @@ impl Store {
             "SELECT {COMMAND_COLUMNS} FROM commands c JOIN bundles b ON b.id = c.bundle_id
              ORDER BY b.received_at, b.id, c.idx"
         );
-        let mut stmt = self.conn.prepare(&sql).ctx(&self.path)?;
-        let rows = stmt
-            .query_map([], command_row)
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .ctx(&self.path)?;
+        let rows = self.rows(&sql, [], command_row)?;
         Ok(rows)
     }
 
@@ -127,30 +98,16 @@ impl Store {
     pub fn overview(&self) -> Result<Overview> {
         let mut o = Overview::default();
         for (table, target) in [("bundles", &mut o.bundles), ("commands", &mut o.commands)] {
-            let mut stmt = self
-                .conn
-                .prepare(&format!(
-                    "SELECT state, COUNT(*) FROM {table} GROUP BY state"
-                ))
-                .ctx(&self.path)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .ctx(&self.path)?;
-            for row in rows {
-                let (state, n) = row.ctx(&self.path)?;
+            let sql = format!("SELECT state, COUNT(*) FROM {table} GROUP BY state");
+            for (state, n) in self.rows(&sql, [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })? {
                 target.insert(state, n.unsigned_abs());
             }
         }
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT b.issuer, b.recipient, COALESCE(s.next_seq, 1), COUNT(*), MIN(b.received_at)
+        o.gaps = self.rows("SELECT b.issuer, b.recipient, COALESCE(s.next_seq, 1), COUNT(*), MIN(b.received_at)
                  FROM bundles b LEFT JOIN streams s ON s.issuer = b.issuer AND s.recipient = b.recipient
-                 WHERE b.state = 'waiting' GROUP BY b.issuer, b.recipient",
-            )
-            .ctx(&self.path)?;
-        o.gaps = stmt
-            .query_map([], |r| {
+                 WHERE b.state = 'waiting' GROUP BY b.issuer, b.recipient", [], |r| {
                 Ok(StreamGap {
                     issuer: r.get(0)?,
                     recipient: r.get(1)?,
@@ -158,38 +115,20 @@ impl Store {
                     waiting: r.get::<_, i64>(3)?.unsigned_abs(),
                     since: r.get(4)?,
                 })
-            })
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<_>>()
-            .ctx(&self.path)?;
-        drop(stmt);
+            })?;
         let sql = format!(
             "SELECT {COMMAND_COLUMNS} FROM commands c JOIN bundles b ON b.id = c.bundle_id
              WHERE c.state IN ('running','waiting','failed') ORDER BY c.updated_at DESC LIMIT 50"
         );
-        let mut stmt = self.conn.prepare(&sql).ctx(&self.path)?;
-        o.held = stmt
-            .query_map([], command_row)
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<_>>()
-            .ctx(&self.path)?;
-        drop(stmt);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT issuer, recipient, sequence, skipped_at FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at")
-            .ctx(&self.path)?;
-        o.skipped = stmt
-            .query_map([], |r| {
+        o.held = self.rows(&sql, [], command_row)?;
+        o.skipped = self.rows("SELECT issuer, recipient, sequence, skipped_at FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at", [], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
                     r.get::<_, i64>(2)?.unsigned_abs(),
                     r.get(3)?,
                 ))
-            })
-            .ctx(&self.path)?
-            .collect::<rusqlite::Result<_>>()
-            .ctx(&self.path)?;
+            })?;
         Ok(o)
     }
 }

@@ -1,7 +1,7 @@
 //! Admission and order: classifying a verified bundle against the journal, recording it, and
 //! moving each (issuer, recipient) stream forward in sequence order, including the gap timeout.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::journal::{Admission, BundleState, CommandState, NewBundle, seq};
 use super::{Ctx, Result, Tx};
@@ -17,42 +17,28 @@ impl Tx<'_> {
         recipient: &str,
         sequence: u64,
     ) -> Result<Admission> {
-        let c = &self.tx;
-        let known: Option<(String, bool)> = c
-            .query_row(
-                "SELECT manifest_sha256, archived FROM bundles WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .ctx(self.path)?;
+        let known: Option<(String, bool)> = self.row(
+            "SELECT manifest_sha256, archived FROM bundles WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         if let Some((sha, archived)) = known {
             return Ok(Admission::Known {
                 same_content: sha == manifest_sha256,
                 archived,
             });
         }
-        let holder: Option<(String, i64)> = c
-            .query_row(
-                "SELECT id, received_at FROM bundles WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
+        let holder: Option<(String, i64)> = self.row("SELECT id, received_at FROM bundles WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
                 params![issuer, recipient, seq(sequence)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .ctx(self.path)?;
+                |r| Ok((r.get(0)?, r.get(1)?)))?;
         if let Some((other, at)) = holder {
             return Ok(Admission::Replay {
                 previous: format!("by bundle {other}, received {}", format_time(at)),
             });
         }
-        let skipped: Option<Option<String>> = c
-            .query_row(
-                "SELECT resolved_bundle FROM skipped WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
+        let skipped: Option<Option<String>> = self.row("SELECT resolved_bundle FROM skipped WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
                 params![issuer, recipient, seq(sequence)],
-                |r| r.get(0),
-            )
-            .optional()
-            .ctx(self.path)?;
+                |r| r.get(0))?;
         if let Some(None) = skipped {
             return Ok(Admission::Late);
         }
@@ -69,15 +55,11 @@ impl Tx<'_> {
     }
 
     fn next_seq(&self, issuer: &str, recipient: &str) -> Result<u64> {
-        let n: Option<i64> = self
-            .tx
-            .query_row(
-                "SELECT next_seq FROM streams WHERE issuer = ?1 AND recipient = ?2",
-                params![issuer, recipient],
-                |r| r.get(0),
-            )
-            .optional()
-            .ctx(self.path)?;
+        let n: Option<i64> = self.row(
+            "SELECT next_seq FROM streams WHERE issuer = ?1 AND recipient = ?2",
+            params![issuer, recipient],
+            |r| r.get(0),
+        )?;
         Ok(n.map_or(1, i64::unsigned_abs))
     }
 
@@ -155,15 +137,11 @@ impl Tx<'_> {
             )
             .ctx(self.path)?;
         for (idx, c) in b.commands.iter().enumerate() {
-            let dup: Option<String> = self
-                .tx
-                .query_row(
-                    "SELECT bundle_id FROM commands WHERE cmd_id = ?1 AND state != 'duplicate'",
-                    params![c.cmd_id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .ctx(self.path)?;
+            let dup: Option<String> = self.row(
+                "SELECT bundle_id FROM commands WHERE cmd_id = ?1 AND state != 'duplicate'",
+                params![c.cmd_id],
+                |r| r.get(0),
+            )?;
             let (cstate, creason) = match &dup {
                 Some(other) => (
                     CommandState::Duplicate,
@@ -200,17 +178,26 @@ impl Tx<'_> {
             b.commands.len(),
             b.source_name
         );
+        let (outcome, note) = match admission {
+            Admission::InOrder => ("ready", String::new()),
+            Admission::Late => (
+                "late",
+                "; arrived after its sequence was skipped: applied where no newer sequence acted"
+                    .into(),
+            ),
+            _ => ("waiting", format!("; {}", reason.unwrap_or_default())),
+        };
+        self.audit(
+            now,
+            &b.issuer,
+            Some(&b.id),
+            None,
+            "bundle_accepted",
+            outcome,
+            &format!("{detail}{note}"),
+        )?;
         match admission {
             Admission::InOrder => {
-                self.audit(
-                    now,
-                    &b.issuer,
-                    Some(&b.id),
-                    None,
-                    "bundle_accepted",
-                    "ready",
-                    &detail,
-                )?;
                 self.set_next_seq(&b.issuer, &b.recipient, b.sequence + 1)?;
                 self.release_in_order(&b.issuer, &b.recipient, now)?;
             }
@@ -222,27 +209,8 @@ impl Tx<'_> {
                         params![b.issuer, b.recipient, seq(b.sequence), b.id, now],
                     )
                     .ctx(self.path)?;
-                self.audit(
-                    now,
-                    &b.issuer,
-                    Some(&b.id),
-                    None,
-                    "bundle_accepted",
-                    "late",
-                    &format!("{detail}; arrived after its sequence was skipped: applied where no newer sequence acted"),
-                )?;
             }
-            _ => {
-                self.audit(
-                    now,
-                    &b.issuer,
-                    Some(&b.id),
-                    None,
-                    "bundle_accepted",
-                    "waiting",
-                    &format!("{detail}; {}", reason.unwrap_or_default()),
-                )?;
-            }
+            _ => {}
         }
         self.finish_bundle_if_done(&b.id, now)?;
         Ok(state)
@@ -252,15 +220,9 @@ impl Tx<'_> {
     fn release_in_order(&self, issuer: &str, recipient: &str, now: i64) -> Result<()> {
         loop {
             let next = self.next_seq(issuer, recipient)?;
-            let waiting: Option<String> = self
-                .tx
-                .query_row(
-                    "SELECT id FROM bundles WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3 AND state = 'waiting'",
+            let waiting: Option<String> = self.row("SELECT id FROM bundles WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3 AND state = 'waiting'",
                     params![issuer, recipient, seq(next)],
-                    |r| r.get(0),
-                )
-                .optional()
-                .ctx(self.path)?;
+                    |r| r.get(0))?;
             let Some(id) = waiting else { return Ok(()) };
             let order = self.next_order()?;
             self.tx
@@ -288,19 +250,12 @@ impl Tx<'_> {
     /// missing ones are recorded as skipped and the waiting bundles proceed in order.
     /// Returns a line per skipped sequence.
     pub fn release_gaps(&self, now: i64, gap_timeout: i64) -> Result<Vec<String>> {
-        let mut stmt = self
-            .tx
-            .prepare(
-                "SELECT issuer, recipient, MIN(sequence), MIN(received_at) FROM bundles
+        let streams: Vec<(String, String, i64, i64)> = self.rows(
+            "SELECT issuer, recipient, MIN(sequence), MIN(received_at) FROM bundles
                  WHERE state = 'waiting' GROUP BY issuer, recipient",
-            )
-            .ctx(self.path)?;
-        let streams: Vec<(String, String, i64, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .ctx(self.path)?
-            .collect::<rusqlite::Result<_>>()
-            .ctx(self.path)?;
-        drop(stmt);
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let mut lines = Vec::new();
         for (issuer, recipient, first_waiting, since) in streams {
             if now.saturating_sub(since) < gap_timeout {
