@@ -21,8 +21,10 @@ use crate::commands;
 use crate::config::Config;
 use crate::failpoint;
 use crate::inbox::{self, Admitted, Scanner};
+use crate::progress::capture::{CaptureReport, apply_snapshot};
 use crate::service::Notifier;
 use crate::store::{CommandOutcome, CommandRow, CommandState, Store, StoreError};
+use crate::uplink::{CycleReport, Uplink};
 
 /// A command that was running when the agent died this many times is failed instead of retried.
 pub const MAX_CRASH_RESUMES: i64 = 5;
@@ -41,6 +43,9 @@ pub enum AgentError {
         "refusing to run as root on {0}, which belongs to uid {1}: files root creates there would lock the service out; run as that user, e.g. sudo -u vessel-sync vessel-sync ..."
     )]
     WrongUser(PathBuf, u32),
+    /// The uplink cannot be set up (key, token, TLS files): a config problem.
+    #[error("{0}")]
+    Setup(String),
     /// Another agent holds the state directory.
     #[error(
         "another vessel-sync agent is already running with state directory {0} (lock file agent.lock); stop it first"
@@ -59,6 +64,10 @@ pub struct Report {
     pub skipped: Vec<String>,
     /// Files still arriving.
     pub arriving: Vec<PathBuf>,
+    /// What a capture did, when one ran.
+    pub capture: Option<CaptureReport>,
+    /// What a sync cycle did, when one ran.
+    pub sync: Option<CycleReport>,
 }
 
 impl Report {
@@ -70,6 +79,12 @@ impl Report {
         self.commands.extend(other.commands);
         self.skipped.extend(other.skipped);
         self.arriving = other.arriving;
+        if other.capture.is_some() {
+            self.capture = other.capture;
+        }
+        if other.sync.is_some() {
+            self.sync = other.sync;
+        }
     }
 }
 
@@ -90,6 +105,8 @@ pub struct Agent {
     scanner: Scanner,
     stop: Arc<AtomicBool>,
     notifier: Notifier,
+    uplink: Option<Uplink>,
+    moodle: Option<crate::moodle::db::Database>,
     _lock: File,
 }
 
@@ -148,7 +165,10 @@ impl Agent {
         }
         let lock = lock(&p.state_dir)?;
         let store = Store::open(&p.database(), &cfg.vessel_id)?;
+        let uplink = Uplink::new(&cfg).map_err(|e| AgentError::Setup(e.to_string()))?;
         let mut agent = Self {
+            uplink,
+            moodle: None,
             cfg,
             store,
             clock,
@@ -349,8 +369,142 @@ impl Agent {
         }
     }
 
-    /// Runs passes until one does nothing (`--once`).
+    /// Captures progress from Moodle now (when `[moodle]` is configured).
+    pub fn capture(&mut self) -> Option<Result<CaptureReport, String>> {
+        let settings = self.cfg.moodle_db.clone()?;
+        let now = self.clock.now();
+        let result = (|| -> Result<CaptureReport, String> {
+            if self.moodle.is_none() {
+                self.moodle = Some(
+                    crate::moodle::db::Database::connect(&settings).map_err(|e| e.to_string())?,
+                );
+            }
+            let db = self.moodle.as_mut().ok_or("no connection")?;
+            let snap = match crate::moodle::db::Source::snapshot(db) {
+                Ok(s) => s,
+                Err(e) => {
+                    // A broken connection is made anew next time.
+                    self.moodle = None;
+                    return Err(e.to_string());
+                }
+            };
+            self.notifier.keepalive();
+            apply_snapshot(
+                &mut self.store,
+                &snap,
+                &self.cfg.vessel_id,
+                self.cfg.capture.require,
+                now,
+            )
+            .map_err(|e| e.to_string())
+        })();
+        let note = match &result {
+            Ok(r) => {
+                if r.changes > 0 {
+                    tracing::info!(
+                        rows = r.rows,
+                        changes = r.changes,
+                        queued = r.queued,
+                        echoes = r.echoes,
+                        quarantined = r.quarantined,
+                        released = r.released,
+                        "progress captured"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                tracing::error!("capture failed: {e}");
+                Some(e.clone())
+            }
+        };
+        let _ = self.store.write(|tx| {
+            tx.set_fact("last_capture_attempt_at", &now.to_string())?;
+            match &note {
+                Some(e) => tx.set_fact("capture_error", e),
+                None => tx.clear_fact("capture_error"),
+            }
+        });
+        Some(result)
+    }
+
+    fn capture_due(&self, now: i64) -> Option<i64> {
+        self.cfg.moodle_db.as_ref()?;
+        let last: i64 = self
+            .store
+            .fact("last_capture_attempt_at")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let next = last.saturating_add(i64::try_from(self.cfg.capture.interval).unwrap_or(900));
+        // A clock set back would otherwise postpone capture until it caught up again.
+        Some(if last > now { now } else { next })
+    }
+
+    /// Runs one sync cycle now (when an uplink is configured).
+    pub fn sync(&mut self) -> Option<Result<CycleReport, String>> {
+        let now = self.clock.now();
+        let uplink = self.uplink.as_mut()?;
+        Some(
+            uplink
+                .cycle(&mut self.store, now)
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    fn sync_due(&self, now: i64) -> Option<i64> {
+        let u = self.uplink.as_ref()?;
+        let at = u.next_attempt(&self.store);
+        // A clock set back must not silence the link for the length of the jump.
+        let max_wait = i64::try_from(self.cfg.uplink.interval.max(self.cfg.uplink.backoff_max))
+            .unwrap_or(3600);
+        Some(
+            if at
+                > now
+                    .saturating_add(max_wait)
+                    .saturating_add(crate::uplink::PERMANENT_RETRY)
+            {
+                now
+            } else {
+                at
+            },
+        )
+    }
+
+    /// Runs what is due of capture and sync (the daemon calls this after every pass).
+    fn periodic(&mut self, report: &mut Report) {
+        let now = self.clock.now();
+        if self.capture_due(now).is_some_and(|t| t <= now) {
+            if let Some(Ok(r)) = self.capture() {
+                report.capture = Some(r);
+            }
+        }
+        if self.sync_due(now).is_some_and(|t| t <= now) {
+            match self.sync() {
+                Some(Ok(r)) => report.sync = Some(r),
+                Some(Err(e)) => tracing::error!("sync failed: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Runs passes until one does nothing, then one capture and one sync cycle, then passes
+    /// again for what the sync downloaded (`--once`).
     pub fn run_once(&mut self) -> Result<Report, AgentError> {
+        let mut total = self.run_passes()?;
+        if let Some(r) = self.capture() {
+            total.capture = Some(r.map_err(AgentError::Io)?);
+        }
+        if let Some(r) = self.sync() {
+            total.sync = Some(r.map_err(AgentError::Io)?);
+            let after = self.run_passes()?;
+            total.absorb(after);
+        }
+        Ok(total)
+    }
+
+    fn run_passes(&mut self) -> Result<Report, AgentError> {
         let mut total = Report::default();
         loop {
             let r = self.pass()?;
@@ -397,6 +551,12 @@ impl Agent {
         if !report.arriving.is_empty() {
             t = t.min(now + 1);
         }
+        if let Some(c) = self.capture_due(now) {
+            t = t.min(c);
+        }
+        if let Some(u) = self.sync_due(now) {
+            t = t.min(u);
+        }
         t.max(now)
     }
 
@@ -411,7 +571,8 @@ impl Agent {
         let ping = self.notifier.ping_interval();
         loop {
             self.notifier.watchdog();
-            let report = self.pass()?;
+            let mut report = self.pass()?;
+            self.periodic(&mut report);
             if report.did_something() {
                 self.notifier.status(&self.status_line());
             }

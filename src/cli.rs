@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent::{Agent, AgentError};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::{Config, DEFAULT_PATH};
 use crate::envelope::{self, Keyring, PublicKey, SecretKey, VerifyError};
 use crate::exit;
@@ -119,9 +119,35 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
+    /// Capture learner progress from the Moodle database now and queue the changes for shore
+    /// (the agent also does this every [capture] interval).
+    Capture {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one sync cycle now: send waiting progress batches to shore (or write them for the
+    /// file carrier), take the acknowledgement, and fetch waiting bundles into the inbox.
+    Sync {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The shore side: the HTTPS receiver and the operator's tools for vessels, bundles and
+    /// exports.
+    #[command(subcommand)]
+    Shore(ShoreCmd),
     /// Benchmarks to run on the ship's own hardware.
     Bench {
-        /// Which benchmark: `bundle` (verify-and-extract throughput and peak memory).
+        /// Which benchmark: `bundle` (verify-and-extract throughput and peak memory), `wire`
+        /// (bytes per progress record on the link, against JSON+zstd and JSON+gzip, and round
+        /// trips per sync), `outbox` (capture diff and outbox enqueue rate, peak memory).
         name: String,
         /// Print one JSON object of figures on stdout.
         #[arg(long)]
@@ -129,6 +155,128 @@ pub enum Command {
         /// Size of the generated bundle in MB.
         #[arg(long, default_value_t = 200)]
         size_mb: u64,
+    },
+}
+
+/// The --config option of the shore commands.
+#[derive(Debug, Args)]
+pub struct ShoreConfigArg {
+    /// The shore's config file.
+    #[arg(
+        long,
+        short = 'c',
+        env = "VESSEL_SYNC_SHORE_CONFIG",
+        default_value = "/etc/vessel-sync/shore.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+}
+
+/// Shore subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ShoreCmd {
+    /// Run the HTTPS receiver (normally started by systemd as vessel-sync-shore.service).
+    Serve {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+    },
+    /// Register, list and revoke vessels.
+    #[command(subcommand)]
+    Vessel(VesselCmd),
+    /// Queue a signed command bundle for its recipient vessel (or every vessel for `*`); it is
+    /// offered in the reply to the vessel's next sync and served with Range support.
+    Push {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// The bundle (from `vessel-sync bundle build`).
+        bundle: PathBuf,
+    },
+    /// File mode: take the batch files a carrier delivered into DIR, store them, and write a
+    /// signed `ack` bundle per vessel into --out for the carrier to take back. Processed files
+    /// move to DIR/done, refused ones to DIR/refused with a .reason.txt.
+    Ingest {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Where the carrier delivers vessel batches.
+        dir: PathBuf,
+        /// Where to write the ack bundles (default: DIR/acks).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Export records received since a time as CSV for the legacy training-records system
+    /// (cells a spreadsheet would run as formulas are made safe).
+    Export {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// RFC 3339 time (2026-11-01T00:00:00Z) or Unix seconds; records received at or after it.
+        #[arg(long, default_value = "0")]
+        since: String,
+        /// The CSV file to write (atomically).
+        #[arg(long, value_name = "FILE.csv")]
+        out: PathBuf,
+    },
+    /// Per vessel: last contact, acknowledged batch, records received, oldest unsent record as
+    /// last reported, and whether it is behind; then recent refusals.
+    Status {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a private CA and a TLS certificate for the receiver (for fleets without a PKI):
+    /// PREFIX-ca.pem (give to vessels as [uplink] ca_file), PREFIX-cert.pem, PREFIX-key.pem.
+    /// Prints the certificate's SHA-256 for [uplink] pin_sha256.
+    GenCert {
+        /// Path prefix of the three files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate is valid for; repeat for several.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Vessel registry subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VesselCmd {
+    /// Register a vessel with its public key (its `[uplink] signing_key`'s .pub) and write a new
+    /// random token for it (mode 0600, never overwritten). Running it again replaces the key
+    /// and token and lifts a revocation.
+    Add {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Vessel id (as in the vessel's [vessel] id).
+        id: String,
+        /// The vessel's public key file.
+        #[arg(long, value_name = "FILE.pub")]
+        pubkey: PathBuf,
+        /// Where to write the vessel's token.
+        #[arg(long, value_name = "FILE")]
+        token_out: PathBuf,
+    },
+    /// List vessels (the same table as `shore status`).
+    List {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a vessel: its token and key are refused from now on.
+    Revoke {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Vessel id.
+        id: String,
     },
 }
 
@@ -202,7 +350,7 @@ fn load_config(path: &Path) -> Result<Config, i32> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> i32 {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = crate::clock::from_env();
     match cli.command {
         Command::Keygen { out, comment } => keygen(&out, &comment),
         Command::Bundle(b) => bundle(b, clock.as_ref()),
@@ -222,6 +370,9 @@ pub fn run(cli: Cli) -> i32 {
             Err(code) => code,
         },
         Command::Demo { dir } => crate::demo::run(dir),
+        Command::Capture { config, json } => capture(&config.config, json, clock),
+        Command::Sync { config, json } => sync(&config.config, json, clock),
+        Command::Shore(cmd) => shore(cmd, clock),
         Command::Bench {
             name,
             json,
@@ -441,9 +592,218 @@ fn agent_error(e: &AgentError) -> i32 {
     tracing::error!(error = %e, "agent stopped on an error");
     let code = match e {
         AgentError::Locked(_) => exit::TEMPFAIL,
+        AgentError::Setup(_) => exit::CONFIG,
         AgentError::WrongUser(..) => exit::NOPERM,
         AgentError::Store(crate::store::StoreError::WrongVessel { .. }) => exit::CONFIG,
         _ => exit::IOERR,
     };
     fail(code, e)
+}
+
+fn capture(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::service::init_logging(&cfg.log_level);
+    let Some(settings) = cfg.moodle_db.clone() else {
+        return fail(
+            exit::CONFIG,
+            format!(
+                "{}: no [moodle] database configured (db_type, db_host, db_name, db_user...)",
+                path.display()
+            ),
+        );
+    };
+    let run = || -> Result<crate::progress::capture::CaptureReport, String> {
+        std::fs::create_dir_all(&cfg.paths.state_dir)
+            .map_err(|e| format!("{}: {e}", cfg.paths.state_dir.display()))?;
+        let mut store = crate::store::Store::open(&cfg.paths.database(), &cfg.vessel_id)
+            .map_err(|e| e.to_string())?;
+        let mut db = crate::moodle::db::Database::connect(&settings).map_err(|e| e.to_string())?;
+        let t = std::time::Instant::now();
+        let snap = crate::moodle::db::Source::snapshot(&mut db).map_err(|e| e.to_string())?;
+        let read_ms = t.elapsed().as_millis();
+        let r = crate::progress::capture::apply_snapshot(
+            &mut store,
+            &snap,
+            &cfg.vessel_id,
+            cfg.capture.require,
+            clock.now(),
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::debug!(read_ms, "snapshot read");
+        Ok(r)
+    };
+    match run() {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "captured {} progress rows: {} changed, {} queued for shore, {} recognised as imported from shore, {} quarantined, {} released from quarantine, {} removed",
+                    r.rows, r.changes, r.queued, r.echoes, r.quarantined, r.released, r.removed
+                );
+            }
+            exit::OK
+        }
+        Err(e) => fail(exit::TEMPFAIL, e),
+    }
+}
+
+fn sync(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::service::init_logging(&cfg.log_level);
+    let run = || -> Result<crate::uplink::CycleReport, String> {
+        let mut uplink = crate::uplink::Uplink::new(&cfg)
+            .map_err(|e| e.to_string())?
+            .ok_or("uplink.mode is \"off\": set [uplink] mode = \"https\" or \"files\"")?;
+        std::fs::create_dir_all(&cfg.paths.state_dir)
+            .map_err(|e| format!("{}: {e}", cfg.paths.state_dir.display()))?;
+        let mut store = crate::store::Store::open(&cfg.paths.database(), &cfg.vessel_id)
+            .map_err(|e| e.to_string())?;
+        uplink
+            .cycle(&mut store, clock.now())
+            .map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "sync: {} batch(es) built, {} exchange(s), acknowledged up to batch {}, {} bundle(s) downloaded",
+                    r.built, r.exchanges, r.acked_seq, r.downloaded
+                );
+                if let Some(h) = &r.held {
+                    println!("held: {h}");
+                }
+                println!(
+                    "next attempt: {}",
+                    crate::clock::format_time(r.next_attempt)
+                );
+            }
+            if r.held.is_some() {
+                exit::TEMPFAIL
+            } else {
+                exit::OK
+            }
+        }
+        Err(e) => fail(exit::CONFIG, e),
+    }
+}
+
+fn load_shore(path: &Path) -> Result<crate::shore::ShoreConfig, i32> {
+    crate::shore::ShoreConfig::load(path).map_err(|e| fail(exit::CONFIG, e))
+}
+
+fn shore(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
+    use crate::shore;
+    match cmd {
+        ShoreCmd::Serve { config } => {
+            let cfg = match load_shore(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            crate::service::init_logging("info");
+            match shore::serve::run(cfg, clock, |addr| println!("listening on {addr}")) {
+                Ok(()) => exit::OK,
+                Err(e) => fail(exit::CONFIG, e),
+            }
+        }
+        ShoreCmd::Vessel(VesselCmd::Add {
+            config,
+            id,
+            pubkey,
+            token_out,
+        }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::vessel_add(&cfg, &id, &pubkey, &token_out, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Vessel(VesselCmd::List { config, json }) | ShoreCmd::Status { config, json } => {
+            match load_shore(&config.config) {
+                Ok(cfg) => shore::status(&cfg, clock.as_ref(), json),
+                Err(code) => code,
+            }
+        }
+        ShoreCmd::Vessel(VesselCmd::Revoke { config, id }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::vessel_revoke(&cfg, &id, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Push { config, bundle } => match load_shore(&config.config) {
+            Ok(cfg) => shore::push(&cfg, &bundle, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Ingest { config, dir, out } => match load_shore(&config.config) {
+            Ok(cfg) => {
+                let out = out.unwrap_or_else(|| dir.join("acks"));
+                shore::ingest(&cfg, &dir, &out, clock.as_ref())
+            }
+            Err(code) => code,
+        },
+        ShoreCmd::Export { config, since, out } => match load_shore(&config.config) {
+            Ok(cfg) => shore::export(&cfg, &since, &out),
+            Err(code) => code,
+        },
+        ShoreCmd::GenCert { out, names } => gen_cert(&out, &names),
+    }
+}
+
+fn gen_cert(prefix: &Path, names: &[String]) -> i32 {
+    let (ca, chain, key) = match crate::net::generate_server_cert(names) {
+        Ok(x) => x,
+        Err(e) => return fail(exit::SOFTWARE, e),
+    };
+    let with = |suffix: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let files = [
+        (with("-ca.pem"), ca, 0o644),
+        (with("-cert.pem"), chain.clone(), 0o644),
+        (with("-key.pem"), key, 0o600),
+    ];
+    for (p, _, _) in &files {
+        if p.exists() {
+            return fail(
+                exit::USAGE,
+                format!("{} exists; it is never overwritten", p.display()),
+            );
+        }
+    }
+    for (p, text, mode) in &files {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(*mode)
+            .open(p)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = r {
+            return fail(exit::IOERR, format!("{}: {e}", p.display()));
+        }
+    }
+    let pin = crate::net::load_certs(&with("-cert.pem"))
+        .ok()
+        .and_then(|c| c.first().map(|c| crate::net::cert_pin(c)))
+        .unwrap_or_default();
+    println!(
+        "CA certificate:     {} (vessels: [uplink] ca_file)",
+        with("-ca.pem").display()
+    );
+    println!(
+        "server certificate: {} ([shore] tls_cert)",
+        with("-cert.pem").display()
+    );
+    println!(
+        "server key:         {} (mode 0600; [shore] tls_key)",
+        with("-key.pem").display()
+    );
+    println!("pin_sha256:         {pin}");
+    exit::OK
 }

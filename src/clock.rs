@@ -22,6 +22,28 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock shifted by a fixed number of seconds: `VESSEL_SYNC_CLOCK_OFFSET` (a test
+/// and diagnosis seam for a ship's clock that is set wrong; never needed in normal operation).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock(pub i64);
+
+impl Clock for OffsetClock {
+    fn now(&self) -> i64 {
+        SystemClock.now().saturating_add(self.0)
+    }
+}
+
+/// The process clock: the system clock, shifted when `VESSEL_SYNC_CLOCK_OFFSET` is set.
+pub fn from_env() -> std::sync::Arc<dyn Clock> {
+    match std::env::var("VESSEL_SYNC_CLOCK_OFFSET")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        Some(off) if off != 0 => std::sync::Arc::new(OffsetClock(off)),
+        _ => std::sync::Arc::new(SystemClock),
+    }
+}
+
 /// A clock that stands still unless moved (tests).
 #[derive(Debug, Default)]
 pub struct FixedClock(pub std::sync::atomic::AtomicI64);

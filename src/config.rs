@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use toml_edit::{Document, Item, Table};
 
 use crate::envelope::{Keyring, Limits, PublicKey};
+use crate::moodle::db::{DbSettings, DbType};
+use crate::net::Trust;
+use crate::progress::capture::RequireLegacy;
 
 /// Where the packaged service looks by default.
 pub const DEFAULT_PATH: &str = "/etc/vessel-sync/agent.toml";
@@ -115,6 +118,76 @@ pub struct Config {
     pub limits: Limits,
     /// Log level filter (`info`, `debug`, or a tracing filter).
     pub log_level: String,
+    /// Moodle's database (None: no capture configured).
+    pub moodle_db: Option<DbSettings>,
+    /// Capture schedule and rules.
+    pub capture: CaptureSettings,
+    /// The link to shore.
+    pub uplink: UplinkSettings,
+}
+
+/// `[capture]`.
+#[derive(Debug, Clone)]
+pub struct CaptureSettings {
+    /// Seconds between scheduled captures.
+    pub interval: u64,
+    /// Mappings a record must have.
+    pub require: RequireLegacy,
+}
+
+/// How progress goes home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkMode {
+    /// Not at all (progress stays in the outbox).
+    Off,
+    /// HTTPS to the shore receiver.
+    Https,
+    /// Envelope files into the outbound directory for a store-and-forward carrier.
+    Files,
+}
+
+/// `[uplink]`.
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    /// Mode.
+    pub mode: UplinkMode,
+    /// Shore's base URL (`https://shore.example.com:8443`).
+    pub url: String,
+    /// File holding this vessel's token (mode 0600).
+    pub token_file: Option<PathBuf>,
+    /// This vessel's signing key (`vessel-sync keygen`).
+    pub signing_key: Option<PathBuf>,
+    /// TLS trust.
+    pub trust: Trust,
+    /// Seconds between sync cycles.
+    pub interval: u64,
+    /// Connect timeout, seconds.
+    pub connect_timeout: u64,
+    /// Whole-request timeout, seconds.
+    pub timeout: u64,
+    /// Most records per batch.
+    pub batch_records: u64,
+    /// Bytes per UTC day (0: no limit).
+    pub daily_budget: u64,
+    /// Bytes per UTC month (0: no limit).
+    pub monthly_budget: u64,
+    /// Allowed UTC windows as (start minute, end minute) of the day; empty: always.
+    pub windows: Vec<(u32, u32)>,
+    /// Longest wait between retries, seconds.
+    pub backoff_max: u64,
+    /// File mode: write an unacknowledged batch again after this many seconds.
+    pub resend_after: u64,
+}
+
+fn parse_window(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('-')?;
+    let hm = |t: &str| -> Option<u32> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    };
+    let (a, b) = (hm(a)?, hm(b)?);
+    (a != b).then_some((a, b))
 }
 
 struct Walker<'a> {
@@ -246,6 +319,30 @@ impl Walker<'_> {
         }
     }
 
+    fn strings(
+        &mut self,
+        t: Option<&Table>,
+        label: &str,
+        key: &str,
+    ) -> Vec<(String, Option<Range<usize>>)> {
+        let Some(item) = t.and_then(|t| t.get(key)) else {
+            return Vec::new();
+        };
+        match item.as_array() {
+            Some(arr) if arr.iter().all(|v| v.as_str().is_some()) => arr
+                .iter()
+                .map(|v| (v.as_str().unwrap_or_default().to_string(), v.span()))
+                .collect(),
+            _ => {
+                self.push(
+                    item.span(),
+                    format!("{label}.{key} must be a list of strings"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
     fn count(&mut self, t: Option<&Table>, label: &str, key: &str, default: u64) -> u64 {
         let Some(item) = t.and_then(|t| t.get(key)) else {
             return default;
@@ -369,7 +466,7 @@ impl Config {
             "the top level",
             &[
                 "version", "vessel", "paths", "keyring", "inbox", "limits", "log", "moodle",
-                "uplink",
+                "capture", "uplink",
             ],
         );
         match root.get("version") {
@@ -517,16 +614,221 @@ impl Config {
             .map(|(s, _)| s)
             .unwrap_or_else(|| "info".into());
 
-        // Reserved for the Moodle and uplink work: accepted as sections, no keys yet.
-        for reserved in ["moodle", "uplink"] {
-            if let Some(t) = w.sub(root, reserved) {
-                w.only(
-                    t,
-                    &format!("[{reserved}] (reserved: this version has no settings here yet)"),
-                    &[],
-                );
+        let moodle_t = w.sub(root, "moodle");
+        if let Some(t) = moodle_t {
+            w.only(
+                t,
+                "[moodle]",
+                &[
+                    "db_type",
+                    "db_host",
+                    "db_port",
+                    "db_name",
+                    "db_user",
+                    "db_password_file",
+                    "prefix",
+                ],
+            );
+        }
+        let moodle_db = match w.string(moodle_t, "moodle", "db_type") {
+            None => None,
+            Some((ty, span)) => {
+                let db_type = match ty.as_str() {
+                    "postgres" | "pgsql" | "postgresql" => Some(DbType::Postgres),
+                    "mariadb" | "mysql" | "mysqli" => Some(DbType::MariaDb),
+                    _ => {
+                        w.push(span, format!("moodle.db_type {ty:?}: use \"postgres\" or \"mariadb\" (also for MySQL)"));
+                        None
+                    }
+                };
+                let default_port = if db_type == Some(DbType::MariaDb) {
+                    3306
+                } else {
+                    5432
+                };
+                let port = w.count(moodle_t, "moodle", "db_port", default_port);
+                let prefix = w
+                    .string(moodle_t, "moodle", "prefix")
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|| "mdl_".into());
+                if !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                {
+                    w.push(moodle_t.and_then(|t| t.get("prefix")).and_then(Item::span), format!("moodle.prefix {prefix:?}: lower-case letters, digits and _ only (as in Moodle's config.php $CFG->prefix)"));
+                }
+                let password_file = moodle_t
+                    .and_then(|t| t.get("db_password_file"))
+                    .map(|_| w.path(moodle_t, "moodle", "db_password_file", PathBuf::new()));
+                db_type.map(|db_type| DbSettings {
+                    db_type,
+                    host: w
+                        .string(moodle_t, "moodle", "db_host")
+                        .map(|(s, _)| s)
+                        .unwrap_or_else(|| "localhost".into()),
+                    port: u16::try_from(port).unwrap_or(5432),
+                    name: w
+                        .string(moodle_t, "moodle", "db_name")
+                        .map(|(s, _)| s)
+                        .unwrap_or_else(|| "moodle".into()),
+                    user: w
+                        .string(moodle_t, "moodle", "db_user")
+                        .map(|(s, _)| s)
+                        .unwrap_or_else(|| "vessel_sync".into()),
+                    password_file,
+                    prefix,
+                })
+            }
+        };
+        if moodle_db.is_none()
+            && moodle_t.is_some_and(|t| !t.is_empty())
+            && moodle_t.and_then(|t| t.get("db_type")).is_none()
+        {
+            w.push(
+                moodle_t.and_then(Table::span),
+                "[moodle] needs db_type = \"postgres\" or \"mariadb\"".into(),
+            );
+        }
+
+        let capture_t = w.sub(root, "capture");
+        if let Some(t) = capture_t {
+            w.only(t, "[capture]", &["interval", "require_legacy"]);
+        }
+        let mut require = RequireLegacy::default();
+        for (v, span) in w.strings(capture_t, "capture", "require_legacy") {
+            match v.as_str() {
+                "course" => require.course = true,
+                "activity" => require.activity = true,
+                _ => w.push(
+                    span,
+                    format!("capture.require_legacy: {v:?} is not \"course\" or \"activity\""),
+                ),
             }
         }
+        let capture = CaptureSettings {
+            interval: w.seconds(capture_t, "capture", "interval", 900).max(10),
+            require,
+        };
+
+        let uplink_t = w.sub(root, "uplink");
+        if let Some(t) = uplink_t {
+            w.only(
+                t,
+                "[uplink]",
+                &[
+                    "mode",
+                    "url",
+                    "token_file",
+                    "signing_key",
+                    "ca_file",
+                    "pin_sha256",
+                    "interval",
+                    "connect_timeout",
+                    "timeout",
+                    "batch_records",
+                    "daily_budget",
+                    "monthly_budget",
+                    "windows",
+                    "backoff_max",
+                    "resend_after",
+                ],
+            );
+        }
+        let mode = match w.string(uplink_t, "uplink", "mode") {
+            None => UplinkMode::Off,
+            Some((m, span)) => match m.as_str() {
+                "off" => UplinkMode::Off,
+                "https" => UplinkMode::Https,
+                "files" => UplinkMode::Files,
+                _ => {
+                    w.push(
+                        span,
+                        format!("uplink.mode {m:?}: use \"https\", \"files\" or \"off\""),
+                    );
+                    UplinkMode::Off
+                }
+            },
+        };
+        let opt_path = |w: &mut Walker<'_>, key: &str| {
+            uplink_t
+                .and_then(|t| t.get(key))
+                .map(|_| w.path(uplink_t, "uplink", key, PathBuf::new()))
+        };
+        let token_file = opt_path(&mut w, "token_file");
+        let signing_key = opt_path(&mut w, "signing_key");
+        let ca_file = opt_path(&mut w, "ca_file");
+        let mut pins = Vec::new();
+        for (p, span) in w.strings(uplink_t, "uplink", "pin_sha256") {
+            let p = p.to_ascii_lowercase().replace(':', "");
+            if p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                w.push(span, "uplink.pin_sha256 entries are 64 hex digits (SHA-256 of the certificate, as 'vessel-sync shore gen-cert' prints)".into());
+            }
+            pins.push(p);
+        }
+        let url = w
+            .string(uplink_t, "uplink", "url")
+            .map(|(s, _)| s)
+            .unwrap_or_default();
+        if mode != UplinkMode::Off && signing_key.is_none() {
+            w.push(uplink_t.and_then(Table::span), "uplink.signing_key is required: this vessel's key (from 'vessel-sync keygen') signs every batch".into());
+        }
+        if mode == UplinkMode::Https {
+            if !url.starts_with("https://") {
+                w.push(
+                    uplink_t
+                        .and_then(|t| t.get("url"))
+                        .and_then(Item::span)
+                        .or(uplink_t.and_then(Table::span)),
+                    "uplink.url must be an https:// URL of the shore receiver".into(),
+                );
+            }
+            if token_file.is_none() {
+                w.push(uplink_t.and_then(Table::span), "uplink.token_file is required for mode = \"https\" (the file 'vessel-sync shore vessel add' wrote)".into());
+            }
+        }
+        let mut windows = Vec::new();
+        for (s, span) in w.strings(uplink_t, "uplink", "windows") {
+            match parse_window(&s) {
+                Some(win) => windows.push(win),
+                None => w.push(
+                    span,
+                    format!("uplink.windows: {s:?} is not a UTC window such as \"22:00-06:00\""),
+                ),
+            }
+        }
+        let trust = Trust {
+            ca_file: ca_file.or_else(|| {
+                pins.is_empty()
+                    .then(|| PathBuf::from(crate::net::SYSTEM_CA_FILE))
+            }),
+            pins,
+        };
+        let daily_budget = match uplink_t.and_then(|t| t.get("daily_budget")) {
+            Some(_) => w.bytes(uplink_t, "uplink", "daily_budget", 0),
+            None => 0,
+        };
+        let monthly_budget = match uplink_t.and_then(|t| t.get("monthly_budget")) {
+            Some(_) => w.bytes(uplink_t, "uplink", "monthly_budget", 0),
+            None => 0,
+        };
+        let uplink = UplinkSettings {
+            mode,
+            url: url.trim_end_matches('/').to_string(),
+            token_file,
+            signing_key,
+            trust,
+            interval: w.seconds(uplink_t, "uplink", "interval", 300).max(1),
+            connect_timeout: w.seconds(uplink_t, "uplink", "connect_timeout", 30).max(1),
+            timeout: w.seconds(uplink_t, "uplink", "timeout", 300).max(1),
+            batch_records: w.count(uplink_t, "uplink", "batch_records", 20_000),
+            daily_budget,
+            monthly_budget,
+            windows,
+            backoff_max: w.seconds(uplink_t, "uplink", "backoff_max", 3600).max(1),
+            resend_after: w
+                .seconds(uplink_t, "uplink", "resend_after", 3 * 86_400)
+                .max(60),
+        };
 
         if !w.issues.is_empty() {
             let mut issues = w.issues;
@@ -541,6 +843,9 @@ impl Config {
             inbox,
             limits,
             log_level,
+            moodle_db,
+            capture,
+            uplink,
         })
     }
 

@@ -7,4 +7,5 @@ mod bad_input;
 mod cli;
 mod crash;
 mod ordering;
+mod progress;
 mod service;

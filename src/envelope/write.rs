@@ -128,7 +128,9 @@ pub fn write_envelope(
     let tmp = fsutil::temp_path(out);
     let file = File::create(&tmp).map_err(|e| io_ctx("creating", &tmp, e))?;
     let result = (|| -> io::Result<File> {
-        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), 3)?;
+        // Progress batches are small and cross a metered link: spend CPU on the last bytes.
+        let level = if draft.kind == Kind::Progress { 19 } else { 3 };
+        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), level)?;
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);

@@ -104,6 +104,13 @@ impl Tx<'_> {
                 params![channel, seq, bundle_id, now],
             )
             .ctx(self.path)?;
+        if channel == "outbox" {
+            // Records of acknowledged batches leave the outbox in the same transaction.
+            let released = self.prune_acked(acked_seq)?;
+            if released > 0 {
+                tracing::info!(acked_seq, released, "shore acknowledged progress");
+            }
+        }
         Ok(changed > 0)
     }
 }

@@ -15,6 +15,7 @@
 mod audit;
 mod journal;
 mod mapping;
+mod outbox;
 mod queries;
 mod sequence;
 mod transitions;
@@ -25,6 +26,9 @@ pub use journal::{
     NewCommand, Overview, StreamGap,
 };
 pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
+pub use outbox::{
+    Batch, CapturedState, CourseBacklog, LocalKey, OutboxSummary, QuarantinedProgress,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,7 +90,10 @@ pub enum StoreError {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_journal.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_journal.sql"),
+    include_str!("migrations/0002_progress.sql"),
+];
 
 /// An open database.
 pub struct Store {

@@ -1,0 +1,236 @@
+//! The one place that builds HTTP clients and TLS configurations (rustls with the `ring`
+//! provider, both directions).
+//!
+//! Client side: trust comes from a CA file (Debian's bundle by default), optionally narrowed by
+//! certificate pins (SHA-256 of the server certificate, hex). With pins and no CA file, the pin
+//! alone decides (for a shore with a self-signed certificate); with both, both must pass. The
+//! TLS handshake signature is always verified. Server side: a certificate chain and key in PEM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// Debian's CA bundle, the default trust for the uplink.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS trust for the uplink.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// PEM file of trusted CA certificates; `None` with pins means pin-only.
+    pub ca_file: Option<PathBuf>,
+    /// Lower-case hex SHA-256 of acceptable server certificates (DER).
+    pub pins: Vec<String>,
+}
+
+/// A TLS setup problem.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error("{path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn file_err(path: &Path, detail: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no PEM certificate in this file"));
+    }
+    Ok(certs)
+}
+
+/// SHA-256 of a certificate, lower-case hex: the value `pin_sha256` takes.
+pub fn cert_pin(cert: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert))
+}
+
+#[derive(Debug)]
+struct Pinned {
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    pins: Vec<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(inner) = &self.inner {
+            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        }
+        if !self.pins.is_empty() && !self.pins.contains(&cert_pin(end_entity)) {
+            return Err(rustls::Error::General(format!(
+                "shore's certificate (sha256 {}) matches none of [uplink] pin_sha256",
+                cert_pin(end_entity)
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The client TLS configuration for `trust`.
+pub fn client_tls(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let inner = match &trust.ca_file {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in load_certs(path)? {
+                roots.add(c).map_err(|e| file_err(path, e))?;
+            }
+            Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?,
+            )
+        }
+        None if trust.pins.is_empty() => {
+            return Err(TlsError::Config(
+                "no CA file and no pin: nothing to trust shore's certificate with".into(),
+            ));
+        }
+        None => None,
+    };
+    let verifier = Arc::new(Pinned {
+        inner,
+        pins: trust.pins.clone(),
+        provider: provider.clone(),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(cfg)
+}
+
+/// The uplink's HTTP client: rustls, connection reuse, timeouts, no redirects, no proxies from
+/// the environment unless `HTTPS_PROXY` is set explicitly.
+pub fn http_client(
+    trust: &Trust,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<reqwest::blocking::Client, TlsError> {
+    let tls = client_tls(trust)?;
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .pool_idle_timeout(Duration::from_secs(300))
+        .pool_max_idle_per_host(2)
+        .tcp_keepalive(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("vessel-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// The shore's server TLS configuration from a PEM chain and a PEM private key.
+pub fn server_tls(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let certs = load_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| file_err(key_file, e))?;
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))
+}
+
+/// Generates a private CA and a server certificate for `names` (shore without a PKI, the demo
+/// and the tests). Returns PEM texts: (CA certificate, server certificate chain, server key).
+pub fn generate_server_cert(names: &[String]) -> Result<(String, String, String), TlsError> {
+    let err = |e: rcgen::Error| TlsError::Config(e.to_string());
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "vessel-sync shore CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(err)?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
+    let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
+    Ok((
+        ca.pem(),
+        format!("{}{}", cert.pem(), ca.pem()),
+        key.serialize_pem(),
+    ))
+}

@@ -1,0 +1,15 @@
+//! Learner progress: what a record is ([`record`]), how a batch of records is encoded for the
+//! link ([`codec`]), and how records are captured from the Moodle database by diffing a full
+//! snapshot against the last captured state ([`capture`]).
+//!
+//! Invariants: a record's id is a pure function of the vessel and the record's natural key,
+//! value and time, so capturing the same state twice yields one record and shore can recompute
+//! every id from the batch it received (ids never travel); a change that cannot be keyed is
+//! quarantined with its reason, never dropped (law 1); a change recorded as imported from shore
+//! is never queued (law 2).
+
+pub mod capture;
+pub mod codec;
+pub mod record;
+
+pub use record::{Record, RecordKind};

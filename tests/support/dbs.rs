@@ -1,0 +1,410 @@
+//! Throwaway database servers for the capture tests: a real PostgreSQL cluster and a real
+//! MariaDB server, each in a temporary directory on a free loopback port, loaded with the
+//! schema and data captured from Moodle 5.0 (`../shared/moodle/schema/`), and a read-only user
+//! with exactly the GRANTs `docs/progress.md` documents. Killed when dropped.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const RO_USER: &str = "vessel_sync";
+pub const RO_PASSWORD: &str = "ro-secret-pw";
+
+pub fn schema_dir() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in [
+        here.join("../shared/moodle/schema"),
+        here.join("tests/fixtures/moodle/schema"),
+    ] {
+        if c.join("postgres.sql").exists() {
+            return c;
+        }
+    }
+    panic!("Moodle schema dumps not found in ../shared/moodle/schema")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn user_ids(name: &str) -> (u32, u32) {
+    let out = Command::new("id").arg("-u").arg(name).output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let out = Command::new("id").arg("-g").arg(name).output().unwrap();
+    let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (uid, gid)
+}
+
+/// Runs `cmd` as `user` when we are root (database servers refuse to run as root).
+fn as_user(cmd: &mut Command, user: &str) {
+    if unsafe { libc::geteuid() } == 0 {
+        let (uid, gid) = user_ids(user);
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+fn chown_tree(dir: &Path, user: &str) {
+    if unsafe { libc::geteuid() } == 0 {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on {port} within 60 s");
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server not installed (apt-get install postgresql)")
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap().join(name)
+}
+
+pub struct Pg {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+    pub db: String,
+}
+
+impl Pg {
+    /// Starts a cluster and creates database `moodle` with the schema and data loaded.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vs-pg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        chown_tree(dir.path(), "postgres");
+        let mut init = Command::new(pg_bin("initdb"));
+        init.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "-D",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        as_user(&mut init, "postgres");
+        let out = init.output().unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut server = Command::new(pg_bin("postgres"));
+        server
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "synchronous_commit=off",
+            ])
+            .arg("-k")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_user(&mut server, "postgres");
+        let mut child = server.spawn().unwrap();
+        wait_port(port, &mut child, "postgres");
+        let pg = Pg {
+            _dir: dir,
+            child,
+            port,
+            db: "moodle".into(),
+        };
+        // The port answers before the server accepts sessions: retry the first statement.
+        let t = Instant::now();
+        while pg.try_psql("postgres", "SELECT 1").is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "postgres never accepted a session"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg.psql("postgres", "CREATE DATABASE moodle");
+        let schema = schema_dir();
+        pg.psql_file("moodle", &schema.join("postgres.sql"));
+        pg.psql_file("moodle", &schema.join("data.sql"));
+        // The GRANTs of docs/progress.md, verbatim.
+        pg.psql(
+            "moodle",
+            &format!(
+                "CREATE ROLE {RO_USER} LOGIN PASSWORD '{RO_PASSWORD}';
+                 GRANT CONNECT ON DATABASE moodle TO {RO_USER};
+                 GRANT USAGE ON SCHEMA public TO {RO_USER};
+                 GRANT SELECT ON ALL TABLES IN SCHEMA public TO {RO_USER};
+                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {RO_USER};"
+            ),
+        );
+        pg
+    }
+
+    fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs SQL as the superuser; panics on error. Returns unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        self.try_psql(db, sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
+    }
+
+    pub fn psql_file(&self, db: &str, file: &Path) {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+            ])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql -f {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The agent's `[moodle]` section for this server (password in `pwfile`).
+    pub fn moodle_section(&self, pwfile: &Path) -> String {
+        std::fs::write(pwfile, format!("{RO_PASSWORD}\n")).unwrap();
+        format!(
+            "[moodle]\ndb_type = \"postgres\"\ndb_host = \"127.0.0.1\"\ndb_port = {}\ndb_name = \"moodle\"\ndb_user = \"{RO_USER}\"\ndb_password_file = \"{}\"\n",
+            self.port,
+            pwfile.display()
+        )
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Maria {
+    dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+}
+
+impl Maria {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vs-maria")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        chown_tree(dir.path(), "mysql");
+        let out = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=mysql",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ])
+            .output()
+            .expect("mariadb-install-db not found (apt-get install mariadb-server)");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let sock = dir.path().join("sock");
+        let mut child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", sock.display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=mysql",
+                "--skip-name-resolve",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--innodb-buffer-pool-size=64M",
+                "--skip-log-bin",
+            ])
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(port, &mut child, "mariadbd");
+        let m = Maria { dir, child, port };
+        let t = Instant::now();
+        while m.try_sql(None, "SELECT 1").is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "mariadbd never accepted a session"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m.sql(
+            None,
+            "CREATE DATABASE moodle CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+        );
+        let schema = schema_dir();
+        m.sql_file("moodle", &schema.join("mariadb.sql"));
+        m.sql_file("moodle", &schema.join("mariadb-data.sql"));
+        m.sql(
+            None,
+            &format!(
+                "CREATE USER '{RO_USER}'@'127.0.0.1' IDENTIFIED BY '{RO_PASSWORD}';
+                 GRANT SELECT ON moodle.* TO '{RO_USER}'@'127.0.0.1';"
+            ),
+        );
+        m
+    }
+
+    fn client(&self, db: Option<&str>) -> Command {
+        let mut c = Command::new("mariadb");
+        c.arg("--no-defaults")
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("sock").display()
+            ))
+            .args(["-uroot", "-N", "-B"]);
+        if let Some(db) = db {
+            c.arg(db);
+        }
+        c
+    }
+
+    fn try_sql(&self, db: Option<&str>, sql: &str) -> Result<String, String> {
+        let out = self.client(db).arg("-e").arg(sql).output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn sql(&self, db: Option<&str>, sql: &str) -> String {
+        self.try_sql(db, sql)
+            .unwrap_or_else(|e| panic!("mariadb {sql}: {e}"))
+    }
+
+    pub fn sql_file(&self, db: &str, file: &Path) {
+        let out = self
+            .client(Some(db))
+            .stdin(std::fs::File::open(file).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb < {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn moodle_section(&self, pwfile: &Path) -> String {
+        std::fs::write(pwfile, format!("{RO_PASSWORD}\n")).unwrap();
+        format!(
+            "[moodle]\ndb_type = \"mariadb\"\ndb_host = \"127.0.0.1\"\ndb_port = {}\ndb_name = \"moodle\"\ndb_user = \"{RO_USER}\"\ndb_password_file = \"{}\"\n",
+            self.port,
+            pwfile.display()
+        )
+    }
+}
+
+impl Drop for Maria {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
