@@ -43,6 +43,17 @@ pub const ALL: &[&str] = &[
     "bundle.before-cleanup",
 ];
 
+/// Failpoints of the progress path (capture, batching, upload, acknowledgement, shore intake).
+pub const PROGRESS: &[&str] = &[
+    "capture.before-commit",
+    "capture.after-commit",
+    "batch.before-commit",
+    "batch.after-commit",
+    "sync.after-ack",
+    "shore.before-commit",
+    "shore.after-commit",
+];
+
 /// Kills the process here if this failpoint is armed and its count is reached.
 pub fn hit(name: &str) {
     if let Some(a) = armed() {

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod envelope;
 pub mod exit;
 pub mod failpoint;
+pub mod faultproxy;
 pub mod fsutil;
 pub mod inbox;
 pub mod moodle;

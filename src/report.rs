@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::envelope::{Manifest, manifest};
 use crate::exit;
 use crate::inbox::{Admitted, ignored_name};
-use crate::store::{AckState, AuditEntry, AuditEvent, Overview, Store};
+use crate::config::UplinkMode;
+use crate::store::{AckState, AuditEntry, AuditEvent, OutboxSummary, Overview, QuarantinedProgress, Store};
 
 #[derive(Serialize)]
 struct Status {
@@ -26,6 +27,59 @@ struct Status {
     journal: Overview,
     mappings: std::collections::BTreeMap<String, u64>,
     outbox_ack: Option<AckState>,
+    progress: ProgressStatus,
+}
+
+#[derive(Serialize)]
+struct ProgressStatus {
+    outbox: OutboxSummary,
+    oldest_unacknowledged_age_s: Option<i64>,
+    uplink_mode: &'static str,
+    last_contact: Option<String>,
+    next_attempt: Option<String>,
+    next_attempt_reason: Option<String>,
+    last_error: Option<String>,
+    permanent_error: Option<String>,
+    bytes_today: u64,
+    bytes_this_month: u64,
+    daily_budget: u64,
+    monthly_budget: u64,
+    capture_configured: bool,
+    last_capture: Option<String>,
+    last_capture_rows: Option<u64>,
+    capture_error: Option<String>,
+    quarantine: Vec<QuarantinedProgress>,
+}
+
+fn progress_status(cfg: &Config, store: &Store, now: i64) -> Result<ProgressStatus, crate::store::StoreError> {
+    let facts = store.facts()?;
+    let time_of = |k: &str| facts.get(k).and_then(|v| v.parse::<i64>().ok()).map(format_time);
+    let outbox = store.outbox_summary()?;
+    let day = format_time(now).get(..10).unwrap_or("").to_string();
+    let ((du, dd), (mu, md)) = store.traffic(&day)?;
+    Ok(ProgressStatus {
+        oldest_unacknowledged_age_s: outbox.oldest_captured_at.map(|t| (now - t).max(0)),
+        outbox,
+        uplink_mode: match cfg.uplink.mode {
+            UplinkMode::Off => "off",
+            UplinkMode::Https => "https",
+            UplinkMode::Files => "files",
+        },
+        last_contact: time_of("last_contact_at"),
+        next_attempt: time_of("next_attempt_at"),
+        next_attempt_reason: facts.get("next_attempt_reason").cloned(),
+        last_error: facts.get("last_error").cloned(),
+        permanent_error: facts.get("permanent_error").cloned(),
+        bytes_today: du + dd,
+        bytes_this_month: mu + md,
+        daily_budget: cfg.uplink.daily_budget,
+        monthly_budget: cfg.uplink.monthly_budget,
+        capture_configured: cfg.moodle_db.is_some(),
+        last_capture: time_of("last_capture_at"),
+        last_capture_rows: facts.get("last_capture_rows").and_then(|v| v.parse().ok()),
+        capture_error: facts.get("capture_error").cloned(),
+        quarantine: store.progress_quarantine(20)?,
+    })
 }
 
 fn list_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
@@ -58,6 +112,7 @@ fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::Store
         journal: store.overview()?,
         mappings: store.mapping_counts()?,
         outbox_ack: store.ack("outbox")?,
+        progress: progress_status(cfg, &store, clock.now())?,
     })
 }
 
@@ -175,7 +230,72 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         ),
         None => println!("shore ack: none received yet"),
     }
+    print_progress(&s.progress, now);
     exit::OK
+}
+
+fn budget(used: u64, limit: u64) -> String {
+    if limit == 0 {
+        format!("{used} bytes (no limit)")
+    } else {
+        format!("{used} of {limit} bytes ({}%)", used.saturating_mul(100) / limit.max(1))
+    }
+}
+
+fn print_progress(p: &ProgressStatus, now: i64) {
+    let o = &p.outbox;
+    println!(
+        "progress:  {} record(s) not yet acknowledged by shore ({} in {} batch(es), {} bytes){}",
+        o.records,
+        o.batched,
+        o.batches,
+        o.batch_bytes,
+        p.oldest_unacknowledged_age_s
+            .map(|a| format!("; oldest captured {} ago", format_age(a)))
+            .unwrap_or_default()
+    );
+    println!(
+        "           last acknowledgement: {}",
+        match o.acked_at {
+            Some(t) => format!("batch {} at {} ({} ago)", o.acked_seq, format_time(t), format_age(now - t)),
+            None => "none yet".into(),
+        }
+    );
+    println!(
+        "uplink:    {}; last contact {}; next attempt {}{}",
+        p.uplink_mode,
+        p.last_contact.as_deref().unwrap_or("never"),
+        p.next_attempt.as_deref().unwrap_or("at the agent's next cycle"),
+        p.next_attempt_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    if let Some(e) = &p.permanent_error {
+        println!("STOPPED:   {e}; fix it ashore or in [uplink], then restart the agent");
+    } else if let Some(e) = &p.last_error {
+        println!("last error: {e}");
+    }
+    println!(
+        "budget:    today {}; this month {}",
+        budget(p.bytes_today, p.daily_budget),
+        budget(p.bytes_this_month, p.monthly_budget)
+    );
+    if p.capture_configured {
+        println!(
+            "capture:   last {}{}",
+            p.last_capture.as_deref().unwrap_or("never"),
+            p.last_capture_rows.map(|n| format!(" ({n} rows read)")).unwrap_or_default()
+        );
+        if let Some(e) = &p.capture_error {
+            println!("CAPTURE FAILING: {e}");
+        }
+    } else {
+        println!("capture:   not configured (no [moodle] section)");
+    }
+    if o.quarantined > 0 {
+        println!("progress quarantine: {} change(s) cannot be keyed yet (kept, retried at every capture):", o.quarantined);
+        for q in &p.quarantine {
+            println!("  {} user id {} object {} = {}: {}", q.kind, q.userid, q.objid, q.value, q.reason);
+        }
+    }
 }
 
 /// Makes a CSV cell safe for spreadsheets: a leading `=`, `+`, `-`, `@`, tab or CR is escaped

@@ -367,7 +367,9 @@ impl ShoreStore {
             params![vessel, acked, to_i64(new)],
         )
         .map_err(e)?;
+        crate::failpoint::hit("shore.before-commit");
         tx.commit().map_err(e)?;
+        crate::failpoint::hit("shore.after-commit");
         Ok(Stored::New {
             new,
             duplicate: records.len() as u64 - new,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dbs;
+pub mod shore;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,197 @@
+//! A shore receiver on loopback (real HTTPS with a private CA) and a vessel wired to it,
+//! optionally through the fault-injecting proxy.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::{Daemon, VESSEL, Vessel, bin};
+use vessel_sync::envelope::SecretKey;
+use vessel_sync::moodle::db::{CourseRow, Fact, ModuleRow, Snapshot, UserRow};
+use vessel_sync::progress::RecordKind;
+use vessel_sync::shore::store::ShoreStore;
+use vessel_sync::store::Store;
+
+pub struct Shore {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub daemon: Option<Daemon>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Shore {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, chain, key) = vessel_sync::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let ops = SecretKey::from_seed([1u8; 32]);
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        ops.write_pair(&dir.path().join("keys/ops"), "ops").unwrap();
+        let port = free_port();
+        let config = dir.path().join("shore.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nsigning_key = \"keys/ops.key\"\ntrusted = [\"keys/ops.pub\"]\n"
+            ),
+        )
+        .unwrap();
+        Self { dir, config, port, daemon: None }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let cfg = self.config.to_str().unwrap().to_string();
+        let mut full = vec!["shore"];
+        full.extend_from_slice(args);
+        full.extend(["--config", cfg.as_str()]);
+        Command::new(bin()).args(&full).output().unwrap()
+    }
+
+    /// Starts `shore serve` and waits until it listens.
+    pub fn start_env(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(bin());
+        cmd.args(["shore", "serve", "--config", self.config.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .env_remove("NOTIFY_SOCKET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut d = Daemon(cmd.spawn().unwrap());
+        let out = d.0.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert!(line.starts_with("listening on"), "shore serve printed {line:?}");
+        self.daemon = Some(d);
+    }
+
+    pub fn start(&mut self) {
+        self.start_env(&[]);
+    }
+
+    pub fn stop(&mut self) {
+        self.daemon = None;
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    pub fn db(&self) -> ShoreStore {
+        ShoreStore::open(&self.path("state/shore.db")).unwrap()
+    }
+
+    /// (records, distinct ids) held for the test vessel.
+    pub fn counts(&self) -> (u64, u64) {
+        self.db().record_counts(VESSEL).unwrap()
+    }
+
+    /// Registers `v` (its key in `v`'s keys/vessel.pub) and writes its token there.
+    pub fn register(&self, v: &Vessel) {
+        let out = self.run(&[
+            "vessel",
+            "add",
+            VESSEL,
+            "--pubkey",
+            v.path("keys/vessel.pub").to_str().unwrap(),
+            "--token-out",
+            v.path("token").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "vessel add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A vessel set up for the uplink to `url` (https) with the shore's CA.
+pub fn linked_vessel(shore: &Shore, url: &str, extra: &str) -> Vessel {
+    let v = Vessel::new();
+    SecretKey::from_seed([5u8; 32]).write_pair(&v.path("keys/vessel"), VESSEL).unwrap();
+    shore.register(&v);
+    crate::progress::append(
+        &v,
+        &format!(
+            "[uplink]\nmode = \"https\"\nurl = \"{url}\"\ntoken_file = \"token\"\nsigning_key = \"keys/vessel.key\"\nca_file = \"{}\"\nconnect_timeout = \"2s\"\ntimeout = \"3s\"\n{extra}",
+            shore.path("ca.pem").display()
+        ),
+    );
+    v
+}
+
+/// A synthetic Moodle with `n` activity completions spread over users, courses and activities.
+pub fn snapshot(n: u64, version: i64) -> Snapshot {
+    let mut s = Snapshot::default();
+    let users = (n / 20).max(1);
+    for u in 0..users {
+        s.users.insert(100 + u as i64, UserRow { username: format!("user{u}"), idnumber: format!("SEAF-{:06}", u) });
+    }
+    for c in 0..10 {
+        s.courses.insert(c, CourseRow { shortname: format!("C-{c}"), idnumber: format!("COURSE-{c}") });
+        for a in 0..5 {
+            s.modules.insert(c * 10 + a, ModuleRow { course: c, modname: "page".into(), instance: c * 10 + a, idnumber: format!("C{c}-A{a}"), name: None });
+        }
+    }
+    for i in 0..n as i64 {
+        let user = 100 + (i % users as i64);
+        let cm = (i / users as i64) % 50;
+        s.facts.push(Fact {
+            kind: RecordKind::ActivityCompletion,
+            userid: user,
+            objid: cm + 1000 * (i / (users as i64 * 50)),
+            value: "1".into(),
+            time: 1_795_000_000 + i * 37 + version,
+        });
+    }
+    // Keep every object id a known module.
+    let extra: Vec<i64> = s.facts.iter().map(|f| f.objid).filter(|o| !s.modules.contains_key(o)).collect();
+    for o in extra {
+        let c = (o % 50) / 5;
+        s.modules.insert(o, ModuleRow { course: c, modname: "page".into(), instance: o, idnumber: format!("X-{o}"), name: None });
+    }
+    s
+}
+
+/// Puts `n` captured records into the vessel's outbox (as a capture from a Moodle would).
+pub fn seed(v: &Vessel, n: u64, version: i64) -> u64 {
+    std::fs::create_dir_all(v.path("state")).unwrap();
+    let mut store = Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+    let r = vessel_sync::progress::capture::apply_snapshot(&mut store, &snapshot(n, version), VESSEL, Default::default(), super::now()).unwrap();
+    r.queued
+}
+
+pub fn sync(v: &Vessel) -> std::process::Output {
+    v.run(&["sync", "--config", v.config.to_str().unwrap(), "--json"])
+}
+
+pub fn sync_env(v: &Vessel, env: &[(&str, &str)]) -> std::process::Output {
+    v.run_env(&["sync", "--config", v.config.to_str().unwrap(), "--json"], env)
+}
+
+/// Syncs until the outbox is empty (at most `rounds` times); returns the number of runs.
+pub fn drain(v: &Vessel, rounds: u32) -> u32 {
+    for i in 1..=rounds {
+        let out = sync(v);
+        let _ = out;
+        if v.store().outbox_summary().unwrap().records == 0 {
+            return i;
+        }
+    }
+    panic!(
+        "outbox not empty after {rounds} syncs: {:?}; last: {}",
+        v.store().outbox_summary().unwrap(),
+        String::from_utf8_lossy(&sync(v).stdout)
+    );
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
