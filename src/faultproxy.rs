@@ -81,7 +81,11 @@ impl Proxy {
                 std::thread::spawn(move || handle(client, to, s));
             }
         });
-        Ok(Self { addr, state, target })
+        Ok(Self {
+            addr,
+            state,
+            target,
+        })
     }
 
     /// Sets the fault for new connections.
@@ -119,7 +123,9 @@ fn handle(client: TcpStream, to: SocketAddr, s: Arc<State>) {
         while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
         return;
     }
-    let Ok(server) = TcpStream::connect(to) else { return };
+    let Ok(server) = TcpStream::connect(to) else {
+        return;
+    };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     // 0 = nothing yet, 1 = last data went up, 2 = last data went down.
@@ -171,7 +177,8 @@ fn pump(
                     return;
                 }
             }
-        } else if matches!(fault, Fault::CutReply(after) if sent_up.load(Ordering::SeqCst) >= after) {
+        } else if matches!(fault, Fault::CutReply(after) if sent_up.load(Ordering::SeqCst) >= after)
+        {
             s.faults.fetch_add(1, Ordering::SeqCst);
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);

@@ -8,11 +8,13 @@ use serde::Serialize;
 use crate::agent::Report;
 use crate::clock::{Clock, format_age, format_time};
 use crate::config::Config;
+use crate::config::UplinkMode;
 use crate::envelope::{Manifest, manifest};
 use crate::exit;
 use crate::inbox::{Admitted, ignored_name};
-use crate::config::UplinkMode;
-use crate::store::{AckState, AuditEntry, AuditEvent, OutboxSummary, Overview, QuarantinedProgress, Store};
+use crate::store::{
+    AckState, AuditEntry, AuditEvent, OutboxSummary, Overview, QuarantinedProgress, Store,
+};
 
 #[derive(Serialize)]
 struct Status {
@@ -51,9 +53,18 @@ struct ProgressStatus {
     quarantine: Vec<QuarantinedProgress>,
 }
 
-fn progress_status(cfg: &Config, store: &Store, now: i64) -> Result<ProgressStatus, crate::store::StoreError> {
+fn progress_status(
+    cfg: &Config,
+    store: &Store,
+    now: i64,
+) -> Result<ProgressStatus, crate::store::StoreError> {
     let facts = store.facts()?;
-    let time_of = |k: &str| facts.get(k).and_then(|v| v.parse::<i64>().ok()).map(format_time);
+    let time_of = |k: &str| {
+        facts
+            .get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(format_time)
+    };
     let outbox = store.outbox_summary()?;
     let day = format_time(now).get(..10).unwrap_or("").to_string();
     let ((du, dd), (mu, md)) = store.traffic(&day)?;
@@ -238,7 +249,10 @@ fn budget(used: u64, limit: u64) -> String {
     if limit == 0 {
         format!("{used} bytes (no limit)")
     } else {
-        format!("{used} of {limit} bytes ({}%)", used.saturating_mul(100) / limit.max(1))
+        format!(
+            "{used} of {limit} bytes ({}%)",
+            used.saturating_mul(100) / limit.max(1)
+        )
     }
 }
 
@@ -257,7 +271,12 @@ fn print_progress(p: &ProgressStatus, now: i64) {
     println!(
         "           last acknowledgement: {}",
         match o.acked_at {
-            Some(t) => format!("batch {} at {} ({} ago)", o.acked_seq, format_time(t), format_age(now - t)),
+            Some(t) => format!(
+                "batch {} at {} ({} ago)",
+                o.acked_seq,
+                format_time(t),
+                format_age(now - t)
+            ),
             None => "none yet".into(),
         }
     );
@@ -265,8 +284,13 @@ fn print_progress(p: &ProgressStatus, now: i64) {
         "uplink:    {}; last contact {}; next attempt {}{}",
         p.uplink_mode,
         p.last_contact.as_deref().unwrap_or("never"),
-        p.next_attempt.as_deref().unwrap_or("at the agent's next cycle"),
-        p.next_attempt_reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+        p.next_attempt
+            .as_deref()
+            .unwrap_or("at the agent's next cycle"),
+        p.next_attempt_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
     );
     if let Some(e) = &p.permanent_error {
         println!("STOPPED:   {e}; fix it ashore or in [uplink], then restart the agent");
@@ -282,7 +306,9 @@ fn print_progress(p: &ProgressStatus, now: i64) {
         println!(
             "capture:   last {}{}",
             p.last_capture.as_deref().unwrap_or("never"),
-            p.last_capture_rows.map(|n| format!(" ({n} rows read)")).unwrap_or_default()
+            p.last_capture_rows
+                .map(|n| format!(" ({n} rows read)"))
+                .unwrap_or_default()
         );
         if let Some(e) = &p.capture_error {
             println!("CAPTURE FAILING: {e}");
@@ -291,9 +317,15 @@ fn print_progress(p: &ProgressStatus, now: i64) {
         println!("capture:   not configured (no [moodle] section)");
     }
     if o.quarantined > 0 {
-        println!("progress quarantine: {} change(s) cannot be keyed yet (kept, retried at every capture):", o.quarantined);
+        println!(
+            "progress quarantine: {} change(s) cannot be keyed yet (kept, retried at every capture):",
+            o.quarantined
+        );
         for q in &p.quarantine {
-            println!("  {} user id {} object {} = {}: {}", q.kind, q.userid, q.objid, q.value, q.reason);
+            println!(
+                "  {} user id {} object {} = {}: {}",
+                q.kind, q.userid, q.objid, q.value, q.reason
+            );
         }
     }
 }

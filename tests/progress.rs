@@ -209,3 +209,136 @@ fn mariadb_capture_gives_the_same_records_as_postgres() {
             .any(|r| r.kind == RecordKind::ActivityCompletion && r.value == "0")
     );
 }
+
+#[test]
+fn progress_imported_from_shore_is_never_queued_back() {
+    let pg = Pg::start();
+    let v = Vessel::new();
+    append(&v, &pg.moodle_section(&v.path("db.pw")));
+    capture(&v);
+    let before = outbox(&v).len();
+    // The import command records what it is about to apply (commit before side effect)...
+    {
+        let mut store =
+            vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+        let rec = Record {
+            kind: RecordKind::ActivityCompletion,
+            user: "SEAF-100235".into(),
+            course: "SAFETY-101".into(),
+            item: "SAFETY-101-PST".into(),
+            user_legacy: String::new(),
+            course_legacy: String::new(),
+            item_legacy: String::new(),
+            value: "1".into(),
+            time: 0,
+        };
+        store
+            .write(|tx| tx.record_imported(&rec, "bundle-x:1", 1_795_400_000))
+            .unwrap();
+    }
+    // ...then applies it to Moodle as a completion override; a learner also completes
+    // something on board at the same time.
+    pg.psql(
+        "moodle",
+        "INSERT INTO mdl_course_modules_completion (id, coursemoduleid, userid, completionstate, overrideby, timemodified) VALUES (901, 4, 7, 1, 2, 1795400000), (902, 7, 7, 1, NULL, 1795400005);",
+    );
+    let r = capture(&v);
+    assert_eq!(
+        (
+            r["changes"].as_u64(),
+            r["echoes"].as_u64(),
+            r["queued"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{r}"
+    );
+    let recs = outbox(&v);
+    assert_eq!(recs.len(), before + 1);
+    assert!(
+        !has(
+            &recs,
+            "activity_completion SEAF-100235 SAFETY-101 SAFETY-101-PST 1 1795400000"
+        ),
+        "the import is not echoed"
+    );
+    assert!(
+        has(
+            &recs,
+            "activity_completion SEAF-100235 SAFETY-101 SAFETY-101-SFC 1 1795400005"
+        ),
+        "real progress still goes"
+    );
+    // A later real change of the imported row is progress again.
+    pg.psql("moodle", "UPDATE mdl_course_modules_completion SET completionstate = 0, timemodified = 1795400100 WHERE id = 901");
+    let r = capture(&v);
+    assert_eq!(r["queued"], 1, "{r}");
+}
+
+#[test]
+fn unkeyable_progress_waits_in_quarantine_until_a_mapping_releases_it() {
+    let pg = Pg::start();
+    let v = Vessel::new();
+    append(&v, &pg.moodle_section(&v.path("db.pw")));
+    append(&v, "[capture]\nrequire_legacy = [\"course\"]\n");
+    let r = capture(&v);
+    let rows = r["rows"].as_u64().unwrap();
+    assert_eq!(
+        (r["queued"].as_u64(), r["quarantined"].as_u64()),
+        (Some(0), Some(rows)),
+        "{r}"
+    );
+    let st = v.run(&["status", "--config", v.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        text.contains(&format!("progress quarantine: {rows} change(s)"))
+            && text.contains("has no legacy id mapping"),
+        "{text}"
+    );
+    // Shore maps SAFETY-101 to the legacy system: its records are released, others stay.
+    v.drop_in(
+        &v.bundle(
+            "m.vsb",
+            crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-SAF,SAFETY-101\n"),
+        ),
+        "m.vsb",
+    );
+    // agent --once applies the bundle, then captures: the quarantine is tried again.
+    let out = v.once();
+    let recs = outbox(&v);
+    let released = recs.len() as u64;
+    assert!(released > 5, "{out}");
+    assert!(
+        recs.iter()
+            .all(|x| x.course == "SAFETY-101" && x.course_legacy == "LEG-SAF")
+    );
+    let left = v.store().outbox_summary().unwrap().quarantined;
+    assert_eq!(
+        left + released,
+        rows,
+        "nothing dropped: released + still quarantined = all"
+    );
+}
+
+#[test]
+fn capture_killed_before_or_after_its_commit_loses_and_duplicates_nothing() {
+    let pg = Pg::start();
+    let v = Vessel::new();
+    append(&v, &pg.moodle_section(&v.path("db.pw")));
+    let cfg = v.config.to_str().unwrap().to_string();
+    let out = v.run_env(
+        &["capture", "--config", &cfg],
+        &[("VESSEL_SYNC_FAILPOINT", "capture.before-commit")],
+    );
+    assert_eq!(out.status.code(), None, "killed");
+    assert_eq!(outbox(&v).len(), 0, "nothing half-written");
+    let out = v.run_env(
+        &["capture", "--config", &cfg],
+        &[("VESSEL_SYNC_FAILPOINT", "capture.after-commit")],
+    );
+    assert_eq!(out.status.code(), None, "killed");
+    let n = outbox(&v).len();
+    assert!(n > 20);
+    let again = capture(&v);
+    assert_eq!(again["changes"], 0, "{again}");
+    assert_eq!(outbox(&v).len(), n);
+}

@@ -8,5 +8,5 @@ mod cli;
 mod crash;
 mod ordering;
 mod progress;
-mod uplink;
 mod service;
+mod uplink;

@@ -8,7 +8,11 @@ use vessel_sync::faultproxy::{Fault, Proxy};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("not JSON: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "not JSON: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -17,32 +21,66 @@ fn every_record_reaches_shore_once_through_a_faulty_link() {
     let mut shore = Shore::new();
     shore.start();
     let proxy = Proxy::start(shore.addr()).unwrap();
-    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", proxy.addr.port()), "batch_records = 400\n");
+    let v = linked_vessel(
+        &shore,
+        &format!("https://127.0.0.1:{}", proxy.addr.port()),
+        "batch_records = 400\n",
+    );
     let mut total = seed(&v, 1000, 0);
     assert_eq!(total, 1000);
 
     // A slow, narrow link: still goes through.
-    proxy.state.latency_ms.store(20, std::sync::atomic::Ordering::SeqCst);
-    proxy.state.bandwidth.store(200_000, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .state
+        .latency_ms
+        .store(20, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .state
+        .bandwidth
+        .store(200_000, std::sync::atomic::Ordering::SeqCst);
     let first = json(&sync(&v));
     assert!(first["acked_seq"].as_u64().unwrap() >= 1, "{first}");
-    proxy.state.latency_ms.store(0, std::sync::atomic::Ordering::SeqCst);
-    proxy.state.bandwidth.store(0, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .state
+        .latency_ms
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    proxy
+        .state
+        .bandwidth
+        .store(0, std::sync::atomic::Ordering::SeqCst);
 
     total += seed(&v, 1000, 7);
     // The connection cut in the middle of an upload: nothing acknowledged, retried later.
     proxy.set_fault(Fault::CutUpload(1500));
     let cut = sync(&v);
-    assert_eq!(cut.status.code(), Some(75), "held, not failed: {}", String::from_utf8_lossy(&cut.stdout));
-    assert!(json(&cut)["held"].as_str().unwrap().contains("cannot reach shore"), "{}", json(&cut));
+    assert_eq!(
+        cut.status.code(),
+        Some(75),
+        "held, not failed: {}",
+        String::from_utf8_lossy(&cut.stdout)
+    );
+    assert!(
+        json(&cut)["held"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach shore"),
+        "{}",
+        json(&cut)
+    );
     // Cut after shore stored the batch, before the vessel read the reply: the retry sends the
     // same envelope, shore recognises it and acknowledges without storing anything twice.
     let before = shore.counts();
     proxy.set_fault(Fault::CutReply(1200));
     let _ = sync(&v);
     let stored = shore.counts();
-    assert!(stored.0 > before.0, "shore stored the batch whose reply was lost");
-    assert!(v.store().outbox_summary().unwrap().batches >= 1, "the vessel still waits for its ack");
+    assert!(
+        stored.0 > before.0,
+        "shore stored the batch whose reply was lost"
+    );
+    assert!(
+        v.store().outbox_summary().unwrap().batches >= 1,
+        "the vessel still waits for its ack"
+    );
     // A blackhole: the request times out (uplink.timeout = 3s) and is retried later.
     proxy.set_fault(Fault::Blackhole);
     let hole = sync(&v);
@@ -52,11 +90,19 @@ fn every_record_reaches_shore_once_through_a_faulty_link() {
     // The vessel's clock set back a day between captures: nothing lost, nothing twice.
     total += seed(&v, 300, 99);
     let back = sync_env(&v, &[("VESSEL_SYNC_CLOCK_OFFSET", "-86400")]);
-    assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stdout));
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stdout)
+    );
     drain(&v, 20);
 
     let (n, distinct) = shore.counts();
-    assert_eq!((n, distinct), (total, total), "shore holds every record exactly once");
+    assert_eq!(
+        (n, distinct),
+        (total, total),
+        "shore holds every record exactly once"
+    );
     let s = v.store().outbox_summary().unwrap();
     assert_eq!((s.records, s.batches), (0, 0), "vessel outbox empty");
     assert!(proxy.state.faults.load(std::sync::atomic::Ordering::SeqCst) >= 3);
@@ -66,18 +112,33 @@ fn every_record_reaches_shore_once_through_a_faulty_link() {
 fn agent_and_shore_killed_anywhere_in_batching_upload_and_ack_lose_nothing() {
     let mut shore = Shore::new();
     shore.start();
-    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "batch_records = 150\n");
+    let v = linked_vessel(
+        &shore,
+        &format!("https://127.0.0.1:{}", shore.port),
+        "batch_records = 150\n",
+    );
     let mut total = 0;
-    for (i, point) in ["batch.before-commit", "batch.after-commit", "sync.after-ack", "shore.before-commit", "shore.after-commit"]
-        .iter()
-        .enumerate()
+    for (i, point) in [
+        "batch.before-commit",
+        "batch.after-commit",
+        "sync.after-ack",
+        "shore.before-commit",
+        "shore.after-commit",
+    ]
+    .iter()
+    .enumerate()
     {
         total += seed(&v, 400, 1000 * (i as i64 + 1));
         if point.starts_with("shore.") {
             shore.stop();
             shore.start_env(&[("VESSEL_SYNC_FAILPOINT", point)]);
             let out = sync(&v);
-            assert_eq!(out.status.code(), Some(75), "{point}: shore died, the vessel holds: {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(
+                out.status.code(),
+                Some(75),
+                "{point}: shore died, the vessel holds: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
             // The shore process is gone (SIGKILL at the failpoint).
             let d = shore.daemon.as_mut().unwrap();
             let st = d.0.wait().unwrap();
@@ -85,7 +146,11 @@ fn agent_and_shore_killed_anywhere_in_batching_upload_and_ack_lose_nothing() {
             shore.start();
         } else {
             let out = sync_env(&v, &[("VESSEL_SYNC_FAILPOINT", point)]);
-            assert_eq!(out.status.code(), None, "{point}: the agent was killed by SIGKILL");
+            assert_eq!(
+                out.status.code(),
+                None,
+                "{point}: the agent was killed by SIGKILL"
+            );
         }
         drain(&v, 20);
         let (n, distinct) = shore.counts();
@@ -103,14 +168,27 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
     seed(&v, 100, 0);
     // Build batch 1 without sending it.
     {
-        let mut store = vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+        let mut store =
+            vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
         let key = vessel_sync::envelope::SecretKey::load(&v.path("keys/vessel.key")).unwrap();
-        vessel_sync::uplink::build_batches(&mut store, VESSEL, &key, 100, 1, &v.path("state"), 1_795_000_000).unwrap();
+        vessel_sync::uplink::build_batches(
+            &mut store,
+            VESSEL,
+            &key,
+            100,
+            1,
+            &v.path("state"),
+            1_795_000_000,
+        )
+        .unwrap();
     }
     let batch = v.store().pending_batch().unwrap().unwrap().envelope;
     let token = std::fs::read_to_string(v.path("token")).unwrap();
     let client = vessel_sync::net::http_client(
-        &vessel_sync::net::Trust { ca_file: Some(shore.path("ca.pem")), pins: vec![] },
+        &vessel_sync::net::Trust {
+            ca_file: Some(shore.path("ca.pem")),
+            pins: vec![],
+        },
         std::time::Duration::from_secs(5),
         std::time::Duration::from_secs(10),
     )
@@ -124,7 +202,10 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
             .send()
             .unwrap();
         let status = r.status().as_u16();
-        (status, serde_json::from_slice::<serde_json::Value>(&r.bytes().unwrap()).unwrap())
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&r.bytes().unwrap()).unwrap(),
+        )
     };
     // Altered in transit: every single flipped byte is refused.
     for at in [20, batch.len() / 2, batch.len() - 10] {
@@ -144,46 +225,97 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
         not_before: None,
         expires: None,
         commands: vec![],
-        files: vec![("records.bin".into(), vessel_sync::envelope::Source::Bytes(vessel_sync::progress::codec::encode(&v.store().outbox_records().unwrap())))],
+        files: vec![(
+            "records.bin".into(),
+            vessel_sync::envelope::Source::Bytes(vessel_sync::progress::codec::encode(
+                &v.store().outbox_records().unwrap(),
+            )),
+        )],
         id: None,
     };
     let f = rogue_dir.path().join("rogue.vsb");
     vessel_sync::envelope::write_envelope(&draft, &rogue, 1_795_000_000, &f).unwrap();
     let (status, body) = post(std::fs::read(&f).unwrap());
-    assert_eq!((status, body["error"].as_str()), (422, Some("unknown_key")), "{body}");
-    assert_eq!(shore.counts(), (0, 0), "nothing stored from refused batches");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("unknown_key")),
+        "{body}"
+    );
+    assert_eq!(
+        shore.counts(),
+        (0, 0),
+        "nothing stored from refused batches"
+    );
 
     // The genuine batch, twice: stored once, then recognised.
     let (status, body) = post(batch.clone());
-    assert_eq!((status, body["result"].as_str(), body["new"].as_u64()), (200, Some("stored"), Some(100)), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str(), body["new"].as_u64()),
+        (200, Some("stored"), Some(100)),
+        "{body}"
+    );
     let (status, body) = post(batch.clone());
-    assert_eq!((status, body["result"].as_str()), (200, Some("duplicate")), "{body}");
+    assert_eq!(
+        (status, body["result"].as_str()),
+        (200, Some("duplicate")),
+        "{body}"
+    );
     // Replayed: the same sequence with other content (a stale copy of the vessel's state).
     let mut other = draft.clone();
-    other.files = vec![("records.bin".into(), vessel_sync::envelope::Source::Bytes(vessel_sync::progress::codec::encode(&v.store().outbox_records().unwrap()[..10])))];
+    other.files = vec![(
+        "records.bin".into(),
+        vessel_sync::envelope::Source::Bytes(vessel_sync::progress::codec::encode(
+            &v.store().outbox_records().unwrap()[..10],
+        )),
+    )];
     let key = vessel_sync::envelope::SecretKey::load(&v.path("keys/vessel.key")).unwrap();
     vessel_sync::envelope::write_envelope(&other, &key, 1_795_000_100, &f).unwrap();
     let (status, body) = post(std::fs::read(&f).unwrap());
-    assert_eq!((status, body["error"].as_str(), body["acked_seq"].as_u64()), (409, Some("replayed"), Some(1)), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str(), body["acked_seq"].as_u64()),
+        (409, Some("replayed"), Some(1)),
+        "{body}"
+    );
     assert_eq!(shore.counts(), (100, 100));
     let status_out = shore.run(&["status", "--json"]);
     let st: serde_json::Value = serde_json::from_slice(&status_out.stdout).unwrap();
-    let codes: Vec<&str> = st["recent_refusals"].as_array().unwrap().iter().filter_map(|r| r["code"].as_str()).collect();
-    assert!(codes.contains(&"unknown_key") && codes.contains(&"replayed"), "{st}");
+    let codes: Vec<&str> = st["recent_refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["code"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&"unknown_key") && codes.contains(&"replayed"),
+        "{st}"
+    );
 }
 
 #[test]
 fn files_mode_goes_home_by_carrier_and_acks_come_back_as_bundles() {
     let shore = Shore::new();
     let v = Vessel::new();
-    vessel_sync::envelope::SecretKey::from_seed([5u8; 32]).write_pair(&v.path("keys/vessel"), VESSEL).unwrap();
+    vessel_sync::envelope::SecretKey::from_seed([5u8; 32])
+        .write_pair(&v.path("keys/vessel"), VESSEL)
+        .unwrap();
     shore.register(&v);
-    crate::progress::append(&v, "[uplink]\nmode = \"files\"\nsigning_key = \"keys/vessel.key\"\nbatch_records = 100\n");
+    crate::progress::append(
+        &v,
+        "[uplink]\nmode = \"files\"\nsigning_key = \"keys/vessel.key\"\nbatch_records = 100\n",
+    );
     seed(&v, 250, 0);
     let out = sync(&v);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let outbound = v.path("state/outbound");
-    let mut files: Vec<_> = std::fs::read_dir(&outbound).unwrap().flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&outbound)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 3, "250 records in batches of 100");
     // The carrier delivers the third batch first: shore stores it but acknowledges nothing.
@@ -191,14 +323,36 @@ fn files_mode_goes_home_by_carrier_and_acks_come_back_as_bundles() {
     std::fs::create_dir_all(&carrier).unwrap();
     std::fs::copy(&files[2], carrier.join(files[2].file_name().unwrap())).unwrap();
     let acks = shore.path("acks");
-    let out = shore.run(&["ingest", carrier.to_str().unwrap(), "--out", acks.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(shore.db().vessel(VESSEL).unwrap().unwrap().acked_seq, 0, "no ack past a gap");
+    let out = shore.run(&[
+        "ingest",
+        carrier.to_str().unwrap(),
+        "--out",
+        acks.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        shore.db().vessel(VESSEL).unwrap().unwrap().acked_seq,
+        0,
+        "no ack past a gap"
+    );
     for f in &files[..2] {
         std::fs::copy(f, carrier.join(f.file_name().unwrap())).unwrap();
     }
-    let out = shore.run(&["ingest", carrier.to_str().unwrap(), "--out", acks.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = shore.run(&[
+        "ingest",
+        carrier.to_str().unwrap(),
+        "--out",
+        acks.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(shore.counts(), (250, 250));
     // The ack bundles travel back through the vessel's inbox (the ack command of the spine).
     for e in std::fs::read_dir(&acks).unwrap().flatten() {
@@ -215,16 +369,27 @@ fn bundles_waiting_ashore_are_fetched_with_resumable_range_requests_and_applied(
     shore.start();
     let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "");
     // A set_mapping bundle signed by the operator, queued ashore for this vessel.
-    let bundle = v.bundle("m.vsb", crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"));
+    let bundle = v.bundle(
+        "m.vsb",
+        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
+    );
     std::fs::rename(&bundle, shore.path("m.vsb")).unwrap();
     let out = shore.run(&["push", shore.path("m.vsb").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Half of it already arrived in an earlier, interrupted cycle.
     let data = std::fs::read(shore.path("m.vsb")).unwrap();
     std::fs::write(v.inbox().join(".dl-1.part"), &data[..data.len() / 2]).unwrap();
     let out = v.once();
     assert!(out.contains("set_mapping"), "{out}");
-    assert_eq!(v.store().mappings().unwrap().len(), 1, "the fetched bundle was applied");
+    assert_eq!(
+        v.store().mappings().unwrap().len(),
+        1,
+        "the fetched bundle was applied"
+    );
     // Offered once: the cursor moved past it.
     let again = json(&sync(&v));
     assert_eq!(again["downloaded"], 0, "{again}");

@@ -21,13 +21,19 @@ pub struct Shore {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Shore {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, chain, key) = vessel_sync::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let (ca, chain, key) =
+            vessel_sync::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()])
+                .unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
         std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
         std::fs::write(dir.path().join("key.pem"), key).unwrap();
@@ -43,7 +49,12 @@ impl Shore {
             ),
         )
         .unwrap();
-        Self { dir, config, port, daemon: None }
+        Self {
+            dir,
+            config,
+            port,
+            daemon: None,
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -72,7 +83,10 @@ impl Shore {
         let out = d.0.stdout.take().unwrap();
         let mut line = String::new();
         std::io::BufReader::new(out).read_line(&mut line).unwrap();
-        assert!(line.starts_with("listening on"), "shore serve printed {line:?}");
+        assert!(
+            line.starts_with("listening on"),
+            "shore serve printed {line:?}"
+        );
         self.daemon = Some(d);
     }
 
@@ -108,14 +122,20 @@ impl Shore {
             "--token-out",
             v.path("token").to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "vessel add: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "vessel add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 /// A vessel set up for the uplink to `url` (https) with the shore's CA.
 pub fn linked_vessel(shore: &Shore, url: &str, extra: &str) -> Vessel {
     let v = Vessel::new();
-    SecretKey::from_seed([5u8; 32]).write_pair(&v.path("keys/vessel"), VESSEL).unwrap();
+    SecretKey::from_seed([5u8; 32])
+        .write_pair(&v.path("keys/vessel"), VESSEL)
+        .unwrap();
     shore.register(&v);
     crate::progress::append(
         &v,
@@ -132,12 +152,33 @@ pub fn snapshot(n: u64, version: i64) -> Snapshot {
     let mut s = Snapshot::default();
     let users = (n / 20).max(1);
     for u in 0..users {
-        s.users.insert(100 + u as i64, UserRow { username: format!("user{u}"), idnumber: format!("SEAF-{:06}", u) });
+        s.users.insert(
+            100 + u as i64,
+            UserRow {
+                username: format!("user{u}"),
+                idnumber: format!("SEAF-{:06}", u),
+            },
+        );
     }
     for c in 0..10 {
-        s.courses.insert(c, CourseRow { shortname: format!("C-{c}"), idnumber: format!("COURSE-{c}") });
+        s.courses.insert(
+            c,
+            CourseRow {
+                shortname: format!("C-{c}"),
+                idnumber: format!("COURSE-{c}"),
+            },
+        );
         for a in 0..5 {
-            s.modules.insert(c * 10 + a, ModuleRow { course: c, modname: "page".into(), instance: c * 10 + a, idnumber: format!("C{c}-A{a}"), name: None });
+            s.modules.insert(
+                c * 10 + a,
+                ModuleRow {
+                    course: c,
+                    modname: "page".into(),
+                    instance: c * 10 + a,
+                    idnumber: format!("C{c}-A{a}"),
+                    name: None,
+                },
+            );
         }
     }
     for i in 0..n as i64 {
@@ -152,10 +193,24 @@ pub fn snapshot(n: u64, version: i64) -> Snapshot {
         });
     }
     // Keep every object id a known module.
-    let extra: Vec<i64> = s.facts.iter().map(|f| f.objid).filter(|o| !s.modules.contains_key(o)).collect();
+    let extra: Vec<i64> = s
+        .facts
+        .iter()
+        .map(|f| f.objid)
+        .filter(|o| !s.modules.contains_key(o))
+        .collect();
     for o in extra {
         let c = (o % 50) / 5;
-        s.modules.insert(o, ModuleRow { course: c, modname: "page".into(), instance: o, idnumber: format!("X-{o}"), name: None });
+        s.modules.insert(
+            o,
+            ModuleRow {
+                course: c,
+                modname: "page".into(),
+                instance: o,
+                idnumber: format!("X-{o}"),
+                name: None,
+            },
+        );
     }
     s
 }
@@ -164,7 +219,14 @@ pub fn snapshot(n: u64, version: i64) -> Snapshot {
 pub fn seed(v: &Vessel, n: u64, version: i64) -> u64 {
     std::fs::create_dir_all(v.path("state")).unwrap();
     let mut store = Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
-    let r = vessel_sync::progress::capture::apply_snapshot(&mut store, &snapshot(n, version), VESSEL, Default::default(), super::now()).unwrap();
+    let r = vessel_sync::progress::capture::apply_snapshot(
+        &mut store,
+        &snapshot(n, version),
+        VESSEL,
+        Default::default(),
+        super::now(),
+    )
+    .unwrap();
     r.queued
 }
 
@@ -173,7 +235,10 @@ pub fn sync(v: &Vessel) -> std::process::Output {
 }
 
 pub fn sync_env(v: &Vessel, env: &[(&str, &str)]) -> std::process::Output {
-    v.run_env(&["sync", "--config", v.config.to_str().unwrap(), "--json"], env)
+    v.run_env(
+        &["sync", "--config", v.config.to_str().unwrap(), "--json"],
+        env,
+    )
 }
 
 /// Syncs until the outbox is empty (at most `rounds` times); returns the number of runs.
