@@ -58,9 +58,28 @@ pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
                 exit::IOERR
             }
         },
+        "wire" => report_json(json, crate::benchprogress::wire()),
+        "outbox" => report_json(json, crate::benchprogress::outbox()),
         other => {
-            eprintln!("vessel-sync: unknown benchmark {other:?}; available: bundle");
+            eprintln!("vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox");
             exit::USAGE
+        }
+    }
+}
+
+fn report_json(json: bool, r: Result<(serde_json::Value, String), String>) -> i32 {
+    match r {
+        Ok((v, text)) => {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{text}");
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("vessel-sync: bench: {e}");
+            exit::IOERR
         }
     }
 }

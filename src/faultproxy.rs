@@ -162,8 +162,8 @@ fn pump(
             std::thread::sleep(Duration::from_millis(lat));
         }
         let bw = s.bandwidth.load(Ordering::SeqCst);
-        if bw > 0 {
-            std::thread::sleep(Duration::from_micros(n as u64 * 1_000_000 / bw));
+        if let Some(us) = (n as u64 * 1_000_000).checked_div(bw) {
+            std::thread::sleep(Duration::from_micros(us));
         }
         let mut n = n;
         if upward {

@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod benchprogress;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -24,6 +25,7 @@ pub mod fsutil;
 pub mod inbox;
 pub mod moodle;
 pub mod net;
+pub mod pgtemp;
 pub mod progress;
 pub mod report;
 pub mod service;

@@ -198,12 +198,16 @@ pub fn http_client(
 pub fn server_tls(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let certs = load_certs(cert_file)?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| file_err(key_file, e))?;
-    rustls::ServerConfig::builder_with_provider(provider())
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    // No session tickets: vessels keep one connection open for a whole cycle, and a ticket sent
+    // after the handshake would cost a cold connection an extra turn on a 2-second link.
+    cfg.send_tls13_tickets = 0;
+    Ok(cfg)
 }
 
 /// Generates a private CA and a server certificate for `names` (shore without a PKI, the demo

@@ -197,12 +197,14 @@ pub fn build_batches(
         let _ = std::fs::remove_file(&path);
         failpoint::hit("batch.before-commit");
         tx.store_batch(
-            seq,
-            &manifest.id,
-            first,
-            last,
-            recs.len() as u64,
-            &bytes,
+            &crate::store::NewBatch {
+                seq,
+                envelope_id: &manifest.id,
+                first,
+                last,
+                records: recs.len() as u64,
+                envelope: &bytes,
+            },
             now,
         )?;
         tx.commit()?;

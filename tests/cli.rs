@@ -112,6 +112,7 @@ fn check_config_reports_every_error_with_its_line_and_exits_78() {
         (5, "inbox.settle"),
         (6, "did you mean 'scan_interval'"),
         (8, "keyring.trusted"),
+        (9, "[moodle] needs db_type"),
         (10, "unknown key 'url'"),
     ] {
         assert!(
@@ -119,7 +120,7 @@ fn check_config_reports_every_error_with_its_line_and_exits_78() {
             "line {line} / {what} missing in:\n{err}"
         );
     }
-    assert!(err.contains("5 problems"), "{err}");
+    assert!(err.contains("6 problems"), "{err}");
     let good = v.run(&["check-config", "--config", v.config.to_str().unwrap()]);
     assert!(good.status.success(), "{:?}", s(&good));
     assert!(!v.path("state").exists(), "check-config creates nothing");

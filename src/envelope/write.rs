@@ -121,7 +121,14 @@ pub fn write_envelope(
         commands,
     };
     manifest.check().map_err(io::Error::other)?;
-    let mut manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+    // Command manifests are read by people (bundle inspect shows them too); progress manifests
+    // cross a metered link many times a day, so they are written compact.
+    let mut manifest_bytes = if draft.kind == Kind::Progress {
+        serde_json::to_vec(&manifest)
+    } else {
+        serde_json::to_vec_pretty(&manifest)
+    }
+    .map_err(io::Error::other)?;
     manifest_bytes.push(b'\n');
     let signature = key.sign(&manifest_bytes).to_bytes();
 

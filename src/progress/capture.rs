@@ -294,19 +294,38 @@ impl<'a> Keyer<'a> {
     }
 }
 
-fn queue(
-    tx: &Tx<'_>,
-    rec: &Record,
-    vessel: &str,
-    now: i64,
-    report: &mut CaptureReport,
-) -> Result<()> {
-    if rec.value != REMOVED && tx.take_imported(rec)? {
-        report.echoes += 1;
-    } else if tx.enqueue(rec, &rec.id(vessel), now)? {
-        report.queued += 1;
+/// Records on their way into the outbox, flushed in large multi-row inserts.
+struct Queue<'v> {
+    vessel: &'v str,
+    echo_check: bool,
+    pending: Vec<(Record, [u8; 16])>,
+}
+
+impl Queue<'_> {
+    fn push(
+        &mut self,
+        tx: &Tx<'_>,
+        rec: Record,
+        now: i64,
+        report: &mut CaptureReport,
+    ) -> Result<()> {
+        if self.echo_check && rec.value != REMOVED && tx.take_imported(&rec)? {
+            report.echoes += 1;
+            return Ok(());
+        }
+        let id = rec.id(self.vessel);
+        self.pending.push((rec, id));
+        if self.pending.len() >= 4096 {
+            self.flush(tx, now, report)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn flush(&mut self, tx: &Tx<'_>, now: i64, report: &mut CaptureReport) -> Result<()> {
+        report.queued += tx.enqueue_many(&self.pending, now)?;
+        self.pending.clear();
+        Ok(())
+    }
 }
 
 /// Diffs `snap` against the captured state and queues the changes, in one transaction.
@@ -324,6 +343,11 @@ pub fn apply_snapshot(
         ..Default::default()
     };
     let tx = store.begin()?;
+    let mut q = Queue {
+        vessel,
+        echo_check: tx.has_imported()?,
+        pending: Vec::new(),
+    };
     let mut prev = tx.captured_state()?;
     for Fact {
         kind,
@@ -342,7 +366,7 @@ pub fn apply_snapshot(
         report.changes += 1;
         let (keys, rec) = keyer.full(*kind, *userid, *objid, value, *time);
         match rec {
-            Ok(rec) => queue(&tx, &rec, vessel, now, &mut report)?,
+            Ok(rec) => q.push(&tx, rec, now, &mut report)?,
             Err(reason) => {
                 tx.quarantine_progress(key, value, *time, &reason, now)?;
                 report.quarantined += 1;
@@ -365,7 +389,7 @@ pub fn apply_snapshot(
         report.removed += 1;
         if let (Some(keys), Some(kind)) = (&s.keys, RecordKind::from_code(key.0)) {
             match keyer.record(kind, keys, REMOVED, now) {
-                Ok(rec) => queue(&tx, &rec, vessel, now, &mut report)?,
+                Ok(rec) => q.push(&tx, rec, now, &mut report)?,
                 Err(reason) => {
                     tx.quarantine_progress(key, REMOVED, now, &reason, now)?;
                     report.quarantined += 1;
@@ -386,11 +410,12 @@ pub fn apply_snapshot(
             keyer.full(kind, key.1, key.2, &value, time).1
         };
         if let Ok(rec) = rec {
-            queue(&tx, &rec, vessel, now, &mut report)?;
+            q.push(&tx, rec, now, &mut report)?;
             tx.release_progress(key, &value, time)?;
             report.released += 1;
         }
     }
+    q.flush(&tx, now, &mut report)?;
     failpoint::hit("capture.before-commit");
     tx.set_fact("last_capture_at", &now.to_string())?;
     tx.set_fact("last_capture_rows", &report.rows.to_string())?;

@@ -1,21 +1,28 @@
 //! The compact batch payload (`records.bin` inside a progress envelope).
 //!
-//! Records are sorted by (course, activity, kind, learner, time) and written column by column,
-//! so that the envelope's zstd sees long runs of similar bytes. Strings appear once, in tables
-//! (learners, courses, activities with their legacy ids, values); a record is then a handful of
-//! small integers: table indexes (delta-coded where sorted) and the time as a signed delta from
-//! the previous record. Ids are not sent: shore recomputes them from the vessel id it
-//! authenticated and the decoded record. Layout (all integers LEB128, signed ones zigzag):
+//! Records are grouped by learner and course, and sorted by time within a group (the order a
+//! learner works through a course),
+//! and written column by column, so that the envelope's zstd sees long runs of similar bytes.
+//! Strings appear once, in tables: learners and courses (key and legacy id), "slots" (kind,
+//! course and activity: what a record is about) and values. A record is then four small
+//! integers: the slot and the learner as deltas from the previous record's (the next activity of
+//! the same course is usually the next slot, the learner usually the same), the value's index,
+//! and the time: a delta from the previous record of the group, or, for a group's first record,
+//! an offset from the batch's earliest time. Ids are not sent: shore recomputes
+//! them from the vessel id it authenticated and the decoded record. Layout (integers LEB128,
+//! signed ones zigzag):
 //!
 //! ```text
-//! "VSP1"
-//! users:   n, then n × (key, legacy)          strings are length + UTF-8 bytes
-//! courses: n, then n × (key, legacy)
-//! items:   n, then n × (key, legacy)
-//! values:  n, then n × value
-//! records: n, then the columns, each n entries:
-//!   kind code (byte) · course index delta (zigzag) · item index + 1, 0 for none (zigzag delta)
-//!   · user index delta (zigzag) · value index · time delta (zigzag)
+//! "VSP3"
+//! learners: n, then n × (key, legacy)          strings are length + UTF-8 bytes
+//! courses:  n, then n × (key, legacy)
+//! slots:    n, then n × (kind byte, course index, activity, activity legacy)
+//! values:   n, then n × value
+//! base time (zigzag)
+//! records:  n, then the columns, each n entries (deltas start from 0):
+//!   slot index delta (zigzag) · learner index delta (zigzag) · value index · time (unsigned:
+//!   at the first record of a learner-and-course group, the offset from the base time; inside
+//!   a group, the delta from the previous record)
 //! ```
 //!
 //! The decoder bounds every count and length by the bytes actually present, so a hostile
@@ -25,7 +32,7 @@ use std::collections::BTreeMap;
 
 use super::record::{Record, RecordKind};
 
-const MAGIC: &[u8; 4] = b"VSP1";
+const MAGIC: &[u8; 4] = b"VSP3";
 const MAX_STRING: usize = 4096;
 
 /// Why a payload could not be decoded.
@@ -45,102 +52,132 @@ fn put_ivar(out: &mut Vec<u8>, v: i64) {
     put_uvar(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_uvar(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
+/// Front coding: a table string is written as the length of the prefix it shares with the
+/// previous string of the same column, then the rest (tables are sorted, so neighbours share a
+/// lot: `SEAF-100231`, `SEAF-100232`).
+#[derive(Default)]
+struct Front {
+    prev: Vec<u8>,
 }
 
-/// A string table: index by first appearance in sorted order.
-struct Table<'a> {
-    index: BTreeMap<(&'a str, &'a str), u64>,
+impl Front {
+    fn put(&mut self, out: &mut Vec<u8>, s: &str) {
+        let b = s.as_bytes();
+        let common = self.prev.iter().zip(b).take_while(|(x, y)| x == y).count();
+        put_uvar(out, common as u64);
+        put_uvar(out, (b.len() - common) as u64);
+        out.extend_from_slice(&b[common..]);
+        self.prev.clear();
+        self.prev.extend_from_slice(b);
+    }
+
+    fn get(&mut self, r: &mut Reader<'_>) -> Result<String, DecodeError> {
+        let common = usize::try_from(r.uvar()?).unwrap_or(usize::MAX);
+        let n = usize::try_from(r.uvar()?).unwrap_or(usize::MAX);
+        if common > self.prev.len() || n > MAX_STRING || r.pos + n > r.buf.len() {
+            return Err(r.err("string length out of range"));
+        }
+        self.prev.truncate(common);
+        self.prev.extend_from_slice(&r.buf[r.pos..r.pos + n]);
+        r.pos += n;
+        String::from_utf8(self.prev.clone()).map_err(|_| r.err("string is not UTF-8"))
+    }
 }
 
-impl<'a> Table<'a> {
-    fn build(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut index: BTreeMap<(&str, &str), u64> = pairs.map(|p| (p, 0)).collect();
-        for (i, v) in index.values_mut().enumerate() {
-            *v = i as u64;
-        }
-        Self { index }
+/// Index of each distinct key, in sorted key order.
+fn table<K: Ord>(keys: impl Iterator<Item = K>) -> BTreeMap<K, u64> {
+    let mut t: BTreeMap<K, u64> = keys.map(|k| (k, 0)).collect();
+    for (i, v) in t.values_mut().enumerate() {
+        *v = i as u64;
     }
-    fn get(&self, k: (&'a str, &'a str)) -> i64 {
-        self.index.get(&k).copied().unwrap_or(0) as i64
-    }
-    fn write(&self, out: &mut Vec<u8>, pairs: bool) {
-        put_uvar(out, self.index.len() as u64);
-        for (a, b) in self.index.keys() {
-            put_str(out, a);
-            if pairs {
-                put_str(out, b);
-            }
-        }
-    }
+    t
+}
+
+type Slot<'a> = (u8, &'a str, &'a str, &'a str, &'a str);
+
+fn group(r: &Record) -> (&str, &str, &str, &str) {
+    (&r.user, &r.user_legacy, &r.course, &r.course_legacy)
+}
+
+fn slot(r: &Record) -> Slot<'_> {
+    (
+        r.kind.code(),
+        &r.course,
+        &r.course_legacy,
+        &r.item,
+        &r.item_legacy,
+    )
 }
 
 /// Encodes records (any order; the encoding sorts a copy).
 pub fn encode(records: &[Record]) -> Vec<u8> {
     let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by(|a, b| {
-        (&a.course, &a.item, a.kind, &a.user, a.time)
-            .cmp(&(&b.course, &b.item, b.kind, &b.user, b.time))
-    });
-    let users = Table::build(
+    sorted.sort_by(|a, b| (group(a), a.time, slot(a)).cmp(&(group(b), b.time, slot(b))));
+    let users = table(
         sorted
             .iter()
             .map(|r| (r.user.as_str(), r.user_legacy.as_str())),
     );
-    let courses = Table::build(
+    let courses = table(
         sorted
             .iter()
             .map(|r| (r.course.as_str(), r.course_legacy.as_str())),
     );
-    let items = Table::build(
-        sorted
-            .iter()
-            .filter(|r| !r.item.is_empty() || !r.item_legacy.is_empty())
-            .map(|r| (r.item.as_str(), r.item_legacy.as_str())),
-    );
-    let values = Table::build(sorted.iter().map(|r| (r.value.as_str(), "")));
+    let slots = table(sorted.iter().map(|r| slot(r)));
+    let values = table(sorted.iter().map(|r| r.value.as_str()));
+    let base = sorted.iter().map(|r| r.time).min().unwrap_or(0);
 
-    let mut out = Vec::with_capacity(64 + records.len() * 8);
+    let mut out = Vec::with_capacity(64 + records.len() * 6);
     out.extend_from_slice(MAGIC);
-    users.write(&mut out, true);
-    courses.write(&mut out, true);
-    items.write(&mut out, true);
-    values.write(&mut out, false);
-    put_uvar(&mut out, sorted.len() as u64);
-    for r in &sorted {
-        out.push(r.kind.code());
+    for t in [&users, &courses] {
+        put_uvar(&mut out, t.len() as u64);
+        let (mut fk, mut fl) = (Front::default(), Front::default());
+        for (k, l) in t.keys() {
+            fk.put(&mut out, k);
+            fl.put(&mut out, l);
+        }
     }
+    put_uvar(&mut out, slots.len() as u64);
+    let (mut fi, mut fl) = (Front::default(), Front::default());
+    for (kind, c, cl, i, il) in slots.keys() {
+        out.push(*kind);
+        put_uvar(&mut out, courses.get(&(*c, *cl)).copied().unwrap_or(0));
+        fi.put(&mut out, i);
+        fl.put(&mut out, il);
+    }
+    put_uvar(&mut out, values.len() as u64);
+    let mut fv = Front::default();
+    for v in values.keys() {
+        fv.put(&mut out, v);
+    }
+    put_ivar(&mut out, base);
+    put_uvar(&mut out, sorted.len() as u64);
     let mut prev = 0i64;
     for r in &sorted {
-        let c = courses.get((&r.course, &r.course_legacy));
-        put_ivar(&mut out, c - prev);
-        prev = c;
-    }
-    prev = 0;
-    for r in &sorted {
-        let i = if r.item.is_empty() && r.item_legacy.is_empty() {
-            0
-        } else {
-            items.get((&r.item, &r.item_legacy)) + 1
-        };
+        let i = slots.get(&slot(r)).copied().unwrap_or(0) as i64;
         put_ivar(&mut out, i - prev);
         prev = i;
     }
-    prev = 0;
+    let mut prev = 0i64;
     for r in &sorted {
-        let u = users.get((&r.user, &r.user_legacy));
-        put_ivar(&mut out, u - prev);
-        prev = u;
+        let i = users
+            .get(&(r.user.as_str(), r.user_legacy.as_str()))
+            .copied()
+            .unwrap_or(0) as i64;
+        put_ivar(&mut out, i - prev);
+        prev = i;
     }
     for r in &sorted {
-        put_uvar(&mut out, values.get((&r.value, "")) as u64);
+        put_uvar(&mut out, values.get(r.value.as_str()).copied().unwrap_or(0));
     }
-    prev = 0;
+    let mut prev: Option<&Record> = None;
     for r in &sorted {
-        put_ivar(&mut out, r.time.wrapping_sub(prev));
-        prev = r.time;
+        let t = match prev {
+            Some(p) if group(p) == group(r) => r.time.wrapping_sub(p.time),
+            _ => r.time.wrapping_sub(base),
+        };
+        put_uvar(&mut out, t as u64);
+        prev = Some(r);
     }
     out
 }
@@ -182,94 +219,108 @@ impl<'a> Reader<'a> {
         }
         Ok(n as usize)
     }
-    fn string(&mut self) -> Result<&'a str, DecodeError> {
-        let n = self.uvar()? as usize;
-        if n > MAX_STRING || self.pos + n > self.buf.len() {
-            return Err(self.err("string length out of range"));
-        }
-        let s = std::str::from_utf8(&self.buf[self.pos..self.pos + n])
-            .map_err(|_| self.err("string is not UTF-8"))?;
-        self.pos += n;
-        Ok(s)
-    }
-    fn table(&mut self, pairs: bool) -> Result<Vec<(&'a str, &'a str)>, DecodeError> {
-        let n = self.count(if pairs { 2 } else { 1 })?;
+    fn pairs(&mut self) -> Result<Vec<(String, String)>, DecodeError> {
+        // Each entry takes at least 4 bytes (two front-coded strings).
+        let n = self.count(4)?;
         let mut t = Vec::with_capacity(n);
+        let (mut fk, mut fl) = (Front::default(), Front::default());
         for _ in 0..n {
-            let a = self.string()?;
-            let b = if pairs { self.string()? } else { "" };
-            t.push((a, b));
+            t.push((fk.get(self)?, fl.get(self)?));
         }
         Ok(t)
     }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| self.err("unexpected end"))?;
+        self.pos += 1;
+        Ok(b)
+    }
 }
 
-fn pick<'a>(
-    table: &[(&'a str, &'a str)],
-    idx: i64,
-    what: &str,
-) -> Result<(&'a str, &'a str), DecodeError> {
+fn pick<'t, T>(table: &'t [T], idx: u64, what: &str) -> Result<&'t T, DecodeError> {
     usize::try_from(idx)
         .ok()
         .and_then(|i| table.get(i))
-        .copied()
         .ok_or_else(|| DecodeError(format!("{what} index {idx} out of range")))
 }
 
 /// Decodes a payload written by [`encode`].
 pub fn decode(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
     if buf.len() < 4 || &buf[..4] != MAGIC {
-        return Err(DecodeError("missing the VSP1 header".into()));
+        return Err(DecodeError("missing the VSP3 header".into()));
     }
     let mut r = Reader { buf, pos: 4 };
-    let users = r.table(true)?;
-    let courses = r.table(true)?;
-    let items = r.table(true)?;
-    let values = r.table(false)?;
-    // Every record takes at least 6 bytes (one per column).
+    let users = r.pairs()?;
+    let courses = r.pairs()?;
     let n = r.count(6)?;
-    let mut kinds = Vec::with_capacity(n);
+    let mut slots = Vec::with_capacity(n);
+    let (mut fi, mut fl) = (Front::default(), Front::default());
     for _ in 0..n {
-        let code = *buf.get(r.pos).ok_or_else(|| r.err("unexpected end"))?;
-        r.pos += 1;
-        kinds.push(RecordKind::from_code(code).ok_or_else(|| r.err("unknown record kind"))?);
+        let code = r.byte()?;
+        let kind = RecordKind::from_code(code).ok_or_else(|| r.err("unknown record kind"))?;
+        let course = r.uvar()?;
+        let c = usize::try_from(course)
+            .ok()
+            .filter(|c| *c < courses.len())
+            .ok_or_else(|| r.err("course index out of range"))?;
+        slots.push((kind, c, fi.get(&mut r)?, fl.get(&mut r)?));
     }
-    let mut cols: [Vec<i64>; 3] = [
+    let n = r.count(2)?;
+    let mut values = Vec::with_capacity(n);
+    let mut fv = Front::default();
+    for _ in 0..n {
+        values.push(fv.get(&mut r)?);
+    }
+    let base = r.ivar()?;
+    // Every record takes at least 4 bytes (one per column).
+    let n = r.count(4)?;
+    let mut cols: [Vec<u64>; 3] = [
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     ];
-    for col in cols.iter_mut() {
+    for (c, col) in cols.iter_mut().enumerate() {
         let mut prev = 0i64;
         for _ in 0..n {
-            prev = prev.wrapping_add(r.ivar()?);
-            col.push(prev);
+            if c < 2 {
+                prev = prev.wrapping_add(r.ivar()?);
+                col.push(u64::try_from(prev).unwrap_or(u64::MAX));
+            } else {
+                col.push(r.uvar()?);
+            }
         }
     }
-    let mut vals = Vec::with_capacity(n);
-    for _ in 0..n {
-        vals.push(r.uvar()?);
-    }
-    let mut out = Vec::with_capacity(n);
-    let mut time = 0i64;
-    for i in 0..n {
-        time = time.wrapping_add(r.ivar()?);
-        let (course, course_legacy) = pick(&courses, cols[0][i], "course")?;
-        let (item, item_legacy) = match cols[1][i] {
-            0 => ("", ""),
-            j => pick(&items, j - 1, "activity")?,
+    let mut out: Vec<Record> = Vec::with_capacity(n);
+    let [slot_col, user_col, value_col] = &cols;
+    for ((s, u), v) in slot_col.iter().zip(user_col).zip(value_col) {
+        let (kind, c, item, item_legacy) = pick(&slots, *s, "slot")?;
+        let (course, course_legacy) = &courses[*c];
+        let (user, user_legacy) = pick(&users, *u, "learner")?;
+        let value = pick(&values, *v, "value")?;
+        let t = r.uvar()? as i64;
+        let time = match out.last() {
+            Some(p)
+                if p.user == *user
+                    && p.user_legacy == *user_legacy
+                    && p.course == *course
+                    && p.course_legacy == *course_legacy =>
+            {
+                p.time.wrapping_add(t)
+            }
+            _ => base.wrapping_add(t),
         };
-        let (user, user_legacy) = pick(&users, cols[2][i], "learner")?;
-        let (value, _) = pick(&values, i64::try_from(vals[i]).unwrap_or(-1), "value")?;
         out.push(Record {
-            kind: kinds[i],
-            user: user.into(),
-            course: course.into(),
-            item: item.into(),
-            user_legacy: user_legacy.into(),
-            course_legacy: course_legacy.into(),
-            item_legacy: item_legacy.into(),
-            value: value.into(),
+            kind: *kind,
+            user: user.clone(),
+            course: course.clone(),
+            item: item.clone(),
+            user_legacy: user_legacy.clone(),
+            course_legacy: course_legacy.clone(),
+            item_legacy: item_legacy.clone(),
+            value: value.clone(),
             time,
         });
     }

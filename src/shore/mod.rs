@@ -241,7 +241,17 @@ fn intake_inner(
         .map_err(|e| refuse(500, "local", e.to_string()))?;
     let records = codec::decode(&bytes).map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
     let stored = db
-        .store_batch(&vessel.id, m.sequence, &sha, &m.id, &records, via, now)
+        .store_batch(
+            &store::BatchIn {
+                vessel: &vessel.id,
+                seq: m.sequence,
+                sha256: &sha,
+                envelope_id: &m.id,
+                records: &records,
+                via,
+            },
+            now,
+        )
         .map_err(|e| refuse(500, "local", e.to_string()))?;
     let acked_seq = db
         .vessel(&vessel.id)

@@ -59,18 +59,18 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Vessel, Resp> {
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Vessel, Box<Resp>> {
     let id = header(req, "x-vessel-id").unwrap_or("");
     let token = header(req, "authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
         .unwrap_or("");
     let unauthorized = || {
-        error(
+        Box::new(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "unknown vessel or wrong token: check [uplink] token_file against 'vessel-sync shore vessel add'",
             None,
-        )
+        ))
     };
     let db = shared.db.lock().map_err(|_| {
         error(
@@ -95,12 +95,12 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Vessel, Resp
         return Err(unauthorized());
     }
     if v.revoked_at.is_some() {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "revoked",
             "this vessel was revoked ashore",
             None,
-        ));
+        )));
     }
     Ok(v)
 }
@@ -110,24 +110,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
     if path == "/v1/health" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
-    let s2 = shared.clone();
-    let auth = {
-        // SQLite lookups are quick; they run on the blocking pool all the same.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let parts_ok = authenticate(&s2, &req);
-        let _ = tx.send(parts_ok);
-        rx.await.unwrap_or_else(|_| {
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "local",
-                "internal",
-                None,
-            ))
-        })
-    };
-    let vessel = match auth {
+    // A registry lookup by primary key: quick enough to run here.
+    let vessel = match authenticate(&shared, &req) {
         Ok(v) => v,
-        Err(r) => return Ok(r),
+        Err(r) => return Ok(*r),
     };
     if req.method() == Method::POST && path == "/v1/sync" {
         return Ok(sync(shared, vessel, req).await);

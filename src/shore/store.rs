@@ -126,6 +126,23 @@ pub struct Queued {
     pub sha256: String,
 }
 
+/// A verified batch to store.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchIn<'a> {
+    /// Sending vessel.
+    pub vessel: &'a str,
+    /// Its batch sequence.
+    pub seq: u64,
+    /// SHA-256 of the signed manifest: identifies the exact content.
+    pub sha256: &'a str,
+    /// Envelope id.
+    pub envelope_id: &'a str,
+    /// The decoded records.
+    pub records: &'a [Record],
+    /// `https` or `file`.
+    pub via: &'a str,
+}
+
 /// Outcome of storing a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -269,16 +286,15 @@ impl ShoreStore {
 
     /// Stores a verified batch all-or-nothing, deduplicating records by id, and advances the
     /// vessel's contiguous acknowledgement watermark.
-    pub fn store_batch(
-        &mut self,
-        vessel: &str,
-        seq: u64,
-        sha256: &str,
-        envelope_id: &str,
-        records: &[Record],
-        via: &str,
-        now: i64,
-    ) -> Result<Stored> {
+    pub fn store_batch(&mut self, b: &BatchIn<'_>, now: i64) -> Result<Stored> {
+        let BatchIn {
+            vessel,
+            seq,
+            sha256,
+            envelope_id,
+            records,
+            via,
+        } = *b;
         let path = self.path.clone();
         let e = |source| ShoreDbError {
             path: path.clone(),

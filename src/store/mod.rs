@@ -27,7 +27,7 @@ pub use journal::{
 };
 pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
 pub use outbox::{
-    Batch, CapturedState, CourseBacklog, LocalKey, OutboxSummary, QuarantinedProgress,
+    Batch, CapturedState, CourseBacklog, LocalKey, NewBatch, OutboxSummary, QuarantinedProgress,
 };
 
 use std::path::{Path, PathBuf};
@@ -105,6 +105,8 @@ pub struct Store {
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     path: &'a Path,
+    /// The next outbox sequence, read once per transaction.
+    next_outbox_seq: std::cell::Cell<Option<i64>>,
 }
 
 trait Ctx<T> {
@@ -129,6 +131,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").ctx(path)?;
         conn.pragma_update(None, "synchronous", "FULL").ctx(path)?;
         conn.pragma_update(None, "foreign_keys", "ON").ctx(path)?;
+        // 32 MiB of page cache: a first capture of a large site queues 100,000 records at once.
+        conn.pragma_update(None, "cache_size", -32_768).ctx(path)?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .ctx(path)?;
@@ -244,6 +248,7 @@ impl Store {
         Ok(Tx {
             tx,
             path: &self.path,
+            next_outbox_seq: std::cell::Cell::new(None),
         })
     }
 

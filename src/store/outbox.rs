@@ -58,6 +58,23 @@ pub struct Batch {
     pub attempts: u64,
 }
 
+/// A batch to store: its sequence, envelope and the outbox range it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewBatch<'a> {
+    /// Batch sequence.
+    pub seq: u64,
+    /// Envelope id.
+    pub envelope_id: &'a str,
+    /// First outbox seq taken.
+    pub first: i64,
+    /// Last outbox seq taken.
+    pub last: i64,
+    /// Records inside.
+    pub records: u64,
+    /// The signed envelope.
+    pub envelope: &'a [u8],
+}
+
 /// Outbox figures for `status`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct OutboxSummary {
@@ -179,16 +196,25 @@ impl Tx<'_> {
 
     /// Queues a record; returns false when a record with the same id is already queued.
     pub fn enqueue(&self, rec: &Record, id: &[u8; 16], now: i64) -> Result<bool> {
+        let seq = match self.next_outbox_seq.get() {
+            Some(s) => s,
+            None => self
+                .row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |r| {
+                    r.get(0)
+                })?
+                .unwrap_or(1),
+        };
         let n = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO outbox(record_id, kind, user_key, course_key, item_key,
+                "INSERT OR IGNORE INTO outbox(record_id, seq, kind, user_key, course_key, item_key,
                    user_legacy, course_legacy, item_legacy, value, vtime, captured_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .ctx(self.path)?
             .execute(params![
                 &id[..],
+                seq,
                 rec.kind.code(),
                 rec.user,
                 rec.course,
@@ -201,7 +227,75 @@ impl Tx<'_> {
                 now
             ])
             .ctx(self.path)?;
+        self.next_outbox_seq
+            .set(Some(if n > 0 { seq + 1 } else { seq }));
         Ok(n > 0)
+    }
+
+    /// Queues many records at once (64 per statement); returns how many were new.
+    pub fn enqueue_many(&self, recs: &[(Record, [u8; 16])], now: i64) -> Result<u64> {
+        const ROWS: usize = 64;
+        let mut seq = match self.next_outbox_seq.get() {
+            Some(s) => s,
+            None => self
+                .row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |r| {
+                    r.get(0)
+                })?
+                .unwrap_or(1),
+        };
+        let mut added = 0u64;
+        // In key order, the B-tree fills pages left to right instead of splitting at random.
+        let mut order: Vec<&(Record, [u8; 16])> = recs.iter().collect();
+        order.sort_unstable_by_key(|a| a.1);
+        let mut chunks = order.chunks_exact(ROWS);
+        let sql = {
+            let row = "(?,?,?,?,?,?,?,?,?,?,?,?)";
+            format!(
+                "INSERT OR IGNORE INTO outbox(record_id, seq, kind, user_key, course_key, item_key,
+                   user_legacy, course_legacy, item_legacy, value, vtime, captured_at) VALUES {}",
+                vec![row; ROWS].join(",")
+            )
+        };
+        for chunk in chunks.by_ref() {
+            let mut stmt = self.tx.prepare_cached(&sql).ctx(self.path)?;
+            let mut i = 1;
+            for &(r, id) in chunk {
+                let vals: [&dyn rusqlite::ToSql; 12] = [
+                    &&id[..],
+                    &seq,
+                    &r.kind.code(),
+                    &r.user,
+                    &r.course,
+                    &r.item,
+                    &r.user_legacy,
+                    &r.course_legacy,
+                    &r.item_legacy,
+                    &r.value,
+                    &r.time,
+                    &now,
+                ];
+                for v in vals {
+                    stmt.raw_bind_parameter(i, v).ctx(self.path)?;
+                    i += 1;
+                }
+                seq += 1;
+            }
+            added += stmt.raw_execute().ctx(self.path)? as u64;
+        }
+        self.next_outbox_seq.set(Some(seq));
+        for &(r, id) in chunks.remainder() {
+            if self.enqueue(r, id, now)? {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Whether any imported row waits to be recognised (a capture skips echo checks if not).
+    pub fn has_imported(&self) -> Result<bool> {
+        Ok(self
+            .row("SELECT 1 FROM imported LIMIT 1", [], |r| r.get::<_, i64>(0))?
+            .is_some())
     }
 
     /// Consumes an imported row equal to `rec` (same kind, keys and value): true when `rec` is
@@ -344,16 +438,15 @@ impl Tx<'_> {
     }
 
     /// Stores a built batch and marks its records (outbox seq `first..=last`, unbatched ones).
-    pub fn store_batch(
-        &self,
-        seq: u64,
-        envelope_id: &str,
-        first: i64,
-        last: i64,
-        records: u64,
-        envelope: &[u8],
-        now: i64,
-    ) -> Result<()> {
+    pub fn store_batch(&self, b: &NewBatch<'_>, now: i64) -> Result<()> {
+        let NewBatch {
+            seq,
+            envelope_id,
+            first,
+            last,
+            records,
+            envelope,
+        } = *b;
         let s = to_i64(seq);
         self.tx
             .execute(

@@ -15,11 +15,13 @@ CREATE TABLE capture_state (
     PRIMARY KEY (kind, userid, objid)
 ) WITHOUT ROWID;
 
--- Records waiting for shore. seq is the capture order; batch_seq is set when a batch takes the
--- record and the row is deleted only when shore acknowledges that batch.
+-- Records waiting for shore, keyed by record id (a record captured twice is one row). seq is the
+-- capture order; batch_seq is set when a batch takes the record, and the row is deleted only
+-- when shore acknowledges that batch. One B-tree and no secondary index: the outbox is small in
+-- steady state, and a first capture of a large site must queue fast.
 CREATE TABLE outbox (
-    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_id     BLOB NOT NULL UNIQUE,
+    record_id     BLOB PRIMARY KEY,
+    seq           INTEGER NOT NULL,
     kind          INTEGER NOT NULL,
     user_key      TEXT NOT NULL,
     course_key    TEXT NOT NULL,
@@ -31,9 +33,7 @@ CREATE TABLE outbox (
     vtime         INTEGER NOT NULL,
     captured_at   INTEGER NOT NULL,
     batch_seq     INTEGER
-);
-CREATE INDEX outbox_batch ON outbox(batch_seq);
-CREATE INDEX outbox_course ON outbox(course_key);
+) WITHOUT ROWID;
 
 -- Built batches, kept byte for byte until acknowledged, so a retry sends the same envelope.
 -- seq is this vessel's monotonic batch sequence (the envelope's sequence to 'shore').
