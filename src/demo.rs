@@ -226,7 +226,9 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
     );
     std::fs::copy(&second, dir.join("inbox/0002-mapping.vsb")).map_err(e)?;
     once(&cfg, &clock)?;
+    progress(dir, &cfg_path, &clock)?;
     println!();
+    let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
     crate::report::status(&cfg, clock.as_ref(), false);
     if kept {
         println!(
@@ -237,6 +239,131 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
         println!(
             "\n(The temporary folder is removed now; 'vessel-sync demo --dir DIR' keeps it to explore with status and audit.)"
         );
+    }
+    Ok(())
+}
+
+/// The second half: progress goes home. A shore receiver on loopback, a throwaway PostgreSQL
+/// with Moodle's tables, capture, a batch over HTTPS, the acknowledgement.
+fn progress(dir: &Path, cfg_path: &Path, clock: &Arc<dyn Clock>) -> Result<(), String> {
+    let e = |e: std::io::Error| e.to_string();
+    step(
+        9,
+        "The ship's Moodle: a throwaway PostgreSQL cluster with Moodle's progress tables",
+    );
+    let pg = match crate::pgtemp::TempPg::start() {
+        Ok(pg) => pg,
+        Err(why) => {
+            println!(
+                "skipped: {why}
+(the progress half of the demo needs Debian's postgresql package)"
+            );
+            return Ok(());
+        }
+    };
+    pg.create_moodle("moodle")?;
+    pg.psql(
+        "moodle",
+        "INSERT INTO mdl_user (id, username, idnumber) VALUES (3, 'j.hansen', 'SEAF-100231'), (4, 'm.santos', 'SEAF-100232'), (5, 'a.kowalski', '');
+         INSERT INTO mdl_course (id, shortname, idnumber) VALUES (2, 'SAFETY-101', 'SAFETY-101'), (8, 'ERM-110_1', '');
+         INSERT INTO mdl_page (id, course, name) VALUES (1, 2, 'Personal survival techniques'), (2, 2, 'Elementary first aid'), (3, 8, 'Situational awareness');
+         INSERT INTO mdl_course_modules (id, course, module, instance, idnumber) VALUES (4, 2, 15, 1, 'SAFETY-101-PST'), (5, 2, 15, 2, 'SAFETY-101-EFA'), (21, 8, 15, 3, '');
+         INSERT INTO mdl_course_modules_completion (coursemoduleid, userid, completionstate, overrideby, timemodified) VALUES
+           (4, 3, 1, 2, 1795308010), (5, 3, 1, NULL, 1795308011), (4, 4, 0, 2, 1795308059), (21, 5, 1, NULL, 1700000000);
+         INSERT INTO mdl_course_completions (userid, course, timecompleted) VALUES (3, 2, 1795308011);
+         INSERT INTO mdl_grade_items (id, courseid, itemtype, itemmodule, iteminstance, itemnumber, idnumber) VALUES (1, 2, 'course', NULL, 2, NULL, NULL);
+         INSERT INTO mdl_grade_grades (itemid, userid, finalgrade, timemodified) VALUES (1, 3, 92.0, 1795308030);",
+    )?;
+    println!(
+        "PostgreSQL on 127.0.0.1:{}: 3 learners, 2 courses (one restored from a backup, its completion 3 years old), 4 activity completions (one overridden back to incomplete), a course completion, a grade",
+        pg.port
+    );
+
+    step(
+        10,
+        "Shore: an HTTPS receiver on loopback with a private CA; the vessel registered",
+    );
+    let (ca, chain, key) =
+        crate::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
+    for (name, body) in [
+        ("shore-ca.pem", &ca),
+        ("shore-cert.pem", &chain),
+        ("shore-key.pem", &key),
+    ] {
+        std::fs::write(dir.join(name), body).map_err(e)?;
+    }
+    let shore_cfg_path = dir.join("shore.toml");
+    std::fs::write(
+        &shore_cfg_path,
+        "version = 1\n[shore]\nstate_dir = \"shore\"\nlisten = \"127.0.0.1:0\"\ntls_cert = \"shore-cert.pem\"\ntls_key = \"shore-key.pem\"\n",
+    )
+    .map_err(e)?;
+    let shore_cfg = crate::shore::ShoreConfig::load(&shore_cfg_path)?;
+    let vessel_key = SecretKey::generate().map_err(e)?;
+    let (_, vessel_pub) = vessel_key
+        .write_pair(&dir.join("keys/mv-aurora"), "mv-aurora")
+        .map_err(|e| e.to_string())?;
+    let token_path = dir.join("mv-aurora.token");
+    if crate::shore::vessel_add(
+        &shore_cfg,
+        "mv-aurora",
+        &vessel_pub,
+        &token_path,
+        clock.now(),
+    ) != exit::OK
+    {
+        return Err("registering the vessel failed".into());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let serve_cfg = shore_cfg.clone();
+    let serve_clock = clock.clone();
+    std::thread::spawn(move || {
+        if let Err(e) = crate::shore::serve::run(serve_cfg, serve_clock, move |a| {
+            let _ = tx.send(a);
+        }) {
+            eprintln!("shore receiver: {e}");
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .map_err(|_| "the shore receiver did not start".to_string())?;
+    println!("shore receiver listening on https://{addr}");
+
+    step(
+        11,
+        "The vessel's config gains [moodle] and [uplink]; 'vessel-sync agent --once' captures and syncs",
+    );
+    let extra = format!(
+        "\n[moodle]\ndb_type = \"postgres\"\ndb_host = \"127.0.0.1\"\ndb_port = {}\ndb_name = \"moodle\"\ndb_user = \"postgres\"\n\n[uplink]\nmode = \"https\"\nurl = \"https://{addr}\"\ntoken_file = \"mv-aurora.token\"\nsigning_key = \"keys/mv-aurora.key\"\nca_file = \"shore-ca.pem\"\n",
+        pg.port
+    );
+    let mut text = std::fs::read_to_string(cfg_path).map_err(e)?;
+    text.push_str(&extra);
+    std::fs::write(cfg_path, text).map_err(e)?;
+    print!("{extra}");
+    let cfg = Config::load(cfg_path).map_err(|e| e.to_string())?;
+    once(&cfg, clock)?;
+
+    step(
+        12,
+        "A learner completes one more activity on board; the next cycle sends just that",
+    );
+    pg.psql(
+        "moodle",
+        "UPDATE mdl_course_modules_completion SET completionstate = 1, timemodified = 1795309000 WHERE userid = 4 AND coursemoduleid = 4;",
+    )?;
+    once(&cfg, clock)?;
+
+    step(
+        13,
+        "Ashore: 'vessel-sync shore status' and the CSV export for the training-records system",
+    );
+    crate::shore::status(&shore_cfg, clock.as_ref(), false);
+    let csv = dir.join("progress-export.csv");
+    crate::shore::export(&shore_cfg, "0", &csv);
+    let text = std::fs::read_to_string(&csv).map_err(e)?;
+    for line in text.lines().take(4) {
+        println!("  {line}");
     }
     Ok(())
 }

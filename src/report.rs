@@ -526,7 +526,31 @@ pub fn print_pass(r: &Report) {
             p.display()
         );
     }
-    if r.files.is_empty() && r.commands.is_empty() && r.arriving.is_empty() && r.skipped.is_empty()
+    if let Some(c) = &r.capture {
+        println!(
+            "capture      {} progress rows read: {} changed, {} queued for shore, {} echo(es) of imported progress skipped, {} quarantined, {} released",
+            c.rows, c.changes, c.queued, c.echoes, c.quarantined, c.released
+        );
+    }
+    if let Some(s) = &r.sync {
+        println!(
+            "sync         {} batch(es) built, {} exchange(s), shore acknowledged up to batch {}, {} bundle(s) fetched{}",
+            s.built,
+            s.exchanges,
+            s.acked_seq,
+            s.downloaded,
+            s.held
+                .as_deref()
+                .map(|h| format!("; held: {h}"))
+                .unwrap_or_default()
+        );
+    }
+    if r.files.is_empty()
+        && r.commands.is_empty()
+        && r.arriving.is_empty()
+        && r.skipped.is_empty()
+        && r.capture.is_none()
+        && r.sync.is_none()
     {
         println!("nothing to do");
     }

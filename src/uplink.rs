@@ -177,7 +177,8 @@ pub fn build_batches(
         };
         let seq = tx.next_batch_seq()?;
         let recs: Vec<_> = records.into_iter().map(|(_, r)| r).collect();
-        let payload = codec::encode(&recs);
+        let settled = tx.acked_seq()?;
+        let payload = codec::encode_batch(&recs, settled);
         let draft = Draft {
             kind: Kind::Progress,
             sender: vessel.to_string(),
@@ -513,8 +514,20 @@ impl Uplink {
                     failpoint::hit("sync.after-ack");
                     offers = reply.bundles;
                     let _ = reply.result;
-                    let more = store.pending_batch()?.is_some()
-                        || store.outbox_summary()?.records > store.outbox_summary()?.batched;
+                    if let Some(b) = &batch {
+                        if acked < b.seq {
+                            // Shore holds the batch but acknowledges only up to an earlier one it
+                            // still waits for (a file carrier's batch in transit): sending it
+                            // again now would not help.
+                            report.held = Some(format!(
+                                "shore holds batch {} but acknowledges only up to {acked}; it waits for an earlier batch",
+                                b.seq
+                            ));
+                            break;
+                        }
+                    }
+                    let summary = store.outbox_summary()?;
+                    let more = summary.batches > 0 || summary.records > summary.batched;
                     if batch.is_none() || !more {
                         break;
                     }

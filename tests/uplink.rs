@@ -410,3 +410,23 @@ fn a_revoked_vessel_is_told_so_and_status_says_why() {
     assert!(text.contains("403") && text.contains("10 record"), "{text}");
     assert_eq!(shore.counts(), (0, 0));
 }
+
+#[test]
+fn a_vessel_whose_acknowledgements_came_by_bundle_continues_its_stream_at_shore() {
+    // Shore acknowledged batches up to 41 by an ack bundle (file mode), then the vessel got an
+    // IP link: its next batch is 42, and this shore must not wait for 1..41 for ever.
+    let mut shore = Shore::new();
+    shore.start();
+    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "");
+    v.drop_in(&v.bundle("ack.vsb", crate::support::ack(1, 41)), "ack.vsb");
+    v.once();
+    seed(&v, 50, 0);
+    let r = json(&sync(&v));
+    assert_eq!(
+        (r["acked_seq"].as_u64(), r["exchanges"].as_u64()),
+        (Some(42), Some(1)),
+        "{r}"
+    );
+    assert_eq!(shore.counts(), (50, 50));
+    assert_eq!(v.store().outbox_summary().unwrap().records, 0);
+}

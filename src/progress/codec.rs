@@ -14,6 +14,8 @@
 //!
 //! ```text
 //! "VSP3"
+//! settled:  the vessel's acknowledged batch sequence when it built this batch (every batch up
+//!           to it is settled, so shore may start its contiguous acknowledgement there)
 //! learners: n, then n × (key, legacy)          strings are length + UTF-8 bytes
 //! courses:  n, then n × (key, legacy)
 //! slots:    n, then n × (kind byte, course index, activity, activity legacy)
@@ -109,8 +111,13 @@ fn slot(r: &Record) -> Slot<'_> {
     )
 }
 
-/// Encodes records (any order; the encoding sorts a copy).
+/// Encodes records (any order; the encoding sorts a copy) with no settled sequence.
 pub fn encode(records: &[Record]) -> Vec<u8> {
+    encode_batch(records, 0)
+}
+
+/// Encodes a batch: records and the sequence up to which the vessel holds acknowledgements.
+pub fn encode_batch(records: &[Record], settled: u64) -> Vec<u8> {
     let mut sorted: Vec<&Record> = records.iter().collect();
     sorted.sort_by(|a, b| (group(a), a.time, slot(a)).cmp(&(group(b), b.time, slot(b))));
     let users = table(
@@ -129,6 +136,7 @@ pub fn encode(records: &[Record]) -> Vec<u8> {
 
     let mut out = Vec::with_capacity(64 + records.len() * 6);
     out.extend_from_slice(MAGIC);
+    put_uvar(&mut out, settled);
     for t in [&users, &courses] {
         put_uvar(&mut out, t.len() as u64);
         let (mut fk, mut fl) = (Front::default(), Front::default());
@@ -249,10 +257,16 @@ fn pick<'t, T>(table: &'t [T], idx: u64, what: &str) -> Result<&'t T, DecodeErro
 
 /// Decodes a payload written by [`encode`].
 pub fn decode(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
+    decode_batch(buf).map(|(_, r)| r)
+}
+
+/// Decodes a payload: (settled sequence, records).
+pub fn decode_batch(buf: &[u8]) -> Result<(u64, Vec<Record>), DecodeError> {
     if buf.len() < 4 || &buf[..4] != MAGIC {
         return Err(DecodeError("missing the VSP3 header".into()));
     }
     let mut r = Reader { buf, pos: 4 };
+    let settled = r.uvar()?;
     let users = r.pairs()?;
     let courses = r.pairs()?;
     let n = r.count(6)?;
@@ -327,7 +341,7 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
     if r.pos != buf.len() {
         return Err(r.err("trailing bytes"));
     }
-    Ok(out)
+    Ok((settled, out))
 }
 
 #[cfg(test)]

@@ -239,7 +239,8 @@ fn intake_inner(
     opened.extract(Some(tmp.path())).map_err(verify)?;
     let bytes = std::fs::read(tmp.path().join(RECORDS_MEMBER))
         .map_err(|e| refuse(500, "local", e.to_string()))?;
-    let records = codec::decode(&bytes).map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
+    let (settled, records) =
+        codec::decode_batch(&bytes).map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
     let stored = db
         .store_batch(
             &store::BatchIn {
@@ -248,6 +249,7 @@ fn intake_inner(
                 sha256: &sha,
                 envelope_id: &m.id,
                 records: &records,
+                settled,
                 via,
             },
             now,

@@ -139,6 +139,8 @@ pub struct BatchIn<'a> {
     pub envelope_id: &'a str,
     /// The decoded records.
     pub records: &'a [Record],
+    /// Every batch up to this sequence is acknowledged on the vessel's side already.
+    pub settled: u64,
     /// `https` or `file`.
     pub via: &'a str,
 }
@@ -293,6 +295,7 @@ impl ShoreStore {
             sha256,
             envelope_id,
             records,
+            settled,
             via,
         } = *b;
         let path = self.path.clone();
@@ -364,6 +367,9 @@ impl ShoreStore {
                 |r| r.get(0),
             )
             .map_err(e)?;
+        // The vessel holds acknowledgements up to `settled` (from this shore, or from an ack
+        // bundle): its stream continues after it, whatever this shore saw before.
+        acked = acked.max(to_i64(settled));
         loop {
             let next: Option<i64> = tx
                 .query_row(

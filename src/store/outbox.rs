@@ -291,6 +291,18 @@ impl Tx<'_> {
         Ok(added)
     }
 
+    /// The outbox acknowledgement watermark (0 when none yet).
+    pub fn acked_seq(&self) -> Result<u64> {
+        Ok(self
+            .row(
+                "SELECT acked_seq FROM acks WHERE channel = 'outbox'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?
+            .map(i64::unsigned_abs)
+            .unwrap_or(0))
+    }
+
     /// Whether any imported row waits to be recognised (a capture skips echo checks if not).
     pub fn has_imported(&self) -> Result<bool> {
         Ok(self
