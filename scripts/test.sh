@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Runs every test of vessel-sync: unit tests, the integration tests (the real binary on real
-# files, SIGKILL crash scenarios, a real systemd notify socket) and doc tests.
+# files, SIGKILL crash scenarios, a real systemd notify socket, real PostgreSQL and MariaDB
+# servers loaded with Moodle's schema, a real HTTPS shore receiver behind a fault proxy) and
+# doc tests. Each test starts its own throwaway database server on a free loopback port.
 # Installs what the tests need from Debian's packages when it is missing (run as root, or
-# install it yourself: systemd provides systemd-analyze, used to verify the unit file).
+# install it yourself): systemd (systemd-analyze verifies the unit file), postgresql and
+# postgresql-client, mariadb-server and mariadb-client.
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq || true

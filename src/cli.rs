@@ -531,10 +531,13 @@ fn check_config(path: &Path) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let problems = cfg.check_directories();
+    let mut problems = cfg.check_directories();
+    if let Err(e) = crate::uplink::Uplink::new(&cfg) {
+        problems.push(e.to_string());
+    }
     if !problems.is_empty() {
         eprintln!(
-            "{}: {} problem(s) with directories:",
+            "{}: {} problem(s) with directories, keys or files:",
             path.display(),
             problems.len()
         );

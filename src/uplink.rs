@@ -725,3 +725,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_midnight_and_name_the_next_opening() {
+        let day = 1_795_305_600; // 2026-11-22T00:00:00Z
+        let w = [(22 * 60, 6 * 60)];
+        assert!(in_window(&w, day + 23 * 3600));
+        assert!(in_window(&w, day + 3600));
+        assert!(!in_window(&w, day + 12 * 3600));
+        assert_eq!(next_window_start(&w, day + 12 * 3600), day + 22 * 3600);
+        assert!(in_window(&[], day));
+    }
+
+    #[test]
+    fn backoff_jitter_stays_between_half_and_full() {
+        for _ in 0..100 {
+            let j = jitter(600);
+            assert!((300..=600).contains(&j), "{j}");
+        }
+    }
+}

@@ -430,3 +430,60 @@ fn a_vessel_whose_acknowledgements_came_by_bundle_continues_its_stream_at_shore(
     assert_eq!(shore.counts(), (50, 50));
     assert_eq!(v.store().outbox_summary().unwrap().records, 0);
 }
+
+#[test]
+fn a_pinned_certificate_is_trusted_without_a_ca_and_any_other_is_refused() {
+    let mut shore = Shore::new();
+    shore.start();
+    let cert = vessel_sync::net::load_certs(&shore.path("cert.pem")).unwrap();
+    let pin = vessel_sync::net::cert_pin(&cert[0]);
+    for (pin, works) in [(pin.clone(), true), ("ab".repeat(32), false)] {
+        let v = Vessel::new();
+        vessel_sync::envelope::SecretKey::from_seed([5u8; 32]).write_pair(&v.path("keys/vessel"), VESSEL).unwrap();
+        shore.register(&v);
+        crate::progress::append(
+            &v,
+            &format!(
+                "[uplink]\nmode = \"https\"\nurl = \"https://127.0.0.1:{}\"\ntoken_file = \"token\"\nsigning_key = \"keys/vessel.key\"\npin_sha256 = [\"{pin}\"]\ntimeout = \"3s\"\n",
+                shore.port
+            ),
+        );
+        seed(&v, 20, 0);
+        let r = json(&sync(&v));
+        if works {
+            assert_eq!(r["acked_seq"], 1, "{r}");
+        } else {
+            assert!(r["held"].as_str().unwrap().contains("matches none of [uplink] pin_sha256"), "{r}");
+        }
+    }
+}
+
+#[test]
+fn when_the_byte_budget_is_tight_progress_goes_first_and_bundles_wait() {
+    let mut shore = Shore::new();
+    shore.start();
+    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "daily_budget = \"300KB\"\n");
+    // A 400 KB bundle waits ashore (random bytes: it does not compress).
+    let mut blob = vec![0u8; 400_000];
+    let mut x: u64 = 7;
+    for b in blob.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let big = v.bundle(
+        "big.vsb",
+        crate::support::draft(VESSEL, 1, vec![], vec![("files/blob.bin", vessel_sync::envelope::Source::Bytes(blob))]),
+    );
+    std::fs::rename(&big, shore.path("big.vsb")).unwrap();
+    assert!(shore.run(&["push", shore.path("big.vsb").to_str().unwrap()]).status.success());
+    seed(&v, 500, 0);
+    let r = json(&sync(&v));
+    assert_eq!(v.store().outbox_summary().unwrap().records, 0, "progress went: {r}");
+    assert_eq!(r["downloaded"], 0, "{r}");
+    assert!(r["held"].as_str().unwrap().contains("kept for progress"), "{r}");
+    assert!(v.inbox_names().is_empty(), "the bundle waits ashore");
+    let st = v.run(&["status", "--config", v.config.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&st.stdout).contains("of 300000 bytes"), "{}", String::from_utf8_lossy(&st.stdout));
+}

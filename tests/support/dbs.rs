@@ -21,7 +21,7 @@ pub fn schema_dir() -> PathBuf {
             return c;
         }
     }
-    panic!("Moodle schema dumps not found in ../shared/moodle/schema")
+    panic!("Moodle schema dumps not found in tests/fixtures/moodle/schema")
 }
 
 fn free_port() -> u16 {
