@@ -439,7 +439,9 @@ fn a_pinned_certificate_is_trusted_without_a_ca_and_any_other_is_refused() {
     let pin = vessel_sync::net::cert_pin(&cert[0]);
     for (pin, works) in [(pin.clone(), true), ("ab".repeat(32), false)] {
         let v = Vessel::new();
-        vessel_sync::envelope::SecretKey::from_seed([5u8; 32]).write_pair(&v.path("keys/vessel"), VESSEL).unwrap();
+        vessel_sync::envelope::SecretKey::from_seed([5u8; 32])
+            .write_pair(&v.path("keys/vessel"), VESSEL)
+            .unwrap();
         shore.register(&v);
         crate::progress::append(
             &v,
@@ -453,7 +455,13 @@ fn a_pinned_certificate_is_trusted_without_a_ca_and_any_other_is_refused() {
         if works {
             assert_eq!(r["acked_seq"], 1, "{r}");
         } else {
-            assert!(r["held"].as_str().unwrap().contains("matches none of [uplink] pin_sha256"), "{r}");
+            assert!(
+                r["held"]
+                    .as_str()
+                    .unwrap()
+                    .contains("matches none of [uplink] pin_sha256"),
+                "{r}"
+            );
         }
     }
 }
@@ -462,7 +470,11 @@ fn a_pinned_certificate_is_trusted_without_a_ca_and_any_other_is_refused() {
 fn when_the_byte_budget_is_tight_progress_goes_first_and_bundles_wait() {
     let mut shore = Shore::new();
     shore.start();
-    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "daily_budget = \"300KB\"\n");
+    let v = linked_vessel(
+        &shore,
+        &format!("https://127.0.0.1:{}", shore.port),
+        "daily_budget = \"300KB\"\n",
+    );
     // A 400 KB bundle waits ashore (random bytes: it does not compress).
     let mut blob = vec![0u8; 400_000];
     let mut x: u64 = 7;
@@ -474,16 +486,37 @@ fn when_the_byte_budget_is_tight_progress_goes_first_and_bundles_wait() {
     }
     let big = v.bundle(
         "big.vsb",
-        crate::support::draft(VESSEL, 1, vec![], vec![("files/blob.bin", vessel_sync::envelope::Source::Bytes(blob))]),
+        crate::support::draft(
+            VESSEL,
+            1,
+            vec![],
+            vec![("files/blob.bin", vessel_sync::envelope::Source::Bytes(blob))],
+        ),
     );
     std::fs::rename(&big, shore.path("big.vsb")).unwrap();
-    assert!(shore.run(&["push", shore.path("big.vsb").to_str().unwrap()]).status.success());
+    assert!(
+        shore
+            .run(&["push", shore.path("big.vsb").to_str().unwrap()])
+            .status
+            .success()
+    );
     seed(&v, 500, 0);
     let r = json(&sync(&v));
-    assert_eq!(v.store().outbox_summary().unwrap().records, 0, "progress went: {r}");
+    assert_eq!(
+        v.store().outbox_summary().unwrap().records,
+        0,
+        "progress went: {r}"
+    );
     assert_eq!(r["downloaded"], 0, "{r}");
-    assert!(r["held"].as_str().unwrap().contains("kept for progress"), "{r}");
+    assert!(
+        r["held"].as_str().unwrap().contains("kept for progress"),
+        "{r}"
+    );
     assert!(v.inbox_names().is_empty(), "the bundle waits ashore");
     let st = v.run(&["status", "--config", v.config.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&st.stdout).contains("of 300000 bytes"), "{}", String::from_utf8_lossy(&st.stdout));
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("of 300000 bytes"),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
 }
