@@ -380,7 +380,11 @@ impl Agent {
                 );
             }
             let db = self.moodle.as_mut().ok_or("no connection")?;
-            let snap = match crate::moodle::db::Source::snapshot(db) {
+            let snap = match self
+                .notifier
+                .keepalive_during(Duration::from_secs(600), || {
+                    crate::moodle::db::Source::snapshot(db)
+                }) {
                 Ok(s) => s,
                 Err(e) => {
                     // A broken connection is made anew next time.
@@ -446,9 +450,15 @@ impl Agent {
     pub fn sync(&mut self) -> Option<Result<CycleReport, String>> {
         let now = self.clock.now();
         let uplink = self.uplink.as_mut()?;
+        uplink.set_stop(self.stop.clone());
+        // The watchdog stays fed while the cycle waits on the network, for at most a few
+        // request timeouts: a cycle stuck beyond that still gets the service restarted.
+        let u = &self.cfg.uplink;
+        let max = Duration::from_secs((u.connect_timeout + u.timeout).saturating_mul(3));
+        let store = &mut self.store;
         Some(
-            uplink
-                .cycle(&mut self.store, now)
+            self.notifier
+                .keepalive_during(max, || uplink.cycle(store, now))
                 .map_err(|e| e.to_string()),
         )
     }

@@ -49,6 +49,7 @@ pub const PROGRESS: &[&str] = &[
     "capture.after-commit",
     "batch.before-commit",
     "batch.after-commit",
+    "sync.before-ack",
     "sync.after-ack",
     "shore.before-commit",
     "shore.after-commit",

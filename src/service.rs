@@ -83,6 +83,33 @@ impl Notifier {
         }
     }
 
+    /// Runs `f` (a capture or a sync cycle, which block in a database query or an HTTP request
+    /// for a while) while a helper thread keeps the watchdog fed, but for at most `max`: a step
+    /// that is still not done by then stops being covered, so a truly hung step still gets the
+    /// service restarted.
+    pub fn keepalive_during<T>(&self, max: Duration, f: impl FnOnce() -> T) -> T {
+        let Some(interval) = self.ping_interval() else {
+            return f();
+        };
+        self.watchdog();
+        let (done, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let started = std::time::Instant::now();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(interval)
+                {
+                    if started.elapsed() < max {
+                        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                    }
+                }
+            });
+            let out = f();
+            drop(done);
+            out
+        })
+    }
+
     /// Shutting down.
     pub fn stopping(&self) {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

@@ -230,6 +230,7 @@ pub struct Uplink {
     key: SecretKey,
     token: Option<String>,
     client: Option<reqwest::blocking::Client>,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 enum Exchange {
@@ -276,7 +277,19 @@ impl Uplink {
             key,
             token,
             client,
+            stop: None,
         }))
+    }
+
+    /// A flag that ends a cycle between two exchanges (the agent's stop request).
+    pub fn set_stop(&mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(stop);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Whether a cycle is due now (the backoff and schedule are kept in the database).
@@ -468,6 +481,10 @@ impl Uplink {
         let mut offers: Vec<Offer> = Vec::new();
         // Bounded: a cycle never spins; a backlog drains over consecutive exchanges.
         for _ in 0..64 {
+            if self.stopping() {
+                report.held = Some("the agent is stopping".into());
+                break;
+            }
             report.built += build_batches(
                 store,
                 &self.vessel,
@@ -501,6 +518,7 @@ impl Uplink {
             store.write(|tx| tx.add_traffic(&day_of(now), sent, received))?;
             match outcome {
                 Exchange::Reply(reply, _) => {
+                    failpoint::hit("sync.before-ack");
                     let acked = reply.acked_seq.unwrap_or(0);
                     store.write(|tx| {
                         if batch.is_some() || store_has_no_batches(tx)? {
@@ -601,6 +619,9 @@ impl Uplink {
         let mut offers = offers;
         offers.sort_by_key(|o| o.queue_id);
         for o in offers {
+            if self.stopping() {
+                break;
+            }
             // Progress first: a download may not eat the reserve kept for progress batches.
             let left = self.budget_left(store, now)?;
             let reserve = self.cfg.daily_budget / 10;

@@ -194,3 +194,79 @@ fn root_refuses_to_work_on_the_service_users_state_directory() {
         "nothing was written as root"
     );
 }
+
+#[test]
+fn the_watchdog_stays_fed_while_a_sync_waits_on_a_dead_link_and_sigterm_still_stops() {
+    use crate::support::shore::{Shore, linked_vessel, seed};
+    use vessel_sync::faultproxy::{Fault, Proxy};
+    let mut shore = Shore::new();
+    shore.start();
+    let proxy = Proxy::start(shore.addr()).unwrap();
+    proxy.set_fault(Fault::Blackhole);
+    // Requests time out after 3 s; the watchdog wants a ping every 150 ms.
+    let v = linked_vessel(
+        &shore,
+        &format!("https://127.0.0.1:{}", proxy.addr.port()),
+        "",
+    );
+    seed(&v, 10, 0);
+    let sock_path = v.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut n = Notify {
+        sock,
+        seen: Vec::new(),
+    };
+    let child = Daemon::spawn(
+        Command::new(bin())
+            .args(["agent", "--config", v.config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "300000")
+            .env_remove("WATCHDOG_PID")
+            .stderr(Stdio::null()),
+    );
+    n.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    // Wait until the agent's request sits in the blackhole, then count pings while it hangs.
+    let t = std::time::Instant::now();
+    while proxy.state.faults.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the agent never tried to sync"
+        );
+        n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    }
+    let hung = std::time::Instant::now();
+    let mut pings = 0;
+    while hung.elapsed() < Duration::from_millis(1500) {
+        n.until("WATCHDOG=1 during the hung request", |m| {
+            m.trim_end() == "WATCHDOG=1"
+        });
+        pings += 1;
+    }
+    assert!(
+        pings >= 4,
+        "{pings} pings in 1.5 s while the request hung: {:?}",
+        n.seen
+    );
+    // The request times out; the failure is recorded and the loop carries on.
+    let t = std::time::Instant::now();
+    loop {
+        let facts = v.store().facts().unwrap();
+        if facts
+            .get("last_error")
+            .is_some_and(|e| e.contains("cannot reach shore"))
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no failure recorded: {facts:?}"
+        );
+        n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    }
+    child.signal(libc::SIGTERM);
+    n.until("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
+    let mut child = child;
+    assert!(child.0.wait().unwrap().success());
+}

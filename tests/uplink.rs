@@ -129,6 +129,7 @@ fn agent_and_shore_killed_anywhere_in_batching_upload_and_ack_lose_nothing() {
     .enumerate()
     {
         total += seed(&v, 400, 1000 * (i as i64 + 1));
+        let point = *point;
         if point.starts_with("shore.") {
             shore.stop();
             shore.start_env(&[("VESSEL_SYNC_FAILPOINT", point)]);
@@ -518,5 +519,64 @@ fn when_the_byte_budget_is_tight_progress_goes_first_and_bundles_wait() {
         String::from_utf8_lossy(&st.stdout).contains("of 300000 bytes"),
         "{}",
         String::from_utf8_lossy(&st.stdout)
+    );
+}
+
+#[test]
+fn shore_exports_what_it_received_as_formula_safe_csv() {
+    let mut shore = Shore::new();
+    shore.start();
+    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "");
+    // A learner key that a spreadsheet would run as a formula.
+    {
+        std::fs::create_dir_all(v.path("state")).unwrap();
+        let mut store =
+            vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+        let mut snap = crate::support::shore::snapshot(30, 0);
+        snap.users.get_mut(&100).unwrap().idnumber = "=HYPERLINK(\"http://x\")".into();
+        vessel_sync::progress::capture::apply_snapshot(
+            &mut store,
+            &snap,
+            VESSEL,
+            Default::default(),
+            1_795_000_000,
+        )
+        .unwrap();
+    }
+    drain(&v, 3);
+    let out = shore.path("export.csv");
+    let r = shore.run(&[
+        "export",
+        "--since",
+        "2020-01-01T00:00:00Z",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 30);
+    assert!(
+        rows.iter().any(|r| &r[3] == "'=HYPERLINK(\"http://x\")"),
+        "{text}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r[0] == *VESSEL && r[1].len() == 36 && r[10].ends_with('Z'))
+    );
+    // Nothing received after now.
+    let r = shore.run(&[
+        "export",
+        "--since",
+        "2099-01-01T00:00:00Z",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        1,
+        "header only"
     );
 }
