@@ -103,6 +103,62 @@ impl Record {
     }
 }
 
+impl Record {
+    /// A compact, self-describing byte form for the outbox: kind, then the seven strings with a
+    /// 2-byte length each, then the time (8 bytes, big-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let strings = [
+            &self.user,
+            &self.course,
+            &self.item,
+            &self.user_legacy,
+            &self.course_legacy,
+            &self.item_legacy,
+            &self.value,
+        ];
+        let mut out =
+            Vec::with_capacity(1 + 8 + strings.iter().map(|s| 2 + s.len()).sum::<usize>());
+        out.push(self.kind.code());
+        for s in strings {
+            let b = s.as_bytes();
+            let n = b.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+            out.extend_from_slice(&b[..n]);
+        }
+        out.extend_from_slice(&self.time.to_be_bytes());
+        out
+    }
+
+    /// The record written by [`Record::to_bytes`]; `None` if the bytes are not one.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let kind = RecordKind::from_code(*b.first()?)?;
+        let mut pos = 1;
+        let mut strings: Vec<String> = Vec::with_capacity(7);
+        for _ in 0..7 {
+            let n = usize::from(u16::from_be_bytes(b.get(pos..pos + 2)?.try_into().ok()?));
+            pos += 2;
+            strings.push(String::from_utf8(b.get(pos..pos + n)?.to_vec()).ok()?);
+            pos += n;
+        }
+        let time = i64::from_be_bytes(b.get(pos..pos + 8)?.try_into().ok()?);
+        if pos + 8 != b.len() {
+            return None;
+        }
+        let mut it = strings.into_iter();
+        Some(Record {
+            kind,
+            user: it.next()?,
+            course: it.next()?,
+            item: it.next()?,
+            user_legacy: it.next()?,
+            course_legacy: it.next()?,
+            item_legacy: it.next()?,
+            value: it.next()?,
+            time,
+        })
+    }
+}
+
 /// Formats a record id as a UUID string.
 pub fn format_id(id: &[u8; 16]) -> String {
     uuid::Uuid::from_bytes(*id).to_string()
@@ -145,5 +201,8 @@ mod tests {
         e.course = "RM-110".into();
         assert_ne!(a.id("v"), e.id("v"));
         assert_eq!(format_id(&a.id("v")).len(), 36);
+        assert_eq!(Record::from_bytes(&a.to_bytes()), Some(a.clone()));
+        let b = a.to_bytes();
+        assert_eq!(Record::from_bytes(&b[..b.len() - 1]), None);
     }
 }

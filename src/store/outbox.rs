@@ -105,21 +105,18 @@ pub struct CourseBacklog {
     pub oldest_captured_at: Option<i64>,
 }
 
-const RECORD_COLUMNS: &str =
-    "kind, user_key, course_key, item_key, user_legacy, course_legacy, item_legacy, value, vtime";
-
 fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    let code: u8 = r.get(0)?;
-    Ok(Record {
-        kind: RecordKind::from_code(code).unwrap_or(RecordKind::ActivityCompletion),
-        user: r.get(1)?,
-        course: r.get(2)?,
-        item: r.get(3)?,
-        user_legacy: r.get(4)?,
-        course_legacy: r.get(5)?,
-        item_legacy: r.get(6)?,
-        value: r.get(7)?,
-        time: r.get(8)?,
+    decode_record(r, 0)
+}
+
+fn decode_record(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<Record> {
+    let b: Vec<u8> = r.get(col)?;
+    Record::from_bytes(&b).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            col,
+            rusqlite::types::Type::Blob,
+            "an outbox record that does not decode".into(),
+        )
     })
 }
 
@@ -207,25 +204,11 @@ impl Tx<'_> {
         let n = self
             .tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO outbox(record_id, seq, kind, user_key, course_key, item_key,
-                   user_legacy, course_legacy, item_legacy, value, vtime, captured_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT OR IGNORE INTO outbox(record_id, seq, course_key, record, captured_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .ctx(self.path)?
-            .execute(params![
-                &id[..],
-                seq,
-                rec.kind.code(),
-                rec.user,
-                rec.course,
-                rec.item,
-                rec.user_legacy,
-                rec.course_legacy,
-                rec.item_legacy,
-                rec.value,
-                rec.time,
-                now
-            ])
+            .execute(params![&id[..], seq, rec.course, rec.to_bytes(), now])
             .ctx(self.path)?;
         self.next_outbox_seq
             .set(Some(if n > 0 { seq + 1 } else { seq }));
@@ -249,10 +232,9 @@ impl Tx<'_> {
         order.sort_unstable_by_key(|a| a.1);
         let mut chunks = order.chunks_exact(ROWS);
         let sql = {
-            let row = "(?,?,?,?,?,?,?,?,?,?,?,?)";
+            let row = "(?,?,?,?,?)";
             format!(
-                "INSERT OR IGNORE INTO outbox(record_id, seq, kind, user_key, course_key, item_key,
-                   user_legacy, course_legacy, item_legacy, value, vtime, captured_at) VALUES {}",
+                "INSERT OR IGNORE INTO outbox(record_id, seq, course_key, record, captured_at) VALUES {}",
                 vec![row; ROWS].join(",")
             )
         };
@@ -260,20 +242,8 @@ impl Tx<'_> {
             let mut stmt = self.tx.prepare_cached(&sql).ctx(self.path)?;
             let mut i = 1;
             for &(r, id) in chunk {
-                let vals: [&dyn rusqlite::ToSql; 12] = [
-                    &&id[..],
-                    &seq,
-                    &r.kind.code(),
-                    &r.user,
-                    &r.course,
-                    &r.item,
-                    &r.user_legacy,
-                    &r.course_legacy,
-                    &r.item_legacy,
-                    &r.value,
-                    &r.time,
-                    &now,
-                ];
+                let bytes = r.to_bytes();
+                let vals: [&dyn rusqlite::ToSql; 5] = [&&id[..], &seq, &r.course, &bytes, &now];
                 for v in vals {
                     stmt.raw_bind_parameter(i, v).ctx(self.path)?;
                     i += 1;
@@ -408,31 +378,11 @@ impl Tx<'_> {
 
     /// Up to `limit` records not yet in a batch, in capture order: (outbox seq, record).
     pub fn unbatched(&self, limit: u64) -> Result<Vec<(i64, Record)>> {
-        let sql = format!(
-            "SELECT seq, {RECORD_COLUMNS} FROM outbox WHERE batch_seq IS NULL ORDER BY seq LIMIT ?1"
-        );
-        let mut stmt = self.tx.prepare(&sql).ctx(self.path)?;
-        let rows = stmt
-            .query_map(params![to_i64(limit)], |r| {
-                let seq: i64 = r.get(0)?;
-                let code: u8 = r.get(1)?;
-                Ok((
-                    seq,
-                    Record {
-                        kind: RecordKind::from_code(code).unwrap_or(RecordKind::ActivityCompletion),
-                        user: r.get(2)?,
-                        course: r.get(3)?,
-                        item: r.get(4)?,
-                        user_legacy: r.get(5)?,
-                        course_legacy: r.get(6)?,
-                        item_legacy: r.get(7)?,
-                        value: r.get(8)?,
-                        time: r.get(9)?,
-                    },
-                ))
-            })
-            .ctx(self.path)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().ctx(self.path)
+        self.rows(
+            "SELECT seq, record FROM outbox WHERE batch_seq IS NULL ORDER BY seq LIMIT ?1",
+            params![to_i64(limit)],
+            |r| Ok((r.get(0)?, decode_record(r, 1)?)),
+        )
     }
 
     /// The sequence the next batch gets: above every batch built and every acknowledgement.
@@ -676,11 +626,7 @@ impl Store {
 
     /// Every queued record (tests and export), in capture order.
     pub fn outbox_records(&self) -> Result<Vec<Record>> {
-        self.rows(
-            &format!("SELECT {RECORD_COLUMNS} FROM outbox ORDER BY seq"),
-            [],
-            record_row,
-        )
+        self.rows("SELECT record FROM outbox ORDER BY seq", [], record_row)
     }
 
     /// Bytes used today and this month (UTC): ((up, down) today, (up, down) month).

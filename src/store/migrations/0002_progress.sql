@@ -22,15 +22,8 @@ CREATE TABLE capture_state (
 CREATE TABLE outbox (
     record_id     BLOB PRIMARY KEY,
     seq           INTEGER NOT NULL,
-    kind          INTEGER NOT NULL,
-    user_key      TEXT NOT NULL,
     course_key    TEXT NOT NULL,
-    item_key      TEXT NOT NULL,
-    user_legacy   TEXT NOT NULL,
-    course_legacy TEXT NOT NULL,
-    item_legacy   TEXT NOT NULL,
-    value         TEXT NOT NULL,
-    vtime         INTEGER NOT NULL,
+    record        BLOB NOT NULL,   -- Record::to_bytes: kind, keys, legacy ids, value, time
     captured_at   INTEGER NOT NULL,
     batch_seq     INTEGER
 ) WITHOUT ROWID;
