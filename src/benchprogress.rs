@@ -387,13 +387,13 @@ pub fn outbox() -> Result<(serde_json::Value, String), String> {
     let t = Instant::now();
     store
         .write(|tx| {
-            let mut chunk = Vec::with_capacity(65_536);
+            let mut chunk = Vec::with_capacity(32_768);
             for i in 0..n {
                 let mut r = recs[(i % 1000) as usize].clone();
                 r.time += i64::try_from(i / 1000).unwrap_or(0);
                 let id = r.id("mv-bench");
                 chunk.push((r, id));
-                if chunk.len() == 65_536 || i + 1 == n {
+                if chunk.len() == 32_768 || i + 1 == n {
                     tx.enqueue_many(&chunk, 1_795_500_000)?;
                     chunk.clear();
                 }

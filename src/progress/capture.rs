@@ -315,7 +315,7 @@ impl Queue<'_> {
         }
         let id = rec.id(self.vessel);
         self.pending.push((rec, id));
-        if self.pending.len() >= 65_536 {
+        if self.pending.len() >= 32_768 {
             self.flush(tx, now, report)?;
         }
         Ok(())
