@@ -503,15 +503,22 @@ impl Agent {
     /// again for what the sync downloaded (`--once`).
     pub fn run_once(&mut self) -> Result<Report, AgentError> {
         let mut total = self.run_passes()?;
-        if let Some(r) = self.capture() {
-            total.capture = Some(r.map_err(AgentError::Io)?);
+        // A Moodle database that is down does not keep what was captured before from going home.
+        let mut capture_error = None;
+        match self.capture() {
+            Some(Ok(r)) => total.capture = Some(r),
+            Some(Err(e)) => capture_error = Some(e),
+            None => {}
         }
         if let Some(r) = self.sync() {
             total.sync = Some(r.map_err(AgentError::Io)?);
             let after = self.run_passes()?;
             total.absorb(after);
         }
-        Ok(total)
+        match capture_error {
+            Some(e) => Err(AgentError::Io(format!("capture failed: {e}"))),
+            None => Ok(total),
+        }
     }
 
     fn run_passes(&mut self) -> Result<Report, AgentError> {

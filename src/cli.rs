@@ -15,9 +15,11 @@ use crate::exit;
 /// Ship-to-shore sync agent for Moodle.
 ///
 /// On a vessel, `vessel-sync agent` runs as a systemd service: it takes signed command bundles
-/// from an inbox directory (shared disk, store-and-forward carrier, USB stick), verifies them,
-/// records them in a crash-safe journal and applies each command exactly once. Ashore, operators
-/// use the same binary to make keys and to build, sign, inspect and verify bundles.
+/// from an inbox directory (shared disk, store-and-forward carrier, USB stick) or from shore,
+/// verifies them, records them in a crash-safe journal and applies each command exactly once; it
+/// captures learner progress from Moodle's database and sends it home in signed batches until
+/// shore acknowledges them. Ashore, `vessel-sync shore` receives the batches and queues bundles,
+/// and operators use the same binary to make keys and to build, sign, inspect and verify bundles.
 ///
 /// New here? Run `vessel-sync demo` to watch the whole flow in a temporary folder.
 #[derive(Debug, Parser)]
@@ -73,7 +75,9 @@ pub enum Command {
         config: ConfigArg,
     },
     /// Show what the agent is doing: bundles, waiting commands with reasons, sequence gaps,
-    /// quarantined files, mappings and the acknowledgement watermark.
+    /// quarantined files, mappings, and progress: records not yet acknowledged, the uplink's
+    /// last contact, next attempt and errors, budgets, the last capture and the progress
+    /// quarantine.
     Status {
         /// The config file option.
         #[command(flatten)]
@@ -99,7 +103,8 @@ pub enum Command {
         since_id: i64,
     },
     /// Show the whole flow in a temporary folder: keys, signed bundles, the agent applying a good
-    /// bundle, ignoring a replayed one and quarantining a tampered one.
+    /// bundle, ignoring a replayed one and quarantining a tampered one; then progress captured
+    /// from a throwaway PostgreSQL and acknowledged by a shore receiver on loopback.
     Demo {
         /// Work in this directory instead of a temporary one (kept afterwards).
         #[arg(long)]

@@ -72,8 +72,6 @@ struct Reply {
     #[serde(default)]
     acked_seq: Option<u64>,
     #[serde(default)]
-    result: Option<String>,
-    #[serde(default)]
     bundles: Vec<Offer>,
     #[serde(default)]
     error: Option<String>,
@@ -409,7 +407,6 @@ impl Uplink {
             .map(|t| (now - t).max(0))
             .unwrap_or(0);
         let url = format!("{}/v1/sync", self.cfg.url);
-        let sent = body.len() as u64;
         let resp = client
             .post(&url)
             .header("authorization", format!("Bearer {token}"))
@@ -444,7 +441,6 @@ impl Uplink {
                 );
             }
         };
-        let _ = sent;
         let reply: Option<Reply> = serde_json::from_slice(&text).ok();
         let words = reply
             .as_ref()
@@ -531,7 +527,6 @@ impl Uplink {
                     })?;
                     failpoint::hit("sync.after-ack");
                     offers = reply.bundles;
-                    let _ = reply.result;
                     if let Some(b) = &batch {
                         if acked < b.seq {
                             // Shore holds the batch but acknowledges only up to an earlier one it
@@ -567,13 +562,8 @@ impl Uplink {
                         .unwrap_or(0);
                     let cap = i64::try_from(self.cfg.backoff_max).unwrap_or(3600);
                     let base = 5i64.saturating_mul(1i64 << failures.min(20)).min(cap);
-                    let wait = jitter(base)
-                        .max(
-                            retry_after
-                                .unwrap_or(0)
-                                .min(cap.max(retry_after.unwrap_or(0))),
-                        )
-                        .max(1);
+                    // Shore's Retry-After wins over a shorter backoff.
+                    let wait = jitter(base).max(retry_after.unwrap_or(0)).max(1);
                     let at = now + wait;
                     if let Some(b) = &batch {
                         store.write(|tx| tx.note_batch_attempt(b.seq, Some(&why)))?;

@@ -1,6 +1,8 @@
 //! `ack`: shore's acknowledgement watermark for the progress outbox, carried in a bundle (file
-//! mode, or any time shore wants to confirm). Arguments: `acked_seq` (integer, the highest outbox
-//! sequence shore holds) and optional `channel` (default `outbox`). The watermark only rises.
+//! mode, or any time shore wants to confirm). Arguments: `acked_seq` (integer, the highest
+//! progress batch sequence shore holds, every earlier one included) and optional `channel`
+//! (default `outbox`). The watermark only rises; raising it deletes the acknowledged batches and
+//! their records from the outbox in the same transaction.
 
 use super::{Command, Ctx};
 use crate::store::{CommandOutcome, Result, Tx};
