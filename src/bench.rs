@@ -59,6 +59,17 @@ pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
             }
         },
         "wire" => report_json(json, crate::benchprogress::wire()),
+        "dictionary" => match crate::benchprogress::train_dictionary() {
+            Ok(d) => {
+                use std::io::Write as _;
+                let _ = std::io::stdout().write_all(&d);
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("vessel-sync: bench dictionary: {e}");
+                exit::IOERR
+            }
+        },
         "outbox" => report_json(json, crate::benchprogress::outbox()),
         other => {
             eprintln!("vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox");

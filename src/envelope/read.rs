@@ -153,11 +153,13 @@ pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, V
     if len == 0 {
         return Err(Rejection::Empty.into());
     }
-    let mut magic = [0u8; 4];
-    let got = read_up_to(&mut file, &mut magic).map_err(local)?;
-    if got < 4 || magic != ZSTD_MAGIC {
-        return Err(Rejection::NotZstd(describe_start(&magic[..got])).into());
+    // The magic, and the frame header (at most 18 bytes) that may name a dictionary.
+    let mut head = [0u8; 18];
+    let got = read_up_to(&mut file, &mut head).map_err(local)?;
+    if got < 4 || head[..4] != ZSTD_MAGIC {
+        return Err(Rejection::NotZstd(describe_start(&head[..got.min(4)])).into());
     }
+    let dict_id = zstd::zstd_safe::get_dict_id_from_frame(&head[..got]);
     file.rewind().map_err(local)?;
 
     let probe = Rc::new(Probe::default());
@@ -165,7 +167,19 @@ pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, V
         inner: file,
         probe: probe.clone(),
     };
-    let mut decoder = zstd::stream::read::Decoder::new(file_side).map_err(local)?;
+    let mut decoder = match dict_id {
+        Some(id)
+            if Some(id) == zstd::zstd_safe::get_dict_id_from_dict(super::write::PROGRESS_DICT) =>
+        {
+            zstd::stream::read::Decoder::with_dictionary(
+                BufReader::new(file_side),
+                super::write::PROGRESS_DICT,
+            )
+            .map_err(local)?
+        }
+        // No dictionary, or one this build does not have: the decoder says so as corrupt data.
+        _ => zstd::stream::read::Decoder::new(file_side).map_err(local)?,
+    };
     decoder
         .window_log_max(limits.max_window_log)
         .map_err(local)?;
@@ -565,6 +579,45 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn progress_envelopes_use_the_shipped_dictionary_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([4u8; 32]);
+        let keyring = Keyring::new([PublicKey {
+            key: key.key.verifying_key(),
+            id: key.id.clone(),
+            name: "v".into(),
+        }]);
+        let draft = Draft {
+            kind: Kind::Progress,
+            sender: "mv-a".into(),
+            recipient: "shore".into(),
+            sequence: 1,
+            not_before: None,
+            expires: None,
+            commands: vec![],
+            files: vec![(
+                "records.bin".into(),
+                Source::Bytes(b"VSP3 payload".to_vec()),
+            )],
+            id: None,
+        };
+        let p = dir.path().join("b.vsb");
+        write_envelope(&draft, &key, 1_795_000_000, &p).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let id = zstd::zstd_safe::get_dict_id_from_frame(&bytes[..18]);
+        assert!(id.is_some());
+        assert_eq!(
+            id,
+            zstd::zstd_safe::get_dict_id_from_dict(crate::envelope::write::PROGRESS_DICT)
+        );
+        let x = open(&p, &keyring, &Limits::default())
+            .unwrap()
+            .extract(None)
+            .unwrap();
+        assert_eq!(x.members, 1);
     }
 
     proptest! {

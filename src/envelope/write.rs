@@ -72,13 +72,39 @@ fn digest(source: &Source) -> io::Result<(u64, String)> {
     }
 }
 
+/// The zstd dictionary progress envelopes are compressed with: trained on the format (tar
+/// headers, compact manifest, `records.bin` framing) by `vessel-sync bench dictionary`. Readers
+/// recognise it by the dictionary id in the zstd frame header.
+pub static PROGRESS_DICT: &[u8] = include_bytes!("../progress/progress.dict");
+
 /// Builds the manifest for `draft` (hashing every source), signs it with `key`, and writes the
-/// envelope to `out` atomically. Returns the manifest written.
+/// envelope to `out` atomically. Returns the manifest written. Progress envelopes are compressed
+/// with [`PROGRESS_DICT`].
 pub fn write_envelope(
     draft: &Draft,
     key: &SecretKey,
     now: i64,
     out: &Path,
+) -> io::Result<Manifest> {
+    write_with(draft, key, now, out, draft.kind == Kind::Progress)
+}
+
+/// As [`write_envelope`], but never with a dictionary (to train one).
+pub fn write_envelope_plain(
+    draft: &Draft,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+) -> io::Result<Manifest> {
+    write_with(draft, key, now, out, false)
+}
+
+fn write_with(
+    draft: &Draft,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+    with_dict: bool,
 ) -> io::Result<Manifest> {
     let id = draft
         .id
@@ -137,7 +163,15 @@ pub fn write_envelope(
     let result = (|| -> io::Result<File> {
         // Progress batches are small and cross a metered link: spend CPU on the last bytes.
         let level = if draft.kind == Kind::Progress { 19 } else { 3 };
-        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), level)?;
+        let mut encoder = if with_dict {
+            zstd::stream::write::Encoder::with_dictionary(
+                BufWriter::new(file),
+                level,
+                PROGRESS_DICT,
+            )?
+        } else {
+            zstd::stream::write::Encoder::new(BufWriter::new(file), level)?
+        };
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
