@@ -218,14 +218,28 @@ fn the_watchdog_stays_fed_while_a_sync_waits_on_a_dead_link_and_sigterm_still_st
         sock,
         seen: Vec::new(),
     };
+    // The agent's log goes to a file, printed if the test fails.
+    let log = v.path("agent.log");
     let child = Daemon::spawn(
         Command::new(bin())
             .args(["agent", "--config", v.config.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &sock_path)
             .env("WATCHDOG_USEC", "300000")
             .env_remove("WATCHDOG_PID")
-            .stderr(Stdio::null()),
+            .stderr(std::fs::File::create(&log).unwrap()),
     );
+    struct ShowLog(std::path::PathBuf);
+    impl Drop for ShowLog {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!(
+                    "agent log:\n{}",
+                    std::fs::read_to_string(&self.0).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let _show = ShowLog(log);
     n.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
     // Wait until the agent's request sits in the blackhole, then count pings while it hangs.
     let t = std::time::Instant::now();
