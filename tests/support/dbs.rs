@@ -84,19 +84,10 @@ fn wait_port(port: u16, child: &mut Child, what: &str) {
     panic!("{what} did not listen on {port} within 60 s");
 }
 
-fn pg_bin(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL server not installed (apt-get install postgresql)")
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.pop().unwrap().join(name)
-}
-
+/// A throwaway PostgreSQL cluster (the library's own, as the demo and the benchmark use) with
+/// database `moodle` holding Moodle's real schema and data.
 pub struct Pg {
-    _dir: tempfile::TempDir,
-    child: Child,
+    pg: vessel_sync::pgtemp::TempPg,
     pub port: u16,
     pub db: String,
 }
@@ -104,74 +95,13 @@ pub struct Pg {
 impl Pg {
     /// Starts a cluster and creates database `moodle` with the schema and data loaded.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("vs-pg")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        chown_tree(dir.path(), "postgres");
-        let mut init = Command::new(pg_bin("initdb"));
-        init.args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-            "-D",
-        ])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        as_user(&mut init, "postgres");
-        let out = init.output().unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let mut server = Command::new(pg_bin("postgres"));
-        server
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "synchronous_commit=off",
-            ])
-            .arg("-k")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        as_user(&mut server, "postgres");
-        let mut child = server.spawn().unwrap();
-        wait_port(port, &mut child, "postgres");
+        let pg = vessel_sync::pgtemp::TempPg::start().expect("throwaway PostgreSQL");
+        let port = pg.port;
         let pg = Pg {
-            _dir: dir,
-            child,
+            pg,
             port,
             db: "moodle".into(),
         };
-        // The port answers before the server accepts sessions: retry the first statement.
-        let t = Instant::now();
-        while pg.try_psql("postgres", "SELECT 1").is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "postgres never accepted a session"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
         pg.psql("postgres", "CREATE DATABASE moodle");
         let schema = schema_dir();
         pg.psql_file("moodle", &schema.join("postgres.sql"));
@@ -190,38 +120,10 @@ impl Pg {
         pg
     }
 
-    fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
     /// Runs SQL as the superuser; panics on error. Returns unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
-        self.try_psql(db, sql)
+        self.pg
+            .psql(db, sql)
             .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
     }
 
@@ -261,13 +163,6 @@ impl Pg {
             self.port,
             pwfile.display()
         )
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
