@@ -3,7 +3,6 @@
 //! schema and data captured from Moodle 5.0 (`../shared/moodle/schema/`), and a read-only user
 //! with exactly the GRANTs `docs/progress.md` documents. Killed when dropped.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,32 +29,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn user_ids(name: &str) -> (u32, u32) {
-    let out = Command::new("id").arg("-u").arg(name).output().unwrap();
-    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let out = Command::new("id").arg("-g").arg(name).output().unwrap();
-    let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (uid, gid)
-}
-
-/// Runs `cmd` as `user` when we are root (database servers refuse to run as root).
-fn as_user(cmd: &mut Command, user: &str) {
-    if unsafe { libc::geteuid() } == 0 {
-        let (uid, gid) = user_ids(user);
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
 }
 
 fn chown_tree(dir: &Path, user: &str) {
