@@ -13,6 +13,7 @@ pub mod agent;
 pub mod bench;
 pub mod benchprogress;
 pub mod cli;
+pub mod cli_shore;
 pub mod clock;
 pub mod commands;
 pub mod config;

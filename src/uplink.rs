@@ -164,7 +164,7 @@ pub fn build_batches(
 ) -> Result<u64, UplinkError> {
     let mut built = 0;
     loop {
-        if store.pending_batches()?.len() as u64 >= max_pending {
+        if store.outbox_summary()?.batches >= max_pending {
             return Ok(built);
         }
         let tx = store.begin()?;

@@ -120,6 +120,19 @@ fn decode_record(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<Record> 
     })
 }
 
+const BATCH_COLUMNS: &str = "seq, envelope_id, records, envelope, written_at, attempts";
+
+fn batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
+    Ok(Batch {
+        seq: r.get::<_, i64>(0)?.unsigned_abs(),
+        envelope_id: r.get(1)?,
+        records: r.get::<_, i64>(2)?.unsigned_abs(),
+        envelope: r.get(3)?,
+        written_at: r.get(4)?,
+        attempts: r.get::<_, i64>(5)?.unsigned_abs(),
+    })
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -516,36 +529,18 @@ impl Store {
     /// The oldest unacknowledged batch, if any.
     pub fn pending_batch(&self) -> Result<Option<Batch>> {
         self.row(
-            "SELECT seq, envelope_id, records, envelope, written_at, attempts FROM batches ORDER BY seq LIMIT 1",
+            &format!("SELECT {BATCH_COLUMNS} FROM batches ORDER BY seq LIMIT 1"),
             [],
-            |r| {
-                Ok(Batch {
-                    seq: r.get::<_, i64>(0)?.unsigned_abs(),
-                    envelope_id: r.get(1)?,
-                    records: r.get::<_, i64>(2)?.unsigned_abs(),
-                    envelope: r.get(3)?,
-                    written_at: r.get(4)?,
-                    attempts: r.get::<_, i64>(5)?.unsigned_abs(),
-                })
-            },
+            batch_row,
         )
     }
 
     /// Every unacknowledged batch, oldest first.
     pub fn pending_batches(&self) -> Result<Vec<Batch>> {
         self.rows(
-            "SELECT seq, envelope_id, records, envelope, written_at, attempts FROM batches ORDER BY seq",
+            &format!("SELECT {BATCH_COLUMNS} FROM batches ORDER BY seq"),
             [],
-            |r| {
-                Ok(Batch {
-                    seq: r.get::<_, i64>(0)?.unsigned_abs(),
-                    envelope_id: r.get(1)?,
-                    records: r.get::<_, i64>(2)?.unsigned_abs(),
-                    envelope: r.get(3)?,
-                    written_at: r.get(4)?,
-                    attempts: r.get::<_, i64>(5)?.unsigned_abs(),
-                })
-            },
+            batch_row,
         )
     }
 
