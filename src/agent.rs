@@ -40,9 +40,9 @@ pub enum AgentError {
     Io(String),
     /// Root working on a state directory that belongs to the service user.
     #[error(
-        "refusing to run as root on {0}, which belongs to uid {1}: files root creates there would lock the service out; run as that user, e.g. sudo -u vessel-sync vessel-sync ..."
+        "refusing to run as root on {0}, which belongs to {2} (uid {1}): files root creates there would lock the service out; run as that user, e.g. sudo -u {2} vessel-sync ..."
     )]
-    WrongUser(PathBuf, u32),
+    WrongUser(PathBuf, u32, String),
     /// The uplink cannot be set up (key, token, TLS files): a config problem.
     #[error("{0}")]
     Setup(String),
@@ -138,9 +138,31 @@ fn check_owner(state_dir: &Path) -> Result<(), AgentError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid == 0 && meta.uid() != 0 {
-        return Err(AgentError::WrongUser(state_dir.to_path_buf(), meta.uid()));
+        let name = user_name(meta.uid()).unwrap_or_else(|| format!("'#{}'", meta.uid()));
+        return Err(AgentError::WrongUser(
+            state_dir.to_path_buf(),
+            meta.uid(),
+            name,
+        ));
     }
     Ok(())
+}
+
+/// The login name of `uid` from the password database (the packaged agent runs as the web
+/// server's user, `www-data` on Debian), or `None` when it has none.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to overwrite.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf` is as long as we say.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// True when an agent holds the lock of `state_dir` right now.

@@ -2,7 +2,9 @@
 //!
 //! When the environment variable `VESSEL_SYNC_FAILPOINT` is `NAME` or `NAME@N`, the process
 //! kills itself with SIGKILL the first (or N-th) time it reaches the failpoint `NAME`: no
-//! destructors, no flushing, exactly like a power cut or the OOM killer. Unset (always, in
+//! destructors, no flushing, exactly like a power cut or the OOM killer. With the suffix
+//! `:hang` (`NAME:hang`, `NAME@N:hang`) the thread that reaches it blocks forever instead, like a
+//! step stuck in a driver, which is what the systemd watchdog is for. Unset (always, in
 //! production), a failpoint costs one relaxed atomic load.
 
 use std::sync::OnceLock;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 struct Armed {
     name: String,
     nth: u64,
+    hang: bool,
     hits: AtomicU64,
 }
 
@@ -19,6 +22,10 @@ fn armed() -> Option<&'static Armed> {
     ARMED
         .get_or_init(|| {
             let v = std::env::var("VESSEL_SYNC_FAILPOINT").ok()?;
+            let (v, hang) = match v.strip_suffix(":hang") {
+                Some(v) => (v.to_string(), true),
+                None => (v, false),
+            };
             let (name, nth) = match v.split_once('@') {
                 Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
                 None => (v, 1),
@@ -26,6 +33,7 @@ fn armed() -> Option<&'static Armed> {
             Some(Armed {
                 name,
                 nth,
+                hang,
                 hits: AtomicU64::new(0),
             })
         })
@@ -55,10 +63,17 @@ pub const PROGRESS: &[&str] = &[
     "shore.after-commit",
 ];
 
-/// Kills the process here if this failpoint is armed and its count is reached.
+/// Kills the process here (or blocks this thread forever, for `:hang`) if this failpoint is
+/// armed and its count is reached.
 pub fn hit(name: &str) {
     if let Some(a) = armed() {
         if a.name == name && a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
+            if a.hang {
+                eprintln!("failpoint {name}: hanging");
+                loop {
+                    std::thread::park();
+                }
+            }
             // SAFETY: raise() with a valid signal number has no memory-safety preconditions.
             unsafe {
                 libc::raise(libc::SIGKILL);

@@ -93,6 +93,60 @@ fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm()
 }
 
 #[test]
+fn a_hung_work_loop_stops_the_watchdog_pings_so_systemd_restarts_the_service() {
+    let v = Vessel::new();
+    let sock_path = v.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut n = Notify {
+        sock,
+        seen: Vec::new(),
+    };
+    let log = v.path("agent.log");
+    let _child = Daemon::spawn(
+        Command::new(bin())
+            .args(["agent", "--config", v.config.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "300000")
+            .env_remove("WATCHDOG_PID")
+            // The work loop gets stuck inside the first command, as if a driver never returned.
+            .env("VESSEL_SYNC_FAILPOINT", "command.after-start:hang")
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    n.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    let b = v.bundle("b.vsb", ack(1, 11));
+    v.drop_in(&b, "good.vsb");
+    // Wait until the loop is stuck (the failpoint says so on stderr) ...
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("failpoint command.after-start: hanging")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the agent never reached the command"
+        );
+        let _ = n.sock.recv(&mut [0u8; 4096]);
+    }
+    // ... then drain what was sent before, and see silence for ten watchdog intervals: systemd
+    // (WatchdogSec=) would kill and restart the service.
+    n.sock
+        .set_read_timeout(Some(Duration::from_millis(3000)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut after = Vec::new();
+    while let Ok(k) = n.sock.recv(&mut buf) {
+        after.push(String::from_utf8_lossy(&buf[..k]).into_owned());
+        assert!(
+            after.len() < 5,
+            "pings go on while the loop is stuck: {after:?}"
+        );
+    }
+}
+
+#[test]
 fn a_second_agent_on_the_same_state_is_refused() {
     let v = Vessel::new();
     v.once();
@@ -126,51 +180,94 @@ fn unit_with_test_binary(dir: &std::path::Path, name: &str) -> std::path::PathBu
         concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/").to_string() + name,
     )
     .unwrap();
-    let path = dir.join(name);
+    let path = dir.join(std::path::Path::new(name).file_name().unwrap());
     std::fs::write(&path, unit.replace("/usr/bin/vessel-sync", bin())).unwrap();
     path
 }
 
-#[test]
-fn the_unit_passes_systemd_analyze_verify_and_is_well_hardened() {
-    let dir = tempfile::tempdir().unwrap();
-    let unit = unit_with_test_binary(dir.path(), "vessel-sync.service");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&unit)
-        .output()
-        .expect("systemd-analyze (package systemd) is needed");
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "verify: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&unit).unwrap();
-    for needed in [
-        "Type=notify",
-        "WatchdogSec=",
-        "RestartPreventExitStatus=78",
-        "ExecStartPre=",
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        "StateDirectory=",
-        "SystemCallFilter=",
-    ] {
-        assert!(text.contains(needed), "unit lacks {needed}");
-    }
+/// `systemd-analyze security --offline=true` exposure score of a unit file.
+fn exposure(unit: &std::path::Path) -> f64 {
+    let name = unit.file_name().unwrap().to_str().unwrap();
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    let score: f64 = report
+    report
         .lines()
-        .find_map(|l| l.split("vessel-sync.service: ").nth(1))
+        .find_map(|l| l.split(&format!("{name}: ")).nth(1))
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure score in: {report}"));
-    assert!(score <= 2.0, "exposure {score} is above 2.0");
+        .unwrap_or_else(|| panic!("no exposure score in: {report}"))
+}
+
+#[test]
+fn both_units_pass_systemd_analyze_verify_and_are_well_hardened() {
+    let dir = tempfile::tempdir().unwrap();
+    // (unit, lines it must hold): the agent runs as the web server's user so that Moodle's CLI
+    // works; the shore receiver as its own sysusers user, with no capabilities.
+    let cases: [(&str, &[&str]); 2] = [
+        (
+            "vessel-sync.service",
+            &[
+                "Type=notify",
+                "WatchdogSec=",
+                "RestartPreventExitStatus=78",
+                "ExecStartPre=",
+                "User=www-data",
+                "ReadWritePaths=-/var/moodledata",
+                "StateDirectory=vessel-sync",
+            ],
+        ),
+        (
+            "shore/vessel-sync-shore.service",
+            &[
+                "User=vessel-sync",
+                "StateDirectory=vessel-sync-shore",
+                "RestartPreventExitStatus=78",
+                "ConditionPathExists=/etc/vessel-sync/shore.toml",
+                "MemoryDenyWriteExecute=yes",
+            ],
+        ),
+    ];
+    for (name, needed) in cases {
+        let unit = unit_with_test_binary(dir.path(), name);
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze (package systemd) is needed");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "verify {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&unit).unwrap();
+        let common = [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateUsers=yes",
+            "CapabilityBoundingSet=\n",
+            "SystemCallFilter=@system-service",
+        ];
+        for line in needed.iter().chain(common.iter()) {
+            assert!(text.contains(line), "{name} lacks {line:?}");
+        }
+        let score = exposure(&unit);
+        assert!(score <= 2.0, "{name}: exposure {score} is above 2.0");
+    }
+    // The sysusers file creates the shore receiver's user, whose home is its state directory.
+    let sysusers = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/vessel-sync.sysusers"
+    ))
+    .unwrap();
+    assert!(
+        sysusers
+            .lines()
+            .any(|l| l.starts_with("u vessel-sync ") && l.contains("/var/lib/vessel-sync-shore"))
+    );
 }
 
 #[test]
@@ -188,7 +285,7 @@ fn root_refuses_to_work_on_the_service_users_state_directory() {
     assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
     let out = v.run(&["agent", "--once", "--config", v.config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(77));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("sudo -u vessel-sync"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sudo -u nobody vessel-sync"));
     assert!(
         !state.join("journal.db").exists(),
         "nothing was written as root"

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Builds vessel-sync for x86_64, aarch64 and armv7 (armhf) without Docker, tests the ARM builds
+# under qemu-user, and makes the three Debian packages. Idempotent; runs on Debian 12 (bookworm).
+#
+#   packaging/cross-build.sh setup     install the toolchain (root): Debian's rustc-web 1.85, the
+#                                      ARM standard libraries, cross C compilers, qemu-user, binfmt
+#   packaging/cross-build.sh build     release builds for the three targets
+#   packaging/cross-build.sh test      the whole test suite for aarch64 under qemu, and a smoke
+#                                      run (--version, demo) of the armv7 build
+#   packaging/cross-build.sh package   the three .debs into target/debian/
+#   packaging/cross-build.sh all       all of the above (the default)
+#
+# Why this way: rustup cannot fetch other targets' standard library here, so the compiler is
+# Debian's rustc-web 1.85 (the MSRV) with the arm64/armhf standard libraries copied out of
+# Debian's libstd-rust-web-dev packages into its sysroot (installing them through dpkg pulls
+# ~800 MB of ARM runtime and makes qemu hang). The recipe and its failure modes are in
+# ../shared/cross-compile.md; packaging/README.md explains the packages.
+#
+# Environment: TARGETS (default "x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
+# armv7-unknown-linux-gnueabihf"), CARGO_TARGET_DIR (default target/cross).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+RUST_V=1.85            # Debian rustc-web version: the one present for amd64, arm64 and armhf
+TARGETS=${TARGETS:-"x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target/cross}
+# Debian's cargo and rustc, whatever rustup puts first on PATH (cross-compile.md, F4).
+CARGO=/usr/bin/cargo
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+
+say() { echo "cross-build: $*" >&2; }
+die() { say "$*"; exit 1; }
+sec() { date +%s; }
+
+have_toolchain() {
+  /usr/bin/rustc --version 2>/dev/null | grep -q "^rustc ${RUST_V//./\\.}\." || return 1
+  local t
+  for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    # The copied std must come from the very same rustc build (E0514 otherwise).
+    ls "/usr/lib/rustlib/$t/lib/"libstd-*.rlib >/dev/null 2>&1 || return 1
+    cmp -s "/usr/lib/rustlib/$t/.vessel-sync-std" <(/usr/bin/rustc --version) || return 1
+  done
+  command -v aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc qemu-aarch64 qemu-arm >/dev/null || return 1
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && [ -e /proc/sys/fs/binfmt_misc/qemu-arm ]
+}
+
+setup() {
+  if have_toolchain; then say "toolchain present: $(/usr/bin/rustc --version)"; return; fi
+  [ "$(id -u)" -eq 0 ] || die "setup needs root (apt-get, /usr/lib/rustlib, binfmt_misc): run it with sudo"
+  local t0; t0=$(sec)
+  # Foreign architectures only long enough to read their package indexes.
+  dpkg --add-architecture arm64
+  dpkg --add-architecture armhf
+  # A broken foreign index on a mirror makes apt exit 100 for that suite; the version choice copes.
+  apt-get update -qq || say "WARNING: apt-get update reported errors; continuing with the indexes it has"
+  local v
+  versions() { apt-cache madison "libstd-rust-web-dev:$1" | awk '{print $3}' | grep "^${RUST_V//./\\.}\." | sort -u; }
+  v=$(comm -12 <(versions amd64) <(versions arm64) | comm -12 - <(versions armhf) | sort -V | tail -n1)
+  [ -n "$v" ] || { dpkg --remove-architecture armhf; dpkg --remove-architecture arm64; die "no libstd-rust-web-dev $RUST_V common to amd64, arm64 and armhf in the package indexes"; }
+  say "rustc-web $v"
+  apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "rustc-web=$v" "cargo-web=$v" "libstd-rust-web-dev=$v" \
+    gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross \
+    binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf \
+    qemu-user binfmt-support qemu-user-binfmt
+  # The ARM std: rlibs only, copied where dpkg would put them (no --sysroot flags needed).
+  local tmp; tmp=$(mktemp -d); chmod 755 "$tmp"
+  (cd "$tmp" && apt-get download -qq "libstd-rust-web-dev:arm64=$v" "libstd-rust-web-dev:armhf=$v")
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$tmp/x"; done
+  for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    rm -rf "/usr/lib/rustlib/$t"
+    cp -a "$tmp/x/usr/lib/rustlib/$t" "/usr/lib/rustlib/$t"
+    /usr/bin/rustc --version >"/usr/lib/rustlib/$t/.vessel-sync-std"
+  done
+  rm -rf "$tmp"
+  # Nothing of arm64/armhf is installed: drop them so later apt-get updates don't fetch them.
+  dpkg --remove-architecture armhf
+  dpkg --remove-architecture arm64
+  apt-get update -qq || true
+  # binfmt_misc, so that an ARM test can exec the ARM binary (systemd may not be PID 1 here).
+  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || say "WARNING: cannot mount binfmt_misc"
+  fi
+  update-binfmts --enable qemu-aarch64 || true
+  update-binfmts --enable qemu-arm || true
+  have_toolchain || die "toolchain still incomplete after setup (see the messages above)"
+  say "toolchain ready in $(( $(sec) - t0 )) s: $(/usr/bin/rustc --version)"
+}
+
+build() {
+  local t t0
+  for t in $TARGETS; do
+    t0=$(sec)
+    "$CARGO" build --release --locked --target "$t"
+    say "built $t in $(( $(sec) - t0 )) s: $(stat -c %s "$CARGO_TARGET_DIR/$t/release/vessel-sync") bytes (stripped)"
+  done
+}
+
+run_arm() { # TRIPLE ARGS...: run a built ARM binary through the runner of .cargo/config.toml
+  local t=$1; shift
+  case $t in
+    aarch64-*) QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 "$@" ;;
+    armv7-*) QEMU_LD_PREFIX=/usr/arm-linux-gnueabihf qemu-arm "$@" ;;
+    *) "$@" ;;
+  esac
+}
+
+test_arm() {
+  local t0 bin
+  if [[ " $TARGETS " == *" aarch64-unknown-linux-gnu "* ]]; then
+    t0=$(sec)
+    # Every test the README's test command runs, built for aarch64 and run under qemu-aarch64.
+    # The release profile shares the dependencies just built for the package (a debug build
+    # would compile them all again) and runs faster under emulation.
+    "$CARGO" test --release --locked --target aarch64-unknown-linux-gnu
+    say "aarch64 test suite under qemu: $(( $(sec) - t0 )) s (build included)"
+  fi
+  if [[ " $TARGETS " == *" armv7-unknown-linux-gnueabihf "* ]]; then
+    bin=$CARGO_TARGET_DIR/armv7-unknown-linux-gnueabihf/release/vessel-sync
+    [ -x "$bin" ] || die "no armv7 build at $bin: run 'packaging/cross-build.sh build' first"
+    t0=$(sec)
+    run_arm armv7-unknown-linux-gnueabihf "$bin" --version
+    local demo; demo=$(mktemp -d)
+    run_arm armv7-unknown-linux-gnueabihf "$bin" demo --dir "$demo/demo" | tail -n 20
+    rm -rf "$demo"
+    say "armv7 smoke run under qemu: $(( $(sec) - t0 )) s"
+  fi
+}
+
+package() {
+  command -v cargo-deb >/dev/null || die "cargo-deb is missing: cargo install cargo-deb --locked --version ${CARGO_DEB_V}"
+  local t assets
+  assets=target/package-assets
+  # Man pages and shell completions, generated from the CLI definition by a host build.
+  local host=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/vessel-sync
+  [ -x "$host" ] || "$CARGO" build --release --locked --target x86_64-unknown-linux-gnu
+  rm -rf "$assets"; mkdir -p "$assets/man" "$assets/completions"
+  "$host" manpages --out "$assets/man" >/dev/null
+  gzip -9n "$assets"/man/*.1
+  "$host" completions bash >"$assets/completions/vessel-sync"
+  "$host" completions zsh >"$assets/completions/_vessel-sync"
+  "$host" completions fish >"$assets/completions/vessel-sync.fish"
+  mkdir -p target/debian
+  for t in $TARGETS; do
+    [ -x "$CARGO_TARGET_DIR/$t/release/vessel-sync" ] || die "no $t build: run 'packaging/cross-build.sh build' first"
+    # --no-build: the binary above (Debian's 1.85 compiler); --no-strip: the release profile strips.
+    cargo deb --no-build --no-strip --locked --target "$t" \
+      --output target/debian/
+  done
+  ls -l target/debian/*.deb
+}
+
+CARGO_DEB_V=3.8.0   # the cargo-deb version CI installs (.ci/run)
+case ${1:-all} in
+  setup) setup ;;
+  build) setup; build ;;
+  test) setup; test_arm ;;
+  package) package ;;
+  all) setup; build; test_arm; package ;;
+  -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown step '$1' (setup, build, test, package, all)" ;;
+esac
