@@ -144,6 +144,13 @@ package() {
   mkdir -p target/debian
   for t in $TARGETS; do
     [ -x "$CARGO_TARGET_DIR/$t/release/vessel-sync" ] || die "no $t build: run 'packaging/cross-build.sh build' first"
+    # The packages promise glibc 2.34 (Depends: libc6 (>= 2.34)); a newer symbol would break
+    # that promise on older ship images.
+    local glibc
+    glibc=$(objdump -T "$CARGO_TARGET_DIR/$t/release/vessel-sync" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
+    [ "$(printf '%s\n' "$glibc" "$GLIBC_MAX" | sort -V | tail -n1)" = "$GLIBC_MAX" ] \
+      || die "$t binary needs glibc $glibc, the packages declare $GLIBC_MAX: raise Depends in Cargo.toml and the README, or find the symbol"
+    say "$t needs glibc $glibc"
     # --no-build: the binary above (Debian's 1.85 compiler); --no-strip: the release profile strips.
     cargo deb --no-build --no-strip --locked --target "$t" \
       --output target/debian/
@@ -151,6 +158,7 @@ package() {
   ls -l target/debian/*.deb
 }
 
+GLIBC_MAX=2.34        # what [package.metadata.deb] depends promises
 CARGO_DEB_V=3.8.0   # the cargo-deb version CI installs (.ci/run)
 case ${1:-all} in
   setup) setup ;;
