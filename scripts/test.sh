@@ -6,7 +6,9 @@
 # Installs what the tests need from Debian's packages when it is missing (run as root, or
 # install it yourself): systemd (systemd-analyze verifies the unit file), postgresql and
 # postgresql-client, mariadb-server and mariadb-client.
-# Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash
+# Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash. $CARGO names another cargo:
+# CI runs the suite with Debian's rustc 1.85 in release mode, sharing the amd64 package's build
+# (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,4 +28,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-cargo test --locked "$@"
+"${CARGO:-cargo}" test --locked "$@"
