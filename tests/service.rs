@@ -14,6 +14,19 @@ struct Notify {
 }
 
 impl Notify {
+    /// Binds a notify socket in the vessel's directory, as systemd hands one to the service.
+    fn bind(v: &Vessel) -> (Self, std::path::PathBuf) {
+        let path = v.path("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let n = Notify {
+            sock,
+            seen: Vec::new(),
+        };
+        (n, path)
+    }
+
     /// Reads notifications until one satisfies `want`; fails after 60 s.
     fn until(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
         let mut buf = [0u8; 4096];
@@ -37,23 +50,22 @@ impl Notify {
     }
 }
 
+/// The agent as systemd starts the `Type=notify` unit, with a 300 ms watchdog.
+fn agent_under_systemd(v: &Vessel, sock: &std::path::Path) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["agent", "--config", v.config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", sock)
+        .env("WATCHDOG_USEC", "300000")
+        .env_remove("WATCHDOG_PID");
+    c
+}
+
 #[test]
 fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm() {
     let v = Vessel::new();
-    let sock_path = v.path("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut n = Notify {
-        sock,
-        seen: Vec::new(),
-    };
+    let (mut n, sock_path) = Notify::bind(&v);
     let mut child = Daemon::spawn(
-        Command::new(bin())
-            .args(["agent", "--config", v.config.to_str().unwrap()])
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "300000")
-            .env_remove("WATCHDOG_PID")
+        agent_under_systemd(&v, &sock_path)
             .env_remove("VESSEL_SYNC_FAILPOINT")
             .stderr(Stdio::null()),
     );
@@ -95,21 +107,10 @@ fn notify_ready_after_migration_watchdog_from_the_loop_and_stopping_on_sigterm()
 #[test]
 fn a_hung_work_loop_stops_the_watchdog_pings_so_systemd_restarts_the_service() {
     let v = Vessel::new();
-    let sock_path = v.path("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut n = Notify {
-        sock,
-        seen: Vec::new(),
-    };
+    let (mut n, sock_path) = Notify::bind(&v);
     let log = v.path("agent.log");
     let _child = Daemon::spawn(
-        Command::new(bin())
-            .args(["agent", "--config", v.config.to_str().unwrap()])
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "300000")
-            .env_remove("WATCHDOG_PID")
+        agent_under_systemd(&v, &sock_path)
             // The work loop gets stuck inside the first command, as if a driver never returned.
             .env("VESSEL_SYNC_FAILPOINT", "command.after-start:hang")
             .stderr(std::fs::File::create(&log).unwrap()),
@@ -307,23 +308,11 @@ fn the_watchdog_stays_fed_while_a_sync_waits_on_a_dead_link_and_sigterm_still_st
         "",
     );
     seed(&v, 10, 0);
-    let sock_path = v.path("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut n = Notify {
-        sock,
-        seen: Vec::new(),
-    };
+    let (mut n, sock_path) = Notify::bind(&v);
     // The agent's log goes to a file, printed if the test fails.
     let log = v.path("agent.log");
     let child = Daemon::spawn(
-        Command::new(bin())
-            .args(["agent", "--config", v.config.to_str().unwrap()])
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "300000")
-            .env_remove("WATCHDOG_PID")
-            .stderr(std::fs::File::create(&log).unwrap()),
+        agent_under_systemd(&v, &sock_path).stderr(std::fs::File::create(&log).unwrap()),
     );
     struct ShowLog(std::path::PathBuf);
     impl Drop for ShowLog {
