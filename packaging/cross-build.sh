@@ -13,8 +13,8 @@
 # Why this way: rustup cannot fetch other targets' standard library here, so the compiler is
 # Debian's rustc-web 1.85 (the MSRV) with the arm64/armhf standard libraries copied out of
 # Debian's libstd-rust-web-dev packages into its sysroot (installing them through dpkg pulls
-# ~800 MB of ARM runtime and makes qemu hang). The recipe and its failure modes are in
-# ../shared/cross-compile.md; packaging/README.md explains the packages.
+# ~800 MB of ARM runtime and makes qemu hang). packaging/README.md explains the toolchain and
+# the packages.
 #
 # Environment: TARGETS (default "x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu
 # armv7-unknown-linux-gnueabihf"), CARGO_TARGET_DIR (default target/cross).
@@ -97,7 +97,7 @@ build() {
   done
 }
 
-run_arm() { # TRIPLE ARGS...: run a built ARM binary through the runner of .cargo/config.toml
+run_arm() { # TRIPLE ARGS...: run a built ARM binary under qemu, as the runners in .cargo/config.toml do
   local t=$1; shift
   case $t in
     aarch64-*) QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 "$@" ;;
