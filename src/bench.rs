@@ -4,6 +4,9 @@
 //! compressible data, like a course backup), then measures verify-and-extract throughput and the process's
 //! peak resident memory while doing it; the same is measured for a bundle a tenth of the size, to
 //! show that memory does not grow with the bundle.
+//!
+//! `users`: validation time and peak memory for a generated 80,000-row seafarer CSV, and the
+//! importer's own time per 500-user chunk against the stand-in Moodle ([`crate::moodle::fake`]).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -71,8 +74,11 @@ pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
             }
         },
         "outbox" => report_json(json, crate::benchprogress::outbox()),
+        "users" => report_json(json, bench_users()),
         other => {
-            eprintln!("vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox");
+            eprintln!(
+                "vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox, users"
+            );
             exit::USAGE
         }
     }
@@ -200,4 +206,67 @@ fn bench_bundle(size_mb: u64) -> Result<BundleFigures, String> {
         small_bundle_mb: small_mb,
         small_peak_rss_mb: (small_peak * 10.0).round() / 10.0,
     })
+}
+
+/// `bench users`: validation of a generated 80,000-row CSV (1 % bad rows) for time and peak
+/// memory, then an import of it into the stand-in Moodle in chunks of 500, to show the
+/// importer's own time per chunk (everything not spent waiting on Moodle's replies).
+fn bench_users() -> Result<(serde_json::Value, String), String> {
+    use crate::users::{import, sample, validate};
+    const ROWS: u64 = 80_000;
+    const CHUNK: usize = 500;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let csv = dir.path().join("seafarers.csv");
+    sample::write(&csv, ROWS, true).map_err(|e| e.to_string())?;
+    let size_mb = std::fs::metadata(&csv).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    reset_peak_rss();
+    let before = peak_rss_mb().unwrap_or(0.0);
+    let t = Instant::now();
+    let mut v = validate::validate(&csv).map_err(|e| e.to_string())?;
+    let validate_s = t.elapsed().as_secs_f64();
+    let peak = peak_rss_mb().unwrap_or(0.0);
+    let moodle = crate::moodle::fake::FakeMoodle::start().map_err(|e| e.to_string())?;
+    let token = crate::moodle::ws::Token::new(crate::moodle::fake::TOKEN)?;
+    let ws = crate::moodle::ws::Ws::new(moodle.url(), token, std::time::Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    let opts = import::Options {
+        chunk: CHUNK,
+        dry_run: false,
+        role_id: 5,
+    };
+    let mut progress = import::Progress::default();
+    let s = import::run(
+        &ws,
+        &csv,
+        &mut v,
+        &opts,
+        &mut progress,
+        &mut |_| Ok(()),
+        &mut import::Quiet,
+    )
+    .map_err(|e| e.to_string())?;
+    let chunks = s.valid.div_ceil(CHUNK as u64).max(1);
+    let own_ms = (s.total_seconds - s.moodle_seconds) * 1000.0 / chunks as f64;
+    let round = |x: f64, d: f64| (x * d).round() / d;
+    let v = serde_json::json!({
+        "benchmark": "users",
+        "rows": ROWS,
+        "csv_mb": round(size_mb, 10.0),
+        "rows_with_problems": v.bad_rows.len(),
+        "validate_seconds": round(validate_s, 1000.0),
+        "validate_peak_rss_mb": round(peak, 10.0),
+        "rss_before_validate_mb": round(before, 10.0),
+        "import_chunk": CHUNK,
+        "import_chunks": chunks,
+        "import_calls": s.calls,
+        "users_created": s.created,
+        "import_seconds": round(s.total_seconds, 100.0),
+        "waiting_on_moodle_seconds": round(s.moodle_seconds, 100.0),
+        "importer_ms_per_chunk": round(own_ms, 100.0),
+    });
+    let text = format!(
+        "bench users: {ROWS} rows ({size_mb:.1} MB CSV, {} rows with problems)\n  validate          {validate_s:>8.3} s, peak RSS {peak:.1} MB (targets: under 1 s, under 64 MB)\n  import (fake Moodle, chunks of {CHUNK}): {} users in {:.2} s, {} calls, {:.2} s waiting on Moodle\n  importer's own time {own_ms:>6.2} ms per chunk of {CHUNK} (not spent waiting on Moodle)\n",
+        v["rows_with_problems"], s.created, s.total_seconds, s.calls, s.moodle_seconds
+    );
+    Ok((v, text))
 }

@@ -10,6 +10,8 @@ pub const USAGE: i32 = 64;
 pub const DATAERR: i32 = 65;
 /// An input file does not exist or cannot be read.
 pub const NOINPUT: i32 = 66;
+/// A service is unavailable (Moodle unreachable or refusing the token); try again later.
+pub const UNAVAILABLE: i32 = 69;
 /// Internal error.
 pub const SOFTWARE: i32 = 70;
 /// Permission denied (root on the service user's state directory).

@@ -194,6 +194,30 @@ pub fn http_client(
         .map_err(|e| TlsError::Config(e.to_string()))
 }
 
+/// The client for a Moodle site's web services: plain HTTP for a Moodle on the same host or
+/// ship network, HTTPS checked against Debian's CA bundle otherwise. Keep-alive, no redirects
+/// (a redirect to a login page must not turn a POST into a GET).
+pub fn moodle_client(
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<reqwest::blocking::Client, TlsError> {
+    let builder = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(10).min(timeout))
+        .timeout(timeout)
+        .pool_max_idle_per_host(4)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("vessel-sync/", env!("CARGO_PKG_VERSION")));
+    let builder = if endpoint.starts_with("https://") {
+        builder.use_preconfigured_tls(client_tls(&Trust {
+            ca_file: Some(PathBuf::from(SYSTEM_CA_FILE)),
+            pins: Vec::new(),
+        })?)
+    } else {
+        builder
+    };
+    builder.build().map_err(|e| TlsError::Config(e.to_string()))
+}
+
 /// The shore's server TLS configuration from a PEM chain and a PEM private key.
 pub fn server_tls(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let certs = load_certs(cert_file)?;

@@ -14,26 +14,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Serialize;
-
 use super::{Command, Ctx};
 use crate::store::{CommandOutcome, MappingWrite, Origin, Result, Tx};
 
 /// The `set_mapping` command.
 pub struct SetMapping;
 
-/// One problem in the CSV.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RowError {
-    /// Row as a spreadsheet numbers it (header = 1).
-    pub row: u64,
-    /// Column.
-    pub field: String,
-    /// The offending value.
-    pub value: String,
-    /// What is wrong.
-    pub message: String,
-}
+pub use crate::csvrow::RowError;
+use crate::csvrow::bad;
 
 /// A valid row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +37,6 @@ pub struct Row {
 }
 
 const KINDS: [&str; 3] = ["category", "course", "activity"];
-
-fn bad(row: u64, field: &str, value: &str, message: &str) -> RowError {
-    RowError {
-        row,
-        field: field.into(),
-        value: value.chars().take(200).collect(),
-        message: message.into(),
-    }
-}
 
 fn check_text(row: u64, field: &str, value: &str, max: usize, errors: &mut Vec<RowError>) {
     if value.is_empty() {

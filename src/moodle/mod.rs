@@ -1,5 +1,7 @@
-//! How the agent reaches its Moodle. This version reads the database, read-only, to capture
-//! progress ([`db`]); the web-service client and the CLI runner come with the commands that
-//! change Moodle.
+//! How the agent reaches its Moodle: the database, read-only, to capture progress ([`db`]); the
+//! web services to change users and enrolments ([`ws`]); and a faithful stand-in for Moodle's
+//! web services in tests, the demo and benchmarks ([`fake`]).
 
 pub mod db;
+pub mod fake;
+pub mod ws;

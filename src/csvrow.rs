@@ -1,0 +1,27 @@
+//! One problem in an operator's CSV file, as every per-row report names it:
+//! `{row, field, value, message}`, rows numbered as a spreadsheet shows them (header = 1).
+
+use serde::{Deserialize, Serialize};
+
+/// One problem in a CSV row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowError {
+    /// Row as a spreadsheet numbers it (header = 1).
+    pub row: u64,
+    /// Column (`(header)` or `(row)` for the whole row).
+    pub field: String,
+    /// The offending value (at most 200 characters).
+    pub value: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
+/// A [`RowError`], the value cut to 200 characters.
+pub fn bad(row: u64, field: &str, value: &str, message: &str) -> RowError {
+    RowError {
+        row,
+        field: field.into(),
+        value: value.chars().take(200).collect(),
+        message: message.into(),
+    }
+}
