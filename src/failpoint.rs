@@ -63,6 +63,10 @@ pub const PROGRESS: &[&str] = &[
     "shore.after-commit",
 ];
 
+/// Failpoints of a user import: after a chunk's users are written to Moodle but before the
+/// progress file says so, and after it does.
+pub const USERS: &[&str] = &["users.chunk-written", "users.after-chunk"];
+
 /// Kills the process here (or blocks this thread forever, for `:hang`) if this failpoint is
 /// armed and its count is reached.
 pub fn hit(name: &str) {

@@ -10,3 +10,4 @@ mod ordering;
 mod progress;
 mod service;
 mod uplink;
+mod users;

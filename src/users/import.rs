@@ -320,6 +320,7 @@ pub fn run(
          -> Result<(), ImportError> {
             let next = batch.last().map_or(progress.next_row, |r| r.row + 1);
             write_chunk(t, batch, &course_ids, opts.role_id, progress)?;
+            crate::failpoint::hit("users.chunk-written");
             done.set(done.get() + batch.len() as u64);
             batch.clear();
             progress.next_row = next;
