@@ -350,6 +350,8 @@ impl Agent {
                 .collect(),
             reports_dir: &reports_dir,
             now,
+            moodle_ws: self.cfg.moodle_ws.as_ref(),
+            keepalive: &|| self.notifier.keepalive(),
         };
         let tx = self.store.begin()?;
         let outcome = match commands::find(&cmd.kind) {

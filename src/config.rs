@@ -120,10 +120,25 @@ pub struct Config {
     pub log_level: String,
     /// Moodle's database (None: no capture configured).
     pub moodle_db: Option<DbSettings>,
+    /// Moodle's web services (None: commands that change Moodle wait until configured).
+    pub moodle_ws: Option<WsSettings>,
     /// Capture schedule and rules.
     pub capture: CaptureSettings,
     /// The link to shore.
     pub uplink: UplinkSettings,
+}
+
+/// `[moodle]` web-service settings.
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// The site's address (wwwroot).
+    pub url: String,
+    /// File holding the token.
+    pub token_file: PathBuf,
+    /// Seconds to wait for one reply.
+    pub timeout: u64,
+    /// Users per call in `upsert_users`.
+    pub user_chunk: usize,
 }
 
 /// `[capture]`.
@@ -627,9 +642,32 @@ impl Config {
                     "db_user",
                     "db_password_file",
                     "prefix",
+                    "url",
+                    "token_file",
+                    "ws_timeout",
+                    "user_chunk",
                 ],
             );
         }
+        let moodle_ws = match w.string(moodle_t, "moodle", "url") {
+            None => None,
+            Some((url, span)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    w.push(span.clone(), format!("moodle.url {url:?}: the Moodle site's address (its wwwroot), starting with http:// or https://"));
+                }
+                if moodle_t.and_then(|t| t.get("token_file")).is_none() {
+                    w.push(span, "moodle.url needs moodle.token_file: a file holding the web-service token (mode 0640, readable by the agent's user)".into());
+                }
+                Some(WsSettings {
+                    url,
+                    token_file: w.path(moodle_t, "moodle", "token_file", PathBuf::new()),
+                    timeout: w.seconds(moodle_t, "moodle", "ws_timeout", 300),
+                    user_chunk: usize::try_from(w.count(moodle_t, "moodle", "user_chunk", 500))
+                        .unwrap_or(500)
+                        .clamp(1, 5000),
+                })
+            }
+        };
         let moodle_db = match w.string(moodle_t, "moodle", "db_type") {
             None => None,
             Some((ty, span)) => {
@@ -681,6 +719,7 @@ impl Config {
             }
         };
         if moodle_db.is_none()
+            && moodle_ws.is_none()
             && moodle_t.is_some_and(|t| !t.is_empty())
             && moodle_t.and_then(|t| t.get("db_type")).is_none()
         {
@@ -844,6 +883,7 @@ impl Config {
             limits,
             log_level,
             moodle_db,
+            moodle_ws,
             capture,
             uplink,
         })

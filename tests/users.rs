@@ -413,3 +413,133 @@ fn the_fake_moodle_ignores_a_json_body_as_moodle_does() {
     assert_eq!(form["errorcode"], "invalidparameter", "{form}");
     assert_eq!(form["message"], "Invalid parameter value detected");
 }
+
+mod on_the_vessel {
+    use std::os::unix::process::ExitStatusExt;
+
+    use vessel_sync::envelope::Source;
+    use vessel_sync::moodle::fake::TOKEN;
+    use vessel_sync::store::CommandState;
+
+    use super::{Site, seafarers};
+    use crate::support::{Options, VESSEL, Vessel, cmd, draft};
+
+    fn vessel(site: &Site, configured: bool) -> Vessel {
+        let extra = if configured {
+            format!(
+                "[moodle]\nurl = \"{}\"\ntoken_file = \"moodle.token\"\nuser_chunk = 10\n",
+                site.moodle.url()
+            )
+        } else {
+            String::new()
+        };
+        let v = Vessel::with(Options {
+            extra: Box::leak(extra.into_boxed_str()),
+            ..Options::default()
+        });
+        std::fs::write(v.path("moodle.token"), TOKEN).unwrap();
+        v
+    }
+
+    fn bundle(v: &Vessel, seq: u64, id: &str, csv: String) {
+        let name = format!("users-{seq}.vsb");
+        let built = v.bundle(
+            &name,
+            draft(
+                VESSEL,
+                seq,
+                vec![cmd(
+                    "upsert_users",
+                    id,
+                    serde_json::json!({}),
+                    &["files/crew.csv"],
+                )],
+                vec![("files/crew.csv", Source::Bytes(csv.into_bytes()))],
+            ),
+        );
+        v.drop_in(&built, &name);
+    }
+
+    fn state_of(v: &Vessel, id: &str) -> (CommandState, String) {
+        let c = v
+            .store()
+            .commands()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.cmd_id == id)
+            .unwrap_or_else(|| panic!("no command {id}: {:?}", v.reason("users-1.vsb")));
+        (c.state, c.reason.unwrap_or_default())
+    }
+
+    #[test]
+    fn upsert_users_killed_mid_import_continues_on_restart_and_creates_each_seafarer_once() {
+        let site = Site::new();
+        let v = vessel(&site, true);
+        let mut csv = seafarers(95);
+        csv = csv.replace("u070,Sea,Farer,", "u070,,Farer,");
+        bundle(&v, 1, "crew-2026-11", csv);
+        let out = v.run_env(
+            &["agent", "--once", "--config", v.config.to_str().unwrap()],
+            &[("VESSEL_SYNC_FAILPOINT", "users.after-chunk@4")],
+        );
+        assert_eq!(out.status.signal(), Some(9));
+        assert_eq!(site.users(), 40, "four chunks of ten before the kill");
+        assert_eq!(state_of(&v, "crew-2026-11").0, CommandState::Running);
+
+        v.once();
+        let (state, note) = state_of(&v, "crew-2026-11");
+        assert_eq!(state, CommandState::Done, "{note}");
+        assert_eq!(site.users(), 94, "every good seafarer once; row 72 refused");
+        assert_eq!(site.calls("core_user_create_users"), 10);
+        assert!(
+            note.contains("95 rows: 94 users created, 0 updated"),
+            "{note}"
+        );
+        assert!(
+            note.contains("1 rows refused (first: row 72 firstname"),
+            "{note}"
+        );
+        let report = v.path("state/reports/crew-2026-11.users-report.json");
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+        assert_eq!(r["errors"][0]["row"], 72);
+        assert!(
+            !v.path("state/reports/crew-2026-11.import-progress.json")
+                .exists()
+        );
+
+        // The same command id in a later bundle is a duplicate: nothing runs again.
+        bundle(&v, 2, "crew-2026-11", seafarers(95));
+        v.once();
+        assert_eq!(site.calls("core_user_create_users"), 10);
+    }
+
+    #[test]
+    fn upsert_users_waits_with_a_reason_while_moodle_is_not_configured_or_unreachable() {
+        let site = Site::new();
+        let v = vessel(&site, false);
+        bundle(&v, 1, "crew-a", seafarers(3));
+        let out = v.once();
+        let (state, reason) = state_of(&v, "crew-a");
+        assert!(out.contains("waiting"), "{out}");
+        assert_eq!(state, CommandState::Waiting);
+        assert!(
+            reason.contains("set url and token_file under [moodle]"),
+            "{reason}"
+        );
+        let status = String::from_utf8_lossy(
+            &v.run(&["status", "--config", v.config.to_str().unwrap()])
+                .stdout,
+        )
+        .into_owned();
+        assert!(status.contains("token_file"), "status shows why: {status}");
+
+        let v = vessel(&site, true);
+        site.moodle.state().rest_disabled = true;
+        bundle(&v, 1, "crew-b", seafarers(3));
+        v.once();
+        let (state, reason) = state_of(&v, "crew-b");
+        assert_eq!(state, CommandState::Waiting);
+        assert!(reason.contains("switched off"), "{reason}");
+        assert_eq!(site.users(), 0);
+    }
+}

@@ -4,11 +4,14 @@
 //! never stops the agent. Commands must be idempotent: the runner commits `running` before the
 //! effect (law 7), so after a crash the same command runs again. Commands whose whole effect is in
 //! the agent's own database (`set_mapping`, `ack`) do it inside the transaction that also marks
-//! them done, which makes them exactly-once outright. Commands never build HTTP clients or speak
-//! SQL; they use the store's typed methods.
+//! them done, which makes them exactly-once outright. Commands that change Moodle
+//! (`upsert_users`) reach it only through [`crate::moodle::ws`] and keep their own progress so a
+//! rerun after a crash continues instead of repeating. Commands never speak SQL; they use the
+//! store's typed methods.
 
 mod ack;
 mod set_mapping;
+mod upsert_users;
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +29,10 @@ pub struct Ctx<'a> {
     pub reports_dir: &'a Path,
     /// Now, Unix seconds.
     pub now: i64,
+    /// Moodle's web services, when configured.
+    pub moodle_ws: Option<&'a crate::config::WsSettings>,
+    /// Tells systemd's watchdog the agent is alive; long commands call it as they progress.
+    pub keepalive: &'a dyn Fn(),
 }
 
 /// A command type.
@@ -37,7 +44,11 @@ pub trait Command: Sync {
     fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome>;
 }
 
-static REGISTRY: &[&dyn Command] = &[&ack::Ack, &set_mapping::SetMapping];
+static REGISTRY: &[&dyn Command] = &[
+    &ack::Ack,
+    &set_mapping::SetMapping,
+    &upsert_users::UpsertUsers,
+];
 
 /// Finds a command type.
 pub fn find(kind: &str) -> Option<&'static dyn Command> {
