@@ -226,7 +226,7 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
     );
     std::fs::copy(&second, dir.join("inbox/0002-mapping.vsb")).map_err(e)?;
     once(&cfg, &clock)?;
-    progress(dir, &cfg_path, &clock)?;
+    progress(dir, &cfg_path, &clock, &ops)?;
     println!();
     let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
     crate::report::status(&cfg, clock.as_ref(), false);
@@ -245,7 +245,12 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
 
 /// The second half: progress goes home. A shore receiver on loopback, a throwaway PostgreSQL
 /// with Moodle's tables, capture, a batch over HTTPS, the acknowledgement.
-fn progress(dir: &Path, cfg_path: &Path, clock: &Arc<dyn Clock>) -> Result<(), String> {
+fn progress(
+    dir: &Path,
+    cfg_path: &Path,
+    clock: &Arc<dyn Clock>,
+    ops: &SecretKey,
+) -> Result<(), String> {
     let e = |e: std::io::Error| e.to_string();
     step(
         9,
@@ -258,7 +263,7 @@ fn progress(dir: &Path, cfg_path: &Path, clock: &Arc<dyn Clock>) -> Result<(), S
                 "skipped: {why}
 (the progress half of the demo needs Debian's postgresql package)"
             );
-            return Ok(());
+            return users(dir, cfg_path, clock, ops);
         }
     };
     pg.create_moodle("moodle")?;
@@ -365,6 +370,61 @@ fn progress(dir: &Path, cfg_path: &Path, clock: &Arc<dyn Clock>) -> Result<(), S
     for line in text.lines().take(4) {
         println!("  {line}");
     }
+    users(dir, cfg_path, clock, ops)
+}
+
+/// Seafarer accounts: an `upsert_users` bundle applied to a stand-in Moodle's web services.
+fn users(
+    dir: &Path,
+    cfg_path: &Path,
+    clock: &Arc<dyn Clock>,
+    ops: &SecretKey,
+) -> Result<(), String> {
+    let e = |e: std::io::Error| e.to_string();
+    step(
+        14,
+        "Shore: bundle #3 upserts 2,000 seafarers (1 in 100 rows with a mistake) into the ship's Moodle (a stand-in answering like Moodle 5.0's web services)",
+    );
+    let moodle = crate::moodle::fake::FakeMoodle::start().map_err(e)?;
+    std::fs::write(dir.join("moodle-ws.token"), crate::moodle::fake::TOKEN).map_err(e)?;
+    let lines = format!(
+        "url = \"{}\"\ntoken_file = \"moodle-ws.token\"\nuser_chunk = 500\n",
+        moodle.url()
+    );
+    let mut text = std::fs::read_to_string(cfg_path).map_err(e)?;
+    if text.contains("\n[moodle]\n") {
+        text = text.replacen("\n[moodle]\n", &format!("\n[moodle]\n{lines}"), 1);
+    } else {
+        text.push_str(&format!("\n[moodle]\n{lines}"));
+    }
+    std::fs::write(cfg_path, text).map_err(e)?;
+    println!("[moodle]\n{lines}");
+    let csv = dir.join("shore/seafarers.csv");
+    crate::users::sample::write(&csv, 2000, true).map_err(e)?;
+    let bundle = dir.join("shore/0003-users.vsb");
+    let d = draft(
+        "mv-aurora",
+        3,
+        vec![CommandEntry {
+            id: "crew-list-2026-11".into(),
+            ..command(
+                "upsert_users",
+                serde_json::json!({}),
+                &["files/seafarers.csv"],
+            )
+        }],
+        vec![("files/seafarers.csv".into(), Source::Path(csv))],
+    );
+    envelope::write_envelope(&d, ops, clock.now(), &bundle).map_err(e)?;
+    std::fs::copy(&bundle, dir.join("inbox/0003-users.vsb")).map_err(e)?;
+    let cfg = Config::load(cfg_path).map_err(|e| e.to_string())?;
+    once(&cfg, clock)?;
+    let st = moodle.state();
+    println!(
+        "Moodle now has {} seafarers and {} enrolments; the per-row report is in state/reports/crew-list-2026-11.users-report.json",
+        st.users.len() - 1,
+        st.enrolments.len()
+    );
     Ok(())
 }
 
