@@ -102,7 +102,7 @@ fn check_config_reports_every_error_with_its_line_and_exits_78() {
     let v = Vessel::new();
     let bad = v.file(
         "bad.toml",
-        b"version = 1\n[vessel]\nid = \"MV Aurora!\"\n[inbox]\nsettle = \"soon\"\nscan_intervall = 5\n[keyring]\ntrusted = [\"keys/missing.pub\"]\n[moodle]\nurl = \"http://x\"\n",
+        b"version = 1\n[vessel]\nid = \"MV Aurora!\"\n[inbox]\nsettle = \"soon\"\nscan_intervall = 5\n[keyring]\ntrusted = [\"keys/missing.pub\"]\n[moodle]\nuri = \"http://x\"\n",
     );
     let out = v.run(&["check-config", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78));
@@ -113,7 +113,7 @@ fn check_config_reports_every_error_with_its_line_and_exits_78() {
         (6, "did you mean 'scan_interval'"),
         (8, "keyring.trusted"),
         (9, "[moodle] needs db_type"),
-        (10, "unknown key 'url'"),
+        (10, "unknown key 'uri'"),
     ] {
         assert!(
             err.contains(&format!("bad.toml:{line}: ")) && err.contains(what),

@@ -302,6 +302,46 @@ fn existing_users_are_updated_conflicts_refused_before_anything_is_written_and_d
 }
 
 #[test]
+fn an_update_moodle_refuses_is_narrowed_to_its_row_and_the_other_updates_go_through() {
+    let site = Site::new();
+    for i in 0..6 {
+        site.moodle.state().add_user(
+            &format!("u{i:03}"),
+            &format!("u{i:03}@fleet.example.invalid"),
+            &format!("SEAF-{i:05}"),
+        );
+    }
+    site.moodle
+        .state()
+        .add_user("m.santos", "M.Santos@Fleet.example.invalid", "SEAF-100232");
+    let text = seafarers(6)
+        .replace(",Sea,Farer,", ",Sea,Farer-Smith,")
+        .replace(
+            "u004@fleet.example.invalid",
+            "m.santos@fleet.EXAMPLE.invalid",
+        );
+    let csv = site.csv("renames.csv", &text);
+    let out = site.import(&csv, &["--json"], &[]);
+    assert_eq!(out.status.code(), Some(65));
+    let s = json(&out);
+    assert_eq!(s["updated"], 5);
+    assert_eq!(s["errors"][0]["row"], 6);
+    assert!(
+        s["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused to update")
+    );
+    let st = site.moodle.state();
+    assert_eq!(st.user("u000").unwrap().lastname, "Farer-Smith");
+    assert_eq!(
+        st.user("u004").unwrap().lastname,
+        "Last",
+        "the refused row is unchanged"
+    );
+}
+
+#[test]
 fn an_import_killed_mid_way_resumes_after_its_last_chunk_and_creates_each_user_once() {
     for failpoint in vessel_sync::failpoint::USERS {
         let site = Site::new();

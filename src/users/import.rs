@@ -420,17 +420,16 @@ fn write_chunk(
         .collect();
     let (old, new): (Vec<&Row>, Vec<&Row>) =
         batch.iter().partition(|r| ids.contains_key(&r.username));
-    if !old.is_empty() {
-        let mut p = Params::new();
-        for (i, r) in old.iter().enumerate() {
-            p.field("users", i, "id", ids[&r.username]);
-            user_fields(&mut p, i, r);
-        }
-        t.call("core_user_update_users", &p, Safety::Write)?;
-        progress.updated += old.len() as u64;
-    }
     let mut refused: HashSet<u64> = HashSet::new();
-    create(t, &new, &mut ids, progress, &mut refused)?;
+    {
+        let mut w = Writer {
+            ids: &mut ids,
+            progress: &mut *progress,
+            refused: &mut refused,
+        };
+        w.send(t, Write::Update, &old)?;
+        w.send(t, Write::Create, &new)?;
+    }
     let mut p = Params::new();
     let mut n = 0;
     for r in batch.iter().filter(|r| !refused.contains(&r.row)) {
@@ -453,60 +452,93 @@ fn write_chunk(
     Ok(())
 }
 
-/// Creates `rows`; when Moodle refuses the call, splits it in halves until the refused users are
-/// single and named.
-fn create(
-    t: &mut Timed<'_>,
-    rows: &[&Row],
-    ids: &mut HashMap<String, i64>,
-    progress: &mut Progress,
-    refused: &mut HashSet<u64>,
-) -> Result<(), ImportError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut p = Params::new();
-    for (i, r) in rows.iter().enumerate() {
-        p.field("users", i, "username", &r.username);
-        if r.password.is_empty() {
-            p.field("users", i, "createpassword", 1);
-        } else {
-            p.field("users", i, "password", &r.password);
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Create,
+    Update,
+}
+
+struct Writer<'a> {
+    ids: &'a mut HashMap<String, i64>,
+    progress: &'a mut Progress,
+    refused: &'a mut HashSet<u64>,
+}
+
+impl Writer<'_> {
+    /// Creates or updates `rows` in one call; when Moodle refuses the call for bad data, splits
+    /// it in halves until the refused users are single and named.
+    fn send(&mut self, t: &mut Timed<'_>, what: Write, rows: &[&Row]) -> Result<(), ImportError> {
+        if rows.is_empty() {
+            return Ok(());
         }
-        user_fields(&mut p, i, r);
-    }
-    match t.call("core_user_create_users", &p, Safety::Write) {
-        Ok(reply) => {
-            for u in reply.as_array().into_iter().flatten() {
-                if let (Some(id), Some(name)) = (u["id"].as_i64(), u["username"].as_str()) {
-                    ids.insert(name.to_string(), id);
+        let mut p = Params::new();
+        for (i, r) in rows.iter().enumerate() {
+            if what == Write::Create {
+                p.field("users", i, "username", &r.username);
+                if r.password.is_empty() {
+                    p.field("users", i, "createpassword", 1);
+                } else {
+                    p.field("users", i, "password", &r.password);
                 }
+            } else {
+                p.field(
+                    "users",
+                    i,
+                    "id",
+                    self.ids.get(&r.username).copied().unwrap_or(0),
+                );
             }
-            progress.created += rows.len() as u64;
-            Ok(())
+            user_fields(&mut p, i, r);
         }
-        Err(e) if e.is_invalid_parameter() && rows.len() > 1 => {
-            let (a, b) = rows.split_at(rows.len() / 2);
-            create(t, a, ids, progress, refused)?;
-            create(t, b, ids, progress, refused)
+        let function = match what {
+            Write::Create => "core_user_create_users",
+            Write::Update => "core_user_update_users",
+        };
+        match t.call(function, &p, Safety::Write) {
+            Ok(reply) => {
+                if what == Write::Create {
+                    for u in reply.as_array().into_iter().flatten() {
+                        if let (Some(id), Some(name)) = (u["id"].as_i64(), u["username"].as_str()) {
+                            self.ids.insert(name.to_string(), id);
+                        }
+                    }
+                    self.progress.created += rows.len() as u64;
+                } else {
+                    self.progress.updated += rows.len() as u64;
+                }
+                Ok(())
+            }
+            Err(e) if e.is_invalid_parameter() && rows.len() > 1 => {
+                let (a, b) = rows.split_at(rows.len() / 2);
+                self.send(t, what, a)?;
+                self.send(t, what, b)
+            }
+            Err(WsError::Moodle {
+                message,
+                debuginfo,
+                errorcode,
+                ..
+            }) if errorcode == "invalidparameter" => {
+                let r = rows[0];
+                let verb = if what == Write::Create {
+                    "create"
+                } else {
+                    "update"
+                };
+                let reason = match debuginfo {
+                    Some(d) => format!("Moodle refused to {verb} this user: {d}"),
+                    None => format!(
+                        "Moodle refused to {verb} this user ({message}) without saying why; the usual causes: the password does not meet the site's password policy, or the email is used by another account in different letter case. Turn on developer debugging on the site to see Moodle's reason."
+                    ),
+                };
+                self.refused.insert(r.row);
+                self.progress
+                    .refused
+                    .push(bad(r.row, "(row)", &r.username, &reason));
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
-        Err(WsError::Moodle {
-            message, debuginfo, ..
-        }) if rows.len() == 1 => {
-            let r = rows[0];
-            let reason = match debuginfo {
-                Some(d) => format!("Moodle refused this user: {d}"),
-                None => format!(
-                    "Moodle refused this user ({message}) without saying why; the usual causes: the password does not meet the site's password policy, or the email is used by another account in different letter case. Turn on developer debugging on the site to see Moodle's reason."
-                ),
-            };
-            refused.insert(r.row);
-            progress
-                .refused
-                .push(bad(r.row, "(row)", &r.username, &reason));
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
     }
 }
 
