@@ -351,6 +351,9 @@ impl Agent {
             reports_dir: &reports_dir,
             now,
             moodle_ws: self.cfg.moodle_ws.as_ref(),
+            moodle_cli: self.cfg.moodle_cli.as_ref(),
+            state_dir: &self.cfg.paths.state_dir,
+            capture_configured: self.cfg.moodle_db.is_some(),
             keepalive: &|| self.notifier.keepalive(),
         };
         let tx = self.store.begin()?;
@@ -466,6 +469,16 @@ impl Agent {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let next = last.saturating_add(i64::try_from(self.cfg.capture.interval).unwrap_or(900));
+        // A command (a guarded deletion) asked for a capture now, after its last attempt.
+        let asked: Option<i64> = self
+            .store
+            .fact("capture_requested_at")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok());
+        if asked.is_some_and(|a| a >= last) {
+            return Some(now);
+        }
         // A clock set back would otherwise postpone capture until it caught up again.
         Some(if last > now { now } else { next })
     }

@@ -148,6 +148,14 @@ pub enum Command {
     /// exports.
     #[command(subcommand)]
     Shore(crate::cli_shore::ShoreCmd),
+    /// Plays Moodle's CLI scripts against the stand-in Moodle named by VESSEL_SYNC_FAKE_MOODLE
+    /// (tests and the demo configure it as `[moodle] php`).
+    #[command(hide = true)]
+    FakePhp {
+        /// The php command line: the script and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Seafarer accounts in bulk: validate a user CSV, import it into any Moodle.
     #[command(subcommand)]
     Users(crate::cli_users::UsersCmd),
@@ -263,6 +271,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Sync { config, json } => sync(&config.config, json, clock),
         Command::Shore(cmd) => crate::cli_shore::run(cmd, clock),
         Command::Users(cmd) => crate::cli_users::run(cmd),
+        Command::FakePhp { args } => fake_php(&args),
         Command::Bench {
             name,
             json,
@@ -587,4 +596,33 @@ fn sync(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
         }
         Err(e) => fail(exit::CONFIG, e),
     }
+}
+
+/// Forwards a php command line to the stand-in Moodle and plays its answer back.
+fn fake_php(args: &[String]) -> i32 {
+    use std::io::Write as _;
+    let Ok(url) = std::env::var("VESSEL_SYNC_FAKE_MOODLE") else {
+        return fail(exit::USAGE, "fake-php: VESSEL_SYNC_FAKE_MOODLE is not set");
+    };
+    let form: Vec<(String, String)> = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (format!("arg[{i}]"), a.clone()))
+        .collect();
+    let reply = reqwest::blocking::Client::new()
+        .post(format!("{url}/fake/cli"))
+        .form(&form)
+        .send()
+        .and_then(|r| r.bytes());
+    let body = match reply {
+        Ok(b) => b,
+        Err(e) => return fail(exit::UNAVAILABLE, format!("fake-php: {e}")),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let _ = std::io::stdout().write_all(v["stdout"].as_str().unwrap_or_default().as_bytes());
+    let _ = std::io::stderr().write_all(v["stderr"].as_str().unwrap_or_default().as_bytes());
+    v["code"]
+        .as_i64()
+        .and_then(|c| i32::try_from(c).ok())
+        .unwrap_or(exit::SOFTWARE)
 }

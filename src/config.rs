@@ -122,6 +122,8 @@ pub struct Config {
     pub moodle_db: Option<DbSettings>,
     /// Moodle's web services (None: commands that change Moodle wait until configured).
     pub moodle_ws: Option<WsSettings>,
+    /// Moodle's CLI scripts (None: course commands wait until configured).
+    pub moodle_cli: Option<CliSettings>,
     /// Capture schedule and rules.
     pub capture: CaptureSettings,
     /// The link to shore.
@@ -139,6 +141,25 @@ pub struct WsSettings {
     pub timeout: u64,
     /// Users per call in `upsert_users`.
     pub user_chunk: usize,
+}
+
+/// `[moodle]` CLI settings (backup, restore, delete of courses).
+#[derive(Debug, Clone)]
+pub struct CliSettings {
+    /// Moodle's code root (holds `admin/cli/`).
+    pub moodle_dir: PathBuf,
+    /// The PHP binary.
+    pub php: PathBuf,
+    /// Words put before the php binary (e.g. `sudo -u www-data`), never a shell string.
+    pub prefix: Vec<String>,
+    /// Seconds one script may run.
+    pub timeout: u64,
+    /// Moodle's dataroot, to see CLI maintenance mode (`climaintenance.html`).
+    pub dataroot: Option<PathBuf>,
+    /// Where final backups go (default `STATE_DIR/backups`).
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds final backups are kept.
+    pub keep_backups: u64,
 }
 
 /// `[capture]`.
@@ -646,6 +667,13 @@ impl Config {
                     "token_file",
                     "ws_timeout",
                     "user_chunk",
+                    "moodle_dir",
+                    "php",
+                    "cli_prefix",
+                    "cli_timeout",
+                    "dataroot",
+                    "backup_dir",
+                    "keep_backups",
                 ],
             );
         }
@@ -717,6 +745,38 @@ impl Config {
                     prefix,
                 })
             }
+        };
+        let moodle_cli = if moodle_t.and_then(|t| t.get("moodle_dir")).is_some() {
+            let dir = w.path(moodle_t, "moodle", "moodle_dir", PathBuf::new());
+            let span = moodle_t
+                .and_then(|t| t.get("moodle_dir"))
+                .and_then(Item::span);
+            if !dir.join("admin/cli").is_dir() {
+                w.push(span.clone(), format!("moodle.moodle_dir {}: no admin/cli/ in it; give Moodle's code root (the directory holding config.php and admin/)", dir.display()));
+            }
+            if moodle_ws.is_none() {
+                w.push(span, "moodle.moodle_dir needs moodle.url and moodle.token_file too: the course commands look courses up through the web services".into());
+            }
+            let prefix: Vec<String> = w
+                .strings(moodle_t, "moodle", "cli_prefix")
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+            Some(CliSettings {
+                moodle_dir: dir,
+                php: w.path(moodle_t, "moodle", "php", PathBuf::from("/usr/bin/php")),
+                prefix,
+                timeout: w.seconds(moodle_t, "moodle", "cli_timeout", 3600),
+                dataroot: moodle_t
+                    .and_then(|t| t.get("dataroot"))
+                    .map(|_| w.path(moodle_t, "moodle", "dataroot", PathBuf::new())),
+                backup_dir: moodle_t
+                    .and_then(|t| t.get("backup_dir"))
+                    .map(|_| w.path(moodle_t, "moodle", "backup_dir", PathBuf::new())),
+                keep_backups: w.seconds(moodle_t, "moodle", "keep_backups", 30 * 86_400),
+            })
+        } else {
+            None
         };
         if moodle_db.is_none()
             && moodle_ws.is_none()
@@ -884,6 +944,7 @@ impl Config {
             log_level,
             moodle_db,
             moodle_ws,
+            moodle_cli,
             capture,
             uplink,
         })

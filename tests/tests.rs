@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod courses;
 mod crash;
 mod ordering;
 mod progress;

@@ -10,6 +10,7 @@
 //! store's typed methods.
 
 mod ack;
+mod course;
 mod set_mapping;
 mod upsert_users;
 
@@ -31,6 +32,12 @@ pub struct Ctx<'a> {
     pub now: i64,
     /// Moodle's web services, when configured.
     pub moodle_ws: Option<&'a crate::config::WsSettings>,
+    /// Moodle's CLI scripts, when configured.
+    pub moodle_cli: Option<&'a crate::config::CliSettings>,
+    /// The agent's state directory (final backups go under it by default).
+    pub state_dir: &'a Path,
+    /// Whether progress capture is configured (a guarded deletion waits for one).
+    pub capture_configured: bool,
     /// Tells systemd's watchdog the agent is alive; long commands call it as they progress.
     pub keepalive: &'a dyn Fn(),
 }
@@ -48,6 +55,9 @@ static REGISTRY: &[&dyn Command] = &[
     &ack::Ack,
     &set_mapping::SetMapping,
     &upsert_users::UpsertUsers,
+    &course::HideCourse,
+    &course::DeleteCourse,
+    &course::RestoreCourse,
 ];
 
 /// Finds a command type.

@@ -61,6 +61,10 @@ pub struct Course {
     pub category: i64,
     /// Visible.
     pub visible: bool,
+    /// Contents deleted by a crashed `delete_course.php --disablerecyclebin`; the row stays.
+    pub half_deleted: bool,
+    /// The backup it was restored from, if any.
+    pub mbz: Option<Vec<u8>>,
 }
 
 /// The site's state.
@@ -78,6 +82,12 @@ pub struct State {
     pub debug: bool,
     /// Web services / REST switched off: 403 with an empty body.
     pub rest_disabled: bool,
+    /// Categories: id -> (idnumber, name). DECK is 2 and ENGINE 3, as on the rig.
+    pub categories: BTreeMap<i64, (String, String)>,
+    /// The next `delete_course.php` dies half-way, as `--disablerecyclebin` does.
+    pub crash_next_delete: bool,
+    /// Every CLI run: the script and its arguments.
+    pub cli_runs: Vec<Vec<String>>,
     next_user: i64,
     by_name: HashMap<String, i64>,
     by_email: HashMap<String, Vec<i64>>,
@@ -134,9 +144,16 @@ impl State {
                 idnumber: idnumber.into(),
                 category,
                 visible: true,
+                half_deleted: false,
+                mbz: None,
             },
         );
         id
+    }
+
+    /// A course by shortname.
+    pub fn course(&self, shortname: &str) -> Option<&Course> {
+        self.courses.values().find(|c| c.shortname == shortname)
     }
 
     /// Adds a user as an administrator would; returns its id.
@@ -183,6 +200,12 @@ impl FakeMoodle {
             suspended: false,
             password: String::new(),
         });
+        state
+            .categories
+            .insert(2, ("DECK".into(), "Deck Department".into()));
+        state
+            .categories
+            .insert(3, ("ENGINE".into(), "Engine Department".into()));
         state.add_course("fleetrig", "", 0);
         state.add_course("SAFETY-101", "SAFETY-101", 2);
         state.add_course("FIRE-201", "FIRE-201", 2);
@@ -211,6 +234,30 @@ impl FakeMoodle {
         &self.url
     }
 
+    /// Writes a `php` for the agent's config that plays this site's CLI scripts
+    /// (`BIN fake-php`, see [`crate::moodle::fakecli`]) and an empty code root with
+    /// `admin/cli/`. Returns (php, moodle_dir).
+    pub fn php(
+        &self,
+        dir: &std::path::Path,
+        bin: &std::path::Path,
+    ) -> io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        use std::os::unix::fs::PermissionsExt;
+        let code = dir.join("moodle-code");
+        std::fs::create_dir_all(code.join("admin/cli"))?;
+        let php = dir.join("fake-php");
+        std::fs::write(
+            &php,
+            format!(
+                "#!/bin/sh\nVESSEL_SYNC_FAKE_MOODLE='{}' exec '{}' fake-php \"$@\"\n",
+                self.url,
+                bin.display()
+            ),
+        )?;
+        std::fs::set_permissions(&php, std::fs::Permissions::from_mode(0o755))?;
+        Ok((php, code))
+    }
+
     /// The site's state, to arrange or inspect.
     pub fn state(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
@@ -224,7 +271,7 @@ impl Drop for FakeMoodle {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -269,7 +316,14 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> io::Result<()> {
         if !json_body {
             form.extend(parse_form(&String::from_utf8_lossy(&body)));
         }
-        let (status, reply) = handle(state, &form);
+        let (status, reply) = if line.contains(" /fake/cli") {
+            (
+                "200 OK",
+                crate::moodle::fakecli::run(&mut lock(state), &form).to_string(),
+            )
+        } else {
+            handle(state, &form)
+        };
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
             if status.starts_with("200") {
@@ -408,6 +462,8 @@ fn handle(state: &Mutex<State>, form: &[(String, String)]) -> (&'static str, Str
             "core_user_update_users" => update_users(&mut st, form),
             "enrol_manual_enrol_users" => enrol(&mut st, form),
             "core_course_get_courses_by_field" => courses_by_field(&st, form),
+            "core_course_get_categories" => categories(&st, form),
+            "core_course_update_courses" => update_courses(&mut st, form),
             _ => missing(st.debug),
         }
     };
@@ -648,4 +704,89 @@ fn courses_by_field(st: &State, form: &[(String, String)]) -> Value {
         return invalid(st.debug, format!("Invalid field name {field}"));
     }
     json!({"courses": courses, "warnings": []})
+}
+
+fn categories(st: &State, form: &[(String, String)]) -> Value {
+    let criteria = list(form, "criteria");
+    let found: Vec<Value> = st
+        .categories
+        .iter()
+        .filter(|(id, (idnumber, name))| {
+            criteria.values().all(|c| {
+                let v = c.get("value").map(String::as_str).unwrap_or_default();
+                match c.get("key").map(String::as_str) {
+                    Some("id") => id.to_string() == v,
+                    Some("idnumber") => idnumber == v,
+                    Some("name") => name == v,
+                    _ => false,
+                }
+            })
+        })
+        .map(|(id, (idnumber, name))| {
+            json!({"id": id, "name": name, "idnumber": idnumber, "parent": 0, "visible": 1, "depth": 1, "path": format!("/{id}")})
+        })
+        .collect();
+    Value::Array(found)
+}
+
+fn update_courses(st: &mut State, form: &[(String, String)]) -> Value {
+    let courses = list(form, "courses");
+    for c in courses.values() {
+        let Some(id) = c.get("id").and_then(|i| i.parse::<i64>().ok()) else {
+            return invalid(
+                st.debug,
+                "Missing required key in single structure: id".into(),
+            );
+        };
+        if !st.courses.contains_key(&id) {
+            return missing(st.debug);
+        }
+        if let Some(sn) = c.get("shortname") {
+            if st
+                .courses
+                .values()
+                .any(|o| o.id != id && &o.shortname == sn)
+            {
+                return exception(
+                    "core\\exception\\moodle_exception",
+                    "shortnametaken",
+                    &format!("Short name is already used for another course ({sn})"),
+                    None,
+                );
+            }
+        }
+        if let Some(idn) = c.get("idnumber").filter(|v| !v.is_empty()) {
+            if st
+                .courses
+                .values()
+                .any(|o| o.id != id && &o.idnumber == idn)
+            {
+                return exception(
+                    "core\\exception\\moodle_exception",
+                    "courseidnumbertaken",
+                    &format!("ID number is already used for another course ({idn})"),
+                    None,
+                );
+            }
+        }
+    }
+    for c in courses.values() {
+        let Some(course) = c
+            .get("id")
+            .and_then(|i| i.parse::<i64>().ok())
+            .and_then(|id| st.courses.get_mut(&id))
+        else {
+            continue;
+        };
+        for (k, v) in c {
+            match k.as_str() {
+                "shortname" => course.shortname = v.clone(),
+                "fullname" => course.fullname = v.clone(),
+                "idnumber" => course.idnumber = v.clone(),
+                "visible" => course.visible = v == "1",
+                _ => {}
+            }
+        }
+    }
+    json!({"warnings": []})
 }

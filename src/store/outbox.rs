@@ -649,6 +649,41 @@ impl Store {
 }
 
 impl Tx<'_> {
+    /// An uplink fact, inside a transaction.
+    pub fn fact(&self, key: &str) -> Result<Option<String>> {
+        self.row(
+            "SELECT value FROM uplink WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+    }
+
+    /// Unacknowledged records of one course (by course key), and how many learners have
+    /// captured progress in it: what deleting or replacing the course is guarded by.
+    pub fn course_impact(&self, course_key: &str) -> Result<(CourseBacklog, u64)> {
+        let (n, oldest): (i64, Option<i64>) = self
+            .row(
+                "SELECT COUNT(*), MIN(captured_at) FROM outbox WHERE course_key = ?1",
+                params![course_key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .unwrap_or((0, None));
+        let learners: i64 = self
+            .row(
+                "SELECT COUNT(DISTINCT userid) FROM capture_state WHERE ckey = ?1",
+                params![course_key],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0);
+        Ok((
+            CourseBacklog {
+                records: n.unsigned_abs(),
+                oldest_captured_at: oldest,
+            },
+            learners.unsigned_abs(),
+        ))
+    }
+
     /// Whether any batch waits for acknowledgement.
     pub fn has_batches(&self) -> Result<bool> {
         Ok(self

@@ -1,0 +1,215 @@
+//! Running Moodle's CLI scripts (`admin/cli/*.php`) for what the web services cannot do: course
+//! backup, restore and deletion.
+//!
+//! The script runs from Moodle's code root as `[prefix...] php admin/cli/NAME.php ARGS...`, an
+//! argument vector and never a shell string, with stdin closed (so `delete_course.php`'s
+//! question reads "no") and a timeout after which the process group is killed. The scripts'
+//! exit codes cannot be trusted (`backup.php` exits 0 when it wrote nothing, `delete_course.php`
+//! exits 0 for the site course without deleting it, and exits 1 after half-deleting with
+//! `--disablerecyclebin`), so callers decide success by the output markers seen in
+//! `shared/moodle/cli/` and by checking the result. Errors are printed on stdout as
+//! `!!! message !!!`. With CLI maintenance mode on (`DATAROOT/climaintenance.html`) or an
+//! upgrade pending, nothing is run: the caller waits and tries again.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::CliSettings;
+
+/// What a script did.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The script.
+    pub script: String,
+    /// Exit code (None when killed).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Killed at the timeout.
+    pub timed_out: bool,
+}
+
+impl Run {
+    /// The `!!! message !!!` error lines, or stderr's text when there are none.
+    pub fn error(&self) -> Option<String> {
+        let marked: Vec<&str> = self
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("!!! ")
+                    .and_then(|l| l.strip_suffix(" !!!"))
+            })
+            .collect();
+        if !marked.is_empty() {
+            return Some(marked.join("; "));
+        }
+        let err = self.stderr.trim();
+        (!err.is_empty()).then(|| err.to_string())
+    }
+
+    /// A short account for reasons and logs.
+    pub fn describe(&self) -> String {
+        let how = match (self.timed_out, self.code) {
+            (true, _) => "was killed at the timeout".to_string(),
+            (false, Some(c)) => format!("exited {c}"),
+            (false, None) => "was killed by a signal".to_string(),
+        };
+        let said = self.error().unwrap_or_else(|| {
+            self.stdout
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        });
+        format!("{} {how}: {said}", self.script)
+    }
+
+    /// Moodle said an upgrade is pending (nothing ran).
+    pub fn upgrade_pending(&self) -> bool {
+        let all = format!("{}{}", self.stdout, self.stderr).to_lowercase();
+        all.contains("upgrade pending") || all.contains("upgrade is running")
+    }
+
+    /// The value after `marker` on the first line holding it, trimmed.
+    pub fn after(&self, marker: &str) -> Option<String> {
+        self.stdout
+            .lines()
+            .find_map(|l| l.split_once(marker).map(|(_, v)| v.trim().to_string()))
+    }
+}
+
+/// Why a script could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Maintenance mode or an upgrade: try later, nothing ran.
+    #[error("Moodle is in maintenance mode or an upgrade is pending ({0}); trying again later")]
+    Maintenance(String),
+    /// The process could not start.
+    #[error("cannot run {program}: {detail} (check [moodle] php, cli_prefix and moodle_dir)")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Runs scripts for one Moodle.
+pub struct Cli<'a> {
+    settings: &'a CliSettings,
+    keepalive: &'a dyn Fn(),
+}
+
+impl<'a> Cli<'a> {
+    /// A runner; `keepalive` is called every few seconds while a script runs.
+    pub fn new(settings: &'a CliSettings, keepalive: &'a dyn Fn()) -> Self {
+        Self {
+            settings,
+            keepalive,
+        }
+    }
+
+    /// Whether CLI maintenance mode is on.
+    pub fn maintenance(&self) -> Option<String> {
+        let flag = self.settings.dataroot.as_ref()?.join("climaintenance.html");
+        flag.exists().then(|| format!("{} exists", flag.display()))
+    }
+
+    /// Runs `admin/cli/{script}` with `args`.
+    pub fn run(&self, script: &str, args: &[String]) -> Result<Run, CliError> {
+        if let Some(why) = self.maintenance() {
+            return Err(CliError::Maintenance(why));
+        }
+        let s = self.settings;
+        let php = s.php.display().to_string();
+        let (program, mut argv): (String, Vec<String>) = match s.prefix.split_first() {
+            Some((first, rest)) => (first.clone(), rest.to_vec()),
+            None => (php.clone(), Vec::new()),
+        };
+        if !s.prefix.is_empty() {
+            argv.push(php);
+        }
+        argv.push(format!("admin/cli/{script}"));
+        argv.extend(args.iter().cloned());
+        let mut child = Command::new(&program)
+            .args(&argv)
+            .current_dir(&s.moodle_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| CliError::Spawn {
+                program: program.clone(),
+                detail: e.to_string(),
+            })?;
+        tracing::info!(script, args = ?args, "running Moodle CLI script");
+        let reader = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = reader(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = reader(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let started = Instant::now();
+        let limit = Duration::from_secs(s.timeout.max(1));
+        let mut timed_out = false;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) => {}
+                Err(_) => break None,
+            }
+            if started.elapsed() >= limit {
+                timed_out = true;
+                // The whole process group: php may have children.
+                unsafe_kill_group(child.id());
+                let _ = child.kill();
+                break child.wait().ok();
+            }
+            (self.keepalive)();
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let run = Run {
+            script: script.to_string(),
+            code: status.and_then(|s| s.code()),
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+            timed_out,
+        };
+        if run.upgrade_pending() {
+            return Err(CliError::Maintenance(run.describe()));
+        }
+        Ok(run)
+    }
+}
+
+fn unsafe_kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill(2) with a negative pid signals the process group we created for the child.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}

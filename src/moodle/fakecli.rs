@@ -1,0 +1,314 @@
+//! The fake Moodle's CLI scripts, played as the transcripts in `shared/moodle/cli/` show:
+//! `backup.php`, `restore_backup.php` and `delete_course.php`, quirks included (exit 0 and no
+//! file for a bad destination; exit 0 and nothing deleted without `--non-interactive` or for
+//! the site course; exit 1 after half-deleting with `--disablerecyclebin`, a rerun finishing the
+//! job). `vessel-sync fake-php` forwards a php command line here, so the agent runs a real
+//! process with real arguments, exit code and output streams.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use serde_json::{Value, json};
+
+use super::fake::{Course, State};
+
+const DATAROOT: &str = "/var/moodledata";
+
+fn reply(code: i32, stdout: String, stderr: &str) -> Value {
+    json!({"code": code, "stdout": stdout, "stderr": stderr})
+}
+
+/// Runs one script: `form` holds `arg[0]` (the script path), `arg[1]`, ...
+pub fn run(st: &mut State, form: &[(String, String)]) -> Value {
+    let mut argv: Vec<(usize, String)> = form
+        .iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("arg[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse().ok())
+                .map(|i| (i, v.clone()))
+        })
+        .collect();
+    argv.sort();
+    let argv: Vec<String> = argv.into_iter().map(|(_, v)| v).collect();
+    st.cli_runs.push(argv.clone());
+    let Some(script) = argv.first() else {
+        return reply(1, String::new(), "Could not open input file: (none)\n");
+    };
+    let mut opts: HashMap<String, String> = HashMap::new();
+    for a in &argv[1..] {
+        let a = a.trim_start_matches('-');
+        let (k, v) = a.split_once('=').unwrap_or((a, ""));
+        let k = match k {
+            "c" if script.ends_with("delete_course.php") => "courseid",
+            "c" => "categoryid",
+            "C" => "courseid",
+            "f" => "file",
+            other => other,
+        };
+        opts.insert(k.to_string(), v.to_string());
+    }
+    match script.as_str() {
+        "admin/cli/backup.php" => backup(st, &opts),
+        "admin/cli/restore_backup.php" => restore(st, &opts),
+        "admin/cli/delete_course.php" => delete(st, &opts),
+        other => reply(
+            1,
+            String::new(),
+            &format!("Could not open input file: {other}\n"),
+        ),
+    }
+}
+
+fn backup(st: &State, o: &HashMap<String, String>) -> Value {
+    let course = if let Some(id) = o.get("courseid") {
+        id.parse::<i64>().ok().and_then(|id| st.courses.get(&id))
+    } else if let Some(sn) = o.get("courseshortname") {
+        st.course(sn)
+    } else {
+        return reply(
+            0,
+            "Perform backup of the given course or course module.\n".into(),
+            "",
+        );
+    };
+    let Some(c) = course else {
+        return reply(
+            1,
+            "!!! Can't find data record in database. !!!\n".into(),
+            "",
+        );
+    };
+    let Some(dest) = o.get("destination") else {
+        return reply(
+            0,
+            "== Performing backup... ==\nBackup completed, the new file is listed in the backup area of the given course\n".into(),
+            "",
+        );
+    };
+    let dir = std::path::Path::new(dest);
+    let probe = dir.join(".vessel-sync-fake-probe");
+    if !dir.is_dir() || std::fs::write(&probe, b"").is_err() {
+        return reply(
+            0,
+            "Destination directory does not exists or not writable.\n".into(),
+            "",
+        );
+    }
+    let _ = std::fs::remove_file(&probe);
+    let stamp = crate::clock::format_time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    );
+    let stamp: String = stamp
+        .chars()
+        .filter(char::is_ascii_digit)
+        .take(12)
+        .collect();
+    let (day, hm) = stamp.split_at(8.min(stamp.len()));
+    let path = dir.join(format!(
+        "backup-moodle2-course-{}-{}-{day}-{hm}.mbz",
+        c.id,
+        c.shortname.to_lowercase()
+    ));
+    let body = c
+        .mbz
+        .clone()
+        .unwrap_or_else(|| format!("fake backup of course {}", c.id).into_bytes());
+    if std::fs::write(&path, body).is_err() {
+        return reply(1, "!!! Error writing the backup file !!!\n".into(), "");
+    }
+    reply(
+        0,
+        format!(
+            "== Performing backup... ==\nWriting {}\nBackup completed.\n",
+            path.display()
+        ),
+        "",
+    )
+}
+
+/// What the fake reads from an .mbz: (shortname, fullname, idnumber).
+fn read_mbz(bytes: &[u8]) -> Result<(String, String, String), bool> {
+    // Err(true): not gzip at all; Err(false): damaged archive.
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err(true);
+    }
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut manifest = String::new();
+    let mut course = String::new();
+    let entries = archive.entries().map_err(|_| false)?;
+    for e in entries {
+        let mut e = e.map_err(|_| false)?;
+        let name = e.path().map_err(|_| false)?.display().to_string();
+        let mut text = String::new();
+        e.read_to_string(&mut text).map_err(|_| false)?;
+        match name.as_str() {
+            "moodle_backup.xml" => manifest = text,
+            "course/course.xml" => course = text,
+            _ => {}
+        }
+    }
+    let tag = |xml: &str, t: &str| -> String {
+        xml.split_once(&format!("<{t}>"))
+            .and_then(|(_, r)| r.split_once(&format!("</{t}>")))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default()
+    };
+    let shortname = tag(&manifest, "original_course_shortname");
+    if shortname.is_empty() {
+        return Err(false);
+    }
+    Ok((
+        shortname,
+        tag(&manifest, "original_course_fullname"),
+        tag(&course, "idnumber"),
+    ))
+}
+
+fn restore(st: &mut State, o: &HashMap<String, String>) -> Value {
+    let Some(file) = o.get("file") else {
+        return reply(
+            0,
+            "Restore backup into provided category or course.\n".into(),
+            "",
+        );
+    };
+    let Ok(bytes) = std::fs::read(file) else {
+        return reply(
+            1,
+            "!!! Sorry, the requested file could not be found !!!\n".into(),
+            "",
+        );
+    };
+    let category = o.get("categoryid").and_then(|c| c.parse::<i64>().ok());
+    let Some(category) = category.filter(|c| st.categories.contains_key(c)) else {
+        return reply(1, "!!! Incorrect category ID! !!!\n".into(), "");
+    };
+    let extract = format!(
+        "== Extracting backup file to: {DATAROOT}/temp/backup/{:032x} ==\n",
+        bytes.len() as u128 * 7919
+    );
+    let (shortname, fullname, idnumber) = match read_mbz(&bytes) {
+        Ok(m) => m,
+        Err(true) => {
+            return reply(
+                1,
+                format!(
+                    "{extract}== Preprocessing backup file ==\n!!! Exception - Call to a member function destroy() on null !!!\n"
+                ),
+                "",
+            );
+        }
+        Err(false) => {
+            return reply(
+                1,
+                format!("{extract}!!! Error processing archive file !!!\n"),
+                "",
+            );
+        }
+    };
+    let mut sn = shortname.clone();
+    let mut full = fullname.clone();
+    let mut n = 0;
+    while st.course(&sn).is_some() {
+        n += 1;
+        sn = format!("{shortname}_{n}");
+        full = format!("{fullname} copy {n}");
+    }
+    let idnumber = if st.courses.values().any(|c| c.idnumber == idnumber) {
+        String::new()
+    } else {
+        idnumber
+    };
+    let id = st.courses.keys().max().copied().unwrap_or(0) + 1;
+    st.courses.insert(
+        id,
+        Course {
+            id,
+            shortname: sn,
+            fullname: full,
+            idnumber,
+            category,
+            visible: true,
+            half_deleted: false,
+            mbz: Some(bytes),
+        },
+    );
+    reply(
+        0,
+        format!("{extract}== Preprocessing backup file ==\n== Restored course ID: {id} ==\n"),
+        "",
+    )
+}
+
+const DELETED: [&str; 14] = [
+    "Completion tracking",
+    "Grades, Items, Categories",
+    "Outcomes",
+    "Scales",
+    "Settings",
+    "Letters",
+    "Blocks",
+    "Forum",
+    "Page",
+    "Activity modules",
+    "Content bank",
+    "Enrolment methods",
+    "Groupings",
+    "Groups",
+];
+
+fn delete(st: &mut State, o: &HashMap<String, String>) -> Value {
+    let Some(id) = o.get("courseid") else {
+        return reply(0, "CLI script to delete a course.\n".into(), "");
+    };
+    let Some(c) = id
+        .parse::<i64>()
+        .ok()
+        .and_then(|id| st.courses.get(&id))
+        .cloned()
+    else {
+        return reply(1, String::new(), "Course not found\n");
+    };
+    let mut out = format!(
+        "Deleting course id {}\nCourse name: {}\nShort name: {}\n",
+        c.id, c.fullname, c.shortname
+    );
+    if !o.contains_key("non-interactive") {
+        out.push_str("\nAre you sure you wish to delete this course? (y/N)\n: ");
+        return reply(0, out, "");
+    }
+    if c.id == 1 {
+        out.push_str("Updating course count in categories...\nDone!\n");
+        return reply(0, out, "");
+    }
+    let crash = o.contains_key("disablerecyclebin") || st.crash_next_delete;
+    if crash {
+        st.crash_next_delete = false;
+        if o.contains_key("disablerecyclebin") {
+            out.push_str("Disabling recycle bin...\n");
+        }
+    }
+    let parts: Vec<&str> = DELETED
+        .iter()
+        .copied()
+        .filter(|p| !(c.half_deleted && matches!(*p, "Forum" | "Page")))
+        .collect();
+    for p in parts {
+        out.push_str(&format!("++ Deleted - {p} ++\n"));
+    }
+    st.enrolments.retain(|(_, course, _)| *course != c.id);
+    if crash {
+        if let Some(course) = st.courses.get_mut(&c.id) {
+            course.half_deleted = true;
+        }
+        out.push_str("!!! Exception - Call to undefined function course_get_format() !!!\n");
+        return reply(1, out, "");
+    }
+    st.courses.remove(&c.id);
+    out.push_str("Updating course count in categories...\nDone!\n");
+    reply(0, out, "")
+}
