@@ -16,10 +16,18 @@ use vessel_sync::store::{CommandState, NewBatch, Store};
 
 use crate::support::{Options, VESSEL, Vessel, ack, bin, cmd, draft};
 
-const MBZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/moodle/mbz");
-
+/// A real backup from `shared/moodle/mbz/` (copied into `tests/fixtures/moodle/mbz/`).
 fn mbz(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(MBZ).join(name)).unwrap()
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = [
+        here.join("tests/fixtures/moodle/mbz"),
+        here.join("../shared/moodle/mbz"),
+    ]
+    .into_iter()
+    .map(|d| d.join(name))
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("{name} not found in tests/fixtures/moodle/mbz"));
+    std::fs::read(path).unwrap()
 }
 
 struct Ship {
