@@ -11,6 +11,7 @@
 
 mod ack;
 mod course;
+mod import_progress;
 mod set_mapping;
 mod upsert_users;
 
@@ -58,6 +59,7 @@ static REGISTRY: &[&dyn Command] = &[
     &course::HideCourse,
     &course::DeleteCourse,
     &course::RestoreCourse,
+    &import_progress::ImportProgress,
 ];
 
 /// Finds a command type.

@@ -84,6 +84,10 @@ pub struct State {
     pub rest_disabled: bool,
     /// Categories: id -> (idnumber, name). DECK is 2 and ENGINE 3, as on the rig.
     pub categories: BTreeMap<i64, (String, String)>,
+    /// Course modules: cmid -> (course id, modname, name, idnumber).
+    pub modules: BTreeMap<i64, (i64, String, String, String)>,
+    /// Activity completions: (userid, cmid) -> state, as overrides leave them.
+    pub completions: BTreeMap<(i64, i64), i64>,
     /// The next `delete_course.php` dies half-way, as `--disablerecyclebin` does.
     pub crash_next_delete: bool,
     /// Every CLI run: the script and its arguments.
@@ -463,6 +467,11 @@ fn handle(state: &Mutex<State>, form: &[(String, String)]) -> (&'static str, Str
             "enrol_manual_enrol_users" => enrol(&mut st, form),
             "core_course_get_courses_by_field" => courses_by_field(&st, form),
             "core_course_get_categories" => categories(&st, form),
+            "core_course_get_contents" => contents(&st, form),
+            "core_course_get_course_module" => course_module(&st, form),
+            "core_completion_override_activity_completion_status" => {
+                override_completion(&mut st, form)
+            }
             "core_course_update_courses" => update_courses(&mut st, form),
             _ => missing(st.debug),
         }
@@ -789,4 +798,57 @@ fn update_courses(st: &mut State, form: &[(String, String)]) -> Value {
         }
     }
     json!({"warnings": []})
+}
+
+fn num(form: &[(String, String)], name: &str) -> Option<i64> {
+    scalar(form, name).and_then(|v| v.parse().ok())
+}
+
+fn contents(st: &State, form: &[(String, String)]) -> Value {
+    let Some(course) = num(form, "courseid") else {
+        return invalid(
+            st.debug,
+            "Missing required key in single structure: courseid".into(),
+        );
+    };
+    if !st.courses.contains_key(&course) {
+        return missing(st.debug);
+    }
+    let modules: Vec<Value> = st
+        .modules
+        .iter()
+        .filter(|(_, m)| m.0 == course)
+        .map(|(id, (_, modname, name, _))| {
+            json!({"id": id, "name": name, "modname": modname, "instance": id, "visible": 1, "uservisible": true, "completion": 1})
+        })
+        .collect();
+    json!([{"id": course * 10, "name": "General", "section": 0, "visible": 1, "modules": modules}])
+}
+
+fn course_module(st: &State, form: &[(String, String)]) -> Value {
+    let Some((id, (course, modname, name, idnumber))) =
+        num(form, "cmid").and_then(|id| st.modules.get(&id).map(|m| (id, m)))
+    else {
+        return missing(st.debug);
+    };
+    json!({"cm": {"id": id, "course": course, "name": name, "modname": modname, "instance": id, "idnumber": idnumber, "completion": 1, "visible": 1}, "warnings": []})
+}
+
+fn override_completion(st: &mut State, form: &[(String, String)]) -> Value {
+    let (Some(user), Some(cm), Some(state)) = (
+        num(form, "userid"),
+        num(form, "cmid"),
+        num(form, "newstate"),
+    ) else {
+        return invalid(st.debug, "Missing required key in single structure".into());
+    };
+    // As captured: a user who is not enrolled is accepted (no enrolment check).
+    if !st.users.contains_key(&user) || !st.modules.contains_key(&cm) {
+        return missing(st.debug);
+    }
+    if state != 0 && state != 1 {
+        return invalid(st.debug, format!("Invalid completion state {state}"));
+    }
+    st.completions.insert((user, cm), state);
+    json!({"cmid": cm, "userid": user, "state": state, "timecompleted": 1_795_400_000, "overrideby": 2, "tracking": 1})
 }

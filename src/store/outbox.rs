@@ -649,6 +649,23 @@ impl Store {
 }
 
 impl Tx<'_> {
+    /// The value last captured for a row (kind code, Moodle user id, object id), if any.
+    pub fn captured_value(&self, kind: u8, userid: i64, objid: i64) -> Result<Option<String>> {
+        self.row(
+            "SELECT value FROM capture_state WHERE kind = ?1 AND userid = ?2 AND objid = ?3",
+            params![kind, userid, objid],
+            |r| r.get(0),
+        )
+    }
+
+    /// Removes an uplink fact, inside a transaction.
+    pub fn drop_fact(&self, key: &str) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM uplink WHERE key = ?1", params![key])
+            .ctx(self.path)?;
+        Ok(())
+    }
+
     /// An uplink fact, inside a transaction.
     pub fn fact(&self, key: &str) -> Result<Option<String>> {
         self.row(
