@@ -519,3 +519,57 @@ fn the_fake_php_plays_the_transcripts_quirks() {
     assert!(out.ends_with("Done!\n") && !out.contains("++ Deleted - Page ++"));
     assert!(ship.moodle.state().course("FIRE-201").is_none());
 }
+
+#[test]
+fn replace_course_puts_the_new_version_live_at_once_and_retires_the_old_under_the_guard() {
+    let ship = Ship::new();
+    ship.v.once();
+    unacknowledged(&ship.v, "ERM-110");
+    ship.send(
+        1,
+        vec![cmd(
+            "replace_course",
+            "erm-v2",
+            serde_json::json!({"course": "ERM-110", "shortname": "ERM-110-V2", "idnumber": "ERM-110-V2", "category": "ENGINE"}),
+            &["files/course.mbz"],
+        )],
+        vec![("files/course.mbz", mbz("course-ERM-110-no-users.mbz"))],
+    );
+    ship.v.once();
+    let (state, reason) = ship.command("erm-v2");
+    assert_eq!(state, CommandState::Waiting);
+    assert!(
+        reason.starts_with(
+            "ERM-110-V2 is live; retiring ERM-110: waiting for shore to acknowledge 2 records"
+        ),
+        "{reason}"
+    );
+    {
+        let st = ship.moodle.state();
+        assert!(
+            st.course("ERM-110-V2").unwrap().visible,
+            "the new version is live"
+        );
+        assert!(
+            !st.course("ERM-110").unwrap().visible,
+            "the old one is hidden"
+        );
+    }
+    let a = ship.v.bundle("0002.vsb", ack(2, 1));
+    ship.v.drop_in(&a, "0002.vsb");
+    ship.once_at(0);
+    ship.once_at(400);
+    let (state, note) = ship.command("erm-v2");
+    assert_eq!(state, CommandState::Done, "{note}");
+    assert!(
+        note.starts_with("ERM-110-V2 (idnumber ERM-110-V2) is live; course ERM-110 (id 4) deleted (replaced by ERM-110-V2)"),
+        "{note}"
+    );
+    let st = ship.moodle.state();
+    assert!(st.course("ERM-110").is_none() && st.course("ERM-110-V2").is_some());
+    drop(st);
+    assert_eq!(
+        ship.scripts(),
+        ["restore_backup.php", "backup.php", "delete_course.php"]
+    );
+}

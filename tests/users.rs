@@ -554,6 +554,48 @@ mod on_the_vessel {
     }
 
     #[test]
+    fn suspend_users_suspends_and_reactivates_by_idnumber_and_names_unknown_accounts() {
+        let site = Site::new();
+        let v = vessel(&site, true);
+        let a = site
+            .moodle
+            .state()
+            .add_user("a.one", "a@x.invalid", "SEAF-1");
+        let b = site
+            .moodle
+            .state()
+            .add_user("b.two", "b@x.invalid", "SEAF-2");
+        site.moodle.state().users.get_mut(&b).unwrap().suspended = true;
+        let built = v.bundle(
+            "suspend.vsb",
+            draft(
+                VESSEL,
+                1,
+                vec![cmd(
+                    "suspend_users",
+                    "leavers",
+                    serde_json::json!({}),
+                    &["files/leavers.csv"],
+                )],
+                vec![(
+                    "files/leavers.csv",
+                    Source::Bytes(b"idnumber,suspended\nSEAF-1,1\nSEAF-2,0\nSEAF-404,1\n".to_vec()),
+                )],
+            ),
+        );
+        v.drop_in(&built, "suspend.vsb");
+        v.once();
+        let (state, note) = state_of(&v, "leavers");
+        assert_eq!(state, CommandState::Done);
+        assert_eq!(
+            note,
+            "2 accounts set (by idnumber); 1 not on this Moodle: SEAF-404"
+        );
+        let st = site.moodle.state();
+        assert!(st.users[&a].suspended && !st.users[&b].suspended);
+    }
+
+    #[test]
     fn upsert_users_waits_with_a_reason_while_moodle_is_not_configured_or_unreachable() {
         let site = Site::new();
         let v = vessel(&site, false);

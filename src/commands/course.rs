@@ -73,6 +73,11 @@ fn wait(ctx: &Ctx<'_>, secs: i64, reason: impl Into<String>) -> CommandOutcome {
 
 impl<'c, 'a> Job<'c, 'a> {
     fn new(ctx: &'c Ctx<'a>) -> Step<Self> {
+        Self::named(ctx, "course")
+    }
+
+    /// A job whose state file is `COMMAND_ID.{part}.json` (a command with two parts).
+    fn named(ctx: &'c Ctx<'a>, part: &str) -> Step<Self> {
         let Some(settings) = ctx.moodle_ws else {
             return Err(wait(
                 ctx,
@@ -101,7 +106,7 @@ impl<'c, 'a> Job<'c, 'a> {
         Ok(Self {
             ctx,
             ws,
-            state: ctx.reports_dir.join(format!("{safe}.course.json")),
+            state: ctx.reports_dir.join(format!("{safe}.{part}.json")),
         })
     }
 
@@ -701,4 +706,66 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
             "restored {shortname} (idnumber {idnumber}) as course id {course_id} in category {category} from {file}"
         )))
     })())
+}
+
+/// `replace_course`: a new version of a course is restored and goes live (as `restore_course`),
+/// then the old one is retired under the same guard as `delete_course`.
+pub struct ReplaceCourse;
+
+impl Command for ReplaceCourse {
+    fn kind(&self) -> &'static str {
+        "replace_course"
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+        let old = match course_arg(ctx) {
+            Ok(k) => k,
+            Err(o) => return Ok(o),
+        };
+        let new = arg(ctx, "shortname").unwrap_or_default();
+        let new_id = arg(ctx, "idnumber").unwrap_or(new);
+        if old == new || old == new_id {
+            return Ok(CommandOutcome::Failed(format!(
+                "the new version needs its own shortname and idnumber (args.course {old} is the course it replaces)"
+            )));
+        }
+        let restored = match Job::named(ctx, "restore") {
+            Ok(job) => restore(&job, tx)?,
+            Err(o) => return Ok(o),
+        };
+        match restored {
+            Ok(CommandOutcome::Done(_)) => {}
+            Ok(other) | Err(other) => return Ok(other),
+        }
+        let note = format!("{new} (idnumber {new_id}) is live");
+        let keep_backup = ctx
+            .args
+            .get("keep_backup")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let job = match Job::named(ctx, "retire") {
+            Ok(j) => j,
+            Err(o) => return Ok(o),
+        };
+        Ok(
+            match guarded_delete(
+                &job,
+                tx,
+                &old,
+                keep_backup,
+                &format!(" (replaced by {new})"),
+            )? {
+                Ok(CommandOutcome::Done(retired)) => {
+                    CommandOutcome::Done(format!("{note}; {retired}"))
+                }
+                Ok(other) | Err(other) => match other {
+                    CommandOutcome::Waiting { reason, retry_at } => CommandOutcome::Waiting {
+                        reason: format!("{new} is live; retiring {old}: {reason}"),
+                        retry_at,
+                    },
+                    o => o,
+                },
+            },
+        )
+    }
 }

@@ -56,9 +56,11 @@ static REGISTRY: &[&dyn Command] = &[
     &ack::Ack,
     &set_mapping::SetMapping,
     &upsert_users::UpsertUsers,
+    &upsert_users::SuspendUsers,
     &course::HideCourse,
     &course::DeleteCourse,
     &course::RestoreCourse,
+    &course::ReplaceCourse,
     &import_progress::ImportProgress,
 ];
 

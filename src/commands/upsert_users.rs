@@ -192,3 +192,122 @@ fn names(ctx: &Ctx<'_>) -> String {
         n.join(", ")
     }
 }
+
+/// `suspend_users`: accounts suspended (or, with a `suspended` column of 0, reactivated) by
+/// username or idnumber, from a CSV in the bundle. Unknown accounts are reported, not errors.
+pub struct SuspendUsers;
+
+impl Command for SuspendUsers {
+    fn kind(&self) -> &'static str {
+        "suspend_users"
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, _tx: &Tx<'_>) -> Result<CommandOutcome> {
+        Ok(suspend(ctx).unwrap_or_else(|o| o))
+    }
+}
+
+fn suspend(ctx: &Ctx<'_>) -> std::result::Result<CommandOutcome, CommandOutcome> {
+    let wait = |reason: String| CommandOutcome::Waiting {
+        reason,
+        retry_at: ctx.now + RETRY,
+    };
+    let settings = ctx.moodle_ws.ok_or_else(|| {
+        wait("Moodle's web services are not configured: set url and token_file under [moodle] in agent.toml, then restart the agent".into())
+    })?;
+    let csv = match ctx.files.as_slice() {
+        [(_, p)] => p.clone(),
+        _ => {
+            return Err(CommandOutcome::Failed(format!(
+                "suspend_users takes one CSV file (the bundle has: {})",
+                names(ctx)
+            )));
+        }
+    };
+    let token = Token::from_file(&settings.token_file).map_err(|e| wait(e.to_string()))?;
+    let ws = Ws::new(&settings.url, token, Duration::from_secs(settings.timeout))
+        .map_err(|e| wait(e.to_string()))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .from_path(&csv)
+        .map_err(|e| CommandOutcome::Failed(format!("the CSV cannot be read: {e}")))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| CommandOutcome::Failed(format!("the CSV header cannot be read: {e}")))?
+        .iter()
+        .map(|h| h.trim_start_matches('\u{feff}').trim().to_ascii_lowercase())
+        .collect();
+    let field = ["username", "idnumber"]
+        .into_iter()
+        .find(|f| header.iter().any(|h| h == f))
+        .ok_or_else(|| {
+            CommandOutcome::Failed("the CSV needs a username or an idnumber column".into())
+        })?;
+    let key_col = header.iter().position(|h| h == field).unwrap_or(0);
+    let flag_col = header.iter().position(|h| h == "suspended");
+    let mut wanted: Vec<(String, bool)> = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| CommandOutcome::Failed(format!("unreadable CSV: {e}")))?;
+        let key = rec.get(key_col).unwrap_or("").trim().to_string();
+        let flag = flag_col.and_then(|i| rec.get(i)).map(str::trim) != Some("0");
+        if !key.is_empty() {
+            wanted.push((key, flag));
+        }
+    }
+    let (mut changed, mut unknown) = (0u64, Vec::new());
+    for chunk in wanted.chunks(settings.user_chunk.max(1)) {
+        let mut p = crate::moodle::ws::Params::new().set("field", field);
+        for (i, (k, _)) in chunk.iter().enumerate() {
+            p = p.item("values", i, k);
+        }
+        let found = ws
+            .call(
+                "core_user_get_users_by_field",
+                &p,
+                crate::moodle::ws::Safety::Read,
+            )
+            .map_err(|e| wait(e.to_string()))?;
+        let ids: std::collections::HashMap<String, i64> = found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| Some((u[field].as_str()?.to_string(), u["id"].as_i64()?)))
+            .collect();
+        let mut p = crate::moodle::ws::Params::new();
+        let mut n = 0;
+        for (k, flag) in chunk {
+            match ids.get(k) {
+                Some(id) => {
+                    p.field("users", n, "id", id);
+                    p.field("users", n, "suspended", u8::from(*flag));
+                    n += 1;
+                }
+                None => unknown.push(k.clone()),
+            }
+        }
+        if n > 0 {
+            // Setting a flag is idempotent: a repeat after a lost reply does no harm.
+            ws.call(
+                "core_user_update_users",
+                &p,
+                crate::moodle::ws::Safety::Read,
+            )
+            .map_err(|e| wait(e.to_string()))?;
+            changed += n as u64;
+        }
+        (ctx.keepalive)();
+    }
+    let mut note = format!("{changed} accounts set (by {field})");
+    if !unknown.is_empty() {
+        note.push_str(&format!(
+            "; {} not on this Moodle: {}",
+            unknown.len(),
+            unknown
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(CommandOutcome::Done(note))
+}
