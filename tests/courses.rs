@@ -573,3 +573,57 @@ fn replace_course_puts_the_new_version_live_at_once_and_retires_the_old_under_th
         ["restore_backup.php", "backup.php", "delete_course.php"]
     );
 }
+
+#[test]
+fn set_mapping_reports_rows_that_name_what_this_moodle_lacks() {
+    let ship = Ship::new();
+    ship.moodle.state().modules.insert(
+        4,
+        (
+            2,
+            "page".into(),
+            "Personal survival techniques".into(),
+            "SAFETY-101-PST".into(),
+        ),
+    );
+    let csv = "kind,legacy_id,moodle_key,course\n\
+               category,TRS-DECK,DECK,\n\
+               category,TRS-GALLEY,GALLEY,\n\
+               course,TRS-0101,SAFETY-101,\n\
+               course,TRS-0900,NAV-900,\n\
+               activity,TRS-0101-A,SAFETY-101-PST,SAFETY-101\n\
+               activity,TRS-0101-B,page:Personal survival techniques,SAFETY-101\n\
+               activity,TRS-0101-Z,SAFETY-101-ZZZ,SAFETY-101\n";
+    ship.send(
+        1,
+        vec![cmd(
+            "set_mapping",
+            "map-1",
+            serde_json::json!({}),
+            &["files/mapping.csv"],
+        )],
+        vec![("files/mapping.csv", csv.as_bytes().to_vec())],
+    );
+    ship.v.once();
+    let (state, note) = ship.command("map-1");
+    assert_eq!(state, CommandState::Done, "{note}");
+    assert!(
+        note.starts_with("7 mapping(s) stored"),
+        "stored either way: {note}"
+    );
+    assert!(
+        note.contains("3 row(s) name what this Moodle lacks (first: row 3 moodle_key \"GALLEY\""),
+        "{note}"
+    );
+    let drift: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ship.v.path("state/reports/map-1.mapping-drift.json")).unwrap(),
+    )
+    .unwrap();
+    let rows: Vec<u64> = drift
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [3, 5, 8]);
+}

@@ -519,3 +519,78 @@ fn apply(ctx: &Ctx<'_>, ws: &Ws, plan: &Plan, safe: &str) -> CommandOutcome {
     note.push_str(&format!("; report: {}", report_path.display()));
     CommandOutcome::Done(note)
 }
+
+/// The mapping rows whose category, course or activity this Moodle does not have (drift), for
+/// `set_mapping`'s check. Err: Moodle could not be asked.
+pub(super) fn existing(
+    ctx: &Ctx<'_>,
+    rows: &[super::set_mapping::Row],
+) -> std::result::Result<Vec<RowError>, String> {
+    let why = |o: CommandOutcome| match o {
+        CommandOutcome::Waiting { reason, .. } | CommandOutcome::Failed(reason) => reason,
+        CommandOutcome::Done(r) | CommandOutcome::Superseded(r) => r,
+    };
+    let ws = connect(ctx).map_err(why)?;
+    let mut courses: HashMap<String, Option<CourseInfo>> = HashMap::new();
+    let mut drift = Vec::new();
+    for r in rows {
+        match r.kind.as_str() {
+            "category" => {
+                let p = Params::new()
+                    .set("criteria[0][key]", "idnumber")
+                    .set("criteria[0][value]", &r.moodle_key)
+                    .set("addsubcategories", 0);
+                let found = call(ctx, &ws, "core_course_get_categories", &p).map_err(why)?;
+                if found.as_array().is_none_or(|a| a.is_empty()) {
+                    drift.push(bad(
+                        r.row,
+                        "moodle_key",
+                        &r.moodle_key,
+                        "no category with this idnumber on this Moodle",
+                    ));
+                }
+            }
+            kind => {
+                let course_key = if kind == "course" {
+                    &r.moodle_key
+                } else {
+                    &r.course
+                };
+                if !courses.contains_key(course_key) {
+                    let info = course_info(ctx, &ws, course_key).map_err(why)?;
+                    courses.insert(course_key.clone(), info);
+                }
+                match courses.get(course_key) {
+                    Some(Some(c))
+                        if kind == "activity" && !c.activities.contains_key(&r.moodle_key) =>
+                    {
+                        drift.push(bad(
+                            r.row,
+                            "moodle_key",
+                            &r.moodle_key,
+                            &format!(
+                                "no activity with this key in course {} on this Moodle",
+                                c.key
+                            ),
+                        ));
+                    }
+                    Some(Some(_)) => {}
+                    _ => {
+                        let field = if kind == "course" {
+                            "moodle_key"
+                        } else {
+                            "course"
+                        };
+                        drift.push(bad(
+                            r.row,
+                            field,
+                            course_key,
+                            "no course with this idnumber or shortname on this Moodle",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(drift)
+}

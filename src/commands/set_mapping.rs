@@ -26,6 +26,8 @@ use crate::csvrow::bad;
 /// A valid row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
+    /// Row number (header = 1).
+    pub row: u64,
     /// Kind.
     pub kind: String,
     /// Legacy id.
@@ -202,6 +204,7 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
                 continue;
             }
             each(&Row {
+                row,
                 kind: kind_l,
                 legacy_id: legacy,
                 moodle_key: key,
@@ -263,9 +266,10 @@ impl Command for SetMapping {
                 superseded += 1;
             }
         }
-        let note = format!(
+        let mut note = format!(
             "{applied} mapping(s) stored from {name}, {superseded} left as a newer sequence set them"
         );
+        note.push_str(&self.drift(ctx, &valid));
         Ok(if applied == 0 && superseded > 0 {
             CommandOutcome::Superseded(note)
         } else {
@@ -275,7 +279,38 @@ impl Command for SetMapping {
 }
 
 impl SetMapping {
+    /// Checks the mappings against the local Moodle (when its web services are configured):
+    /// every mapped category, course and activity must exist. Drift is reported per row in
+    /// `reports/ID.mapping-drift.json`; the mappings are stored either way (a course may arrive
+    /// later by `restore_course`). Returns the sentence for the note.
+    fn drift(&self, ctx: &Ctx<'_>, rows: &[Row]) -> String {
+        if ctx.moodle_ws.is_none() {
+            return String::new();
+        }
+        let found = match super::import_progress::existing(ctx, rows) {
+            Ok(f) => f,
+            Err(why) => return format!("; not checked against Moodle: {why}"),
+        };
+        if found.is_empty() {
+            return "; every mapped category, course and activity exists on this Moodle".into();
+        }
+        let report = self.write_named_report(ctx, "mapping-drift", &found);
+        let f = &found[0];
+        format!(
+            "; {} row(s) name what this Moodle lacks (first: row {} {} {:?}: {}); report: {report}",
+            found.len(),
+            f.row,
+            f.field,
+            f.value,
+            f.message
+        )
+    }
+
     fn write_report(&self, ctx: &Ctx<'_>, errors: &[RowError]) -> String {
+        self.write_named_report(ctx, "mapping-report", errors)
+    }
+
+    fn write_named_report(&self, ctx: &Ctx<'_>, what: &str, errors: &[RowError]) -> String {
         let safe: String = ctx
             .cmd
             .cmd_id
@@ -288,7 +323,7 @@ impl SetMapping {
                 }
             })
             .collect();
-        let path = ctx.reports_dir.join(format!("{safe}.mapping-report.json"));
+        let path = ctx.reports_dir.join(format!("{safe}.{what}.json"));
         let written = std::fs::create_dir_all(ctx.reports_dir).and_then(|()| {
             let body = serde_json::to_vec_pretty(errors).map_err(std::io::Error::other)?;
             crate::fsutil::atomic_write(&path, &body)
