@@ -30,6 +30,52 @@ struct Status {
     mappings: std::collections::BTreeMap<String, u64>,
     outbox_ack: Option<AckState>,
     progress: ProgressStatus,
+    learner_impact: Vec<Impact>,
+}
+
+/// What a held course command means for learners.
+#[derive(Serialize)]
+struct Impact {
+    command_id: String,
+    kind: String,
+    course: String,
+    learners_with_progress: u64,
+    unacknowledged_records: u64,
+    oldest_unacknowledged_age_s: Option<i64>,
+}
+
+/// The learner impact of every held course command (delete, replace, restore, hide).
+fn impacts(
+    store: &Store,
+    held: &[crate::store::CommandRow],
+    now: i64,
+) -> Result<Vec<Impact>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for c in held {
+        let arg = match c.kind.as_str() {
+            "delete_course" | "replace_course" | "hide_course" => "course",
+            "restore_course" => "idnumber",
+            _ => continue,
+        };
+        let args: serde_json::Value = serde_json::from_str(&c.args).unwrap_or_default();
+        let Some(course) = args[arg]
+            .as_str()
+            .or_else(|| args["shortname"].as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let (backlog, learners) = store.course_impact(&course)?;
+        out.push(Impact {
+            command_id: c.cmd_id.clone(),
+            kind: c.kind.clone(),
+            course,
+            learners_with_progress: learners,
+            unacknowledged_records: backlog.records,
+            oldest_unacknowledged_age_s: backlog.oldest_captured_at.map(|t| now - t),
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -108,6 +154,8 @@ fn list_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
 
 fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::StoreError> {
     let store = Store::open_readonly(&cfg.paths.database())?;
+    let journal = store.overview()?;
+    let learner_impact = impacts(&store, &journal.held, clock.now())?;
     Ok(Status {
         vessel: cfg.vessel_id.clone(),
         database: cfg.paths.database().display().to_string(),
@@ -120,7 +168,8 @@ fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::Store
         .len() as u64,
         recent_rejections: store.recent_audit(AuditEvent::REJECTED, 5)?,
         duplicates_ignored: store.count_audit(AuditEvent::DUPLICATE)?,
-        journal: store.overview()?,
+        learner_impact,
+        journal,
         mappings: store.mapping_counts()?,
         outbox_ack: store.ack("outbox")?,
         progress: progress_status(cfg, &store, clock.now())?,
@@ -207,6 +256,16 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
             c.attempts,
             c.reason.as_deref().unwrap_or("")
         );
+        if let Some(i) = s.learner_impact.iter().find(|i| i.command_id == c.cmd_id) {
+            let oldest = i
+                .oldest_unacknowledged_age_s
+                .map(|a| format!(", oldest {}", format_age(a)))
+                .unwrap_or_default();
+            println!(
+                "  impact:  {}: {} learner(s) have progress in it on board; {} record(s) not yet acknowledged by shore{oldest}",
+                i.course, i.learners_with_progress, i.unacknowledged_records
+            );
+        }
     }
     if !s.inbox_pending.is_empty() {
         println!(

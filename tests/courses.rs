@@ -316,9 +316,14 @@ fn a_guarded_delete_waits_for_shores_acknowledgement_then_backs_up_then_deletes(
     let status = ship
         .v
         .run(&["status", "--config", ship.v.config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(
-        String::from_utf8_lossy(&status.stdout).contains("2 records of ERM-110"),
-        "status names the hold"
+        text.contains("2 records of ERM-110"),
+        "status names the hold: {text}"
+    );
+    assert!(
+        text.contains("impact:  ERM-110: 0 learner(s) have progress in it on board; 2 record(s) not yet acknowledged by shore, oldest"),
+        "{text}"
     );
 
     // Shore acknowledges batch 1; the next look (after the retry time) proceeds.

@@ -506,7 +506,40 @@ impl Tx<'_> {
     }
 }
 
+fn course_impact(
+    conn: &rusqlite::Connection,
+    path: &std::path::Path,
+    course_key: &str,
+) -> Result<(CourseBacklog, u64)> {
+    let (n, oldest): (i64, Option<i64>) = conn
+        .query_row(
+            "SELECT COUNT(*), MIN(captured_at) FROM outbox WHERE course_key = ?1",
+            params![course_key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ctx(path)?;
+    let learners: i64 = conn
+        .query_row(
+            "SELECT COUNT(DISTINCT userid) FROM capture_state WHERE ckey = ?1",
+            params![course_key],
+            |r| r.get(0),
+        )
+        .ctx(path)?;
+    Ok((
+        CourseBacklog {
+            records: n.unsigned_abs(),
+            oldest_captured_at: oldest,
+        },
+        learners.unsigned_abs(),
+    ))
+}
+
 impl Store {
+    /// Learners with progress in a course and its unacknowledged records (for `status`).
+    pub fn course_impact(&self, course_key: &str) -> Result<(CourseBacklog, u64)> {
+        course_impact(&self.conn, &self.path, course_key)
+    }
+
     /// An uplink fact.
     pub fn fact(&self, key: &str) -> Result<Option<String>> {
         self.row(
@@ -577,21 +610,6 @@ impl Store {
             quarantined: quarantined.unsigned_abs(),
             acked_seq: ack.map(|a| a.0.unsigned_abs()).unwrap_or(0),
             acked_at: ack.map(|a| a.1),
-        })
-    }
-
-    /// Unacknowledged records of one course (by course key).
-    pub fn course_backlog(&self, course_key: &str) -> Result<CourseBacklog> {
-        let (n, oldest): (i64, Option<i64>) = self
-            .row(
-                "SELECT COUNT(*), MIN(captured_at) FROM outbox WHERE course_key = ?1",
-                params![course_key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .unwrap_or((0, None));
-        Ok(CourseBacklog {
-            records: n.unsigned_abs(),
-            oldest_captured_at: oldest,
         })
     }
 
@@ -678,27 +696,7 @@ impl Tx<'_> {
     /// Unacknowledged records of one course (by course key), and how many learners have
     /// captured progress in it: what deleting or replacing the course is guarded by.
     pub fn course_impact(&self, course_key: &str) -> Result<(CourseBacklog, u64)> {
-        let (n, oldest): (i64, Option<i64>) = self
-            .row(
-                "SELECT COUNT(*), MIN(captured_at) FROM outbox WHERE course_key = ?1",
-                params![course_key],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .unwrap_or((0, None));
-        let learners: i64 = self
-            .row(
-                "SELECT COUNT(DISTINCT userid) FROM capture_state WHERE ckey = ?1",
-                params![course_key],
-                |r| r.get(0),
-            )?
-            .unwrap_or(0);
-        Ok((
-            CourseBacklog {
-                records: n.unsigned_abs(),
-                oldest_captured_at: oldest,
-            },
-            learners.unsigned_abs(),
-        ))
+        course_impact(&self.tx, self.path, course_key)
     }
 
     /// Whether any batch waits for acknowledgement.
