@@ -419,11 +419,93 @@ fn users(
     std::fs::copy(&bundle, dir.join("inbox/0003-users.vsb")).map_err(e)?;
     let cfg = Config::load(cfg_path).map_err(|e| e.to_string())?;
     once(&cfg, clock)?;
+    {
+        let st = moodle.state();
+        println!(
+            "Moodle now has {} seafarers and {} enrolments; the per-row report is in state/reports/crew-list-2026-11.users-report.json",
+            st.users.len() - 1,
+            st.enrolments.len()
+        );
+    }
+    courses(dir, cfg_path, clock, ops, &moodle)
+}
+
+/// Courses: a restore from an .mbz and a guarded deletion, through the stand-in's CLI scripts.
+fn courses(
+    dir: &Path,
+    cfg_path: &Path,
+    clock: &Arc<dyn Clock>,
+    ops: &SecretKey,
+    moodle: &crate::moodle::fake::FakeMoodle,
+) -> Result<(), String> {
+    let e = |e: std::io::Error| e.to_string();
+    step(
+        15,
+        "Shore: bundle #4 restores NAV-200 from a course backup and retires FIRE-201 (a guarded deletion); the agent runs Moodle's CLI scripts (here the stand-in's)",
+    );
+    let exe = std::env::current_exe().map_err(e)?;
+    let (php, code) = moodle.php(dir, &exe).map_err(e)?;
+    let lines = format!(
+        "moodle_dir = \"{}\"\nphp = \"{}\"\n",
+        code.display(),
+        php.display()
+    );
+    let text = std::fs::read_to_string(cfg_path).map_err(e)?.replacen(
+        "\n[moodle]\n",
+        &format!("\n[moodle]\n{lines}"),
+        1,
+    );
+    std::fs::write(cfg_path, text).map_err(e)?;
+    println!("[moodle] (added)\n{lines}");
+    let mbz = dir.join("shore/nav-200.mbz");
+    std::fs::write(
+        &mbz,
+        crate::moodle::fakecli::sample_mbz("NAV-200", "Navigation watchkeeping").map_err(e)?,
+    )
+    .map_err(e)?;
+    let bundle = dir.join("shore/0004-courses.vsb");
+    let d = draft(
+        "mv-aurora",
+        4,
+        vec![
+            CommandEntry {
+                id: "nav-200".into(),
+                ..command(
+                    "restore_course",
+                    serde_json::json!({"shortname": "NAV-200", "idnumber": "NAV-200", "category": "DECK"}),
+                    &["files/nav-200.mbz"],
+                )
+            },
+            CommandEntry {
+                id: "retire-fire-201".into(),
+                ..command(
+                    "delete_course",
+                    serde_json::json!({"course": "FIRE-201"}),
+                    &[],
+                )
+            },
+        ],
+        vec![("files/nav-200.mbz".into(), Source::Path(mbz))],
+    );
+    envelope::write_envelope(&d, ops, clock.now(), &bundle).map_err(e)?;
+    std::fs::copy(&bundle, dir.join("inbox/0004-courses.vsb")).map_err(e)?;
+    let cfg = Config::load(cfg_path).map_err(|e| e.to_string())?;
+    once(&cfg, clock)?;
+    if moodle.state().course("FIRE-201").is_some() {
+        println!("(a minute later: the capture after hiding has run)");
+        let later: Arc<dyn Clock> = Arc::new(crate::clock::OffsetClock(60));
+        once(&cfg, &later)?;
+    }
     let st = moodle.state();
+    let scripts: Vec<String> = st.cli_runs.iter().map(|a| a[0].clone()).collect();
     println!(
-        "Moodle now has {} seafarers and {} enrolments; the per-row report is in state/reports/crew-list-2026-11.users-report.json",
-        st.users.len() - 1,
-        st.enrolments.len()
+        "Moodle's CLI scripts run, in order: {}; FIRE-201 is {}; the final backup is in state/backups/",
+        scripts.join(", "),
+        if st.course("FIRE-201").is_some() {
+            "still there"
+        } else {
+            "gone"
+        }
     );
     Ok(())
 }

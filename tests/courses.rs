@@ -632,3 +632,58 @@ fn set_mapping_reports_rows_that_name_what_this_moodle_lacks() {
         .collect();
     assert_eq!(rows, [3, 5, 8]);
 }
+
+#[test]
+fn a_guarded_delete_asks_for_a_capture_after_hiding_and_then_counts_what_it_captured() {
+    let pg = crate::support::dbs::Pg::start();
+    let ship = Ship::new();
+    let db = pg.moodle_section(&ship.v.path("db.pw"));
+    let text = std::fs::read_to_string(&ship.v.config)
+        .unwrap()
+        .replacen("[moodle]\n", &db, 1);
+    std::fs::write(&ship.v.config, text).unwrap();
+    ship.send(
+        1,
+        vec![cmd(
+            "delete_course",
+            "retire-safety",
+            serde_json::json!({"course": "SAFETY-101"}),
+            &[],
+        )],
+        vec![],
+    );
+    ship.v.once();
+    let (state, reason) = ship.command("retire-safety");
+    assert_eq!(state, CommandState::Waiting);
+    assert!(
+        reason.contains("waiting for a progress capture"),
+        "{reason}"
+    );
+    assert!(!ship.moodle.state().course("SAFETY-101").unwrap().visible);
+    // The agent captured in the same run; the next look counts SAFETY-101's records in the outbox.
+    ship.once_at(10);
+    let (state, reason) = ship.command("retire-safety");
+    assert_eq!(state, CommandState::Waiting);
+    let records: Vec<_> = ship
+        .v
+        .store()
+        .outbox_records()
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.course == "SAFETY-101")
+        .collect();
+    let learners: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.user.as_str()).collect();
+    assert!(!records.is_empty());
+    assert!(
+        reason.contains(&format!(
+            "waiting for shore to acknowledge {} records of SAFETY-101",
+            records.len()
+        )) && reason.contains(&format!(
+            "({} learners have progress in this course)",
+            learners.len()
+        )),
+        "{reason}"
+    );
+    assert!(ship.scripts().is_empty(), "nothing backed up or deleted");
+}

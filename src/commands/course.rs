@@ -52,6 +52,8 @@ struct Progress {
     backup: Option<String>,
     /// A restore was started when the highest course id was this.
     restoring_above: Option<i64>,
+    /// The capture counter when the course was hidden.
+    captures_at_hide: Option<u64>,
     mbz_sha256: Option<String>,
     delete_attempts: u32,
 }
@@ -414,17 +416,18 @@ fn guarded_delete(
     if let Err(o) = job.hide(&c) {
         return Ok(Err(o));
     }
-    let hidden_at = *p.hidden_at.get_or_insert(ctx.now);
+    let captures: u64 = tx
+        .fact("captures")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    p.hidden_at.get_or_insert(ctx.now);
+    let at_hide = *p.captures_at_hide.get_or_insert(captures);
     if let Err(o) = job.save(&p) {
         return Ok(Err(o));
     }
     // 2. A capture after hiding records the course's last progress.
     if ctx.capture_configured {
-        let last: i64 = tx
-            .fact("last_capture_at")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if last <= hidden_at {
+        if captures <= at_hide {
             tx.set_fact("capture_requested_at", &ctx.now.to_string())?;
             return Ok(Err(wait(
                 ctx,

@@ -213,3 +213,98 @@ fn unsafe_kill_group(pid: u32) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn setup(body: &str, timeout: u64) -> (tempfile::TempDir, CliSettings) {
+        let dir = tempfile::tempdir().unwrap();
+        let php = dir.path().join("php");
+        std::fs::write(&php, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&php, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.path().join("code/admin/cli")).unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let s = CliSettings {
+            moodle_dir: dir.path().join("code"),
+            php,
+            prefix: Vec::new(),
+            timeout,
+            dataroot: Some(dir.path().join("data")),
+            backup_dir: None,
+            keep_backups: 0,
+        };
+        (dir, s)
+    }
+
+    #[test]
+    fn arguments_pass_as_words_from_the_code_root_with_stdin_closed() {
+        let (_d, s) = setup(
+            r#"pwd; for a in "$@"; do echo "[$a]"; done; read x || echo "stdin closed""#,
+            10,
+        );
+        let run = Cli::new(&s, &|| {})
+            .run("backup.php", &["--destination=/a b; rm -rf /".into()])
+            .unwrap();
+        assert_eq!(run.code, Some(0));
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert!(lines[0].ends_with("/code"), "{lines:?}");
+        assert_eq!(
+            lines[1..],
+            [
+                "[admin/cli/backup.php]",
+                "[--destination=/a b; rm -rf /]",
+                "stdin closed"
+            ]
+        );
+    }
+
+    #[test]
+    fn moodle_errors_are_read_from_the_bang_lines_and_a_hung_script_is_killed() {
+        let (_d, s) = setup(
+            "echo '== Extracting =='; echo '!!! Error processing archive file !!!'; exit 1",
+            10,
+        );
+        let run = Cli::new(&s, &|| {}).run("restore_backup.php", &[]).unwrap();
+        assert_eq!(
+            run.error().as_deref(),
+            Some("Error processing archive file")
+        );
+        assert!(
+            run.describe()
+                .contains("exited 1: Error processing archive file")
+        );
+
+        let (_d, s) = setup("sleep 30", 1);
+        let pings = std::cell::Cell::new(0);
+        let started = std::time::Instant::now();
+        let run = Cli::new(&s, &|| pings.set(pings.get() + 1))
+            .run("delete_course.php", &[])
+            .unwrap();
+        assert!(run.timed_out && run.code.is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "killed at the timeout"
+        );
+        assert!(pings.get() > 0, "the watchdog is fed while a script runs");
+    }
+
+    #[test]
+    fn maintenance_mode_and_a_pending_upgrade_run_nothing() {
+        let (d, s) = setup("echo ran > ran.txt", 10);
+        std::fs::write(d.path().join("data/climaintenance.html"), "x").unwrap();
+        let err = Cli::new(&s, &|| {}).run("backup.php", &[]).unwrap_err();
+        assert!(matches!(err, CliError::Maintenance(_)));
+        assert!(!d.path().join("code/ran.txt").exists());
+        std::fs::remove_file(d.path().join("data/climaintenance.html")).unwrap();
+        let (_d, s) = setup(
+            "echo 'Moodle upgrade pending, CLI execution suspended.'; exit 1",
+            10,
+        );
+        assert!(matches!(
+            Cli::new(&s, &|| {}).run("backup.php", &[]),
+            Err(CliError::Maintenance(_))
+        ));
+    }
+}

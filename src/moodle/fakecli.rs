@@ -312,3 +312,27 @@ fn delete(st: &mut State, o: &HashMap<String, String>) -> Value {
     out.push_str("Updating course count in categories...\nDone!\n");
     reply(0, out, "")
 }
+
+/// A small course backup in Moodle's `.mbz` layout (gzip-compressed tar with
+/// `moodle_backup.xml` and `course/course.xml`), enough for this fake's restore (the demo).
+pub fn sample_mbz(shortname: &str, fullname: &str) -> std::io::Result<Vec<u8>> {
+    let manifest = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<moodle_backup><information><original_course_fullname>{fullname}</original_course_fullname><original_course_shortname>{shortname}</original_course_shortname></information></moodle_backup>\n"
+    );
+    let course = format!(
+        "<course><shortname>{shortname}</shortname><fullname>{fullname}</fullname><idnumber>{shortname}</idnumber></course>\n"
+    );
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (name, body) in [
+        ("moodle_backup.xml", manifest),
+        ("course/course.xml", course),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body.as_bytes())?;
+    }
+    tar.into_inner()?.finish()
+}

@@ -419,6 +419,13 @@ pub fn apply_snapshot(
     failpoint::hit("capture.before-commit");
     tx.set_fact("last_capture_at", &now.to_string())?;
     tx.set_fact("last_capture_rows", &report.rows.to_string())?;
+    // A counter, not a time: a guarded deletion waits for a capture *after* it hid the course,
+    // which two times within one second cannot tell.
+    let count: u64 = tx
+        .fact("captures")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    tx.set_fact("captures", &(count + 1).to_string())?;
     tx.commit()?;
     failpoint::hit("capture.after-commit");
     report.diff_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
