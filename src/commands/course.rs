@@ -426,17 +426,15 @@ fn guarded_delete(
         return Ok(Err(o));
     }
     // 2. A capture after hiding records the course's last progress.
-    if ctx.capture_configured {
-        if captures <= at_hide {
-            tx.set_fact("capture_requested_at", &ctx.now.to_string())?;
-            return Ok(Err(wait(
-                ctx,
-                5,
-                format!(
-                    "course {key} hidden; waiting for a progress capture to record its last progress before it is deleted"
-                ),
-            )));
-        }
+    if ctx.capture_configured && captures <= at_hide {
+        tx.set_fact("capture_requested_at", &ctx.now.to_string())?;
+        return Ok(Err(wait(
+            ctx,
+            5,
+            format!(
+                "course {key} hidden; waiting for a progress capture to record its last progress before it is deleted"
+            ),
+        )));
     }
     // 3. Shore must hold every record of the course.
     let (backlog, learners) = tx.course_impact(c.key())?;
