@@ -14,14 +14,13 @@
 //! deleted, and its absence checked.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Command, Ctx};
 use crate::moodle::cli::{Cli, CliError, Run};
-use crate::moodle::ws::{Params, Safety, Token, Ws, WsError};
+use crate::moodle::ws::{Params, Safety, Ws, WsError};
 use crate::store::{CommandOutcome, Result, Tx};
 
 /// A course as the web services show it.
@@ -80,29 +79,8 @@ impl<'c, 'a> Job<'c, 'a> {
 
     /// A job whose state file is `COMMAND_ID.{part}.json` (a command with two parts).
     fn named(ctx: &'c Ctx<'a>, part: &str) -> Step<Self> {
-        let Some(settings) = ctx.moodle_ws else {
-            return Err(wait(
-                ctx,
-                300,
-                "Moodle's web services are not configured: set url and token_file under [moodle] in agent.toml, then restart the agent",
-            ));
-        };
-        let token =
-            Token::from_file(&settings.token_file).map_err(|e| wait(ctx, 300, e.to_string()))?;
-        let ws = Ws::new(&settings.url, token, Duration::from_secs(settings.timeout))
-            .map_err(|e| wait(ctx, 300, e.to_string()))?;
-        let safe: String = ctx
-            .cmd
-            .cmd_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let ws = ctx.moodle(300)?;
+        let safe = ctx.safe_id();
         std::fs::create_dir_all(ctx.reports_dir)
             .map_err(|e| wait(ctx, 300, format!("{}: {e}", ctx.reports_dir.display())))?;
         Ok(Self {

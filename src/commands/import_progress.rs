@@ -17,14 +17,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Command, Ctx};
 use crate::csvrow::{RowError, bad};
-use crate::moodle::ws::{Params, Safety, Token, Ws};
+use crate::moodle::ws::{Params, Safety, Ws};
 use crate::progress::{Record, RecordKind};
 use crate::store::{CommandOutcome, Result, Tx};
 
@@ -70,18 +69,7 @@ impl Command for ImportProgress {
     }
 
     fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
-        let safe: String = ctx
-            .cmd
-            .cmd_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = ctx.safe_id();
         let plan_path = ctx.reports_dir.join(format!("{safe}.import-plan.json"));
         let marker = format!("import_recorded:{}", ctx.cmd.cmd_id);
         let ws = match connect(ctx) {
@@ -161,17 +149,7 @@ struct ResolvedPlan {
 }
 
 fn connect(ctx: &Ctx<'_>) -> Step<Ws> {
-    let Some(settings) = ctx.moodle_ws else {
-        return Err(wait(
-            ctx,
-            300,
-            "Moodle's web services are not configured: set url and token_file under [moodle] in agent.toml, then restart the agent",
-        ));
-    };
-    let token =
-        Token::from_file(&settings.token_file).map_err(|e| wait(ctx, 300, e.to_string()))?;
-    Ws::new(&settings.url, token, Duration::from_secs(settings.timeout))
-        .map_err(|e| wait(ctx, 300, e.to_string()))
+    ctx.moodle(300)
 }
 
 fn csv_path(ctx: &Ctx<'_>) -> Step<PathBuf> {

@@ -43,6 +43,39 @@ pub struct Ctx<'a> {
     pub keepalive: &'a dyn Fn(),
 }
 
+impl Ctx<'_> {
+    /// The web-service client for the configured Moodle, or a `waiting` outcome saying what to
+    /// configure or what failed (retried after `retry` seconds).
+    pub fn moodle(&self, retry: i64) -> std::result::Result<crate::moodle::ws::Ws, CommandOutcome> {
+        let wait = |reason: String| CommandOutcome::Waiting {
+            reason,
+            retry_at: self.now + retry,
+        };
+        let Some(s) = self.moodle_ws else {
+            return Err(wait("Moodle's web services are not configured: set url and token_file under [moodle] in agent.toml, then restart the agent".into()));
+        };
+        let token =
+            crate::moodle::ws::Token::from_file(&s.token_file).map_err(|e| wait(e.to_string()))?;
+        crate::moodle::ws::Ws::new(&s.url, token, std::time::Duration::from_secs(s.timeout))
+            .map_err(|e| wait(e.to_string()))
+    }
+
+    /// The command id made safe as a file name (reports are `reports_dir/SAFE_ID.WHAT.json`).
+    pub fn safe_id(&self) -> String {
+        self.cmd
+            .cmd_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    }
+}
+
 /// A command type.
 pub trait Command: Sync {
     /// The `type` string in manifests.

@@ -311,18 +311,7 @@ impl SetMapping {
     }
 
     fn write_named_report(&self, ctx: &Ctx<'_>, what: &str, errors: &[RowError]) -> String {
-        let safe: String = ctx
-            .cmd
-            .cmd_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = ctx.safe_id();
         let path = ctx.reports_dir.join(format!("{safe}.{what}.json"));
         let written = std::fs::create_dir_all(ctx.reports_dir).and_then(|()| {
             let body = serde_json::to_vec_pretty(errors).map_err(std::io::Error::other)?;

@@ -11,10 +11,8 @@
 //! again (its progress kept). The per-row report is `STATE_DIR/reports/COMMAND_ID.users-report.json`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use super::{Command, Ctx};
-use crate::moodle::ws::{Token, Ws};
 use crate::store::{CommandOutcome, Result, Tx};
 use crate::users::import::{self, Observer, Options, Progress};
 use crate::users::validate;
@@ -71,13 +69,9 @@ impl UpsertUsers {
                 ));
             }
         };
-        let token = match Token::from_file(&settings.token_file) {
-            Ok(t) => t,
-            Err(e) => return wait(e.to_string()),
-        };
-        let ws = match Ws::new(&settings.url, token, Duration::from_secs(settings.timeout)) {
+        let ws = match ctx.moodle(RETRY) {
             Ok(w) => w,
-            Err(e) => return wait(e.to_string()),
+            Err(o) => return o,
         };
         let opts = Options {
             chunk: ctx
@@ -92,18 +86,7 @@ impl UpsertUsers {
                 .and_then(serde_json::Value::as_i64)
                 .unwrap_or(5),
         };
-        let safe: String = ctx
-            .cmd
-            .cmd_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let safe = ctx.safe_id();
         let progress_path = ctx.reports_dir.join(format!("{safe}.import-progress.json"));
         let report_path = ctx.reports_dir.join(format!("{safe}.users-report.json"));
         if let Err(e) = std::fs::create_dir_all(ctx.reports_dir) {
@@ -224,9 +207,7 @@ fn suspend(ctx: &Ctx<'_>) -> std::result::Result<CommandOutcome, CommandOutcome>
             )));
         }
     };
-    let token = Token::from_file(&settings.token_file).map_err(|e| wait(e.to_string()))?;
-    let ws = Ws::new(&settings.url, token, Duration::from_secs(settings.timeout))
-        .map_err(|e| wait(e.to_string()))?;
+    let ws = ctx.moodle(RETRY)?;
     let mut reader = csv::ReaderBuilder::new()
         .from_path(&csv)
         .map_err(|e| CommandOutcome::Failed(format!("the CSV cannot be read: {e}")))?;
