@@ -307,7 +307,16 @@ fn import_cmd(
         let bytes = serde_json::to_vec_pretty(p).map_err(std::io::Error::other)?;
         crate::fsutil::atomic_write(&progress_path, &bytes)
     };
-    let result = import::run(&ws, file, &mut v, opts, &mut progress, &mut save, &mut bar);
+    let result = import::run(
+        &ws,
+        file,
+        &mut v,
+        opts,
+        &mut progress,
+        &mut save,
+        &mut bar,
+        &import::Via::WebService,
+    );
     let summary = match result {
         Ok(s) => s,
         Err(e) => {

@@ -160,6 +160,9 @@ pub struct CliSettings {
     pub backup_dir: Option<PathBuf>,
     /// Seconds final backups are kept.
     pub keep_backups: u64,
+    /// `upsert_users` writes users through Moodle's upload CLI (`user_import = "cli"`, the
+    /// default with `moodle_dir`) instead of the web services.
+    pub upload_cli: bool,
 }
 
 /// `[capture]`.
@@ -674,6 +677,7 @@ impl Config {
                     "dataroot",
                     "backup_dir",
                     "keep_backups",
+                    "user_import",
                 ],
             );
         }
@@ -774,6 +778,15 @@ impl Config {
                     .and_then(|t| t.get("backup_dir"))
                     .map(|_| w.path(moodle_t, "moodle", "backup_dir", PathBuf::new())),
                 keep_backups: w.seconds(moodle_t, "moodle", "keep_backups", 30 * 86_400),
+                upload_cli: match w.string(moodle_t, "moodle", "user_import") {
+                    None => true,
+                    Some((v, _)) if v == "cli" => true,
+                    Some((v, _)) if v == "webservice" => false,
+                    Some((v, span)) => {
+                        w.push(span, format!("moodle.user_import {v:?}: \"cli\" (Moodle's upload CLI, about 3x faster) or \"webservice\""));
+                        true
+                    }
+                },
             })
         } else {
             None

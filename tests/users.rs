@@ -554,6 +554,61 @@ mod on_the_vessel {
     }
 
     #[test]
+    fn on_a_vessel_with_moodle_code_users_go_through_moodles_upload_cli_and_are_checked() {
+        let site = Site::new();
+        let v = vessel(&site, true);
+        let (php, code) = site
+            .moodle
+            .php(site.dir.path(), std::path::Path::new(crate::support::bin()))
+            .unwrap();
+        let text = std::fs::read_to_string(&v.config).unwrap().replacen(
+            "[moodle]\n",
+            &format!(
+                "[moodle]\nmoodle_dir = \"{}\"\nphp = \"{}\"\n",
+                code.display(),
+                php.display()
+            ),
+            1,
+        );
+        std::fs::write(&v.config, text).unwrap();
+        site.moodle
+            .state()
+            .add_user("old.hand", "Taken@Fleet.Example.invalid", "SEAF-99999");
+        let csv = seafarers(30)
+            .replace("u007@fleet.example.invalid", "taken@fleet.example.INVALID")
+            .replace(
+                "u003,Sea,Farer,u003@fleet.example.invalid,SEAF-00003,Sailor#2026,",
+                "u003,Sea,Farer,u003@fleet.example.invalid,SEAF-00003,Sailor#2026,SAFETY-101",
+            );
+        bundle(&v, 1, "crew-cli", csv);
+        v.once();
+        let (state, note) = state_of(&v, "crew-cli");
+        assert_eq!(state, CommandState::Done, "{note}");
+        assert!(note.starts_with("30 rows: 29 users created, 0 updated, 1 enrolments; 1 rows refused (first: row 9 (row): Moodle's upload CLI did not add this user: Error: User not added - error; Error: Email address: Duplicate address)"), "{note}");
+        let st = site.moodle.state();
+        let runs: Vec<&str> = st.cli_runs.iter().map(|a| a[0].as_str()).collect();
+        assert_eq!(
+            runs, ["admin/tool/uploaduser/cli/uploaduser.php"; 3],
+            "one run per chunk of 10"
+        );
+        assert_eq!(
+            st.calls.get("core_user_create_users"),
+            None,
+            "no web-service creates"
+        );
+        assert_eq!(st.users.len(), 31, "admin, the old hand, 29 new");
+        let u3 = st.user("u003").unwrap().id;
+        assert!(
+            st.enrolments.contains(&(u3, 2, 5)),
+            "the upload CLI enrolled the row's course"
+        );
+        assert!(
+            !v.path("state/reports/upload-chunk.csv").exists(),
+            "the chunk file (with passwords) is removed"
+        );
+    }
+
+    #[test]
     fn suspend_users_suspends_and_reactivates_by_idnumber_and_names_unknown_accounts() {
         let site = Site::new();
         let v = vessel(&site, true);

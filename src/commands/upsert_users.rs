@@ -124,6 +124,19 @@ impl UpsertUsers {
             let bytes = serde_json::to_vec(p).map_err(std::io::Error::other)?;
             crate::fsutil::atomic_write(&progress_path, &bytes)
         };
+        // Moodle's upload CLI on this host when its code is configured (about three times
+        // faster than the web service), else the web service.
+        let cli = ctx
+            .moodle_cli
+            .filter(|c| c.upload_cli)
+            .map(|c| crate::moodle::cli::Cli::new(c, ctx.keepalive));
+        let via = match &cli {
+            Some(cli) => import::Via::UploadCli {
+                cli,
+                dir: ctx.reports_dir,
+            },
+            None => import::Via::WebService,
+        };
         let result = import::run(
             &ws,
             &csv,
@@ -132,6 +145,7 @@ impl UpsertUsers {
             &mut progress,
             &mut save,
             &mut Keepalive(ctx.keepalive),
+            &via,
         );
         let summary = match result {
             Ok(s) => s,

@@ -122,7 +122,7 @@ impl<'a> Cli<'a> {
         flag.exists().then(|| format!("{} exists", flag.display()))
     }
 
-    /// Runs `admin/cli/{script}` with `args`.
+    /// Runs `admin/cli/{script}` (or `script`, when it is a path from the code root) with `args`.
     pub fn run(&self, script: &str, args: &[String]) -> Result<Run, CliError> {
         if let Some(why) = self.maintenance() {
             return Err(CliError::Maintenance(why));
@@ -136,7 +136,12 @@ impl<'a> Cli<'a> {
         if !s.prefix.is_empty() {
             argv.push(php);
         }
-        argv.push(format!("admin/cli/{script}"));
+        // A bare name is one of admin/cli/; a path is relative to the code root (a tool's CLI).
+        argv.push(if script.contains('/') {
+            script.to_string()
+        } else {
+            format!("admin/cli/{script}")
+        });
         argv.extend(args.iter().cloned());
         let mut child = Command::new(&program)
             .args(&argv)
@@ -234,6 +239,7 @@ mod tests {
             dataroot: Some(dir.path().join("data")),
             backup_dir: None,
             keep_backups: 0,
+            upload_cli: false,
         };
         (dir, s)
     }

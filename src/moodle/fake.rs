@@ -104,6 +104,11 @@ impl State {
         self.by_name.get(username).and_then(|id| self.users.get(id))
     }
 
+    /// Whether an account has this email (compared in lower case, as Moodle does on create).
+    pub fn email_taken(&self, lower: &str) -> bool {
+        self.by_email.get(lower).is_some_and(|v| !v.is_empty())
+    }
+
     fn insert(&mut self, mut u: User) -> i64 {
         if u.id == 0 {
             self.next_user = self.next_user.max(3);

@@ -2,7 +2,9 @@
 //! `backup.php`, `restore_backup.php` and `delete_course.php`, quirks included (exit 0 and no
 //! file for a bad destination; exit 0 and nothing deleted without `--non-interactive` or for
 //! the site course; exit 1 after half-deleting with `--disablerecyclebin`, a rerun finishing the
-//! job). `vessel-sync fake-php` forwards a php command line here, so the agent runs a real
+//! job), plus `admin/tool/uploaduser/cli/uploaduser.php` as `shared/moodle/users-import.md`
+//! describes it (row by row, always exit 0, a bad email still creates the user with a warning,
+//! a duplicate email refuses the row with two `Error:` lines). `vessel-sync fake-php` forwards a php command line here, so the agent runs a real
 //! process with real arguments, exit code and output streams.
 
 use std::collections::HashMap;
@@ -52,6 +54,7 @@ pub fn run(st: &mut State, form: &[(String, String)]) -> Value {
         "admin/cli/backup.php" => backup(st, &opts),
         "admin/cli/restore_backup.php" => restore(st, &opts),
         "admin/cli/delete_course.php" => delete(st, &opts),
+        "admin/tool/uploaduser/cli/uploaduser.php" => upload_users(st, &opts),
         other => reply(
             1,
             String::new(),
@@ -335,4 +338,102 @@ pub fn sample_mbz(shortname: &str, fullname: &str) -> std::io::Result<Vec<u8>> {
         tar.append_data(&mut h, name, body.as_bytes())?;
     }
     tar.into_inner()?.finish()
+}
+
+fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
+    let Some(file) = o.get("file") else {
+        return reply(1, String::new(), "Missing argument: file\n");
+    };
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return reply(
+            1,
+            String::new(),
+            &format!("File {file} does not exist or is not readable\n"),
+        );
+    };
+    let update = o.get("uutype").map(String::as_str) == Some("2");
+    let make_password = o.get("uupasswordnew").map(String::as_str) == Some("1");
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .map(|h| h.iter().map(str::to_string).collect())
+        .unwrap_or_default();
+    let (mut created, mut updated, mut errors) = (0, 0, 0);
+    let mut out = String::new();
+    for rec in reader.records().flatten() {
+        let get = |k: &str| {
+            header
+                .iter()
+                .position(|h| h == k)
+                .and_then(|i| rec.get(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        let username = get("username");
+        let email = get("email");
+        let existing = st.user(&username).map(|u| u.id);
+        let id = match existing {
+            Some(id) if update => {
+                if let Some(u) = st.users.get_mut(&id) {
+                    u.firstname = get("firstname");
+                    u.lastname = get("lastname");
+                    u.idnumber = get("idnumber");
+                }
+                updated += 1;
+                id
+            }
+            Some(_) => {
+                out.push_str("Warning: User not added - already registered\n");
+                continue;
+            }
+            None => {
+                let lower = email.to_lowercase();
+                if st.email_taken(&lower) {
+                    out.push_str(
+                        "Error: User not added - error\nError: Email address: Duplicate address\n",
+                    );
+                    errors += 1;
+                    continue;
+                }
+                if get("password").is_empty() && !make_password {
+                    out.push_str("Error: User not added - error\nError: Password: Required\n");
+                    errors += 1;
+                    continue;
+                }
+                if !email.contains('@') {
+                    out.push_str("Warning: Email address: Invalid email address\n");
+                }
+                let id = st.add_user(&username, &email, &get("idnumber"));
+                if let Some(u) = st.users.get_mut(&id) {
+                    u.firstname = get("firstname");
+                    u.lastname = get("lastname");
+                    u.password = get("password");
+                }
+                created += 1;
+                id
+            }
+        };
+        for (i, h) in header.iter().enumerate() {
+            let Some(course) = h
+                .strip_prefix("course")
+                .filter(|n| n.parse::<u32>().is_ok())
+                .and(rec.get(i))
+            else {
+                continue;
+            };
+            if course.is_empty() {
+                continue;
+            }
+            match st.course(course).map(|c| c.id) {
+                Some(cid) => {
+                    st.enrolments.insert((id, cid, 5));
+                }
+                None => out.push_str(&format!("Warning: Unknown course named \"{course}\"\n")),
+            }
+        }
+    }
+    out.push_str(&format!(
+        "Users created: {created}\nUsers updated: {updated}\nErrors: {errors}\n"
+    ));
+    reply(0, out, "")
 }
