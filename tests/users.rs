@@ -461,7 +461,7 @@ mod on_the_vessel {
     use vessel_sync::moodle::fake::TOKEN;
     use vessel_sync::store::CommandState;
 
-    use super::{Site, seafarers};
+    use super::{HEADER, Site, seafarers};
     use crate::support::{Options, VESSEL, Vessel, cmd, draft};
 
     fn vessel(site: &Site, configured: bool) -> Vessel {
@@ -575,6 +575,15 @@ mod on_the_vessel {
             .state()
             .add_user("old.hand", "Taken@Fleet.Example.invalid", "SEAF-99999");
         let csv = seafarers(30)
+            .replace(
+                HEADER,
+                "username,firstname,lastname,email,idnumber,password,course1,suspended\n",
+            )
+            .replace(",Sailor#2026,\n", ",Sailor#2026,,\n")
+            .replace(
+                "u011,Sea,Farer,u011@fleet.example.invalid,SEAF-00011,Sailor#2026,,",
+                "u011,Sea,Farer,u011@fleet.example.invalid,SEAF-00011,Sailor#2026,,1",
+            )
             .replace("u007@fleet.example.invalid", "taken@fleet.example.INVALID")
             .replace(
                 "u003,Sea,Farer,u003@fleet.example.invalid,SEAF-00003,Sailor#2026,",
@@ -597,6 +606,11 @@ mod on_the_vessel {
             "no web-service creates"
         );
         assert_eq!(st.users.len(), 31, "admin, the old hand, 29 new");
+        assert!(
+            st.user("u011").unwrap().suspended,
+            "the suspended column reaches Moodle"
+        );
+        assert!(!st.user("u012").unwrap().suspended);
         let u3 = st.user("u003").unwrap().id;
         assert!(
             st.enrolments.contains(&(u3, 2, 5)),

@@ -378,6 +378,11 @@ fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
                     u.firstname = get("firstname");
                     u.lastname = get("lastname");
                     u.idnumber = get("idnumber");
+                    match get("suspended").as_str() {
+                        "1" => u.suspended = true,
+                        "0" => u.suspended = false,
+                        _ => {}
+                    }
                 }
                 updated += 1;
                 id
@@ -408,6 +413,7 @@ fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
                     u.firstname = get("firstname");
                     u.lastname = get("lastname");
                     u.password = get("password");
+                    u.suspended = get("suspended") == "1";
                 }
                 created += 1;
                 id

@@ -593,6 +593,10 @@ fn upload_chunk(
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let suspended = batch.iter().any(|r| r.suspended.is_some());
+        if suspended {
+            header.push("suspended".into());
+        }
         header.extend((1..=courses).map(|i| format!("course{i}")));
         w.write_record(&header).map_err(std::io::Error::other)?;
         for r in batch {
@@ -611,6 +615,13 @@ fn upload_chunk(
                 &r.idnumber,
                 auth,
             ];
+            if suspended {
+                rec.push(match r.suspended {
+                    Some(true) => "1",
+                    Some(false) => "0",
+                    None => "",
+                });
+            }
             rec.extend(r.courses.iter().map(String::as_str));
             rec.resize(header.len(), "");
             w.write_record(&rec).map_err(std::io::Error::other)?;
