@@ -687,3 +687,35 @@ fn a_guarded_delete_asks_for_a_capture_after_hiding_and_then_counts_what_it_capt
     );
     assert!(ship.scripts().is_empty(), "nothing backed up or deleted");
 }
+
+#[test]
+fn a_final_backup_without_user_data_holds_the_deletion() {
+    let ship = Ship::new();
+    ship.moodle.state().backup_without_users = true;
+    ship.send(
+        1,
+        vec![cmd(
+            "delete_course",
+            "fire",
+            serde_json::json!({"course": "FIRE-201"}),
+            &[],
+        )],
+        vec![],
+    );
+    ship.v.once();
+    let (state, reason) = ship.command("fire");
+    assert_eq!(state, CommandState::Waiting);
+    assert!(
+        reason.contains("without user data") && reason.contains("backup_general_users --set=1"),
+        "{reason}"
+    );
+    assert!(
+        ship.moodle.state().course("FIRE-201").is_some(),
+        "not deleted"
+    );
+    assert_eq!(ship.scripts(), ["backup.php"]);
+    ship.moodle.state().backup_without_users = false;
+    ship.once_at(4000);
+    assert_eq!(ship.command("fire").0, CommandState::Done);
+    assert!(ship.moodle.state().course("FIRE-201").is_none());
+}

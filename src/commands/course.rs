@@ -224,6 +224,16 @@ impl<'c, 'a> Job<'c, 'a> {
         )?;
         let written = run.after("Writing ").map(PathBuf::from);
         match written {
+            // Moodle names a backup without user data `...-nu.mbz` (the site's backup default
+            // backup_general_users = 0): no good as the last record of learners' work.
+            Some(p) if p.to_string_lossy().ends_with("-nu.mbz") => {
+                let _ = std::fs::remove_file(&p);
+                Err(wait(
+                    self.ctx,
+                    3600,
+                    "the final backup came without user data: the site's backup default excludes users. Turn it on (php admin/cli/cfg.php --component=backup --name=backup_general_users --set=1); the course is not deleted before",
+                ))
+            }
             Some(p) if run.stdout.contains("Backup completed.") && file_ok(&p) => Ok(p),
             _ => Err(wait(
                 self.ctx,

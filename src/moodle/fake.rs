@@ -88,6 +88,9 @@ pub struct State {
     pub modules: BTreeMap<i64, (i64, String, String, String)>,
     /// Activity completions: (userid, cmid) -> state, as overrides leave them.
     pub completions: BTreeMap<(i64, i64), i64>,
+    /// The site's backup default leaves users out (`backup_general_users = 0`): backups are
+    /// named `...-nu.mbz`.
+    pub backup_without_users: bool,
     /// The next `delete_course.php` dies half-way, as `--disablerecyclebin` does.
     pub crash_next_delete: bool,
     /// Every CLI run: the script and its arguments.

@@ -112,9 +112,10 @@ fn backup(st: &State, o: &HashMap<String, String>) -> Value {
         .collect();
     let (day, hm) = stamp.split_at(8.min(stamp.len()));
     let path = dir.join(format!(
-        "backup-moodle2-course-{}-{}-{day}-{hm}.mbz",
+        "backup-moodle2-course-{}-{}-{day}-{hm}{}.mbz",
         c.id,
-        c.shortname.to_lowercase()
+        c.shortname.to_lowercase(),
+        if st.backup_without_users { "-nu" } else { "" }
     ));
     let body = c
         .mbz
