@@ -1,5 +1,6 @@
 //! One problem in an operator's CSV file, as every per-row report names it:
-//! `{row, field, value, message}`, rows numbered as a spreadsheet shows them (header = 1).
+//! `{row, field, value, message}`, rows numbered as a spreadsheet shows them (header = 1); and
+//! the one way header names are read.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,4 +25,21 @@ pub fn bad(row: u64, field: &str, value: &str, message: &str) -> RowError {
         value: value.chars().take(200).collect(),
         message: message.into(),
     }
+}
+
+/// A CSV header's column names as every reader here compares them: a UTF-8 byte-order mark on
+/// the first one dropped, surrounding spaces trimmed, lower case.
+pub fn header_names(header: &csv::ByteRecord) -> Vec<String> {
+    header
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
+            String::from_utf8_lossy(f).trim().to_ascii_lowercase()
+        })
+        .collect()
 }

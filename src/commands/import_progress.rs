@@ -187,10 +187,7 @@ fn read_csv(path: &std::path::Path) -> Step<(Vec<Wanted>, Vec<RowError>)> {
     let mut rec = csv::StringRecord::new();
     let names: Vec<String> =
         match reader.read_record(&mut rec) {
-            Ok(true) => rec
-                .iter()
-                .map(|f| f.trim_start_matches('\u{feff}').trim().to_ascii_lowercase())
-                .collect(),
+            Ok(true) => crate::csvrow::header_names(rec.as_byte_record()),
             _ => return Err(CommandOutcome::Failed(
                 "the CSV is empty or not UTF-8: expected a header learner,course,activity,state"
                     .into(),

@@ -90,18 +90,7 @@ fn pass(path: &Path, each: &mut dyn FnMut(&Row)) -> std::io::Result<Vec<RowError
         Some(Err(e)) => return Ok(vec![bad(1, "(header)", "", &format!("unreadable: {e}"))]),
         Some(Ok(h)) => h,
     };
-    let names: Vec<String> = header
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let f = if i == 0 {
-                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-            } else {
-                f
-            };
-            String::from_utf8_lossy(f).trim().to_ascii_lowercase()
-        })
-        .collect();
+    let names = crate::csvrow::header_names(&header);
     let col = |n: &str| names.iter().position(|c| c == n);
     let (Some(ck), Some(cl), Some(cm)) = (col("kind"), col("legacy_id"), col("moodle_key")) else {
         return Ok(vec![bad(

@@ -225,12 +225,12 @@ fn suspend(ctx: &Ctx<'_>) -> std::result::Result<CommandOutcome, CommandOutcome>
     let mut reader = csv::ReaderBuilder::new()
         .from_path(&csv)
         .map_err(|e| CommandOutcome::Failed(format!("the CSV cannot be read: {e}")))?;
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| CommandOutcome::Failed(format!("the CSV header cannot be read: {e}")))?
-        .iter()
-        .map(|h| h.trim_start_matches('\u{feff}').trim().to_ascii_lowercase())
-        .collect();
+    let header = crate::csvrow::header_names(
+        reader
+            .headers()
+            .map_err(|e| CommandOutcome::Failed(format!("the CSV header cannot be read: {e}")))?
+            .as_byte_record(),
+    );
     let field = ["username", "idnumber"]
         .into_iter()
         .find(|f| header.iter().any(|h| h == f))

@@ -81,18 +81,7 @@ struct Layout {
 }
 
 fn layout(header: &csv::ByteRecord) -> Result<Layout, Vec<RowError>> {
-    let names: Vec<String> = header
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let f = if i == 0 {
-                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
-            } else {
-                f
-            };
-            String::from_utf8_lossy(f).trim().to_ascii_lowercase()
-        })
-        .collect();
+    let names = crate::csvrow::header_names(header);
     let mut errors = Vec::new();
     let mut col = HashMap::new();
     let mut courses = Vec::new();
