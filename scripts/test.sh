@@ -28,4 +28,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-"${CARGO:-cargo}" test --locked "$@"
+"${CARGO:-cargo}" test --workspace --locked "$@"

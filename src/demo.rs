@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::agent::Agent;
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::envelope::{self, CommandEntry, Draft, Kind, SecretKey, Source};
-use crate::exit;
+use base::clock::{Clock, SystemClock};
+use base::exit;
+use vessel::agent::Agent;
+use vessel::config::Config;
+use wire::envelope::{self, CommandEntry, Draft, Kind, SecretKey, Source};
 
 fn step(n: u32, text: &str) {
     println!("\n== {n}. {text}");
@@ -21,7 +21,7 @@ pub fn rewrite_member(
     member: &str,
     change: impl Fn(&mut Vec<u8>),
 ) -> std::io::Result<()> {
-    use crate::envelope::tarstream::TarReader;
+    use wire::envelope::tarstream::TarReader;
     let file = std::fs::File::open(src)?;
     let mut tar = TarReader::new(zstd::stream::read::Decoder::new(file)?);
     let mut members = Vec::new();
@@ -90,7 +90,7 @@ fn draft(
 fn once(cfg: &Config, clock: &Arc<dyn Clock>) -> Result<(), String> {
     let mut agent = Agent::start(cfg.clone(), clock.clone()).map_err(|e| e.to_string())?;
     let report = agent.run_once().map_err(|e| e.to_string())?;
-    crate::report::print_pass(&report);
+    vessel::report::print_pass(&report);
     Ok(())
 }
 
@@ -229,7 +229,7 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
     progress(dir, &cfg_path, &clock, &ops)?;
     println!();
     let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
-    crate::report::status(&cfg, clock.as_ref(), false);
+    vessel::report::status(&cfg, clock.as_ref(), false);
     if kept {
         println!(
             "\nTry: vessel-sync status --config {0}    vessel-sync audit --config {0}",
@@ -256,7 +256,7 @@ fn progress(
         9,
         "The ship's Moodle: a throwaway PostgreSQL cluster with Moodle's progress tables",
     );
-    let pg = match crate::pgtemp::TempPg::start() {
+    let pg = match testkit::pgtemp::TempPg::start() {
         Ok(pg) => pg,
         Err(why) => {
             println!(
@@ -289,7 +289,7 @@ fn progress(
         "Shore: an HTTPS receiver on loopback with a private CA; the vessel registered",
     );
     let (ca, chain, key) =
-        crate::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
+        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
     for (name, body) in [
         ("shore-ca.pem", &ca),
         ("shore-cert.pem", &chain),
@@ -303,13 +303,13 @@ fn progress(
         "version = 1\n[shore]\nstate_dir = \"shore\"\nlisten = \"127.0.0.1:0\"\ntls_cert = \"shore-cert.pem\"\ntls_key = \"shore-key.pem\"\n",
     )
     .map_err(e)?;
-    let shore_cfg = crate::shore::ShoreConfig::load(&shore_cfg_path)?;
+    let shore_cfg = shore::ShoreConfig::load(&shore_cfg_path)?;
     let vessel_key = SecretKey::generate().map_err(e)?;
     let (_, vessel_pub) = vessel_key
         .write_pair(&dir.join("keys/mv-aurora"), "mv-aurora")
         .map_err(|e| e.to_string())?;
     let token_path = dir.join("mv-aurora.token");
-    if crate::shore::vessel_add(
+    if shore::vessel_add(
         &shore_cfg,
         "mv-aurora",
         &vessel_pub,
@@ -323,7 +323,7 @@ fn progress(
     let serve_cfg = shore_cfg.clone();
     let serve_clock = clock.clone();
     std::thread::spawn(move || {
-        if let Err(e) = crate::shore::serve::run(serve_cfg, serve_clock, move |a| {
+        if let Err(e) = shore::serve::run(serve_cfg, serve_clock, move |a| {
             let _ = tx.send(a);
         }) {
             eprintln!("shore receiver: {e}");
@@ -363,9 +363,9 @@ fn progress(
         13,
         "Ashore: 'vessel-sync shore status' and the CSV export for the training-records system",
     );
-    crate::shore::status(&shore_cfg, clock.as_ref(), false);
+    shore::status(&shore_cfg, clock.as_ref(), false);
     let csv = dir.join("progress-export.csv");
-    crate::shore::export(&shore_cfg, "0", &csv);
+    shore::export(&shore_cfg, "0", &csv);
     let text = std::fs::read_to_string(&csv).map_err(e)?;
     for line in text.lines().take(4) {
         println!("  {line}");
@@ -385,8 +385,8 @@ fn users(
         14,
         "Shore: bundle #3 upserts 2,000 seafarers (1 in 100 rows with a mistake) into the ship's Moodle (a stand-in answering like Moodle 5.0's web services)",
     );
-    let moodle = crate::moodle::fake::FakeMoodle::start().map_err(e)?;
-    std::fs::write(dir.join("moodle-ws.token"), crate::moodle::fake::TOKEN).map_err(e)?;
+    let moodle = testkit::fake::FakeMoodle::start().map_err(e)?;
+    std::fs::write(dir.join("moodle-ws.token"), testkit::fake::TOKEN).map_err(e)?;
     let lines = format!(
         "url = \"{}\"\ntoken_file = \"moodle-ws.token\"\nuser_chunk = 500\n",
         moodle.url()
@@ -400,7 +400,7 @@ fn users(
     std::fs::write(cfg_path, text).map_err(e)?;
     println!("[moodle]\n{lines}");
     let csv = dir.join("shore/seafarers.csv");
-    crate::users::sample::write(&csv, 2000, true).map_err(e)?;
+    testkit::sample::write(&csv, 2000, true).map_err(e)?;
     let bundle = dir.join("shore/0003-users.vsb");
     let d = draft(
         "mv-aurora",
@@ -436,7 +436,7 @@ fn courses(
     cfg_path: &Path,
     clock: &Arc<dyn Clock>,
     ops: &SecretKey,
-    moodle: &crate::moodle::fake::FakeMoodle,
+    moodle: &testkit::fake::FakeMoodle,
 ) -> Result<(), String> {
     let e = |e: std::io::Error| e.to_string();
     step(
@@ -460,7 +460,7 @@ fn courses(
     let mbz = dir.join("shore/nav-200.mbz");
     std::fs::write(
         &mbz,
-        crate::moodle::fakecli::sample_mbz("NAV-200", "Navigation watchkeeping").map_err(e)?,
+        testkit::fakecli::sample_mbz("NAV-200", "Navigation watchkeeping").map_err(e)?,
     )
     .map_err(e)?;
     let bundle = dir.join("shore/0004-courses.vsb");
@@ -493,7 +493,7 @@ fn courses(
     once(&cfg, clock)?;
     if moodle.state().course("FIRE-201").is_some() {
         println!("(a minute later: the capture after hiding has run)");
-        let later: Arc<dyn Clock> = Arc::new(crate::clock::OffsetClock(60));
+        let later: Arc<dyn Clock> = Arc::new(base::clock::OffsetClock(60));
         once(&cfg, &later)?;
     }
     let st = moodle.state();

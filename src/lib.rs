@@ -1,7 +1,14 @@
-//! vessel-sync: the ship-to-shore sync agent for Moodle, as a library with a thin binary.
+//! vessel-sync's binary crate: the command line over the workspace's crates, the benchmarks,
+//! and (with the `lab` feature) the demo.
 //!
-//! See `ARCHITECTURE.md` for the code map and each module's invariants, and
-//! `docs/bundle-format.md` for the envelope format.
+//! - [`cli`]: argument parsing (clap), dispatch, exit codes; [`cli::shore`] and [`cli::users`]
+//!   hold the `shore` and `users` subcommands.
+//! - [`bench`]: `vessel-sync bench NAME [--json]`; `bundle` always, the ones that need a
+//!   stand-in Moodle, a fault proxy or a throwaway database only with `lab`.
+//! - [`demo`] (`lab`): the narrated, self-contained demo.
+//!
+//! See `ARCHITECTURE.md` for the code map: which crate owns what, what each may import, and
+//! where each kind of change goes.
 
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -9,31 +16,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod agent;
 pub mod bench;
-pub mod benchprogress;
 pub mod cli;
-pub mod cli_shore;
-pub mod cli_users;
-pub mod clock;
-pub mod commands;
-pub mod config;
-pub mod csvrow;
+#[cfg(feature = "lab")]
 pub mod demo;
-pub mod envelope;
-pub mod exit;
-pub mod failpoint;
-pub mod faultproxy;
-pub mod fsutil;
-pub mod inbox;
-pub mod moodle;
-pub mod net;
-pub mod pgtemp;
-pub mod progress;
-pub mod report;
-pub mod service;
-pub mod shore;
-pub mod spec;
-pub mod store;
-pub mod uplink;
-pub mod users;

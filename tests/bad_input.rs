@@ -1,7 +1,7 @@
 //! Law 5 (only trusted orders) and law 6 (bounded): every kind of bad input is quarantined with
 //! its own reason, the agent keeps going, and the next good bundle is applied.
 
-use vessel_sync::envelope::Source;
+use wire::envelope::Source;
 
 use crate::support::*;
 

@@ -9,10 +9,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use vessel_sync::envelope::Source;
-use vessel_sync::moodle::fake::{FakeMoodle, TOKEN};
-use vessel_sync::progress::record::{Record, RecordKind};
-use vessel_sync::store::{CommandState, NewBatch, Store};
+use testkit::fake::{FakeMoodle, TOKEN};
+use vessel::store::{CommandState, NewBatch, Store};
+use wire::envelope::Source;
+use wire::progress::record::{Record, RecordKind};
 
 use crate::support::{Options, VESSEL, Vessel, ack, bin, cmd, draft};
 
@@ -58,7 +58,7 @@ impl Ship {
     fn send(
         &self,
         seq: u64,
-        commands: Vec<vessel_sync::envelope::CommandEntry>,
+        commands: Vec<wire::envelope::CommandEntry>,
         files: Vec<(&str, Vec<u8>)>,
     ) {
         let name = format!("{seq:04}.vsb");
@@ -120,7 +120,7 @@ impl Ship {
     }
 }
 
-fn restore_cmd(id: &str, shortname: &str, category: &str) -> vessel_sync::envelope::CommandEntry {
+fn restore_cmd(id: &str, shortname: &str, category: &str) -> wire::envelope::CommandEntry {
     cmd(
         "restore_course",
         id,

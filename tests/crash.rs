@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
-use vessel_sync::envelope::Source;
-use vessel_sync::failpoint;
+use base::failpoint;
+use wire::envelope::Source;
 
 use crate::support::*;
 

@@ -4,9 +4,9 @@
 //! while a learner's real progress made at the same time still goes. Rows for unknown learners,
 //! courses or activities are quarantined with reasons.
 
-use vessel_sync::envelope::Source;
-use vessel_sync::moodle::fake::{FakeMoodle, TOKEN};
-use vessel_sync::store::CommandState;
+use testkit::fake::{FakeMoodle, TOKEN};
+use vessel::store::CommandState;
+use wire::envelope::Source;
 
 use crate::progress::{append, capture};
 use crate::support::dbs::Pg;

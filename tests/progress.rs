@@ -6,7 +6,7 @@ use std::io::Write;
 
 use crate::support::dbs::{Maria, Pg};
 use crate::support::{VESSEL, Vessel};
-use vessel_sync::progress::{Record, RecordKind};
+use wire::progress::{Record, RecordKind};
 
 pub fn append(v: &Vessel, text: &str) {
     let mut f = std::fs::OpenOptions::new()
@@ -219,8 +219,7 @@ fn progress_imported_from_shore_is_never_queued_back() {
     let before = outbox(&v).len();
     // The import command records what it is about to apply (commit before side effect)...
     {
-        let mut store =
-            vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+        let mut store = vessel::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
         let rec = Record {
             kind: RecordKind::ActivityCompletion,
             user: "SEAF-100235".into(),

@@ -296,7 +296,7 @@ fn root_refuses_to_work_on_the_service_users_state_directory() {
 #[test]
 fn the_watchdog_stays_fed_while_a_sync_waits_on_a_dead_link_and_sigterm_still_stops() {
     use crate::support::shore::{Shore, linked_vessel, seed};
-    use vessel_sync::faultproxy::{Fault, Proxy};
+    use testkit::faultproxy::{Fault, Proxy};
     let mut shore = Shore::new();
     shore.start();
     let proxy = Proxy::start(shore.addr()).unwrap();

@@ -4,7 +4,7 @@
 
 use crate::support::shore::{Shore, drain, linked_vessel, seed, sync, sync_env};
 use crate::support::{VESSEL, Vessel};
-use vessel_sync::faultproxy::{Fault, Proxy};
+use testkit::faultproxy::{Fault, Proxy};
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
@@ -169,10 +169,9 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
     seed(&v, 100, 0);
     // Build batch 1 without sending it.
     {
-        let mut store =
-            vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
-        let key = vessel_sync::envelope::SecretKey::load(&v.path("keys/vessel.key")).unwrap();
-        vessel_sync::uplink::build_batches(
+        let mut store = vessel::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+        let key = wire::envelope::SecretKey::load(&v.path("keys/vessel.key")).unwrap();
+        vessel::uplink::build_batches(
             &mut store,
             VESSEL,
             &key,
@@ -185,8 +184,8 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
     }
     let batch = v.store().pending_batch().unwrap().unwrap().envelope;
     let token = std::fs::read_to_string(v.path("token")).unwrap();
-    let client = vessel_sync::net::http_client(
-        &vessel_sync::net::Trust {
+    let client = wire::net::http_client(
+        &wire::net::Trust {
             ca_file: Some(shore.path("ca.pem")),
             pins: vec![],
         },
@@ -217,9 +216,9 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
     }
     // Signed by a key shore does not know for this vessel.
     let rogue_dir = tempfile::tempdir().unwrap();
-    let rogue = vessel_sync::envelope::SecretKey::from_seed([66u8; 32]);
-    let draft = vessel_sync::envelope::Draft {
-        kind: vessel_sync::envelope::Kind::Progress,
+    let rogue = wire::envelope::SecretKey::from_seed([66u8; 32]);
+    let draft = wire::envelope::Draft {
+        kind: wire::envelope::Kind::Progress,
         sender: VESSEL.into(),
         recipient: "shore".into(),
         sequence: 1,
@@ -228,14 +227,14 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
         commands: vec![],
         files: vec![(
             "records.bin".into(),
-            vessel_sync::envelope::Source::Bytes(vessel_sync::progress::codec::encode(
+            wire::envelope::Source::Bytes(wire::progress::codec::encode(
                 &v.store().outbox_records().unwrap(),
             )),
         )],
         id: None,
     };
     let f = rogue_dir.path().join("rogue.vsb");
-    vessel_sync::envelope::write_envelope(&draft, &rogue, 1_795_000_000, &f).unwrap();
+    wire::envelope::write_envelope(&draft, &rogue, 1_795_000_000, &f).unwrap();
     let (status, body) = post(std::fs::read(&f).unwrap());
     assert_eq!(
         (status, body["error"].as_str()),
@@ -265,12 +264,12 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
     let mut other = draft.clone();
     other.files = vec![(
         "records.bin".into(),
-        vessel_sync::envelope::Source::Bytes(vessel_sync::progress::codec::encode(
+        wire::envelope::Source::Bytes(wire::progress::codec::encode(
             &v.store().outbox_records().unwrap()[..10],
         )),
     )];
-    let key = vessel_sync::envelope::SecretKey::load(&v.path("keys/vessel.key")).unwrap();
-    vessel_sync::envelope::write_envelope(&other, &key, 1_795_000_100, &f).unwrap();
+    let key = wire::envelope::SecretKey::load(&v.path("keys/vessel.key")).unwrap();
+    wire::envelope::write_envelope(&other, &key, 1_795_000_100, &f).unwrap();
     let (status, body) = post(std::fs::read(&f).unwrap());
     assert_eq!(
         (status, body["error"].as_str(), body["acked_seq"].as_u64()),
@@ -296,7 +295,7 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
 fn files_mode_goes_home_by_carrier_and_acks_come_back_as_bundles() {
     let shore = Shore::new();
     let v = Vessel::new();
-    vessel_sync::envelope::SecretKey::from_seed([5u8; 32])
+    wire::envelope::SecretKey::from_seed([5u8; 32])
         .write_pair(&v.path("keys/vessel"), VESSEL)
         .unwrap();
     shore.register(&v);
@@ -436,11 +435,11 @@ fn a_vessel_whose_acknowledgements_came_by_bundle_continues_its_stream_at_shore(
 fn a_pinned_certificate_is_trusted_without_a_ca_and_any_other_is_refused() {
     let mut shore = Shore::new();
     shore.start();
-    let cert = vessel_sync::net::load_certs(&shore.path("cert.pem")).unwrap();
-    let pin = vessel_sync::net::cert_pin(&cert[0]);
+    let cert = wire::net::load_certs(&shore.path("cert.pem")).unwrap();
+    let pin = wire::net::cert_pin(&cert[0]);
     for (pin, works) in [(pin.clone(), true), ("ab".repeat(32), false)] {
         let v = Vessel::new();
-        vessel_sync::envelope::SecretKey::from_seed([5u8; 32])
+        wire::envelope::SecretKey::from_seed([5u8; 32])
             .write_pair(&v.path("keys/vessel"), VESSEL)
             .unwrap();
         shore.register(&v);
@@ -491,7 +490,7 @@ fn when_the_byte_budget_is_tight_progress_goes_first_and_bundles_wait() {
             VESSEL,
             1,
             vec![],
-            vec![("files/blob.bin", vessel_sync::envelope::Source::Bytes(blob))],
+            vec![("files/blob.bin", wire::envelope::Source::Bytes(blob))],
         ),
     );
     std::fs::rename(&big, shore.path("big.vsb")).unwrap();
@@ -530,11 +529,10 @@ fn shore_exports_what_it_received_as_formula_safe_csv() {
     // A learner key that a spreadsheet would run as a formula.
     {
         std::fs::create_dir_all(v.path("state")).unwrap();
-        let mut store =
-            vessel_sync::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+        let mut store = vessel::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
         let mut snap = crate::support::shore::snapshot(30, 0);
         snap.users.get_mut(&100).unwrap().idnumber = "=HYPERLINK(\"http://x\")".into();
-        vessel_sync::progress::capture::apply_snapshot(
+        vessel::capture::apply_snapshot(
             &mut store,
             &snap,
             VESSEL,

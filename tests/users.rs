@@ -8,8 +8,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vessel_sync::moodle::fake::{FakeMoodle, TOKEN};
-use vessel_sync::users::sample;
+use testkit::fake::{FakeMoodle, TOKEN};
+use testkit::sample;
 
 use crate::support::bin;
 
@@ -343,7 +343,7 @@ fn an_update_moodle_refuses_is_narrowed_to_its_row_and_the_other_updates_go_thro
 
 #[test]
 fn an_import_killed_mid_way_resumes_after_its_last_chunk_and_creates_each_user_once() {
-    for failpoint in vessel_sync::failpoint::USERS {
+    for failpoint in base::failpoint::USERS {
         let site = Site::new();
         let csv = site.csv("crew.csv", &seafarers(100));
         let armed = format!("{failpoint}@3");
@@ -457,9 +457,9 @@ fn the_fake_moodle_ignores_a_json_body_as_moodle_does() {
 mod on_the_vessel {
     use std::os::unix::process::ExitStatusExt;
 
-    use vessel_sync::envelope::Source;
-    use vessel_sync::moodle::fake::TOKEN;
-    use vessel_sync::store::CommandState;
+    use testkit::fake::TOKEN;
+    use vessel::store::CommandState;
+    use wire::envelope::Source;
 
     use super::{HEADER, Site, seafarers};
     use crate::support::{Options, VESSEL, Vessel, cmd, draft};

@@ -60,7 +60,7 @@ fn wait_port(port: u16, child: &mut Child, what: &str) {
 /// A throwaway PostgreSQL cluster (the library's own, as the demo and the benchmark use) with
 /// database `moodle` holding Moodle's real schema and data.
 pub struct Pg {
-    pg: vessel_sync::pgtemp::TempPg,
+    pg: testkit::pgtemp::TempPg,
     pub port: u16,
     pub db: String,
 }
@@ -68,7 +68,7 @@ pub struct Pg {
 impl Pg {
     /// Starts a cluster and creates database `moodle` with the schema and data loaded.
     pub fn start() -> Self {
-        let pg = vessel_sync::pgtemp::TempPg::start().expect("throwaway PostgreSQL");
+        let pg = testkit::pgtemp::TempPg::start().expect("throwaway PostgreSQL");
         let port = pg.port;
         let pg = Pg {
             pg,

@@ -9,8 +9,8 @@ pub mod shore;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vessel_sync::envelope::{self, CommandEntry, Draft, Kind, SecretKey, Source};
-use vessel_sync::store::Store;
+use vessel::store::Store;
+use wire::envelope::{self, CommandEntry, Draft, Kind, SecretKey, Source};
 
 pub const VESSEL: &str = "mv-aurora";
 

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::{Daemon, VESSEL, Vessel, bin};
-use vessel_sync::envelope::SecretKey;
-use vessel_sync::moodle::db::{CourseRow, Fact, ModuleRow, Snapshot, UserRow};
-use vessel_sync::progress::RecordKind;
-use vessel_sync::shore::store::ShoreStore;
-use vessel_sync::store::Store;
+use moodle::db::{CourseRow, Fact, ModuleRow, Snapshot, UserRow};
+use shore::store::ShoreStore;
+use vessel::store::Store;
+use wire::envelope::SecretKey;
+use wire::progress::RecordKind;
 
 pub struct Shore {
     pub dir: tempfile::TempDir,
@@ -32,8 +32,7 @@ impl Shore {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (ca, chain, key) =
-            vessel_sync::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()])
-                .unwrap();
+            wire::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
         std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
         std::fs::write(dir.path().join("key.pem"), key).unwrap();
@@ -219,7 +218,7 @@ pub fn snapshot(n: u64, version: i64) -> Snapshot {
 pub fn seed(v: &Vessel, n: u64, version: i64) -> u64 {
     std::fs::create_dir_all(v.path("state")).unwrap();
     let mut store = Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
-    let r = vessel_sync::progress::capture::apply_snapshot(
+    let r = vessel::capture::apply_snapshot(
         &mut store,
         &snapshot(n, version),
         VESSEL,

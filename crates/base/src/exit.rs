@@ -1,0 +1,30 @@
+//! Exit codes (from sysexits.h), so scripts and systemd can tell failures apart.
+
+/// Success.
+pub const OK: i32 = 0;
+/// A generic failure (a verification that failed, a command that did not succeed).
+pub const FAILURE: i32 = 1;
+/// Wrong usage (clap also exits 2 for parse errors).
+pub const USAGE: i32 = 64;
+/// Input data is bad (an invalid bundle).
+pub const DATAERR: i32 = 65;
+/// An input file does not exist or cannot be read.
+pub const NOINPUT: i32 = 66;
+/// A service is unavailable (Moodle unreachable or refusing the token); try again later.
+pub const UNAVAILABLE: i32 = 69;
+/// Internal error.
+pub const SOFTWARE: i32 = 70;
+/// Permission denied (root on the service user's state directory).
+pub const NOPERM: i32 = 77;
+/// I/O error (disk, database).
+pub const IOERR: i32 = 74;
+/// Temporary failure (another agent holds the lock); try again later.
+pub const TEMPFAIL: i32 = 75;
+/// Bad configuration; systemd is told not to restart on it (`RestartPreventExitStatus=78`).
+pub const CONFIG: i32 = 78;
+
+/// Prints `vessel-sync: MSG` on stderr and returns `code`, for `return fail(exit::USAGE, ...)`.
+pub fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
+    eprintln!("vessel-sync: {msg}");
+    code
+}

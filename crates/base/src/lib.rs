@@ -1,0 +1,26 @@
+//! The leaves of vessel-sync: pieces with no knowledge of vessels, bundles or Moodle, used by
+//! every other crate of the workspace.
+//!
+//! - [`clock`]: the time seam (a fixed clock in tests) and RFC 3339 formatting.
+//! - [`fsutil`]: atomic writes and moves (write `.NAME.part`, fsync, rename, fsync the directory).
+//! - [`failpoint`]: named crash points for the crash scenarios (`VESSEL_SYNC_FAILPOINT`).
+//! - [`exit`]: the process exit codes (sysexits) every command uses.
+//! - [`csvrow`]: one CSV problem `{row, field, value, message}`, header reading, formula-safe cells.
+//! - [`service`]: systemd notify (READY, WATCHDOG, STATUS, STOPPING) and logging set-up.
+//! - [`tomlcheck`]: checking a TOML config against a schema, every problem at once with its line.
+//!
+//! May import: nothing of the workspace.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod clock;
+pub mod csvrow;
+pub mod exit;
+pub mod failpoint;
+pub mod fsutil;
+pub mod service;
+pub mod tomlcheck;

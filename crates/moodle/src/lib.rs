@@ -1,0 +1,20 @@
+//! How vessel-sync reaches a Moodle site: the database, read-only, to capture progress
+//! ([`db`]); the web services to change users, enrolments and course settings ([`ws`]); the
+//! CLI scripts for course backup, restore and deletion ([`cli`]); seafarer accounts in bulk
+//! ([`users`]); and the `[moodle]` section of the agent's config that configures all of them
+//! ([`config`]).
+//!
+//! May import: `base`, `wire` (progress record kinds, the HTTP client). Never writes to
+//! Moodle's database: changes go through Moodle's own web services and scripts.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod users;
+pub mod ws;

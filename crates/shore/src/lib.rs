@@ -1,0 +1,704 @@
+//! The shore service: receives progress batches, stores them durably and acknowledges them,
+//! queues bundles for vessels, and hands progress on (CSV export).
+//!
+//! - [`store`]: its own SQLite database (vessel registry, batches, records, bundle queue);
+//! - [`serve`]: the HTTPS API (`POST /v1/sync`, `GET /v1/bundles/ID` with Range, `GET /v1/health`);
+//! - [`spec`]: the operator's bundle spec (TOML) for `vessel-sync bundle build`;
+//! - this module: the shore config, batch intake shared by HTTPS and file mode, and the operator
+//!   commands (`shore vessel add|list|revoke`, `push`, `ingest`, `export`, `status`).
+//!
+//! May import: `base`, `wire`. Never `vessel` or `moodle`: shore meets the vessel only in `wire`.
+//!
+//! Intake invariants: a batch is verified (the vessel's own key, addressed to shore, sent by the
+//! vessel that authenticated, every member's digest) and decoded completely before anything is
+//! stored; it is then stored in one transaction (all or nothing), records deduplicated by id; a
+//! sequence seen before with other content is refused as a replay; the acknowledgement covers
+//! only contiguous sequences.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod serve;
+pub mod spec;
+pub mod store;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use base::clock::{Clock, format_age, format_time, parse_time};
+use base::exit;
+use store::{Queued, ShoreStore, Stored, Vessel};
+use wire::envelope::{
+    self, CommandEntry, Draft, Keyring, Kind, Limits, PublicKey, SecretKey, VerifyError,
+};
+use wire::progress::codec;
+use wire::progress::record::format_id;
+
+pub use wire::{RECORDS_MEMBER, SHORE};
+
+/// `shore.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShoreConfig {
+    /// Must be 1.
+    pub version: u32,
+    /// The settings.
+    pub shore: ShoreSettings,
+    /// Where the file was (relative paths resolve against its directory).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[shore]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShoreSettings {
+    /// Database, received files and queued bundles.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Operator key that signs `ack` bundles for file-mode vessels.
+    pub signing_key: Option<PathBuf>,
+    /// Operator public keys whose bundles `shore push` accepts.
+    #[serde(default)]
+    pub trusted: Vec<PathBuf>,
+    /// Largest batch accepted (bytes).
+    #[serde(default = "default_max_batch")]
+    pub max_batch_bytes: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vessel-sync-shore")
+}
+fn default_listen() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_max_batch() -> u64 {
+    64 << 20
+}
+
+impl ShoreConfig {
+    /// Loads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "{}: {e} (start from packaging/shore.toml.example)",
+                path.display()
+            )
+        })?;
+        let mut cfg: ShoreConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if cfg.version != 1 {
+            return Err(format!("{}: version must be 1", path.display()));
+        }
+        cfg.path = path.to_path_buf();
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.shore.state_dir);
+        for p in [
+            &mut cfg.shore.tls_cert,
+            &mut cfg.shore.tls_key,
+            &mut cfg.shore.signing_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for p in &mut cfg.shore.trusted {
+            fix(p);
+        }
+        Ok(cfg)
+    }
+
+    /// The database path.
+    pub fn database(&self) -> PathBuf {
+        self.shore.state_dir.join("shore.db")
+    }
+
+    /// Opens the database, creating the state directories.
+    pub fn open(&self) -> Result<ShoreStore, String> {
+        for d in ["", "tmp", "bundles", "received"] {
+            let dir = self.shore.state_dir.join(d);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        ShoreStore::open(&self.database()).map_err(|e| e.to_string())
+    }
+}
+
+/// Hex SHA-256 of a token, as stored in the registry.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+/// Why a batch was refused (HTTP status, stable code, words).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code (`bad_signature`, `digest_mismatch`, `replayed`, ...).
+    pub code: String,
+    /// Words for the operator.
+    pub message: String,
+}
+
+/// Result of a successful intake.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    /// Batch sequence.
+    pub seq: u64,
+    /// What storing did.
+    pub stored: Stored,
+    /// The vessel's watermark after it.
+    pub acked_seq: u64,
+}
+
+fn refuse(status: u16, code: &str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// Verifies, decodes and stores the batch in `file` from `vessel`. Refusals are recorded.
+pub fn intake(
+    cfg: &ShoreConfig,
+    db: &mut ShoreStore,
+    vessel: &Vessel,
+    file: &Path,
+    via: &str,
+    now: i64,
+) -> Result<Intake, Refusal> {
+    let out = intake_inner(cfg, db, vessel, file, via, now);
+    if let Err(r) = &out {
+        if r.status != 500 {
+            tracing::warn!(vessel = %vessel.id, code = %r.code, "batch refused: {}", r.message);
+            let _ = db.note_refusal(&vessel.id, &r.code, &r.message, now);
+        }
+    }
+    out
+}
+
+fn intake_inner(
+    cfg: &ShoreConfig,
+    db: &mut ShoreStore,
+    vessel: &Vessel,
+    file: &Path,
+    via: &str,
+    now: i64,
+) -> Result<Intake, Refusal> {
+    let key = PublicKey::parse(&vessel.pubkey, Path::new("registry"))
+        .map_err(|e| refuse(500, "registry", e.to_string()))?;
+    let keyring = Keyring::new([key]);
+    let limits = Limits {
+        max_total_bytes: cfg.shore.max_batch_bytes.saturating_mul(8),
+        max_members: 4,
+        max_member_bytes: cfg.shore.max_batch_bytes.saturating_mul(8),
+        ..Limits::default()
+    };
+    let verify = |e: VerifyError| match e {
+        VerifyError::Rejected(r) => refuse(422, r.code(), r.to_string()),
+        VerifyError::Local(m) => refuse(500, "local", m),
+    };
+    let opened = envelope::open(file, &keyring, &limits).map_err(verify)?;
+    let m = opened.manifest.clone();
+    if m.kind != Kind::Progress {
+        return Err(refuse(422, "wrong_kind", "not a progress batch"));
+    }
+    if m.recipient != SHORE || m.sender != vessel.id {
+        return Err(refuse(
+            422,
+            "wrong_sender",
+            format!(
+                "batch from {:?} to {:?}, but the connection authenticated vessel {:?} sending to shore",
+                m.sender, m.recipient, vessel.id
+            ),
+        ));
+    }
+    if m.files.len() != 1 || m.files[0].name != RECORDS_MEMBER {
+        return Err(refuse(
+            422,
+            "manifest_invalid",
+            "a batch carries exactly records.bin",
+        ));
+    }
+    let tmp = tempfile::tempdir_in(cfg.shore.state_dir.join("tmp"))
+        .map_err(|e| refuse(500, "local", e.to_string()))?;
+    let sha = opened.manifest_sha256.clone();
+    opened.extract(Some(tmp.path())).map_err(verify)?;
+    let bytes = std::fs::read(tmp.path().join(RECORDS_MEMBER))
+        .map_err(|e| refuse(500, "local", e.to_string()))?;
+    let (settled, records) =
+        codec::decode_batch(&bytes).map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
+    let stored = db
+        .store_batch(
+            &store::BatchIn {
+                vessel: &vessel.id,
+                seq: m.sequence,
+                sha256: &sha,
+                envelope_id: &m.id,
+                records: &records,
+                settled,
+                via,
+            },
+            now,
+        )
+        .map_err(|e| refuse(500, "local", e.to_string()))?;
+    let acked_seq = db
+        .vessel(&vessel.id)
+        .map_err(|e| refuse(500, "local", e.to_string()))?
+        .map(|v| v.acked_seq)
+        .unwrap_or(0);
+    if stored == Stored::Replayed {
+        return Err(refuse(
+            409,
+            "replayed",
+            format!(
+                "batch sequence {} was already received with other content; nothing stored (acknowledged up to {acked_seq})",
+                m.sequence
+            ),
+        ));
+    }
+    if let Stored::New { new, duplicate } = &stored {
+        tracing::info!(vessel = %vessel.id, seq = m.sequence, new, duplicate, acked_seq, via, "batch stored");
+    }
+    Ok(Intake {
+        seq: m.sequence,
+        stored,
+        acked_seq,
+    })
+}
+
+/// Generates a random token (32 bytes, URL-safe base64).
+pub fn new_token() -> Result<String, String> {
+    use base64::Engine;
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
+}
+
+fn write_private(path: &Path, data: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            format!(
+                "{}: {e} (it is never overwritten; remove it first)",
+                path.display()
+            )
+        })?;
+    f.write_all(data.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `shore vessel add`.
+pub fn vessel_add(cfg: &ShoreConfig, id: &str, pubkey: &Path, token_out: &Path, now: i64) -> i32 {
+    let run = || -> Result<String, String> {
+        if !wire::valid_vessel_id(id) {
+            return Err(format!("{id:?} is not a valid vessel id"));
+        }
+        let text =
+            std::fs::read_to_string(pubkey).map_err(|e| format!("{}: {e}", pubkey.display()))?;
+        let key = PublicKey::parse(&text, pubkey).map_err(|e| e.to_string())?;
+        let token = new_token()?;
+        write_private(token_out, &format!("{token}\n"))?;
+        let db = cfg.open()?;
+        db.add_vessel(id, &token_hash(&token), text.trim(), &key.id, now)
+            .map_err(|e| e.to_string())?;
+        Ok(key.id)
+    };
+    match run() {
+        Ok(key_id) => {
+            println!(
+                "vessel {id} registered (key {key_id}); its token is in {} (mode 0600): copy it to the vessel as [uplink] token_file",
+                token_out.display()
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `shore vessel revoke`.
+pub fn vessel_revoke(cfg: &ShoreConfig, id: &str, now: i64) -> i32 {
+    match cfg
+        .open()
+        .and_then(|db| db.revoke_vessel(id, now).map_err(|e| e.to_string()))
+    {
+        Ok(true) => {
+            println!("vessel {id} revoked: its token and key are refused from now on");
+            exit::OK
+        }
+        Ok(false) => {
+            eprintln!("error: no active vessel {id:?} (see 'vessel-sync shore vessel list')");
+            exit::DATAERR
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct VesselStatus<'a> {
+    #[serde(flatten)]
+    vessel: &'a Vessel,
+    last_contact_age: Option<String>,
+    oldest_unsent_age: Option<String>,
+    behind: bool,
+}
+
+/// `shore vessel list` and `shore status`.
+pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
+    let db = match cfg.open() {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let (vessels, refusals) = match (db.vessels(), db.refusals(10)) {
+        (Ok(v), Ok(r)) => (v, r),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let now = clock.now();
+    let rows: Vec<VesselStatus<'_>> = vessels
+        .iter()
+        .map(|v| {
+            let silent = v.last_contact.map(|t| now - t).unwrap_or(i64::MAX);
+            VesselStatus {
+                vessel: v,
+                last_contact_age: v.last_contact.map(|t| format_age(now - t)),
+                oldest_unsent_age: v.oldest_unsent.map(format_age),
+                behind: v.revoked_at.is_none()
+                    && (silent > 86_400 || v.oldest_unsent.unwrap_or(0) > 86_400),
+            }
+        })
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "vessels": rows,
+            "recent_refusals": refusals.iter().map(|(at, v, c, m)| serde_json::json!({"at": format_time(*at), "vessel": v, "code": c, "message": m})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return exit::OK;
+    }
+    println!(
+        "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8}  state",
+        "VESSEL", "ACKED", "RECORDS", "LAST CONTACT", "OLDEST UNSENT", "OUTBOX"
+    );
+    for r in &rows {
+        let v = r.vessel;
+        let state = if v.revoked_at.is_some() {
+            "revoked"
+        } else if r.behind {
+            "BEHIND"
+        } else {
+            "ok"
+        };
+        println!(
+            "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8}  {state}",
+            v.id,
+            v.acked_seq,
+            v.records,
+            r.last_contact_age
+                .as_deref()
+                .map(|a| format!("{a} ago"))
+                .unwrap_or_else(|| "never".into()),
+            r.oldest_unsent_age.clone().unwrap_or_else(|| "-".into()),
+            v.outbox_depth
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    if vessels.is_empty() {
+        println!(
+            "(no vessels: add one with 'vessel-sync shore vessel add ID --pubkey FILE --token-out FILE')"
+        );
+    }
+    for (at, v, c, m) in &refusals {
+        println!("refused {} from {v}: {c}: {m}", format_time(*at));
+    }
+    exit::OK
+}
+
+/// `shore push`: queues a signed bundle for its recipient.
+pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
+    let run = || -> Result<String, String> {
+        let mut keys = Vec::new();
+        for p in &cfg.shore.trusted {
+            keys.push(PublicKey::load(p).map_err(|e| e.to_string())?);
+        }
+        if keys.is_empty() {
+            return Err(
+                "[shore] trusted lists no operator key: shore only queues bundles it can verify"
+                    .into(),
+            );
+        }
+        let opened = envelope::open(bundle, &Keyring::new(keys), &Limits::default())
+            .map_err(|e| format!("{}: refused: {e}", bundle.display()))?;
+        let m = opened.manifest.clone();
+        if m.kind != Kind::Commands {
+            return Err("not a command bundle".into());
+        }
+        opened
+            .extract(None)
+            .map_err(|e| format!("{}: refused: {e}", bundle.display()))?;
+        let db = cfg.open()?;
+        let name = format!("{}.vsb", m.id);
+        let dest = cfg.shore.state_dir.join("bundles").join(&name);
+        let data = std::fs::read(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+        base::fsutil::atomic_write(&dest, &data).map_err(|e| format!("{}: {e}", dest.display()))?;
+        let q = Queued {
+            id: 0,
+            recipient: m.recipient.clone(),
+            bundle_id: m.id.clone(),
+            file: name,
+            size: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(&data)),
+        };
+        let id = db.enqueue_bundle(&q, now).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "queued bundle {} ({} bytes) for {} as #{id}; it is offered at the vessel's next sync",
+            m.id,
+            data.len(),
+            if m.recipient == envelope::manifest::FLEET {
+                "every vessel".to_string()
+            } else {
+                format!("vessel {}", m.recipient)
+            }
+        ))
+    };
+    match run() {
+        Ok(msg) => {
+            println!("{msg}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::DATAERR
+        }
+    }
+}
+
+/// `shore ingest DIR`: takes batch files a carrier delivered, stores them, and writes a signed
+/// `ack` bundle per vessel into `out` for the carrier to take back.
+pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i32 {
+    let run =
+        || -> Result<(u64, u64), String> {
+            let key_path =
+                cfg.shore.signing_key.as_ref().ok_or(
+                    "[shore] signing_key is required for ingest: it signs the ack bundles",
+                )?;
+            let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
+            let mut db = cfg.open()?;
+            std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let done = dir.join("done");
+            let refused = dir.join("refused");
+            for d in [&done, &refused] {
+                std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            }
+            let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "vsb"))
+                .collect();
+            names.sort();
+            let vessels = db.vessels().map_err(|e| e.to_string())?;
+            let mut touched = std::collections::BTreeSet::new();
+            let (mut ok, mut bad) = (0, 0);
+            for path in names {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // The sender's key decides; the manifest is read under every active vessel's key.
+                let vessel = vessels.iter().filter(|v| v.revoked_at.is_none()).find(|v| {
+                    PublicKey::parse(&v.pubkey, Path::new("registry"))
+                        .ok()
+                        .and_then(|k| {
+                            envelope::open(&path, &Keyring::new([k]), &Limits::default()).ok()
+                        })
+                        .is_some_and(|o| o.manifest.sender == v.id)
+                });
+                let result = match vessel {
+                    None => Err(refuse(
+                        422,
+                        "unknown_key",
+                        "not signed by any registered, active vessel",
+                    )),
+                    Some(v) => intake(cfg, &mut db, v, &path, "file", clock.now())
+                        .map(|i| (v.id.clone(), i)),
+                };
+                match result {
+                    Ok((vid, i)) => {
+                        println!(
+                            "{name}: vessel {vid} batch {} stored ({:?}); acknowledged up to {}",
+                            i.seq, i.stored, i.acked_seq
+                        );
+                        touched.insert(vid);
+                        ok += 1;
+                        base::fsutil::move_file(&path, &base::fsutil::free_name(&done, &name))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Err(r) => {
+                        println!("{name}: refused ({}): {}", r.code, r.message);
+                        bad += 1;
+                        let dest = base::fsutil::free_name(&refused, &name);
+                        base::fsutil::move_file(&path, &dest).map_err(|e| e.to_string())?;
+                        let _ = std::fs::write(
+                            dest.with_extension("reason.txt"),
+                            format!("{}: {}\n", r.code, r.message),
+                        );
+                    }
+                }
+            }
+            for vid in touched {
+                let v = db
+                    .vessel(&vid)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("vessel vanished")?;
+                let seq = db.next_ack_bundle_seq(&vid).map_err(|e| e.to_string())?;
+                let mut args = serde_json::Map::new();
+                args.insert("acked_seq".into(), v.acked_seq.into());
+                let draft = Draft {
+                    kind: Kind::Commands,
+                    sender: SHORE.into(),
+                    recipient: vid.clone(),
+                    sequence: seq,
+                    not_before: None,
+                    expires: None,
+                    commands: vec![CommandEntry {
+                        id: String::new(),
+                        kind: "ack".into(),
+                        args,
+                        files: vec![],
+                    }],
+                    files: vec![],
+                    id: None,
+                };
+                let file = out.join(format!("{vid}-ack-{seq}.vsb"));
+                envelope::write_envelope(&draft, &key, clock.now(), &file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                println!(
+                    "wrote {} (ack up to batch {} for {vid})",
+                    file.display(),
+                    v.acked_seq
+                );
+            }
+            Ok((ok, bad))
+        };
+    match run() {
+        Ok((_, 0)) => exit::OK,
+        Ok(_) => exit::DATAERR,
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `shore export`: records received since a time, as formula-safe CSV.
+pub fn export(cfg: &ShoreConfig, since: &str, out: &Path) -> i32 {
+    let run = || -> Result<u64, String> {
+        let since_t = parse_time(since)
+            .or_else(|| since.parse::<i64>().ok())
+            .ok_or_else(|| {
+                format!("--since {since:?}: use RFC 3339 (2026-11-01T00:00:00Z) or Unix seconds")
+            })?;
+        let db = cfg.open()?;
+        let tmp = base::fsutil::temp_path(out);
+        let file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
+        let header = [
+            "vessel",
+            "record_id",
+            "kind",
+            "learner",
+            "course",
+            "activity",
+            "learner_legacy_id",
+            "course_legacy_id",
+            "activity_legacy_id",
+            "value",
+            "time",
+            "received_at",
+        ];
+        w.write_record(header).map_err(|e| e.to_string())?;
+        let mut failed = None;
+        let n = db
+            .records_since(since_t, |vessel, id, r, at| {
+                let mut idb = [0u8; 16];
+                if id.len() == 16 {
+                    idb.copy_from_slice(id);
+                }
+                let row = [
+                    vessel.to_string(),
+                    format_id(&idb),
+                    r.kind.name().to_string(),
+                    r.user,
+                    r.course,
+                    r.item,
+                    r.user_legacy,
+                    r.course_legacy,
+                    r.item_legacy,
+                    r.value,
+                    format_time(r.time),
+                    format_time(at),
+                ];
+                let safe: Vec<String> = row.iter().map(|c| base::csvrow::csv_safe(c)).collect();
+                if let Err(e) = w.write_record(&safe) {
+                    failed.get_or_insert(e.to_string());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let buf = w.into_inner().map_err(|e| e.to_string())?;
+        let file = buf.into_inner().map_err(|e| e.to_string())?;
+        file.sync_all().map_err(|e| e.to_string())?;
+        base::fsutil::commit_temp(&tmp, out).map_err(|e| e.to_string())?;
+        Ok(n)
+    };
+    match run() {
+        Ok(n) => {
+            println!("{n} records written to {}", out.display());
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `vessel-sync shore serve`: the HTTPS API (hyper over tokio-rustls).
+//!
+//! - `POST /v1/sync` (`Authorization: Bearer TOKEN`, `X-Vessel-Id`): the body is a progress
+//!   envelope, or empty for a poll. The batch is stored durably before the reply; the reply
+//!   carries the acknowledged sequence and the bundles waiting for the vessel after its
+//!   `X-Bundle-Cursor`, so one exchange does the whole sync cycle.
+//! - `GET /v1/bundles/ID`: a queued bundle, with `Range: bytes=N-[M]` (206) for resumption; one
+//!   response carries at most [`MAX_CHUNK`] bytes, and `Content-Range` says which.
+//! - `GET /v1/health`: `ok`.
+//!
+//! Errors are JSON `{"error": CODE, "message": ..., "acked_seq": N}` with 401 (unknown vessel or
+//! token), 403 (revoked), 409 (replayed batch), 413 (too large), 422 (refused batch), 500.
+
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::store::{ShoreStore, Stored, Vessel};
+use super::{ShoreConfig, intake, token_hash};
+use base::clock::Clock;
+
+/// Most bytes one bundle response carries.
+pub const MAX_CHUNK: u64 = 16 << 20;
+
+struct Shared {
+    cfg: ShoreConfig,
+    db: Mutex<ShoreStore>,
+    clock: Arc<dyn Clock>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json(status: StatusCode, v: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str, acked: Option<u64>) -> Resp {
+    let mut v = serde_json::json!({"error": code, "message": message});
+    if let Some(a) = acked {
+        v["acked_seq"] = a.into();
+    }
+    json(status, v)
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Vessel, Box<Resp>> {
+    let id = header(req, "x-vessel-id").unwrap_or("");
+    let token = header(req, "authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let unauthorized = || {
+        Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unknown vessel or wrong token: check [uplink] token_file against 'vessel-sync shore vessel add'",
+            None,
+        ))
+    };
+    let db = shared.db.lock().map_err(|_| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "local",
+            "database lock poisoned",
+            None,
+        )
+    })?;
+    let v = db
+        .vessel(id)
+        .map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local",
+                &e.to_string(),
+                None,
+            )
+        })?
+        .ok_or_else(unauthorized)?;
+    if token.is_empty() || token_hash(token) != v.token_sha256 {
+        return Err(unauthorized());
+    }
+    if v.revoked_at.is_some() {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "revoked",
+            "this vessel was revoked ashore",
+            None,
+        )));
+    }
+    Ok(v)
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/v1/health" {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
+    }
+    // A registry lookup by primary key: quick enough to run here.
+    let vessel = match authenticate(&shared, &req) {
+        Ok(v) => v,
+        Err(r) => return Ok(*r),
+    };
+    if req.method() == Method::POST && path == "/v1/sync" {
+        return Ok(sync(shared, vessel, req).await);
+    }
+    if req.method() == Method::GET {
+        if let Some(id) = path.strip_prefix("/v1/bundles/") {
+            let range = header(&req, "range").map(str::to_string);
+            let id = id.parse::<i64>().unwrap_or(-1);
+            let out =
+                tokio::task::spawn_blocking(move || bundle(&shared, &vessel, id, range.as_deref()))
+                    .await;
+            return Ok(out.unwrap_or_else(|e| {
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "local",
+                    &e.to_string(),
+                    None,
+                )
+            }));
+        }
+    }
+    Ok(error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+        None,
+    ))
+}
+
+async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Resp {
+    let cursor: i64 = header(&req, "x-bundle-cursor")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let oldest: Option<i64> = header(&req, "x-oldest-unsent").and_then(|v| v.parse().ok());
+    let depth: Option<i64> = header(&req, "x-outbox-depth").and_then(|v| v.parse().ok());
+    let max = usize::try_from(shared.cfg.shore.max_batch_bytes).unwrap_or(usize::MAX);
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return if e.is::<http_body_util::LengthLimitError>() {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    &format!("batches are limited to {max} bytes"),
+                    None,
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "body",
+                    &format!("reading the request body failed: {e}"),
+                    None,
+                )
+            };
+        }
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        sync_blocking(&shared, &vessel, &body, cursor, oldest, depth)
+    })
+    .await;
+    out.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "local",
+            &e.to_string(),
+            None,
+        )
+    })
+}
+
+fn sync_blocking(
+    shared: &Shared,
+    vessel: &Vessel,
+    body: &[u8],
+    cursor: i64,
+    oldest: Option<i64>,
+    depth: Option<i64>,
+) -> Resp {
+    let now = shared.clock.now();
+    let internal = |m: String| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None);
+    let mut db = match shared.db.lock() {
+        Ok(db) => db,
+        Err(_) => return internal("database lock poisoned".into()),
+    };
+    if let Err(e) = db.note_contact(&vessel.id, now, oldest, depth) {
+        return internal(e.to_string());
+    }
+    let mut reply = serde_json::json!({"vessel": vessel.id});
+    if body.is_empty() {
+        reply["result"] = "no_batch".into();
+        reply["acked_seq"] = vessel.acked_seq.into();
+    } else {
+        let tmp = match tempfile::NamedTempFile::new_in(shared.cfg.shore.state_dir.join("tmp")) {
+            Ok(t) => t,
+            Err(e) => return internal(e.to_string()),
+        };
+        if let Err(e) = std::fs::write(tmp.path(), body) {
+            return internal(e.to_string());
+        }
+        match intake(&shared.cfg, &mut db, vessel, tmp.path(), "https", now) {
+            Ok(i) => {
+                reply["acked_seq"] = i.acked_seq.into();
+                reply["batch_seq"] = i.seq.into();
+                match i.stored {
+                    Stored::New { new, duplicate } => {
+                        reply["result"] = "stored".into();
+                        reply["new"] = new.into();
+                        reply["duplicate"] = duplicate.into();
+                    }
+                    _ => reply["result"] = "duplicate".into(),
+                }
+            }
+            Err(r) => {
+                let acked = db.vessel(&vessel.id).ok().flatten().map(|v| v.acked_seq);
+                let status =
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                return error(status, &r.code, &r.message, acked);
+            }
+        }
+    }
+    match db.bundles_for(&vessel.id, cursor) {
+        Ok(list) => {
+            reply["bundles"] = list
+                .iter()
+                .map(|q| serde_json::json!({"queue_id": q.id, "bundle_id": q.bundle_id, "size": q.size, "sha256": q.sha256, "path": format!("/v1/bundles/{}", q.id)}))
+                .collect::<Vec<_>>()
+                .into();
+        }
+        Err(e) => return internal(e.to_string()),
+    }
+    json(StatusCode::OK, reply)
+}
+
+fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = h.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end: u64 = if b.trim().is_empty() {
+        size.checked_sub(1)?
+    } else {
+        b.trim().parse().ok()?
+    };
+    (start <= end && start < size).then_some((start, end.min(size - 1)))
+}
+
+fn bundle(shared: &Shared, vessel: &Vessel, id: i64, range: Option<&str>) -> Resp {
+    let q = match shared
+        .db
+        .lock()
+        .ok()
+        .and_then(|db| db.queued(&vessel.id, id).ok().flatten())
+    {
+        Some(q) => q,
+        None => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such bundle for this vessel",
+                None,
+            );
+        }
+    };
+    let path = shared.cfg.shore.state_dir.join("bundles").join(&q.file);
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local",
+                &e.to_string(),
+                None,
+            );
+        }
+    };
+    let size = q.size;
+    let (start, end, partial) = match range {
+        None => (0, size.saturating_sub(1), size > MAX_CHUNK),
+        Some(h) => match parse_range(h, size) {
+            Some((s, e)) => (s, e, true),
+            None => {
+                let mut r = error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range",
+                    "range not satisfiable",
+                    None,
+                );
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("bytes */{size}")) {
+                    r.headers_mut().insert(hyper::header::CONTENT_RANGE, v);
+                }
+                return r;
+            }
+        },
+    };
+    let end = end.min(start + MAX_CHUNK - 1);
+    let mut buf = vec![0u8; usize::try_from(end + 1 - start).unwrap_or(0)];
+    if size > 0 {
+        if let Err(e) = f
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| f.read_exact(&mut buf))
+        {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "local",
+                &e.to_string(),
+                None,
+            );
+        }
+    }
+    let mut r = Response::new(Full::new(Bytes::from(buf)));
+    if partial {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("bytes {start}-{end}/{size}"))
+        {
+            r.headers_mut().insert(hyper::header::CONTENT_RANGE, v);
+        }
+    }
+    r.headers_mut().insert(
+        hyper::header::ACCEPT_RANGES,
+        hyper::header::HeaderValue::from_static("bytes"),
+    );
+    r
+}
+
+/// Runs the server until SIGTERM or SIGINT. `ready` is called with the bound address once the
+/// server accepts connections (systemd's READY=1 is sent then too).
+pub fn run(
+    cfg: ShoreConfig,
+    clock: Arc<dyn Clock>,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let (cert, key) = match (&cfg.shore.tls_cert, &cfg.shore.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => return Err("[shore] tls_cert and tls_key are required to serve (make a pair with 'vessel-sync shore gen-cert')".into()),
+    };
+    let tls = wire::net::server_tls(&cert, &key).map_err(|e| e.to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let db = cfg.open()?;
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        db: Mutex::new(db),
+        clock,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&cfg.shore.listen)
+            .await
+            .map_err(|e| format!("listening on {}: {e}", cfg.shore.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let notifier = base::service::Notifier::from_env();
+        notifier.ready(&format!("listening on {addr}"));
+        tracing::info!(%addr, "shore receiver ready");
+        ready(addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let tls = match tokio::time::timeout(std::time::Duration::from_secs(30), acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake failed"); return; }
+                            Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return; }
+                        };
+                        let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+                        if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await
+                        {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                    });
+                }
+            }
+        }
+        notifier.stopping();
+        tracing::info!("shore receiver stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,542 @@
+//! The shore's own SQLite database (`STATE_DIR/shore.db`): the vessel registry, received
+//! batches and records, and the per-vessel bundle queue. WAL with `synchronous=FULL`: a batch
+//! is on disk before shore acknowledges it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use wire::progress::{Record, RecordKind};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS vessels (
+    id            TEXT PRIMARY KEY,
+    token_sha256  TEXT NOT NULL,
+    pubkey        TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    added_at      INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    last_contact  INTEGER,
+    acked_seq     INTEGER NOT NULL DEFAULT 0,
+    records       INTEGER NOT NULL DEFAULT 0,
+    oldest_unsent INTEGER,
+    outbox_depth  INTEGER,
+    ack_bundle_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS batches (
+    vessel       TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    sha256       TEXT NOT NULL,
+    envelope_id  TEXT NOT NULL,
+    records      INTEGER NOT NULL,
+    new_records  INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    via          TEXT NOT NULL,
+    PRIMARY KEY (vessel, seq)
+);
+CREATE TABLE IF NOT EXISTS records (
+    record_id     BLOB PRIMARY KEY,
+    vessel        TEXT NOT NULL,
+    batch_seq     INTEGER NOT NULL,
+    kind          INTEGER NOT NULL,
+    user_key      TEXT NOT NULL,
+    course_key    TEXT NOT NULL,
+    item_key      TEXT NOT NULL,
+    user_legacy   TEXT NOT NULL,
+    course_legacy TEXT NOT NULL,
+    item_legacy   TEXT NOT NULL,
+    value         TEXT NOT NULL,
+    vtime         INTEGER NOT NULL,
+    received_at   INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_received ON records(received_at);
+CREATE TABLE IF NOT EXISTS queue (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient  TEXT NOT NULL,
+    bundle_id  TEXT NOT NULL,
+    file       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    queued_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refusals (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    vessel   TEXT NOT NULL,
+    code     TEXT NOT NULL,
+    message  TEXT NOT NULL
+);
+";
+
+/// A shore database error.
+#[derive(Debug, thiserror::Error)]
+#[error("shore database {path}: {source}")]
+pub struct ShoreDbError {
+    path: PathBuf,
+    source: rusqlite::Error,
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, ShoreDbError>;
+
+/// A registered vessel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Vessel {
+    /// Vessel id.
+    pub id: String,
+    /// SHA-256 of its token (hex).
+    #[serde(skip)]
+    pub token_sha256: String,
+    /// Its public key file text.
+    #[serde(skip)]
+    pub pubkey: String,
+    /// Its key id.
+    pub key_id: String,
+    /// When it was added.
+    pub added_at: i64,
+    /// When it was revoked.
+    pub revoked_at: Option<i64>,
+    /// Last contact.
+    pub last_contact: Option<i64>,
+    /// Highest contiguous batch sequence stored.
+    pub acked_seq: u64,
+    /// Records received.
+    pub records: u64,
+    /// Age in seconds of the oldest record not yet sent, as the vessel last reported it.
+    pub oldest_unsent: Option<i64>,
+    /// Outbox depth as the vessel last reported it.
+    pub outbox_depth: Option<i64>,
+}
+
+/// A queued bundle.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Queued {
+    /// Queue id (the download cursor).
+    pub id: i64,
+    /// Recipient vessel or `*`.
+    pub recipient: String,
+    /// Bundle id.
+    pub bundle_id: String,
+    /// File name under `STATE_DIR/bundles/`.
+    pub file: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 hex.
+    pub sha256: String,
+}
+
+/// A verified batch to store.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchIn<'a> {
+    /// Sending vessel.
+    pub vessel: &'a str,
+    /// Its batch sequence.
+    pub seq: u64,
+    /// SHA-256 of the signed manifest: identifies the exact content.
+    pub sha256: &'a str,
+    /// Envelope id.
+    pub envelope_id: &'a str,
+    /// The decoded records.
+    pub records: &'a [Record],
+    /// Every batch up to this sequence is acknowledged on the vessel's side already.
+    pub settled: u64,
+    /// `https` or `file`.
+    pub via: &'a str,
+}
+
+/// Outcome of storing a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// New batch: records new to shore, records already held.
+    New {
+        /// New records.
+        new: u64,
+        /// Already held (deduplicated by id).
+        duplicate: u64,
+    },
+    /// The very same batch again (a retry whose reply was lost).
+    Again,
+    /// Same sequence, different content: refused, nothing stored.
+    Replayed,
+}
+
+/// The shore database.
+pub struct ShoreStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const VESSEL_COLUMNS: &str = "id, token_sha256, pubkey, key_id, added_at, revoked_at, last_contact, acked_seq, records, oldest_unsent, outbox_depth";
+
+fn vessel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vessel> {
+    Ok(Vessel {
+        id: r.get(0)?,
+        token_sha256: r.get(1)?,
+        pubkey: r.get(2)?,
+        key_id: r.get(3)?,
+        added_at: r.get(4)?,
+        revoked_at: r.get(5)?,
+        last_contact: r.get(6)?,
+        acked_seq: r.get::<_, i64>(7)?.unsigned_abs(),
+        records: r.get::<_, i64>(8)?.unsigned_abs(),
+        oldest_unsent: r.get(9)?,
+        outbox_depth: r.get(10)?,
+    })
+}
+
+impl ShoreStore {
+    /// Opens (creating) the database.
+    pub fn open(path: &Path) -> Result<Self> {
+        let e = |source| ShoreDbError {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(e)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(e)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
+        conn.execute_batch(SCHEMA).map_err(e)?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: rusqlite::Error) -> ShoreDbError {
+        ShoreDbError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Registers a vessel (or replaces its key and token, un-revoking it).
+    pub fn add_vessel(
+        &self,
+        id: &str,
+        token_sha256: &str,
+        pubkey: &str,
+        key_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO vessels(id, token_sha256, pubkey, key_id, added_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256, pubkey = excluded.pubkey,
+                   key_id = excluded.key_id, revoked_at = NULL",
+                params![id, token_sha256, pubkey, key_id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Revokes a vessel; false when unknown.
+    pub fn revoke_vessel(&self, id: &str, now: i64) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE vessels SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n > 0)
+    }
+
+    /// One vessel.
+    pub fn vessel(&self, id: &str) -> Result<Option<Vessel>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {VESSEL_COLUMNS} FROM vessels WHERE id = ?1"),
+                params![id],
+                vessel_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every vessel, by id.
+    pub fn vessels(&self) -> Result<Vec<Vessel>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {VESSEL_COLUMNS} FROM vessels ORDER BY id"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([], vessel_row).map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes a contact and what the vessel reported about its outbox.
+    pub fn note_contact(
+        &self,
+        id: &str,
+        now: i64,
+        oldest_unsent: Option<i64>,
+        depth: Option<i64>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE vessels SET last_contact = ?2, oldest_unsent = ?3, outbox_depth = COALESCE(?4, outbox_depth) WHERE id = ?1",
+                params![id, now, oldest_unsent, depth],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Stores a verified batch all-or-nothing, deduplicating records by id, and advances the
+    /// vessel's contiguous acknowledgement watermark.
+    pub fn store_batch(&mut self, b: &BatchIn<'_>, now: i64) -> Result<Stored> {
+        let BatchIn {
+            vessel,
+            seq,
+            sha256,
+            envelope_id,
+            records,
+            settled,
+            via,
+        } = *b;
+        let path = self.path.clone();
+        let e = |source| ShoreDbError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let existing: Option<String> = tx
+            .query_row(
+                "SELECT sha256 FROM batches WHERE vessel = ?1 AND seq = ?2",
+                params![vessel, to_i64(seq)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(e)?;
+        if let Some(existing) = existing {
+            return Ok(if existing == sha256 {
+                Stored::Again
+            } else {
+                Stored::Replayed
+            });
+        }
+        let mut new = 0u64;
+        {
+            let mut ins = tx
+                .prepare(
+                    "INSERT OR IGNORE INTO records(record_id, vessel, batch_seq, kind, user_key, course_key, item_key,
+                       user_legacy, course_legacy, item_legacy, value, vtime, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )
+                .map_err(e)?;
+            for r in records {
+                let id = r.id(vessel);
+                new += ins
+                    .execute(params![
+                        &id[..],
+                        vessel,
+                        to_i64(seq),
+                        r.kind.code(),
+                        r.user,
+                        r.course,
+                        r.item,
+                        r.user_legacy,
+                        r.course_legacy,
+                        r.item_legacy,
+                        r.value,
+                        r.time,
+                        now
+                    ])
+                    .map_err(e)? as u64;
+            }
+        }
+        tx.execute(
+            "INSERT INTO batches(vessel, seq, sha256, envelope_id, records, new_records, received_at, via)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![vessel, to_i64(seq), sha256, envelope_id, records.len() as i64, to_i64(new), now, via],
+        )
+        .map_err(e)?;
+        // The watermark covers only contiguous sequences, so a batch that a file carrier
+        // delivers out of order is never acknowledged on the strength of a later one.
+        let mut acked: i64 = tx
+            .query_row(
+                "SELECT acked_seq FROM vessels WHERE id = ?1",
+                params![vessel],
+                |r| r.get(0),
+            )
+            .map_err(e)?;
+        // The vessel holds acknowledgements up to `settled` (from this shore, or from an ack
+        // bundle): its stream continues after it, whatever this shore saw before.
+        acked = acked.max(to_i64(settled));
+        loop {
+            let next: Option<i64> = tx
+                .query_row(
+                    "SELECT seq FROM batches WHERE vessel = ?1 AND seq = ?2",
+                    params![vessel, acked + 1],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(e)?;
+            match next {
+                Some(s) => acked = s,
+                None => break,
+            }
+        }
+        tx.execute(
+            "UPDATE vessels SET acked_seq = ?2, records = records + ?3 WHERE id = ?1",
+            params![vessel, acked, to_i64(new)],
+        )
+        .map_err(e)?;
+        base::failpoint::hit("shore.before-commit");
+        tx.commit().map_err(e)?;
+        base::failpoint::hit("shore.after-commit");
+        Ok(Stored::New {
+            new,
+            duplicate: records.len() as u64 - new,
+        })
+    }
+
+    /// Records a refused batch for `shore status`.
+    pub fn note_refusal(&self, vessel: &str, code: &str, message: &str, now: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO refusals(at, vessel, code, message) VALUES (?1, ?2, ?3, ?4)",
+                params![now, vessel, code, message],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Recent refusals: (at, vessel, code, message).
+    pub fn refusals(&self, limit: u64) -> Result<Vec<(i64, String, String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, vessel, code, message FROM refusals ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![to_i64(limit)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Queues a bundle for `recipient` (a vessel id or `*`).
+    pub fn enqueue_bundle(&self, q: &Queued, now: i64) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO queue(recipient, bundle_id, file, size, sha256, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![q.recipient, q.bundle_id, q.file, to_i64(q.size), q.sha256, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Bundles for `vessel` after the vessel's download cursor.
+    pub fn bundles_for(&self, vessel: &str, after: i64) -> Result<Vec<Queued>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, recipient, bundle_id, file, size, sha256 FROM queue
+                 WHERE (recipient = ?1 OR recipient = '*') AND id > ?2 ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![vessel, after], |r| {
+                Ok(Queued {
+                    id: r.get(0)?,
+                    recipient: r.get(1)?,
+                    bundle_id: r.get(2)?,
+                    file: r.get(3)?,
+                    size: r.get::<_, i64>(4)?.unsigned_abs(),
+                    sha256: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// One queued bundle, if `vessel` may fetch it.
+    pub fn queued(&self, vessel: &str, id: i64) -> Result<Option<Queued>> {
+        Ok(self
+            .bundles_for(vessel, id - 1)?
+            .into_iter()
+            .find(|q| q.id == id))
+    }
+
+    /// The next sequence of the shore's ack-bundle stream to `vessel` (file mode).
+    pub fn next_ack_bundle_seq(&self, vessel: &str) -> Result<u64> {
+        let seq: i64 = self
+            .conn
+            .query_row(
+                "UPDATE vessels SET ack_bundle_seq = ack_bundle_seq + 1 WHERE id = ?1 RETURNING ack_bundle_seq",
+                params![vessel],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(seq.unsigned_abs())
+    }
+
+    /// Records received since `since` (Unix seconds), oldest first: (vessel, id, record, received).
+    pub fn records_since(
+        &self,
+        since: i64,
+        mut f: impl FnMut(&str, &[u8], Record, i64),
+    ) -> Result<u64> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT vessel, record_id, kind, user_key, course_key, item_key, user_legacy, course_legacy,
+                        item_legacy, value, vtime, received_at
+                 FROM records WHERE received_at >= ?1 ORDER BY received_at, vessel, batch_seq, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query(params![since]).map_err(|e| self.err(e))?;
+        let mut n = 0;
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Vec<u8>, Record, i64)> {
+                let code: u8 = r.get(2)?;
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    Record {
+                        kind: RecordKind::from_code(code).unwrap_or(RecordKind::ActivityCompletion),
+                        user: r.get(3)?,
+                        course: r.get(4)?,
+                        item: r.get(5)?,
+                        user_legacy: r.get(6)?,
+                        course_legacy: r.get(7)?,
+                        item_legacy: r.get(8)?,
+                        value: r.get(9)?,
+                        time: r.get(10)?,
+                    },
+                    r.get(11)?,
+                ))
+            };
+            let (vessel, id, rec, at) = get(r).map_err(|e| self.err(e))?;
+            f(&vessel, &id, rec, at);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// (records, distinct record ids) held for `vessel`: equal by construction, checked in tests.
+    pub fn record_counts(&self, vessel: &str) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(DISTINCT record_id) FROM records WHERE vessel = ?1",
+                params![vessel],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.unsigned_abs(),
+                        r.get::<_, i64>(1)?.unsigned_abs(),
+                    ))
+                },
+            )
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,24 @@
+//! The test kit: stand-ins and test data for vessel-sync's tests, the demo and the benchmarks.
+//! **Never a dependency of the shipped binary**: the top-level crate links it only with its
+//! `lab` feature (off in the Debian packages) and as a dev-dependency.
+//!
+//! - [`fake`], [`fakecli`]: a stand-in Moodle 5.0 (REST web services, and the CLI scripts through
+//!   `vessel-sync fake-php`) answering as the captures in `shared/moodle/` show.
+//! - [`faultproxy`]: a TCP proxy that injects link faults and counts round trips.
+//! - [`pgtemp`]: a throwaway PostgreSQL cluster on a loopback port, loaded with Moodle's schema.
+//! - [`sample`], [`records`]: generated seafarer CSVs and progress records.
+//!
+//! May import: `base`, `wire`, `moodle` (the settings its stand-ins answer to).
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod fake;
+pub mod fakecli;
+pub mod faultproxy;
+pub mod pgtemp;
+pub mod records;
+pub mod sample;

@@ -1,0 +1,218 @@
+//! A throwaway PostgreSQL cluster for `vessel-sync demo` and `vessel-sync bench outbox`: a
+//! temporary directory, a free loopback port, trust authentication, no fsync; stopped and
+//! deleted when dropped. Needs Debian's `postgresql` package (the server binaries under
+//! `/usr/lib/postgresql/VERSION/bin`); as root, the server runs as the `postgres` user.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use moodle::db::{DbSettings, DbType};
+
+/// The Moodle-shaped schema the demo and the benchmark load.
+pub const DEMO_SCHEMA: &str = include_str!("demo_schema.sql");
+
+/// A running throwaway cluster.
+pub struct TempPg {
+    dir: tempfile::TempDir,
+    child: Child,
+    /// Its loopback port.
+    pub port: u16,
+}
+
+fn server_bin(name: &str) -> Result<PathBuf, String> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)".to_string())?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join(name).exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .map(|d| d.join(name))
+        .ok_or_else(|| format!("{name} not found under /usr/lib/postgresql/*/bin"))
+}
+
+fn ids_of(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&user) && f.len() > 3)
+            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+fn drop_root(cmd: &mut Command, ids: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = ids {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+impl TempPg {
+    /// Creates and starts a cluster.
+    pub fn start() -> Result<Self, String> {
+        let initdb = server_bin("initdb")?;
+        let postgres = server_bin("postgres")?;
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-sync-pg")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        // SAFETY: geteuid has no preconditions.
+        let ids = if unsafe { libc::geteuid() } == 0 {
+            let ids = ids_of("postgres")
+                .ok_or("running as root and there is no 'postgres' user to run the server as")?;
+            std::os::unix::fs::chown(dir.path(), Some(ids.0), Some(ids.1))
+                .map_err(|e| e.to_string())?;
+            Some(ids)
+        } else {
+            None
+        };
+        let data = dir.path().join("data");
+        let mut init = Command::new(initdb);
+        init.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "-D",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        drop_root(&mut init, ids);
+        let out = init.output().map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let mut cmd = Command::new(postgres);
+        cmd.arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-k",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        drop_root(&mut cmd, ids);
+        let child = cmd.spawn().map_err(|e| format!("postgres: {e}"))?;
+        let mut pg = Self { dir, child, port };
+        let t = Instant::now();
+        loop {
+            if pg.psql("postgres", "SELECT 1").is_ok() {
+                return Ok(pg);
+            }
+            if let Ok(Some(st)) = pg.child.try_wait() {
+                return Err(format!("postgres exited at start: {st}"));
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                return Err("postgres did not start within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs SQL through `psql` as the superuser.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .map_err(|e| format!("psql: {e} (apt-get install postgresql-client)"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Creates database `db` with the Moodle-shaped schema.
+    pub fn create_moodle(&self, db: &str) -> Result<(), String> {
+        self.psql("postgres", &format!("CREATE DATABASE {db}"))?;
+        self.psql(db, DEMO_SCHEMA)?;
+        Ok(())
+    }
+
+    /// Connection settings for `db` as the superuser (no password, trust).
+    pub fn settings(&self, db: &str) -> DbSettings {
+        DbSettings {
+            db_type: DbType::Postgres,
+            host: "127.0.0.1".into(),
+            port: self.port,
+            name: db.into(),
+            user: "postgres".into(),
+            password_file: None,
+            prefix: "mdl_".into(),
+        }
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TempPg {
+    fn drop(&mut self) {
+        // SIGINT: PostgreSQL's fast shutdown.
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,730 @@
+//! The daemon: recovers from the journal, watches the inbox, admits bundles, runs commands, and
+//! tells systemd the truth.
+//!
+//! One work loop owns the store. Each pass: skip sequences whose gap timed out, fail bundles that
+//! expired while waiting, scan and admit settled inbox files, then run commands until none is
+//! runnable. Between passes the loop sleeps on a channel that file-system hints and signals wake;
+//! the timeout is the earliest of the scan interval, a file settling, a waiting command's retry,
+//! a gap timeout, and the watchdog period. A stop request is honoured between steps, never in the
+//! middle of one; whatever was interrupted by a crash is resumed from the journal at start.
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::capture::{CaptureReport, apply_snapshot};
+use crate::commands;
+use crate::config::Config;
+use crate::inbox::{self, Admitted, Scanner};
+use crate::store::{CommandOutcome, CommandRow, CommandState, Store, StoreError};
+use crate::uplink::{CycleReport, Uplink};
+use base::clock::Clock;
+use base::failpoint;
+use base::service::Notifier;
+
+/// A command that was running when the agent died this many times is failed instead of retried.
+pub const MAX_CRASH_RESUMES: i64 = 5;
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The journal failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A directory problem.
+    #[error("{0}")]
+    Io(String),
+    /// Root working on a state directory that belongs to the service user.
+    #[error(
+        "refusing to run as root on {0}, which belongs to {2} (uid {1}): files root creates there would lock the service out; run as that user, e.g. sudo -u {2} vessel-sync ..."
+    )]
+    WrongUser(PathBuf, u32, String),
+    /// The uplink cannot be set up (key, token, TLS files): a config problem.
+    #[error("{0}")]
+    Setup(String),
+    /// Another agent holds the state directory.
+    #[error(
+        "another vessel-sync agent is already running with state directory {0} (lock file agent.lock); stop it first"
+    )]
+    Locked(PathBuf),
+}
+
+/// What one or more passes did, for `--once` output and the demo.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    /// Inbox files and what became of them.
+    pub files: Vec<(String, Admitted)>,
+    /// Commands run: (command id, type, final state, note).
+    pub commands: Vec<(String, String, CommandState, String)>,
+    /// Sequences given up on.
+    pub skipped: Vec<String>,
+    /// Files still arriving.
+    pub arriving: Vec<PathBuf>,
+    /// What a capture did, when one ran.
+    pub capture: Option<CaptureReport>,
+    /// What a sync cycle did, when one ran.
+    pub sync: Option<CycleReport>,
+}
+
+impl Report {
+    fn did_something(&self) -> bool {
+        !self.files.is_empty() || !self.commands.is_empty() || !self.skipped.is_empty()
+    }
+    fn absorb(&mut self, other: Report) {
+        self.files.extend(other.files);
+        self.commands.extend(other.commands);
+        self.skipped.extend(other.skipped);
+        self.arriving = other.arriving;
+        if other.capture.is_some() {
+            self.capture = other.capture;
+        }
+        if other.sync.is_some() {
+            self.sync = other.sync;
+        }
+    }
+}
+
+/// Events that wake the work loop.
+#[derive(Debug, Clone, Copy)]
+pub enum Wake {
+    /// Something changed in the inbox.
+    Hint,
+    /// Shut down.
+    Stop,
+}
+
+/// The running agent.
+pub struct Agent {
+    cfg: Config,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    scanner: Scanner,
+    stop: Arc<AtomicBool>,
+    notifier: Notifier,
+    uplink: Option<Uplink>,
+    moodle: Option<moodle::db::Database>,
+    _lock: File,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+    AgentError::Io(format!("{what} {}: {e}", path.display()))
+}
+
+fn lock(state_dir: &Path) -> Result<File, AgentError> {
+    let path = state_dir.join("agent.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err("opening", &path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(AgentError::Locked(state_dir.to_path_buf()));
+    }
+    Ok(f)
+}
+
+/// Root must not work on a state directory that belongs to another user (the service's): the
+/// journal, work and archive files it created would be root's and the service could not use them.
+fn check_owner(state_dir: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(state_dir).map_err(|e| io_err("reading", state_dir, e))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid == 0 && meta.uid() != 0 {
+        let name = user_name(meta.uid()).unwrap_or_else(|| format!("'#{}'", meta.uid()));
+        return Err(AgentError::WrongUser(
+            state_dir.to_path_buf(),
+            meta.uid(),
+            name,
+        ));
+    }
+    Ok(())
+}
+
+/// The login name of `uid` from the password database (the packaged agent runs as the web
+/// server's user, `www-data` on Debian), or `None` when it has none.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to overwrite.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf` is as long as we say.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// True when an agent holds the lock of `state_dir` right now.
+pub fn is_running(state_dir: &Path) -> bool {
+    let Ok(f) = File::open(state_dir.join("agent.lock")) else {
+        return false;
+    };
+    // SAFETY: as in `lock`.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0
+}
+
+impl Agent {
+    /// Takes the state lock, creates directories, opens and migrates the journal, and recovers
+    /// what a crash left behind.
+    pub fn start(cfg: Config, clock: Arc<dyn Clock>) -> Result<Self, AgentError> {
+        let p = &cfg.paths;
+        fs::create_dir_all(&p.state_dir).map_err(|e| io_err("creating", &p.state_dir, e))?;
+        check_owner(&p.state_dir)?;
+        for dir in [&p.inbox, &p.work, &p.archive, &p.quarantine, &p.outbound] {
+            fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        }
+        let lock = lock(&p.state_dir)?;
+        let store = Store::open(&p.database(), &cfg.vessel_id)?;
+        let uplink = Uplink::new(&cfg).map_err(|e| AgentError::Setup(e.to_string()))?;
+        let mut agent = Self {
+            uplink,
+            moodle: None,
+            cfg,
+            store,
+            clock,
+            scanner: Scanner::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            notifier: Notifier::from_env(),
+            _lock: lock,
+        };
+        agent.recover()?;
+        Ok(agent)
+    }
+
+    /// The flag that makes the loop stop between steps.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The journal (read access for reports).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn recover(&mut self) -> Result<(), AgentError> {
+        // Work directories of finished or never-journaled bundles.
+        let active = self.store.active_bundle_ids()?;
+        let work = &self.cfg.paths.work;
+        let entries = fs::read_dir(work).map_err(|e| io_err("reading", work, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !active.contains(&name) {
+                let path = entry.path();
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                if let Err(e) = removed {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover work entry");
+                }
+            }
+        }
+        // Journaled bundles whose file never reached the archive and is no longer in the inbox.
+        for (id, source) in self.store.unarchived()? {
+            if !self.cfg.paths.inbox.join(&source).exists() {
+                self.store.write(|tx| tx.mark_archived(&id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass; see the module doc.
+    pub fn pass(&mut self) -> Result<Report, AgentError> {
+        let mut report = Report::default();
+        let now = self.clock.now();
+        let gap = i64::try_from(self.cfg.inbox.gap_timeout).unwrap_or(i64::MAX);
+        let skew = i64::try_from(self.cfg.inbox.clock_skew).unwrap_or(i64::MAX);
+        for (id, issuer, exp) in self.store.expired_waiting(now, skew)? {
+            let reason = format!(
+                "the bundle expired at {} before it could be applied; ask shore for a fresh bundle",
+                base::clock::format_time(exp)
+            );
+            self.store
+                .write(|tx| tx.fail_bundle(&id, &issuer, &reason, now))?;
+            tracing::warn!(bundle_id = %id, "{reason}");
+        }
+        report.skipped = self.store.write(|tx| tx.release_gaps(now, gap))?;
+        for line in &report.skipped {
+            tracing::warn!("{line}");
+        }
+
+        let settle = i64::try_from(self.cfg.inbox.settle).unwrap_or(i64::MAX);
+        match self.scanner.scan(&self.cfg.paths.inbox, settle, now) {
+            Err(e) => {
+                tracing::error!(inbox = %self.cfg.paths.inbox.display(), error = %e, "cannot read the inbox")
+            }
+            Ok(scan) => {
+                report.arriving = scan.arriving.iter().map(|(p, _)| p.clone()).collect();
+                for path in scan.ready {
+                    if self.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let notifier = &self.notifier;
+                    let outcome = inbox::admit(
+                        &mut self.store,
+                        &self.cfg,
+                        &path,
+                        self.clock.now(),
+                        &mut || notifier.keepalive(),
+                    )?;
+                    match &outcome {
+                        Admitted::LeftForLater(why) => {
+                            tracing::error!(file = %name, error = %why, "bundle left in the inbox for a later attempt");
+                        }
+                        Admitted::Journaled { id, waiting } => {
+                            self.scanner.forget(&path);
+                            tracing::info!(bundle_id = %id, file = %name, waiting, "bundle journaled");
+                        }
+                        Admitted::Duplicate(id) => {
+                            self.scanner.forget(&path);
+                            tracing::info!(bundle_id = %id, file = %name, "duplicate bundle ignored");
+                        }
+                        _ => self.scanner.forget(&path),
+                    }
+                    if !matches!(outcome, Admitted::LeftForLater(_)) {
+                        report.files.push((name, outcome));
+                    }
+                }
+            }
+        }
+
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.run_next()? {
+                Some(done) => report.commands.push(done),
+                None => break,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs the next runnable command, if any. Returns (id, type, state, note).
+    pub fn run_next(
+        &mut self,
+    ) -> Result<Option<(String, String, CommandState, String)>, AgentError> {
+        let now = self.clock.now();
+        let Some(cmd) = self.store.next_command(now)? else {
+            return Ok(None);
+        };
+        if cmd.state == CommandState::Running && cmd.attempts >= MAX_CRASH_RESUMES {
+            let outcome = CommandOutcome::Failed(format!(
+                "the agent stopped {} times while running this command; giving up on it so the rest can proceed",
+                cmd.attempts
+            ));
+            return self.finish(&cmd, outcome, now).map(Some);
+        }
+        self.store.write(|tx| tx.start_command(&cmd, now))?;
+        failpoint::hit("command.after-start");
+        tracing::info!(bundle_id = %cmd.bundle_id, command_id = %cmd.cmd_id, kind = %cmd.kind, "running command");
+        let dir = inbox::work_dir(&self.cfg, &cmd.bundle_id);
+        let args = serde_json::from_str(&cmd.args).unwrap_or_default();
+        let files: Vec<String> = serde_json::from_str(&cmd.files).unwrap_or_default();
+        let reports_dir = self.cfg.paths.state_dir.join("reports");
+        let ctx = commands::Ctx {
+            cmd: &cmd,
+            args,
+            files: files
+                .into_iter()
+                .map(|n| (n.clone(), dir.join(n)))
+                .collect(),
+            reports_dir: &reports_dir,
+            now,
+            moodle_ws: self.cfg.moodle_ws.as_ref(),
+            moodle_cli: self.cfg.moodle_cli.as_ref(),
+            state_dir: &self.cfg.paths.state_dir,
+            capture_configured: self.cfg.moodle_db.is_some(),
+            keepalive: &|| self.notifier.keepalive(),
+        };
+        let tx = self.store.begin()?;
+        let outcome = match commands::find(&cmd.kind) {
+            Some(c) => c.run(&ctx, &tx)?,
+            None => commands::unknown(&cmd.kind),
+        };
+        failpoint::hit("command.before-commit");
+        let finished = tx.finish_command(&cmd, &outcome, now)?;
+        tx.commit()?;
+        failpoint::hit("command.after-commit");
+        if finished.is_some() {
+            self.cleanup(&cmd.bundle_id);
+        }
+        Ok(Some(describe(&cmd, &outcome)))
+    }
+
+    fn finish(
+        &mut self,
+        cmd: &CommandRow,
+        outcome: CommandOutcome,
+        now: i64,
+    ) -> Result<(String, String, CommandState, String), AgentError> {
+        let finished = self
+            .store
+            .write(|tx| tx.finish_command(cmd, &outcome, now))?;
+        if finished.is_some() {
+            self.cleanup(&cmd.bundle_id);
+        }
+        Ok(describe(cmd, &outcome))
+    }
+
+    fn cleanup(&self, bundle_id: &str) {
+        failpoint::hit("bundle.before-cleanup");
+        let dir = inbox::work_dir(&self.cfg, bundle_id);
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(bundle_id, error = %e, "could not remove the work directory; it is removed at next start");
+            }
+        }
+    }
+
+    /// Captures progress from Moodle now (when `[moodle]` is configured).
+    pub fn capture(&mut self) -> Option<Result<CaptureReport, String>> {
+        let settings = self.cfg.moodle_db.clone()?;
+        let now = self.clock.now();
+        let result = (|| -> Result<CaptureReport, String> {
+            if self.moodle.is_none() {
+                self.moodle =
+                    Some(moodle::db::Database::connect(&settings).map_err(|e| e.to_string())?);
+            }
+            let db = self.moodle.as_mut().ok_or("no connection")?;
+            let snap = match self
+                .notifier
+                .keepalive_during(Duration::from_secs(600), || {
+                    moodle::db::Source::snapshot(db)
+                }) {
+                Ok(s) => s,
+                Err(e) => {
+                    // A broken connection is made anew next time.
+                    self.moodle = None;
+                    return Err(e.to_string());
+                }
+            };
+            self.notifier.keepalive();
+            apply_snapshot(
+                &mut self.store,
+                &snap,
+                &self.cfg.vessel_id,
+                self.cfg.capture.require,
+                now,
+            )
+            .map_err(|e| e.to_string())
+        })();
+        let note = match &result {
+            Ok(r) => {
+                if r.changes > 0 {
+                    tracing::info!(
+                        rows = r.rows,
+                        changes = r.changes,
+                        queued = r.queued,
+                        echoes = r.echoes,
+                        quarantined = r.quarantined,
+                        released = r.released,
+                        "progress captured"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                tracing::error!("capture failed: {e}");
+                Some(e.clone())
+            }
+        };
+        let _ = self.store.write(|tx| {
+            tx.set_fact("last_capture_attempt_at", &now.to_string())?;
+            match &note {
+                Some(e) => tx.set_fact("capture_error", e),
+                None => tx.clear_fact("capture_error"),
+            }
+        });
+        Some(result)
+    }
+
+    fn capture_due(&self, now: i64) -> Option<i64> {
+        self.cfg.moodle_db.as_ref()?;
+        let last: i64 = self
+            .store
+            .fact("last_capture_attempt_at")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let next = last.saturating_add(i64::try_from(self.cfg.capture.interval).unwrap_or(900));
+        // A command (a guarded deletion) asked for a capture now, after its last attempt.
+        let asked: Option<i64> = self
+            .store
+            .fact("capture_requested_at")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse().ok());
+        if asked.is_some_and(|a| a >= last) {
+            return Some(now);
+        }
+        // A clock set back would otherwise postpone capture until it caught up again.
+        Some(if last > now { now } else { next })
+    }
+
+    /// Runs one sync cycle now (when an uplink is configured).
+    pub fn sync(&mut self) -> Option<Result<CycleReport, String>> {
+        let now = self.clock.now();
+        let uplink = self.uplink.as_mut()?;
+        uplink.set_stop(self.stop.clone());
+        // The watchdog stays fed while the cycle waits on the network, for at most a few
+        // request timeouts: a cycle stuck beyond that still gets the service restarted.
+        let u = &self.cfg.uplink;
+        let max = Duration::from_secs((u.connect_timeout + u.timeout).saturating_mul(3));
+        let store = &mut self.store;
+        Some(
+            self.notifier
+                .keepalive_during(max, || uplink.cycle(store, now))
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    fn sync_due(&self, now: i64) -> Option<i64> {
+        let u = self.uplink.as_ref()?;
+        let at = u.next_attempt(&self.store);
+        // A clock set back must not silence the link for the length of the jump.
+        let max_wait = i64::try_from(self.cfg.uplink.interval.max(self.cfg.uplink.backoff_max))
+            .unwrap_or(3600);
+        Some(
+            if at
+                > now
+                    .saturating_add(max_wait)
+                    .saturating_add(crate::uplink::PERMANENT_RETRY)
+            {
+                now
+            } else {
+                at
+            },
+        )
+    }
+
+    /// Runs what is due of capture and sync (the daemon calls this after every pass).
+    fn periodic(&mut self, report: &mut Report) {
+        let now = self.clock.now();
+        if self.capture_due(now).is_some_and(|t| t <= now) {
+            if let Some(Ok(r)) = self.capture() {
+                report.capture = Some(r);
+            }
+        }
+        if self.sync_due(now).is_some_and(|t| t <= now) {
+            match self.sync() {
+                Some(Ok(r)) => report.sync = Some(r),
+                Some(Err(e)) => tracing::error!("sync failed: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Runs passes until one does nothing, then one capture and one sync cycle, then passes
+    /// again for what the sync downloaded (`--once`).
+    pub fn run_once(&mut self) -> Result<Report, AgentError> {
+        let mut total = self.run_passes()?;
+        // A Moodle database that is down does not keep what was captured before from going home.
+        let mut capture_error = None;
+        match self.capture() {
+            Some(Ok(r)) => total.capture = Some(r),
+            Some(Err(e)) => capture_error = Some(e),
+            None => {}
+        }
+        if let Some(r) = self.sync() {
+            total.sync = Some(r.map_err(AgentError::Io)?);
+            let after = self.run_passes()?;
+            total.absorb(after);
+        }
+        match capture_error {
+            Some(e) => Err(AgentError::Io(format!("capture failed: {e}"))),
+            None => Ok(total),
+        }
+    }
+
+    fn run_passes(&mut self) -> Result<Report, AgentError> {
+        let mut total = Report::default();
+        loop {
+            let r = self.pass()?;
+            let more = r.did_something();
+            total.absorb(r);
+            if !more || self.stop.load(Ordering::SeqCst) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// A one-line status for systemd.
+    pub fn status_line(&self) -> String {
+        match self.store.overview() {
+            Ok(o) => {
+                let get = |m: &std::collections::BTreeMap<String, u64>, k: &str| {
+                    m.get(k).copied().unwrap_or(0)
+                };
+                let mut s = format!(
+                    "{} bundles done, {} failed; {} commands waiting",
+                    get(&o.bundles, "done"),
+                    get(&o.bundles, "failed"),
+                    get(&o.commands, "waiting")
+                );
+                for g in &o.gaps {
+                    s.push_str(&format!(
+                        "; {} bundle(s) wait for sequence {} from {}",
+                        g.waiting, g.missing, g.issuer
+                    ));
+                }
+                s
+            }
+            Err(e) => format!("journal unreadable: {e}"),
+        }
+    }
+
+    fn next_deadline(&self, report: &Report) -> i64 {
+        let now = self.clock.now();
+        let gap = i64::try_from(self.cfg.inbox.gap_timeout).unwrap_or(i64::MAX);
+        let mut t = now.saturating_add(i64::try_from(self.cfg.inbox.scan_interval).unwrap_or(30));
+        if let Ok(Some(w)) = self.store.next_wakeup(gap) {
+            t = t.min(w);
+        }
+        if !report.arriving.is_empty() {
+            t = t.min(now + 1);
+        }
+        if let Some(c) = self.capture_due(now) {
+            t = t.min(c);
+        }
+        if let Some(u) = self.sync_due(now) {
+            t = t.min(u);
+        }
+        t.max(now)
+    }
+
+    /// The daemon loop: runs until a [`Wake::Stop`] arrives or the stop flag is set.
+    pub fn run(mut self, wake: &mpsc::Receiver<Wake>) -> Result<(), AgentError> {
+        self.notifier.ready(&format!(
+            "watching {}; {}",
+            self.cfg.paths.inbox.display(),
+            self.status_line()
+        ));
+        tracing::info!(vessel = %self.cfg.vessel_id, inbox = %self.cfg.paths.inbox.display(), "agent ready");
+        let ping = self.notifier.ping_interval();
+        loop {
+            self.notifier.watchdog();
+            let mut report = self.pass()?;
+            self.periodic(&mut report);
+            if report.did_something() {
+                self.notifier.status(&self.status_line());
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let deadline = self.next_deadline(&report);
+            let secs = u64::try_from(deadline - self.clock.now()).unwrap_or(0);
+            let mut timeout = Duration::from_secs(secs).max(Duration::from_millis(200));
+            if let Some(p) = ping {
+                timeout = timeout.min(p);
+            }
+            let started = Instant::now();
+            match wake.recv_timeout(timeout) {
+                Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Wake::Hint) => {
+                    // Let a burst of events from one copy collapse into one scan.
+                    while let Ok(w) = wake.try_recv() {
+                        if matches!(w, Wake::Stop) {
+                            self.stop.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    tracing::debug!(after = ?started.elapsed(), "inbox hint");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.notifier.stopping();
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+fn describe(cmd: &CommandRow, outcome: &CommandOutcome) -> (String, String, CommandState, String) {
+    let (state, note) = match outcome {
+        CommandOutcome::Done(n) => (CommandState::Done, n.clone()),
+        CommandOutcome::Superseded(n) => (CommandState::Superseded, n.clone()),
+        CommandOutcome::Failed(n) => (CommandState::Failed, n.clone()),
+        CommandOutcome::Waiting { reason, .. } => (CommandState::Waiting, reason.clone()),
+    };
+    (cmd.cmd_id.clone(), cmd.kind.clone(), state, note)
+}
+
+/// Starts the threads that feed the work loop: an inotify watcher on the inbox (hints only) and
+/// a signal listener (SIGTERM/SIGINT stop, SIGHUP rescans). Returns the receiver and the watcher,
+/// which must be kept alive.
+pub fn wake_sources(
+    inbox: &Path,
+    stop: Arc<AtomicBool>,
+) -> Result<(mpsc::Receiver<Wake>, Option<notify::RecommendedWatcher>), AgentError> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::channel();
+    let hint = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes are hints: the scan's own directory reads raise access events, which
+        // would otherwise wake the loop for ever.
+        if let Ok(event) = res {
+            if matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+            ) {
+                let _ = hint.send(Wake::Hint);
+            }
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(inbox, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
+    let watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "no file-system events for the inbox; relying on periodic scans");
+            None
+        }
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| AgentError::Io(format!("cannot install signal handlers: {e}")))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    let _ = tx.send(Wake::Hint);
+                } else {
+                    stop.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Wake::Stop);
+                }
+            }
+        })
+        .map_err(|e| AgentError::Io(format!("cannot start the signal thread: {e}")))?;
+    Ok((rx, watcher))
+}

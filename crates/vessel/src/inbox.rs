@@ -1,0 +1,423 @@
+//! Watching and admitting bundles.
+//!
+//! A full directory scan is the truth; file-system events only make the next scan come sooner
+//! (network file systems deliver none). A candidate is a regular file whose name does not start
+//! with `.` and does not end in `.part` or `.tmp`. It is read only once it has settled: its size
+//! and mtime unchanged since the previous scan and its mtime at least `settle` seconds old (or,
+//! for a file whose mtime lies in the future, unchanged across scans `settle` seconds apart).
+//!
+//! Admission of one file, in order, each step safe to repeat after a crash:
+//! 1. verify signature and policy; extract into `work/.ID.part`, then rename to `work/ID`;
+//! 2. one transaction: classify against the journal, record bundle + commands + audit;
+//! 3. move the file to `archive/ID.vsb`; record that it is archived.
+//!
+//! A crash after 1 leaves the file in the inbox and an orphan work directory (removed at start);
+//! after 2 the file is re-read, recognised as journaled-not-archived and just archived. Rejected
+//! files move to `quarantine/` with `NAME.reason.txt` beside them; local faults (disk full) leave
+//! the file where it is for the next scan.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use crate::config::Config;
+use crate::store::{Admission, NewBundle, NewCommand, Store, StoreError};
+use base::clock::format_time;
+use base::failpoint;
+use base::fsutil;
+use wire::envelope::{self, Manifest, Rejection, VerifyError};
+
+/// Extension of archived bundles.
+pub const BUNDLE_EXT: &str = "vsb";
+
+/// What the scanner remembers about a file between scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    size: u64,
+    mtime: i64,
+    since: i64,
+}
+
+/// Remembers file observations across scans.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    seen: HashMap<PathBuf, Seen>,
+}
+
+/// Result of one scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Settled files, sorted by name.
+    pub ready: Vec<PathBuf>,
+    /// Files still arriving, with the time they may be settled.
+    pub arriving: Vec<(PathBuf, i64)>,
+}
+
+/// True for names the inbox never reads: hidden and temporary files.
+pub fn ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".part") || name.ends_with(".tmp")
+}
+
+impl Scanner {
+    /// Lists the inbox and sorts candidates into settled and still-arriving.
+    pub fn scan(&mut self, inbox: &Path, settle: i64, now: i64) -> std::io::Result<Scan> {
+        let mut out = Scan::default();
+        let mut present = HashMap::new();
+        for entry in fs::read_dir(inbox)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if ignored_name(&name) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                continue;
+            }
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let path = entry.path();
+            let prev = self.seen.get(&path).copied();
+            let since = match prev {
+                Some(p) if p.size == meta.len() && p.mtime == mtime => p.since,
+                _ => now,
+            };
+            let seen = Seen {
+                size: meta.len(),
+                mtime,
+                since,
+            };
+            present.insert(path.clone(), seen);
+            let unchanged = prev == Some(seen);
+            let old_enough = now.saturating_sub(mtime) >= settle;
+            let mtime_in_future = mtime > now;
+            let settled = if mtime_in_future {
+                unchanged && now.saturating_sub(since) >= settle
+            } else {
+                old_enough && (prev.is_none() || unchanged)
+            };
+            if settled {
+                out.ready.push(path);
+            } else {
+                let at = if mtime_in_future {
+                    since + settle
+                } else {
+                    mtime.saturating_add(settle).max(now)
+                };
+                out.arriving.push((path, at));
+            }
+        }
+        self.seen = present;
+        out.ready.sort();
+        Ok(out)
+    }
+
+    /// Forgets a file (after it was moved away).
+    pub fn forget(&mut self, path: &Path) {
+        self.seen.remove(path);
+    }
+}
+
+/// What happened to one inbox file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// Journaled (ready or waiting for a missing sequence).
+    Journaled {
+        /// Bundle id.
+        id: String,
+        /// Whether it waits for a gap.
+        waiting: bool,
+    },
+    /// The same bundle again; recorded and removed.
+    Duplicate(String),
+    /// Finished an admission interrupted by a crash.
+    Recovered(String),
+    /// Refused; moved to quarantine with a reason file.
+    Quarantined {
+        /// The stable code.
+        code: String,
+        /// Where it went.
+        to: PathBuf,
+    },
+    /// A local fault; the file stays for the next scan.
+    LeftForLater(String),
+}
+
+/// Errors that stop admission (the store failing); bundle faults are outcomes, not errors.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn new_bundle(m: &Manifest, sha: &str, source: &str) -> NewBundle {
+    NewBundle {
+        id: m.id.clone(),
+        issuer: m.issuer.clone(),
+        recipient: m.recipient.clone(),
+        sequence: m.sequence,
+        manifest_sha256: sha.to_string(),
+        source_name: source.to_string(),
+        created_at: base::clock::parse_time(&m.created).unwrap_or(0),
+        expires_at: m.expires.as_deref().and_then(base::clock::parse_time),
+        commands: m
+            .commands
+            .iter()
+            .map(|c| NewCommand {
+                cmd_id: c.id.clone(),
+                kind: c.kind.clone(),
+                args: serde_json::Value::Object(c.args.clone()).to_string(),
+                files: serde_json::to_string(&c.files).unwrap_or_else(|_| "[]".into()),
+            })
+            .collect(),
+    }
+}
+
+/// The work directory of a bundle.
+pub fn work_dir(cfg: &Config, bundle_id: &str) -> PathBuf {
+    cfg.paths.work.join(bundle_id)
+}
+
+/// Verifies and journals one settled inbox file; `progress` is called while members stream.
+pub fn admit(
+    store: &mut Store,
+    cfg: &Config,
+    path: &Path,
+    now: i64,
+    progress: &mut dyn FnMut(),
+) -> Result<Admitted> {
+    let name = file_name(path);
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => {
+            let why = Rejection::NotAFile(envelope::read::describe_type(meta.file_type()));
+            return quarantine(store, cfg, path, &why, None, now);
+        }
+        Ok(_) => {}
+        Err(e) => return Ok(Admitted::LeftForLater(format!("{}: {e}", path.display()))),
+    }
+    let opened = match envelope::open(path, &cfg.keyring, &cfg.limits) {
+        Ok(o) => o,
+        Err(VerifyError::Rejected(r)) => return quarantine(store, cfg, path, &r, None, now),
+        Err(VerifyError::Local(e)) => return Ok(Admitted::LeftForLater(e)),
+    };
+    let skew = i64::try_from(cfg.inbox.clock_skew).unwrap_or(i64::MAX);
+    if let Err(r) = envelope::check_policy(&opened.manifest, &cfg.vessel_id, now, skew) {
+        let m = opened.manifest.clone();
+        return quarantine(store, cfg, path, &r, Some(&m), now);
+    }
+    let m = opened.manifest.clone();
+    let sha = opened.manifest_sha256.clone();
+    let admission = {
+        let tx = store.begin()?;
+        tx.classify(&m.id, &sha, &m.issuer, &m.recipient, m.sequence)?
+    };
+    match admission {
+        Admission::Known {
+            same_content: false,
+            ..
+        } => {
+            return quarantine(
+                store,
+                cfg,
+                path,
+                &Rejection::IdReused(m.id.clone()),
+                Some(&m),
+                now,
+            );
+        }
+        Admission::Replay { previous } => {
+            let r = Rejection::Replay {
+                issuer: m.issuer.clone(),
+                recipient: m.recipient.clone(),
+                sequence: m.sequence,
+                previous,
+            };
+            return quarantine(store, cfg, path, &r, Some(&m), now);
+        }
+        Admission::Known {
+            archived: false, ..
+        } => {
+            archive(store, cfg, path, &m.id)?;
+            return Ok(Admitted::Recovered(m.id));
+        }
+        Admission::Known { archived: true, .. } => {
+            store.write(|tx| {
+                tx.audit(now, &m.issuer, Some(&m.id), None, "bundle_duplicate", "ignored",
+                    &format!("file {name} holds bundle {} (sequence {}), which was already received; not applied again", m.id, m.sequence))
+            })?;
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a duplicate bundle file");
+            }
+            return Ok(Admitted::Duplicate(m.id));
+        }
+        Admission::Late | Admission::InOrder | Admission::Early { .. } => {}
+    }
+
+    // Extract into a fresh private directory, then rename into place.
+    let final_dir = work_dir(cfg, &m.id);
+    let tmp_dir = cfg.paths.work.join(format!(".{}.part", m.id));
+    for d in [&tmp_dir, &final_dir] {
+        if d.exists() {
+            if let Err(e) = fs::remove_dir_all(d) {
+                return Ok(Admitted::LeftForLater(format!(
+                    "cannot clear {}: {e}",
+                    d.display()
+                )));
+            }
+        }
+    }
+    if let Err(e) = fs::create_dir_all(&tmp_dir) {
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot create {}: {e}",
+            tmp_dir.display()
+        )));
+    }
+    match opened.extract_with(Some(&tmp_dir), progress) {
+        Ok(_) => {}
+        Err(err) => {
+            let _ = fs::remove_dir_all(&tmp_dir);
+            return match err {
+                VerifyError::Rejected(r) => quarantine(store, cfg, path, &r, Some(&m), now),
+                VerifyError::Local(e) => Ok(Admitted::LeftForLater(e)),
+            };
+        }
+    }
+    if let Err(e) = fsutil::commit_temp(&tmp_dir, &final_dir) {
+        let _ = fs::remove_dir_all(&tmp_dir);
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot move extracted files into place: {e}"
+        )));
+    }
+    failpoint::hit("admit.after-extract");
+
+    let bundle = new_bundle(&m, &sha, &name);
+    let gap = i64::try_from(cfg.inbox.gap_timeout).unwrap_or(i64::MAX);
+    let state = store.write(|tx| {
+        // Classified again inside the writing transaction: the journal is the authority.
+        let admission = tx.classify(&m.id, &sha, &m.issuer, &m.recipient, m.sequence)?;
+        tx.admit(&bundle, &admission, gap, now)
+    })?;
+    failpoint::hit("admit.after-journal");
+    archive(store, cfg, path, &m.id)?;
+    failpoint::hit("admit.after-archive");
+    Ok(Admitted::Journaled {
+        id: m.id,
+        waiting: state == crate::store::BundleState::Waiting,
+    })
+}
+
+fn archive(store: &mut Store, cfg: &Config, path: &Path, id: &str) -> Result<()> {
+    let dest = cfg.paths.archive.join(format!("{id}.{BUNDLE_EXT}"));
+    match fsutil::move_file(path, &dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            // Journaled already; the file stays in the inbox and the next scan archives it.
+            tracing::warn!(bundle_id = id, error = %e, "could not move the bundle to the archive; will retry");
+            return Ok(());
+        }
+    }
+    store.write(|tx| tx.mark_archived(id))
+}
+
+/// Moves a refused file to quarantine with a reason file, and records it.
+pub fn quarantine(
+    store: &mut Store,
+    cfg: &Config,
+    path: &Path,
+    why: &Rejection,
+    m: Option<&Manifest>,
+    now: i64,
+) -> Result<Admitted> {
+    let name = file_name(path);
+    let dest = fsutil::free_name(&cfg.paths.quarantine, &name);
+    let dest_name = file_name(&dest);
+    let mut text = format!(
+        "vessel-sync refused this file and did not apply anything from it.\n\n\
+         File:     {name}\nRefused:  {}\nVessel:   {}\nReason:   {why}\nCode:     {}\n",
+        format_time(now),
+        cfg.vessel_id,
+        why.code()
+    );
+    if let Some(m) = m {
+        text.push_str(&format!(
+            "Bundle:   {} (issuer {}, sequence {} for {:?}, created {})\n",
+            m.id, m.issuer, m.sequence, m.recipient, m.created
+        ));
+    }
+    text.push_str(
+        "\nNothing else needs doing on board. Tell the shore operator the reason above; a corrected\n\
+         bundle can be dropped into the inbox as usual. This file is kept here for inspection\n\
+         ('vessel-sync bundle inspect FILE') and may be deleted.\n",
+    );
+    let reason_path = cfg.paths.quarantine.join(format!("{dest_name}.reason.txt"));
+    if let Err(e) = fsutil::atomic_write(&reason_path, text.as_bytes()) {
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot write to quarantine: {e}"
+        )));
+    }
+    if let Err(e) = fsutil::move_file(path, &dest) {
+        return Ok(Admitted::LeftForLater(format!(
+            "cannot move {name} to quarantine: {e}"
+        )));
+    }
+    let actor = m.map_or("unknown", |m| m.issuer.as_str());
+    store.write(|tx| {
+        tx.audit(
+            now,
+            actor,
+            m.map(|m| m.id.as_str()),
+            None,
+            "bundle_rejected",
+            why.code(),
+            &format!("file {name}: {why} (moved to quarantine as {dest_name})"),
+        )
+    })?;
+    tracing::warn!(file = %name, code = why.code(), reason = %why, "bundle quarantined");
+    Ok(Admitted::Quarantined {
+        code: why.code().to_string(),
+        to: dest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_growing_file_is_not_ready_until_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b.vsb");
+        fs::write(&f, b"abc").unwrap();
+        fs::write(dir.path().join(".hidden"), b"x").unwrap();
+        fs::write(dir.path().join("c.vsb.part"), b"x").unwrap();
+        let mtime = fs::metadata(&f)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut s = Scanner::default();
+        // Fresh file: arriving.
+        let scan = s.scan(dir.path(), 5, mtime + 1).unwrap();
+        assert!(scan.ready.is_empty());
+        assert_eq!(
+            scan.arriving.len(),
+            1,
+            "temporary and hidden names are ignored"
+        );
+        // Old enough and unchanged: ready.
+        let scan = s.scan(dir.path(), 5, mtime + 10).unwrap();
+        assert_eq!(scan.ready, vec![f.clone()]);
+        // It grows: arriving again.
+        fs::write(&f, b"abcdef").unwrap();
+        let scan = s.scan(dir.path(), 5, mtime + 11).unwrap();
+        assert!(scan.ready.is_empty());
+    }
+}

@@ -1,0 +1,28 @@
+//! The vessel agent: everything that runs on board.
+//!
+//! - [`agent`]: the daemon (start-up recovery, the work loop, wake sources, the command runner,
+//!   the capture and sync schedule, the state lock).
+//! - [`inbox`]: scanning with the settle rule, admission of one file, archive and quarantine.
+//! - [`store`]: the agent's SQLite journal, outbox and audit. **The only SQL in the agent.**
+//! - [`commands`]: one file per command type a bundle can carry.
+//! - [`capture`]: learner progress from Moodle's database, by snapshot diff, into the outbox.
+//! - [`uplink`]: the sync cycle to shore (HTTPS or carrier files), retries, budgets, windows.
+//! - [`config`]: `agent.toml`, one file per section.
+//! - [`report`]: what `status`, `audit`, `inspect` and `agent --once` print.
+//!
+//! May import: `base`, `wire`, `moodle`. Never `shore`: the two sides meet only in `wire`.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod agent;
+pub mod capture;
+pub mod commands;
+pub mod config;
+pub mod inbox;
+pub mod report;
+pub mod store;
+pub mod uplink;

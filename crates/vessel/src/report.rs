@@ -1,0 +1,607 @@
+//! What the operator reads: `status`, `audit`, `bundle inspect`, and the `--once` summary.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::agent::Report;
+use crate::config::Config;
+use crate::config::UplinkMode;
+use crate::inbox::{Admitted, ignored_name};
+use crate::store::{
+    AckState, AuditEntry, AuditEvent, OutboxSummary, Overview, QuarantinedProgress, Store,
+};
+use base::clock::{Clock, format_age, format_time};
+use base::exit;
+use wire::envelope::{Manifest, manifest};
+
+#[derive(Serialize)]
+struct Status {
+    vessel: String,
+    database: String,
+    agent_running: bool,
+    now: String,
+    inbox_pending: Vec<String>,
+    quarantine_files: u64,
+    recent_rejections: Vec<AuditEntry>,
+    duplicates_ignored: u64,
+    journal: Overview,
+    mappings: std::collections::BTreeMap<String, u64>,
+    outbox_ack: Option<AckState>,
+    progress: ProgressStatus,
+    learner_impact: Vec<Impact>,
+}
+
+/// What a held course command means for learners.
+#[derive(Serialize)]
+struct Impact {
+    command_id: String,
+    kind: String,
+    course: String,
+    learners_with_progress: u64,
+    unacknowledged_records: u64,
+    oldest_unacknowledged_age_s: Option<i64>,
+}
+
+/// The learner impact of every held course command (delete, replace, restore, hide).
+fn impacts(
+    store: &Store,
+    held: &[crate::store::CommandRow],
+    now: i64,
+) -> Result<Vec<Impact>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for c in held {
+        let arg = match c.kind.as_str() {
+            "delete_course" | "replace_course" | "hide_course" => "course",
+            "restore_course" => "idnumber",
+            _ => continue,
+        };
+        let args: serde_json::Value = serde_json::from_str(&c.args).unwrap_or_default();
+        let Some(course) = args[arg]
+            .as_str()
+            .or_else(|| args["shortname"].as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let (backlog, learners) = store.course_impact(&course)?;
+        out.push(Impact {
+            command_id: c.cmd_id.clone(),
+            kind: c.kind.clone(),
+            course,
+            learners_with_progress: learners,
+            unacknowledged_records: backlog.records,
+            oldest_unacknowledged_age_s: backlog.oldest_captured_at.map(|t| now - t),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct ProgressStatus {
+    outbox: OutboxSummary,
+    oldest_unacknowledged_age_s: Option<i64>,
+    uplink_mode: &'static str,
+    last_contact: Option<String>,
+    next_attempt: Option<String>,
+    next_attempt_reason: Option<String>,
+    last_error: Option<String>,
+    permanent_error: Option<String>,
+    bytes_today: u64,
+    bytes_this_month: u64,
+    daily_budget: u64,
+    monthly_budget: u64,
+    capture_configured: bool,
+    last_capture: Option<String>,
+    last_capture_rows: Option<u64>,
+    capture_error: Option<String>,
+    quarantine: Vec<QuarantinedProgress>,
+}
+
+fn progress_status(
+    cfg: &Config,
+    store: &Store,
+    now: i64,
+) -> Result<ProgressStatus, crate::store::StoreError> {
+    let facts = store.facts()?;
+    let time_of = |k: &str| {
+        facts
+            .get(k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(format_time)
+    };
+    let outbox = store.outbox_summary()?;
+    let day = format_time(now).get(..10).unwrap_or("").to_string();
+    let ((du, dd), (mu, md)) = store.traffic(&day)?;
+    Ok(ProgressStatus {
+        oldest_unacknowledged_age_s: outbox.oldest_captured_at.map(|t| (now - t).max(0)),
+        outbox,
+        uplink_mode: match cfg.uplink.mode {
+            UplinkMode::Off => "off",
+            UplinkMode::Https => "https",
+            UplinkMode::Files => "files",
+        },
+        last_contact: time_of("last_contact_at"),
+        next_attempt: time_of("next_attempt_at"),
+        next_attempt_reason: facts.get("next_attempt_reason").cloned(),
+        last_error: facts.get("last_error").cloned(),
+        permanent_error: facts.get("permanent_error").cloned(),
+        bytes_today: du + dd,
+        bytes_this_month: mu + md,
+        daily_budget: cfg.uplink.daily_budget,
+        monthly_budget: cfg.uplink.monthly_budget,
+        capture_configured: cfg.moodle_db.is_some(),
+        last_capture: time_of("last_capture_at"),
+        last_capture_rows: facts.get("last_capture_rows").and_then(|v| v.parse().ok()),
+        capture_error: facts.get("capture_error").cloned(),
+        quarantine: store.progress_quarantine(20)?,
+    })
+}
+
+fn list_dir(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| keep(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::StoreError> {
+    let store = Store::open_readonly(&cfg.paths.database())?;
+    let journal = store.overview()?;
+    let learner_impact = impacts(&store, &journal.held, clock.now())?;
+    Ok(Status {
+        vessel: cfg.vessel_id.clone(),
+        database: cfg.paths.database().display().to_string(),
+        agent_running: crate::agent::is_running(&cfg.paths.state_dir),
+        now: format_time(clock.now()),
+        inbox_pending: list_dir(&cfg.paths.inbox, |n| !ignored_name(n)),
+        quarantine_files: list_dir(&cfg.paths.quarantine, |n| {
+            !n.ends_with(".reason.txt") && !ignored_name(n)
+        })
+        .len() as u64,
+        recent_rejections: store.recent_audit(AuditEvent::REJECTED, 5)?,
+        duplicates_ignored: store.count_audit(AuditEvent::DUPLICATE)?,
+        learner_impact,
+        journal,
+        mappings: store.mapping_counts()?,
+        outbox_ack: store.ack("outbox")?,
+        progress: progress_status(cfg, &store, clock.now())?,
+    })
+}
+
+/// `vessel-sync status`.
+pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
+    let s = match gather(cfg, clock) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vessel-sync: {e}");
+            return exit::IOERR;
+        }
+    };
+    if json {
+        return match serde_json::to_string_pretty(&s) {
+            Ok(text) => {
+                println!("{text}");
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("vessel-sync: {e}");
+                exit::SOFTWARE
+            }
+        };
+    }
+    let now = clock.now();
+    let count =
+        |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    println!(
+        "vessel {}   agent {}   ({})",
+        s.vessel,
+        if s.agent_running {
+            "running"
+        } else {
+            "NOT running"
+        },
+        s.now
+    );
+    println!(
+        "bundles:   {} done, {} failed, {} ready, {} waiting for a missing sequence",
+        count(&s.journal.bundles, "done"),
+        count(&s.journal.bundles, "failed"),
+        count(&s.journal.bundles, "ready"),
+        count(&s.journal.bundles, "waiting")
+    );
+    println!(
+        "commands:  {} done, {} failed, {} waiting, {} running, {} superseded, {} duplicate",
+        count(&s.journal.commands, "done"),
+        count(&s.journal.commands, "failed"),
+        count(&s.journal.commands, "waiting"),
+        count(&s.journal.commands, "running"),
+        count(&s.journal.commands, "superseded"),
+        count(&s.journal.commands, "duplicate")
+    );
+    for g in &s.journal.gaps {
+        println!(
+            "WAITING:   {} bundle(s) from issuer {} for {:?} wait for missing sequence {} (for {})",
+            g.waiting,
+            g.issuer,
+            g.recipient,
+            g.missing,
+            format_age(now - g.since)
+        );
+    }
+    for (issuer, recipient, seq, at) in &s.journal.skipped {
+        println!(
+            "skipped:   sequence {seq} from {issuer} for {recipient:?} never arrived (given up {})",
+            format_time(*at)
+        );
+    }
+    for c in &s.journal.held {
+        let when = c
+            .next_attempt_at
+            .map(|t| format!(", next attempt {}", format_time(t)))
+            .unwrap_or_default();
+        println!(
+            "{:<10} {} {} (bundle {}, attempt {}{when}): {}",
+            format!("{}:", c.state.as_str().to_uppercase()),
+            c.kind,
+            c.cmd_id,
+            c.bundle_id,
+            c.attempts,
+            c.reason.as_deref().unwrap_or("")
+        );
+        if let Some(i) = s.learner_impact.iter().find(|i| i.command_id == c.cmd_id) {
+            let oldest = i
+                .oldest_unacknowledged_age_s
+                .map(|a| format!(", oldest {}", format_age(a)))
+                .unwrap_or_default();
+            println!(
+                "  impact:  {}: {} learner(s) have progress in it on board; {} record(s) not yet acknowledged by shore{oldest}",
+                i.course, i.learners_with_progress, i.unacknowledged_records
+            );
+        }
+    }
+    if !s.inbox_pending.is_empty() {
+        println!(
+            "inbox:     {} file(s) not yet taken: {}",
+            s.inbox_pending.len(),
+            s.inbox_pending.join(", ")
+        );
+    }
+    println!(
+        "quarantine: {} file(s) in {} (each with a .reason.txt); {} duplicate bundle(s) ignored",
+        s.quarantine_files,
+        cfg.paths.quarantine.display(),
+        s.duplicates_ignored
+    );
+    for r in &s.recent_rejections {
+        println!("  {}  {}: {}", format_time(r.at), r.outcome, r.detail);
+    }
+    let maps: Vec<String> = s.mappings.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "mappings:  {}",
+        if maps.is_empty() {
+            "none".into()
+        } else {
+            maps.join(", ")
+        }
+    );
+    match &s.outbox_ack {
+        Some(a) => println!(
+            "shore ack: outbox acknowledged up to sequence {} ({})",
+            a.acked_seq,
+            format_time(a.updated_at)
+        ),
+        None => println!("shore ack: none received yet"),
+    }
+    print_progress(&s.progress, now);
+    exit::OK
+}
+
+fn budget(used: u64, limit: u64) -> String {
+    if limit == 0 {
+        format!("{used} bytes (no limit)")
+    } else {
+        format!(
+            "{used} of {limit} bytes ({}%)",
+            used.saturating_mul(100) / limit.max(1)
+        )
+    }
+}
+
+fn print_progress(p: &ProgressStatus, now: i64) {
+    let o = &p.outbox;
+    println!(
+        "progress:  {} record(s) not yet acknowledged by shore ({} in {} batch(es), {} bytes){}",
+        o.records,
+        o.batched,
+        o.batches,
+        o.batch_bytes,
+        p.oldest_unacknowledged_age_s
+            .map(|a| format!("; oldest captured {} ago", format_age(a)))
+            .unwrap_or_default()
+    );
+    println!(
+        "           last acknowledgement: {}",
+        match o.acked_at {
+            Some(t) => format!(
+                "batch {} at {} ({} ago)",
+                o.acked_seq,
+                format_time(t),
+                format_age(now - t)
+            ),
+            None => "none yet".into(),
+        }
+    );
+    println!(
+        "uplink:    {}; last contact {}; next attempt {}{}",
+        p.uplink_mode,
+        p.last_contact.as_deref().unwrap_or("never"),
+        p.next_attempt
+            .as_deref()
+            .unwrap_or("at the agent's next cycle"),
+        p.next_attempt_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    if let Some(e) = &p.permanent_error {
+        println!("STOPPED:   {e}; fix it ashore or in [uplink], then restart the agent");
+    } else if let Some(e) = &p.last_error {
+        println!("last error: {e}");
+    }
+    println!(
+        "budget:    today {}; this month {}",
+        budget(p.bytes_today, p.daily_budget),
+        budget(p.bytes_this_month, p.monthly_budget)
+    );
+    if p.capture_configured {
+        println!(
+            "capture:   last {}{}",
+            p.last_capture.as_deref().unwrap_or("never"),
+            p.last_capture_rows
+                .map(|n| format!(" ({n} rows read)"))
+                .unwrap_or_default()
+        );
+        if let Some(e) = &p.capture_error {
+            println!("CAPTURE FAILING: {e}");
+        }
+    } else {
+        println!("capture:   not configured (no [moodle] section)");
+    }
+    if o.quarantined > 0 {
+        println!(
+            "progress quarantine: {} change(s) cannot be keyed yet (kept, retried at every capture):",
+            o.quarantined
+        );
+        for q in &p.quarantine {
+            println!(
+                "  {} user id {} object {} = {}: {}",
+                q.kind, q.userid, q.objid, q.value, q.reason
+            );
+        }
+    }
+}
+
+/// `vessel-sync audit`.
+pub fn audit(cfg: &Config, json: bool, csv: bool, since_id: i64) -> i32 {
+    let store = match Store::open_readonly(&cfg.paths.database()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vessel-sync: {e}");
+            return exit::IOERR;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = if csv {
+        let mut w = csv::Writer::from_writer(&mut out);
+        let header = w
+            .write_record([
+                "id",
+                "time",
+                "actor",
+                "bundle_id",
+                "command_id",
+                "event",
+                "outcome",
+                "detail",
+            ])
+            .map_err(std::io::Error::other);
+        let r = store.for_each_audit(since_id, None, |e| {
+            let row = [
+                e.id.to_string(),
+                format_time(e.at),
+                e.actor,
+                e.bundle_id.unwrap_or_default(),
+                e.command_id.unwrap_or_default(),
+                e.event,
+                e.outcome,
+                e.detail,
+            ];
+            w.write_record(row.iter().map(|c| base::csvrow::csv_safe(c)))
+                .map_err(std::io::Error::other)
+        });
+        r.map(|r| header.and(r).and_then(|()| w.flush()))
+    } else {
+        store.for_each_audit(since_id, None, |e| {
+            if json {
+                let line = serde_json::to_string(&e).map_err(std::io::Error::other)?;
+                writeln!(out, "{line}")
+            } else {
+                writeln!(
+                    out,
+                    "{}  {:<18} {:<12} {:<16} {}{}",
+                    format_time(e.at),
+                    e.event,
+                    e.outcome,
+                    e.actor,
+                    e.bundle_id.map(|b| format!("[{b}] ")).unwrap_or_default(),
+                    e.detail
+                )
+            }
+        })
+    };
+    let result = result.map(|r| r.and_then(|()| out.flush()));
+    match result {
+        Ok(Ok(())) => exit::OK,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Ok(Err(e)) => {
+            eprintln!("vessel-sync: writing the audit trail: {e}");
+            exit::IOERR
+        }
+        Err(e) => {
+            eprintln!("vessel-sync: {e}");
+            exit::IOERR
+        }
+    }
+}
+
+/// Reads a bundle's manifest without checking the signature (for `inspect`).
+fn read_manifest_unverified(path: &Path) -> Result<Manifest, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut decoder = zstd::stream::read::Decoder::new(file).map_err(|e| e.to_string())?;
+    decoder
+        .window_log_max(wire::envelope::Limits::default().max_window_log)
+        .map_err(|e| e.to_string())?;
+    let mut tar = wire::envelope::tarstream::TarReader::new(decoder);
+    let h = tar
+        .next_header()
+        .map_err(|e| format!("not a readable bundle: {e:?}"))?
+        .ok_or("empty archive")?;
+    if h.name != manifest::MANIFEST_NAME.as_bytes() || h.size > (16 << 20) {
+        return Err(format!(
+            "the first member is {:?}, not manifest.json",
+            String::from_utf8_lossy(&h.name)
+        ));
+    }
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tar.read_data(&mut buf).map_err(|e| format!("{e:?}"))?;
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))
+}
+
+/// `vessel-sync bundle inspect`.
+pub fn inspect(path: &Path, json: bool) -> i32 {
+    let m = match read_manifest_unverified(path) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("vessel-sync: {}: {e}", path.display());
+            return exit::DATAERR;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&m) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("vessel-sync: {e}");
+                return exit::SOFTWARE;
+            }
+        }
+        return exit::OK;
+    }
+    println!(
+        "bundle     {}  (NOT verified: use 'vessel-sync bundle verify' for that)",
+        m.id
+    );
+    println!("format     {} ({:?})", m.format, m.kind);
+    println!("issuer     {} (sender {:?})", m.issuer, m.sender);
+    println!("recipient  {:?}   sequence {}", m.recipient, m.sequence);
+    println!("created    {}", m.created);
+    if let Some(nb) = &m.not_before {
+        println!("not before {nb}");
+    }
+    if let Some(e) = &m.expires {
+        println!("expires    {e}");
+    }
+    println!("commands   {}", m.commands.len());
+    for c in &m.commands {
+        let args = serde_json::Value::Object(c.args.clone());
+        println!(
+            "  - {} {}  args {}  files {:?}",
+            c.kind, c.id, args, c.files
+        );
+    }
+    println!("files      {}", m.files.len());
+    for f in &m.files {
+        println!("  - {}  {} bytes  sha256 {}", f.name, f.size, f.sha256);
+    }
+    exit::OK
+}
+
+/// The `--once` summary.
+pub fn print_pass(r: &Report) {
+    for (name, what) in &r.files {
+        match what {
+            Admitted::Journaled { id, waiting: false } => {
+                println!("accepted     {name} (bundle {id})")
+            }
+            Admitted::Journaled { id, waiting: true } => println!(
+                "waiting      {name} (bundle {id}) arrived early; see 'vessel-sync status'"
+            ),
+            Admitted::Duplicate(id) => {
+                println!("duplicate    {name} (bundle {id} was already received; ignored)")
+            }
+            Admitted::Recovered(id) => {
+                println!("recovered    {name} (bundle {id}, admission finished after a restart)")
+            }
+            Admitted::Quarantined { code, to } => println!(
+                "QUARANTINED  {name} ({code}); reason in {}.reason.txt",
+                to.display()
+            ),
+            Admitted::LeftForLater(e) => println!("left         {name}: {e}"),
+        }
+    }
+    for line in &r.skipped {
+        println!("skipped      {line}");
+    }
+    for (id, kind, state, note) in &r.commands {
+        println!("{:<12} {kind} {id}: {note}", state.as_str());
+    }
+    for p in &r.arriving {
+        println!(
+            "arriving     {} (still being written; taken once unchanged)",
+            p.display()
+        );
+    }
+    if let Some(c) = &r.capture {
+        println!(
+            "capture      {} progress rows read: {} changed, {} queued for shore, {} echo(es) of imported progress skipped, {} quarantined, {} released",
+            c.rows, c.changes, c.queued, c.echoes, c.quarantined, c.released
+        );
+    }
+    if let Some(s) = &r.sync {
+        println!(
+            "sync         {} batch(es) built, {} exchange(s), shore acknowledged up to batch {}, {} bundle(s) fetched{}",
+            s.built,
+            s.exchanges,
+            s.acked_seq,
+            s.downloaded,
+            s.held
+                .as_deref()
+                .map(|h| format!("; held: {h}"))
+                .unwrap_or_default()
+        );
+    }
+    if r.files.is_empty()
+        && r.commands.is_empty()
+        && r.arriving.is_empty()
+        && r.skipped.is_empty()
+        && r.capture.is_none()
+        && r.sync.is_none()
+    {
+        println!("nothing to do");
+    }
+}

@@ -1,0 +1,708 @@
+//! Progress in the agent's database: the captured state, the outbox, batches, the progress
+//! quarantine, imported (echo) rows, and the uplink's small facts and traffic counters.
+
+use std::collections::HashMap;
+
+use rusqlite::params;
+
+use super::{Ctx, Result, Store, Tx};
+use wire::progress::{Record, RecordKind};
+
+/// The state last captured for one Moodle row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedState {
+    /// Value (state, grade).
+    pub value: String,
+    /// Moodle's time.
+    pub time: i64,
+    /// Keys at capture time (None when the row could not be keyed then).
+    pub keys: Option<(String, String, String)>,
+}
+
+/// Local natural key of a captured row: (kind code, Moodle user id, object id).
+pub type LocalKey = (u8, i64, i64);
+
+/// A quarantined change.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantinedProgress {
+    /// Kind.
+    pub kind: String,
+    /// Moodle user id.
+    pub userid: i64,
+    /// Moodle object id (cmid, course id, grade item id).
+    pub objid: i64,
+    /// Value.
+    pub value: String,
+    /// Moodle time.
+    pub time: i64,
+    /// Why it could not be keyed.
+    pub reason: String,
+    /// Since when.
+    pub since: i64,
+}
+
+/// A built batch waiting for acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Batch sequence.
+    pub seq: u64,
+    /// Envelope id.
+    pub envelope_id: String,
+    /// Records inside.
+    pub records: u64,
+    /// The signed envelope bytes.
+    pub envelope: Vec<u8>,
+    /// When file mode last wrote it to the outbound directory.
+    pub written_at: Option<i64>,
+    /// Send attempts so far.
+    pub attempts: u64,
+}
+
+/// A batch to store: its sequence, envelope and the outbox range it takes.
+#[derive(Debug, Clone, Copy)]
+pub struct NewBatch<'a> {
+    /// Batch sequence.
+    pub seq: u64,
+    /// Envelope id.
+    pub envelope_id: &'a str,
+    /// First outbox seq taken.
+    pub first: i64,
+    /// Last outbox seq taken.
+    pub last: i64,
+    /// Records inside.
+    pub records: u64,
+    /// The signed envelope.
+    pub envelope: &'a [u8],
+}
+
+/// Outbox figures for `status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OutboxSummary {
+    /// Records not yet acknowledged.
+    pub records: u64,
+    /// Of those, already in a built batch.
+    pub batched: u64,
+    /// Bytes of built batches waiting.
+    pub batch_bytes: u64,
+    /// Batches waiting.
+    pub batches: u64,
+    /// Capture time of the oldest unacknowledged record.
+    pub oldest_captured_at: Option<i64>,
+    /// Changes in the progress quarantine.
+    pub quarantined: u64,
+    /// Highest batch sequence shore acknowledged.
+    pub acked_seq: u64,
+    /// When that acknowledgement was stored.
+    pub acked_at: Option<i64>,
+}
+
+/// Unacknowledged progress of one course, for deletion guards and status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CourseBacklog {
+    /// Records not yet acknowledged.
+    pub records: u64,
+    /// Capture time of the oldest.
+    pub oldest_captured_at: Option<i64>,
+}
+
+fn record_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    decode_record(r, 0)
+}
+
+fn decode_record(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<Record> {
+    let b: Vec<u8> = r.get(col)?;
+    Record::from_bytes(&b).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            col,
+            rusqlite::types::Type::Blob,
+            "an outbox record that does not decode".into(),
+        )
+    })
+}
+
+const BATCH_COLUMNS: &str = "seq, envelope_id, records, envelope, written_at, attempts";
+
+fn batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
+    Ok(Batch {
+        seq: r.get::<_, i64>(0)?.unsigned_abs(),
+        envelope_id: r.get(1)?,
+        records: r.get::<_, i64>(2)?.unsigned_abs(),
+        envelope: r.get(3)?,
+        written_at: r.get(4)?,
+        attempts: r.get::<_, i64>(5)?.unsigned_abs(),
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Tx<'_> {
+    /// Every captured state, keyed by local key.
+    pub fn captured_state(&self) -> Result<HashMap<LocalKey, CapturedState>> {
+        let mut stmt = self
+            .tx
+            .prepare(
+                "SELECT kind, userid, objid, value, vtime, ukey, ckey, ikey FROM capture_state",
+            )
+            .ctx(self.path)?;
+        let mut rows = stmt.query([]).ctx(self.path)?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next().ctx(self.path)? {
+            let key: LocalKey = (
+                r.get(0).ctx(self.path)?,
+                r.get(1).ctx(self.path)?,
+                r.get(2).ctx(self.path)?,
+            );
+            let ukey: Option<String> = r.get(5).ctx(self.path)?;
+            let ckey: Option<String> = r.get(6).ctx(self.path)?;
+            let ikey: Option<String> = r.get(7).ctx(self.path)?;
+            let keys = match (ukey, ckey, ikey) {
+                (Some(u), Some(c), Some(i)) => Some((u, c, i)),
+                _ => None,
+            };
+            out.insert(
+                key,
+                CapturedState {
+                    value: r.get(3).ctx(self.path)?,
+                    time: r.get(4).ctx(self.path)?,
+                    keys,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records the state now captured for a row.
+    pub fn set_captured(&self, key: LocalKey, s: &CapturedState) -> Result<()> {
+        let (u, c, i) = match &s.keys {
+            Some((u, c, i)) => (Some(u.as_str()), Some(c.as_str()), Some(i.as_str())),
+            None => (None, None, None),
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO capture_state(kind, userid, objid, value, vtime, ukey, ckey, ikey)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(kind, userid, objid) DO UPDATE SET value = excluded.value,
+                   vtime = excluded.vtime, ukey = excluded.ukey, ckey = excluded.ckey, ikey = excluded.ikey",
+            )
+            .ctx(self.path)?
+            .execute(params![key.0, key.1, key.2, s.value, s.time, u, c, i])
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Forgets a row that Moodle no longer holds.
+    pub fn forget_captured(&self, key: LocalKey) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM capture_state WHERE kind = ?1 AND userid = ?2 AND objid = ?3",
+            )
+            .ctx(self.path)?
+            .execute(params![key.0, key.1, key.2])
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Queues a record; returns false when a record with the same id is already queued.
+    pub fn enqueue(&self, rec: &Record, id: &[u8; 16], now: i64) -> Result<bool> {
+        let seq = match self.next_outbox_seq.get() {
+            Some(s) => s,
+            None => self
+                .row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |r| {
+                    r.get(0)
+                })?
+                .unwrap_or(1),
+        };
+        let n = self
+            .tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO outbox(record_id, seq, course_key, record, captured_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .ctx(self.path)?
+            .execute(params![&id[..], seq, rec.course, rec.to_bytes(), now])
+            .ctx(self.path)?;
+        self.next_outbox_seq
+            .set(Some(if n > 0 { seq + 1 } else { seq }));
+        Ok(n > 0)
+    }
+
+    /// Queues many records at once (64 per statement); returns how many were new.
+    pub fn enqueue_many(&self, recs: &[(Record, [u8; 16])], now: i64) -> Result<u64> {
+        const ROWS: usize = 64;
+        let mut seq = match self.next_outbox_seq.get() {
+            Some(s) => s,
+            None => self
+                .row("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox", [], |r| {
+                    r.get(0)
+                })?
+                .unwrap_or(1),
+        };
+        let mut added = 0u64;
+        // In key order, the B-tree fills pages left to right instead of splitting at random.
+        let mut order: Vec<&(Record, [u8; 16])> = recs.iter().collect();
+        order.sort_unstable_by_key(|a| a.1);
+        let mut chunks = order.chunks_exact(ROWS);
+        let sql = {
+            let row = "(?,?,?,?,?)";
+            format!(
+                "INSERT OR IGNORE INTO outbox(record_id, seq, course_key, record, captured_at) VALUES {}",
+                vec![row; ROWS].join(",")
+            )
+        };
+        for chunk in chunks.by_ref() {
+            let mut stmt = self.tx.prepare_cached(&sql).ctx(self.path)?;
+            let mut i = 1;
+            for &(r, id) in chunk {
+                let bytes = r.to_bytes();
+                let vals: [&dyn rusqlite::ToSql; 5] = [&&id[..], &seq, &r.course, &bytes, &now];
+                for v in vals {
+                    stmt.raw_bind_parameter(i, v).ctx(self.path)?;
+                    i += 1;
+                }
+                seq += 1;
+            }
+            added += stmt.raw_execute().ctx(self.path)? as u64;
+        }
+        self.next_outbox_seq.set(Some(seq));
+        for &(r, id) in chunks.remainder() {
+            if self.enqueue(r, id, now)? {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// The outbox acknowledgement watermark (0 when none yet).
+    pub fn acked_seq(&self) -> Result<u64> {
+        Ok(self
+            .row(
+                "SELECT acked_seq FROM acks WHERE channel = 'outbox'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?
+            .map(i64::unsigned_abs)
+            .unwrap_or(0))
+    }
+
+    /// Whether any imported row waits to be recognised (a capture skips echo checks if not).
+    pub fn has_imported(&self) -> Result<bool> {
+        Ok(self
+            .row("SELECT 1 FROM imported LIMIT 1", [], |r| r.get::<_, i64>(0))?
+            .is_some())
+    }
+
+    /// Consumes an imported row equal to `rec` (same kind, keys and value): true when `rec` is
+    /// an echo of progress that came from shore.
+    pub fn take_imported(&self, rec: &Record) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM imported WHERE kind = ?1 AND user_key = ?2 AND course_key = ?3
+                   AND item_key = ?4 AND value = ?5",
+            )
+            .ctx(self.path)?
+            .execute(params![
+                rec.kind.code(),
+                rec.user,
+                rec.course,
+                rec.item,
+                rec.value
+            ])
+            .ctx(self.path)?;
+        Ok(n > 0)
+    }
+
+    /// Records progress that came from shore, before it is applied to Moodle (law 7), so that
+    /// capture recognises it and never sends it back.
+    pub fn record_imported(&self, rec: &Record, command_id: &str, now: i64) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO imported(kind, user_key, course_key, item_key, value, command_id, imported_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(kind, user_key, course_key, item_key) DO UPDATE SET value = excluded.value,
+                   command_id = excluded.command_id, imported_at = excluded.imported_at",
+                params![rec.kind.code(), rec.user, rec.course, rec.item, rec.value, command_id, now],
+            )
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Puts a change that cannot be keyed into the progress quarantine (kept until keyable).
+    pub fn quarantine_progress(
+        &self,
+        key: LocalKey,
+        value: &str,
+        time: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO progress_quarantine(kind, userid, objid, value, vtime, reason, since)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(kind, userid, objid, value, vtime) DO UPDATE SET reason = excluded.reason",
+            )
+            .ctx(self.path)?
+            .execute(params![key.0, key.1, key.2, value, time, reason, now])
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Every quarantined change: (local key, value, time).
+    pub fn quarantined_progress(&self) -> Result<Vec<(LocalKey, String, i64)>> {
+        self.rows(
+            "SELECT kind, userid, objid, value, vtime FROM progress_quarantine ORDER BY since, kind, userid, objid",
+            [],
+            |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get(3)?, r.get(4)?)),
+        )
+    }
+
+    /// Removes a change from the quarantine (it was keyed and queued).
+    pub fn release_progress(&self, key: LocalKey, value: &str, time: i64) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM progress_quarantine WHERE kind = ?1 AND userid = ?2 AND objid = ?3 AND value = ?4 AND vtime = ?5",
+                params![key.0, key.1, key.2, value, time],
+            )
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Sets an uplink fact.
+    pub fn set_fact(&self, key: &str, value: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO uplink(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Clears an uplink fact.
+    pub fn clear_fact(&self, key: &str) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM uplink WHERE key = ?1", params![key])
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Up to `limit` records not yet in a batch, in capture order: (outbox seq, record).
+    pub fn unbatched(&self, limit: u64) -> Result<Vec<(i64, Record)>> {
+        self.rows(
+            "SELECT seq, record FROM outbox WHERE batch_seq IS NULL ORDER BY seq LIMIT ?1",
+            params![to_i64(limit)],
+            |r| Ok((r.get(0)?, decode_record(r, 1)?)),
+        )
+    }
+
+    /// The sequence the next batch gets: above every batch built and every acknowledgement.
+    pub fn next_batch_seq(&self) -> Result<u64> {
+        let v: Option<i64> = self
+            .row(
+                "SELECT MAX(m) FROM (SELECT MAX(seq) AS m FROM batches
+                   UNION ALL SELECT acked_seq FROM acks WHERE channel = 'outbox'
+                   UNION ALL SELECT CAST(value AS INTEGER) FROM uplink WHERE key = 'last_batch_seq')",
+                [],
+                |r| r.get(0),
+            )?
+            .flatten();
+        Ok(v.unwrap_or(0).unsigned_abs() + 1)
+    }
+
+    /// Stores a built batch and marks its records (outbox seq `first..=last`, unbatched ones).
+    pub fn store_batch(&self, b: &NewBatch<'_>, now: i64) -> Result<()> {
+        let NewBatch {
+            seq,
+            envelope_id,
+            first,
+            last,
+            records,
+            envelope,
+        } = *b;
+        let s = to_i64(seq);
+        self.tx
+            .execute(
+                "INSERT INTO batches(seq, envelope_id, records, envelope, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![s, envelope_id, to_i64(records), envelope, now],
+            )
+            .ctx(self.path)?;
+        self.tx
+            .execute(
+                "UPDATE outbox SET batch_seq = ?1 WHERE batch_seq IS NULL AND seq BETWEEN ?2 AND ?3",
+                params![s, first, last],
+            )
+            .ctx(self.path)?;
+        self.set_fact("last_batch_seq", &seq.to_string())
+    }
+
+    /// Notes a send attempt of a batch and its outcome.
+    pub fn note_batch_attempt(&self, seq: u64, error: Option<&str>) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE batches SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+                params![to_i64(seq), error],
+            )
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Records when a batch was written to the outbound directory (file mode).
+    pub fn mark_written_out(&self, seq: u64, now: i64) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE batches SET written_at = ?2 WHERE seq = ?1",
+                params![to_i64(seq), now],
+            )
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// Takes a batch back (shore refused its sequence as already used, e.g. after this vessel's
+    /// state was rebuilt): its records return to the outbox unbatched and the next batch is
+    /// numbered after `shore_acked`.
+    pub fn renumber_after(&self, seq: u64, shore_acked: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE outbox SET batch_seq = NULL WHERE batch_seq >= ?1",
+                params![to_i64(seq)],
+            )
+            .ctx(self.path)?;
+        self.tx
+            .execute("DELETE FROM batches WHERE seq >= ?1", params![to_i64(seq)])
+            .ctx(self.path)?;
+        self.set_fact("last_batch_seq", &shore_acked.to_string())
+    }
+
+    /// Deletes everything shore acknowledged up to batch `acked` (records and batches).
+    /// Returns the number of records released.
+    pub(super) fn prune_acked(&self, acked: u64) -> Result<u64> {
+        let a = to_i64(acked);
+        let n = self
+            .tx
+            .execute(
+                "DELETE FROM outbox WHERE batch_seq IS NOT NULL AND batch_seq <= ?1",
+                params![a],
+            )
+            .ctx(self.path)?;
+        self.tx
+            .execute("DELETE FROM batches WHERE seq <= ?1", params![a])
+            .ctx(self.path)?;
+        Ok(n as u64)
+    }
+
+    /// Adds bytes to today's traffic counters.
+    pub fn add_traffic(&self, day: &str, up: u64, down: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "INSERT INTO traffic(day, up, down) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(day) DO UPDATE SET up = up + excluded.up, down = down + excluded.down",
+                params![day, to_i64(up), to_i64(down)],
+            )
+            .ctx(self.path)?;
+        Ok(())
+    }
+}
+
+fn course_impact(
+    conn: &rusqlite::Connection,
+    path: &std::path::Path,
+    course_key: &str,
+) -> Result<(CourseBacklog, u64)> {
+    let (n, oldest): (i64, Option<i64>) = conn
+        .query_row(
+            "SELECT COUNT(*), MIN(captured_at) FROM outbox WHERE course_key = ?1",
+            params![course_key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ctx(path)?;
+    let learners: i64 = conn
+        .query_row(
+            "SELECT COUNT(DISTINCT userid) FROM capture_state WHERE ckey = ?1",
+            params![course_key],
+            |r| r.get(0),
+        )
+        .ctx(path)?;
+    Ok((
+        CourseBacklog {
+            records: n.unsigned_abs(),
+            oldest_captured_at: oldest,
+        },
+        learners.unsigned_abs(),
+    ))
+}
+
+impl Store {
+    /// Learners with progress in a course and its unacknowledged records (for `status`).
+    pub fn course_impact(&self, course_key: &str) -> Result<(CourseBacklog, u64)> {
+        course_impact(&self.conn, &self.path, course_key)
+    }
+
+    /// An uplink fact.
+    pub fn fact(&self, key: &str) -> Result<Option<String>> {
+        self.row(
+            "SELECT value FROM uplink WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+    }
+
+    /// Every uplink fact.
+    pub fn facts(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(self
+            .rows("SELECT key, value FROM uplink", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .into_iter()
+            .collect())
+    }
+
+    /// The oldest unacknowledged batch, if any.
+    pub fn pending_batch(&self) -> Result<Option<Batch>> {
+        self.row(
+            &format!("SELECT {BATCH_COLUMNS} FROM batches ORDER BY seq LIMIT 1"),
+            [],
+            batch_row,
+        )
+    }
+
+    /// Every unacknowledged batch, oldest first.
+    pub fn pending_batches(&self) -> Result<Vec<Batch>> {
+        self.rows(
+            &format!("SELECT {BATCH_COLUMNS} FROM batches ORDER BY seq"),
+            [],
+            batch_row,
+        )
+    }
+
+    /// Outbox figures.
+    pub fn outbox_summary(&self) -> Result<OutboxSummary> {
+        let (records, batched, oldest): (i64, i64, Option<i64>) = self
+            .row(
+                "SELECT COUNT(*), COUNT(batch_seq), MIN(captured_at) FROM outbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .unwrap_or((0, 0, None));
+        let (batches, bytes): (i64, i64) = self
+            .row(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(envelope)), 0) FROM batches",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .unwrap_or((0, 0));
+        let quarantined: i64 = self
+            .row("SELECT COUNT(*) FROM progress_quarantine", [], |r| r.get(0))?
+            .unwrap_or(0);
+        let ack: Option<(i64, i64)> = self.row(
+            "SELECT acked_seq, updated_at FROM acks WHERE channel = 'outbox'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(OutboxSummary {
+            records: records.unsigned_abs(),
+            batched: batched.unsigned_abs(),
+            batch_bytes: bytes.unsigned_abs(),
+            batches: batches.unsigned_abs(),
+            oldest_captured_at: oldest,
+            quarantined: quarantined.unsigned_abs(),
+            acked_seq: ack.map(|a| a.0.unsigned_abs()).unwrap_or(0),
+            acked_at: ack.map(|a| a.1),
+        })
+    }
+
+    /// The quarantined changes, oldest first, with reasons.
+    pub fn progress_quarantine(&self, limit: u64) -> Result<Vec<QuarantinedProgress>> {
+        self.rows(
+            "SELECT kind, userid, objid, value, vtime, reason, since FROM progress_quarantine
+             ORDER BY since, kind, userid, objid LIMIT ?1",
+            params![to_i64(limit)],
+            |r| {
+                let code: u8 = r.get(0)?;
+                Ok(QuarantinedProgress {
+                    kind: RecordKind::from_code(code)
+                        .map(|k| k.name())
+                        .unwrap_or("?")
+                        .to_string(),
+                    userid: r.get(1)?,
+                    objid: r.get(2)?,
+                    value: r.get(3)?,
+                    time: r.get(4)?,
+                    reason: r.get(5)?,
+                    since: r.get(6)?,
+                })
+            },
+        )
+    }
+
+    /// Every queued record (tests and export), in capture order.
+    pub fn outbox_records(&self) -> Result<Vec<Record>> {
+        self.rows("SELECT record FROM outbox ORDER BY seq", [], record_row)
+    }
+
+    /// Bytes used today and this month (UTC): ((up, down) today, (up, down) month).
+    pub fn traffic(&self, day: &str) -> Result<((u64, u64), (u64, u64))> {
+        let today: (i64, i64) = self
+            .row(
+                "SELECT up, down FROM traffic WHERE day = ?1",
+                params![day],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .unwrap_or((0, 0));
+        let month_prefix = format!("{}%", day.get(..8).unwrap_or(day));
+        let month: (i64, i64) = self
+            .row(
+                "SELECT COALESCE(SUM(up), 0), COALESCE(SUM(down), 0) FROM traffic WHERE day LIKE ?1",
+                params![month_prefix],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?
+            .unwrap_or((0, 0));
+        Ok((
+            (today.0.unsigned_abs(), today.1.unsigned_abs()),
+            (month.0.unsigned_abs(), month.1.unsigned_abs()),
+        ))
+    }
+}
+
+impl Tx<'_> {
+    /// The value last captured for a row (kind code, Moodle user id, object id), if any.
+    pub fn captured_value(&self, kind: u8, userid: i64, objid: i64) -> Result<Option<String>> {
+        self.row(
+            "SELECT value FROM capture_state WHERE kind = ?1 AND userid = ?2 AND objid = ?3",
+            params![kind, userid, objid],
+            |r| r.get(0),
+        )
+    }
+
+    /// Removes an uplink fact, inside a transaction.
+    pub fn drop_fact(&self, key: &str) -> Result<()> {
+        self.tx
+            .execute("DELETE FROM uplink WHERE key = ?1", params![key])
+            .ctx(self.path)?;
+        Ok(())
+    }
+
+    /// An uplink fact, inside a transaction.
+    pub fn fact(&self, key: &str) -> Result<Option<String>> {
+        self.row(
+            "SELECT value FROM uplink WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+    }
+
+    /// Unacknowledged records of one course (by course key), and how many learners have
+    /// captured progress in it: what deleting or replacing the course is guarded by.
+    pub fn course_impact(&self, course_key: &str) -> Result<(CourseBacklog, u64)> {
+        course_impact(&self.tx, self.path, course_key)
+    }
+
+    /// Whether any batch waits for acknowledgement.
+    pub fn has_batches(&self) -> Result<bool> {
+        Ok(self
+            .row("SELECT 1 FROM batches LIMIT 1", [], |r| r.get::<_, i64>(0))?
+            .is_some())
+    }
+}

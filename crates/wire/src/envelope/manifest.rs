@@ -1,0 +1,173 @@
+//! The manifest: the signed description of everything in an envelope (see `docs/bundle-format.md`).
+
+use serde::{Deserialize, Serialize};
+
+/// The only format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What an envelope carries. The format is direction-neutral: shore sends `commands` to vessels;
+/// vessels send `progress` batches ashore in the same envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Commands for a vessel.
+    Commands,
+    /// A batch of progress records for shore.
+    Progress,
+}
+
+/// One file carried in the envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Member name inside the tar stream, e.g. `files/mapping.csv`.
+    pub name: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// One command: a type, its arguments, and the files it uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandEntry {
+    /// Command id, unique across all bundles of an issuer (defaults to `BUNDLE_ID:N`).
+    pub id: String,
+    /// Command type, e.g. `set_mapping`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Type-specific arguments (a JSON object).
+    #[serde(default)]
+    pub args: serde_json::Map<String, serde_json::Value>,
+    /// Names of members (from `files`) that this command reads.
+    #[serde(default)]
+    pub files: Vec<String>,
+}
+
+/// The manifest, first member of every envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version, always [`FORMAT_VERSION`].
+    pub format: u32,
+    /// What the envelope carries.
+    pub kind: Kind,
+    /// Unique id of this envelope (a UUID).
+    pub id: String,
+    /// Id of the key that signed it.
+    pub issuer: String,
+    /// Who sent it, for people ("shore-ops", a vessel id).
+    pub sender: String,
+    /// The recipient: a vessel id, `*` for the whole fleet, or `shore`.
+    pub recipient: String,
+    /// Sequence number in the (issuer, recipient) stream, from 1.
+    pub sequence: u64,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// Not to be applied before this time (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// Not to be applied after this time (RFC 3339 UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Every other member of the envelope.
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    /// The commands (for `kind = commands`).
+    #[serde(default)]
+    pub commands: Vec<CommandEntry>,
+}
+
+/// The recipient value that addresses every vessel.
+pub const FLEET: &str = "*";
+
+impl Manifest {
+    /// Checks the manifest's own consistency (not its policy): version, names, references.
+    pub fn check(&self) -> Result<(), String> {
+        if self.format != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} (this build reads version {FORMAT_VERSION}; upgrade vessel-sync)",
+                self.format
+            ));
+        }
+        if self.sequence == 0 {
+            return Err("sequence 0 (sequences start at 1)".into());
+        }
+        if base::clock::parse_time(&self.created).is_none() {
+            return Err(format!(
+                "'created' is not an RFC 3339 UTC time: {:?}",
+                self.created
+            ));
+        }
+        for (label, v) in [("not_before", &self.not_before), ("expires", &self.expires)] {
+            if let Some(v) = v {
+                if base::clock::parse_time(v).is_none() {
+                    return Err(format!("'{label}' is not an RFC 3339 UTC time: {v:?}"));
+                }
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for f in &self.files {
+            check_member_name(&f.name)?;
+            if matches!(f.name.as_str(), MANIFEST_NAME | SIGNATURE_NAME) {
+                return Err(format!("file entry uses the reserved name {:?}", f.name));
+            }
+            if !names.insert(f.name.as_str()) {
+                return Err(format!("file {:?} is listed twice", f.name));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("file {:?} has a malformed sha256", f.name));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for c in &self.commands {
+            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
+                return Err(format!("command id {:?} is empty or used twice", c.id));
+            }
+            for f in &c.files {
+                if !names.contains(f.as_str()) {
+                    return Err(format!(
+                        "command {:?} uses file {f:?}, which is not listed in the manifest",
+                        c.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Name of the first member.
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// Name of the second member.
+pub const SIGNATURE_NAME: &str = "manifest.sig";
+
+/// A member name is a relative path of plain components (`[A-Za-z0-9._-]`, no `.`/`..`), at
+/// most 100 bytes so that it fits a plain ustar header.
+pub fn check_member_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 100 {
+        return Err(format!(
+            "member name {name:?} is empty or longer than 100 bytes"
+        ));
+    }
+    if name.starts_with('/') {
+        return Err(format!("member name {name:?} is an absolute path"));
+    }
+    for part in name.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!(
+                "member name {name:?} has an empty, '.' or '..' component"
+            ));
+        }
+        if !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(format!(
+                "member name {name:?} has characters outside A-Z a-z 0-9 . _ -"
+            ));
+        }
+    }
+    Ok(())
+}

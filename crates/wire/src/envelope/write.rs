@@ -1,0 +1,234 @@
+//! Writing and signing envelopes. The output appears atomically: it is written to `.NAME.part`
+//! beside the destination, fsynced, then renamed, so an inbox never sees half a bundle.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::SecretKey;
+use super::manifest::{
+    CommandEntry, FORMAT_VERSION, FileEntry, Kind, MANIFEST_NAME, Manifest, SIGNATURE_NAME,
+    check_member_name,
+};
+use base::clock::format_time;
+use base::fsutil;
+
+/// Where a member's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file on disk, streamed.
+    Path(PathBuf),
+    /// Bytes in memory.
+    Bytes(Vec<u8>),
+}
+
+/// Everything needed to write an envelope except the parts derived at write time (id, digests).
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// What it carries.
+    pub kind: Kind,
+    /// Sender label.
+    pub sender: String,
+    /// Recipient vessel id, `*` or `shore`.
+    pub recipient: String,
+    /// Sequence in the (issuer, recipient) stream.
+    pub sequence: u64,
+    /// Optional not-before, Unix seconds.
+    pub not_before: Option<i64>,
+    /// Optional expiry, Unix seconds.
+    pub expires: Option<i64>,
+    /// Commands; an empty id is replaced by `BUNDLE_ID:N`.
+    pub commands: Vec<CommandEntry>,
+    /// Members: name inside the archive and source.
+    pub files: Vec<(String, Source)>,
+    /// Fixed bundle id (tests); a random UUID when `None`.
+    pub id: Option<String>,
+}
+
+fn io_ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+fn digest(source: &Source) -> io::Result<(u64, String)> {
+    match source {
+        Source::Bytes(b) => Ok((b.len() as u64, hex::encode(Sha256::digest(b)))),
+        Source::Path(p) => {
+            let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut n_total = 0u64;
+            loop {
+                let n = f.read(&mut buf).map_err(|e| io_ctx("reading", p, e))?;
+                if n == 0 {
+                    break;
+                }
+                n_total += n as u64;
+                h.update(&buf[..n]);
+            }
+            Ok((n_total, hex::encode(h.finalize())))
+        }
+    }
+}
+
+/// The zstd dictionary progress envelopes are compressed with: trained on the format (tar
+/// headers, compact manifest, `records.bin` framing) by `vessel-sync bench dictionary`. Readers
+/// recognise it by the dictionary id in the zstd frame header.
+pub static PROGRESS_DICT: &[u8] = include_bytes!("../progress/progress.dict");
+
+/// Builds the manifest for `draft` (hashing every source), signs it with `key`, and writes the
+/// envelope to `out` atomically. Returns the manifest written. Progress envelopes are compressed
+/// with [`PROGRESS_DICT`].
+pub fn write_envelope(
+    draft: &Draft,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+) -> io::Result<Manifest> {
+    write_with(draft, key, now, out, draft.kind == Kind::Progress)
+}
+
+/// As [`write_envelope`], but never with a dictionary (to train one).
+pub fn write_envelope_plain(
+    draft: &Draft,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+) -> io::Result<Manifest> {
+    write_with(draft, key, now, out, false)
+}
+
+fn write_with(
+    draft: &Draft,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+    with_dict: bool,
+) -> io::Result<Manifest> {
+    let id = draft
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut files = Vec::with_capacity(draft.files.len());
+    for (name, source) in &draft.files {
+        check_member_name(name).map_err(io::Error::other)?;
+        let (size, sha256) = digest(source)?;
+        files.push(FileEntry {
+            name: name.clone(),
+            size,
+            sha256,
+        });
+    }
+    let commands = draft
+        .commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = c.clone();
+            if c.id.is_empty() {
+                c.id = format!("{id}:{}", i + 1);
+            }
+            c
+        })
+        .collect();
+    let manifest = Manifest {
+        format: FORMAT_VERSION,
+        kind: draft.kind,
+        id,
+        issuer: key.id.clone(),
+        sender: draft.sender.clone(),
+        recipient: draft.recipient.clone(),
+        sequence: draft.sequence,
+        created: format_time(now),
+        not_before: draft.not_before.map(format_time),
+        expires: draft.expires.map(format_time),
+        files,
+        commands,
+    };
+    manifest.check().map_err(io::Error::other)?;
+    // Command manifests are read by people (bundle inspect shows them too); progress manifests
+    // cross a metered link many times a day, so they are written compact.
+    let mut manifest_bytes = if draft.kind == Kind::Progress {
+        serde_json::to_vec(&manifest)
+    } else {
+        serde_json::to_vec_pretty(&manifest)
+    }
+    .map_err(io::Error::other)?;
+    manifest_bytes.push(b'\n');
+    let signature = key.sign(&manifest_bytes).to_bytes();
+
+    let tmp = fsutil::temp_path(out);
+    let file = File::create(&tmp).map_err(|e| io_ctx("creating", &tmp, e))?;
+    let result = (|| -> io::Result<File> {
+        // Progress batches are small and cross a metered link: spend CPU on the last bytes.
+        let level = if draft.kind == Kind::Progress { 19 } else { 3 };
+        let mut encoder = if with_dict {
+            zstd::stream::write::Encoder::with_dictionary(
+                BufWriter::new(file),
+                level,
+                PROGRESS_DICT,
+            )?
+        } else {
+            zstd::stream::write::Encoder::new(BufWriter::new(file), level)?
+        };
+        encoder.include_checksum(true)?;
+        let mut tar = tar::Builder::new(encoder);
+        tar.mode(tar::HeaderMode::Deterministic);
+        append(
+            &mut tar,
+            MANIFEST_NAME,
+            manifest_bytes.len() as u64,
+            now,
+            &mut &manifest_bytes[..],
+        )?;
+        append(&mut tar, SIGNATURE_NAME, 64, now, &mut &signature[..])?;
+        for ((name, source), entry) in draft.files.iter().zip(&manifest.files) {
+            match source {
+                Source::Bytes(b) => append(&mut tar, name, entry.size, now, &mut &b[..])?,
+                Source::Path(p) => {
+                    let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
+                    append(
+                        &mut tar,
+                        name,
+                        entry.size,
+                        now,
+                        &mut (&mut f).take(entry.size),
+                    )?;
+                }
+            }
+        }
+        let encoder = tar.into_inner()?;
+        let buffered = encoder.finish()?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file)
+    })();
+    match result {
+        Ok(_) => {
+            fsutil::commit_temp(&tmp, out).map_err(|e| io_ctx("renaming into", out, e))?;
+            Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    size: u64,
+    mtime: i64,
+    data: &mut dyn Read,
+) -> io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(u64::try_from(mtime).unwrap_or(0));
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_path(name)?;
+    h.set_cksum();
+    tar.append(&h, data)
+}

@@ -1,0 +1,37 @@
+//! The wire: everything that crosses between a vessel and shore, and so the only place where
+//! the two sides meet.
+//!
+//! - [`envelope`]: the signed, compressed tar envelope that carries command bundles to vessels
+//!   and progress batches to shore: keys, manifest, strict tar reader, bounded reader, writer.
+//! - [`progress`]: progress records, their ids, and the `records.bin` codec with its dictionary.
+//! - [`net`]: the HTTP client and both TLS configurations (rustls with ring, CA file, pins).
+//! - the names both sides use: [`SHORE`], [`RECORDS_MEMBER`], [`valid_vessel_id`].
+//!
+//! May import: `base`. Knows nothing of journals, stores or Moodle.
+
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod envelope;
+pub mod net;
+pub mod progress;
+
+/// The member of a progress envelope that holds the encoded records.
+pub const RECORDS_MEMBER: &str = "records.bin";
+/// The recipient name of envelopes addressed to shore.
+pub const SHORE: &str = "shore";
+
+/// A vessel id: 1-64 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit, and not
+/// [`SHORE`].
+pub fn valid_vessel_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id != SHORE
+}

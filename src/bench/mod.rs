@@ -1,0 +1,222 @@
+//! Benchmarks an IT officer can run on the ship's own hardware: `vessel-sync bench NAME [--json]`.
+//!
+//! `bundle`: builds a bundle with one generated file of `--size-mb` MB (partly
+//! compressible data, like a course backup), then measures verify-and-extract throughput and the process's
+//! peak resident memory while doing it; the same is measured for a bundle a tenth of the size, to
+//! show that memory does not grow with the bundle.
+//!
+//! With the `lab` feature (a build from a checkout, not the Debian package, which carries no
+//! stand-in): `users` ([`users`]), `wire`, `outbox` and `dictionary` ([`progress`]), which need
+//! the test kit's stand-in Moodle, fault proxy or throwaway PostgreSQL.
+
+#[cfg(feature = "lab")]
+pub mod progress;
+pub mod rss;
+#[cfg(feature = "lab")]
+pub mod users;
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use base::exit;
+use wire::envelope::{self, Draft, Keyring, Kind, Limits, SecretKey, Source};
+
+use rss::{peak_rss_mb, reset_peak_rss};
+
+#[derive(Debug, Serialize)]
+struct BundleFigures {
+    benchmark: &'static str,
+    bundle_mb: u64,
+    compressed_mb: f64,
+    verify_extract_mb_per_s: f64,
+    verify_only_mb_per_s: f64,
+    peak_rss_mb: f64,
+    small_bundle_mb: u64,
+    small_peak_rss_mb: f64,
+}
+
+/// What the packaged binary says for a benchmark that needs the test kit.
+#[cfg(not(feature = "lab"))]
+pub const LAB_ONLY: &str = "vessel-sync: bench NAME needs a stand-in Moodle, a fault proxy or a \
+throwaway database, which this packaged build does not carry (only 'bench bundle' is in it). \
+Run it from a checkout with 'cargo run --release -- bench NAME', or build the lab binary for \
+this ship with 'packaging/cross-build.sh lab' and copy it on board (README: Benchmarks).";
+
+/// Runs benchmark `name`.
+pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
+    match name {
+        "bundle" => match bench_bundle(size_mb.max(1)) {
+            Ok(f) => {
+                if json {
+                    match serde_json::to_string(&f) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => eprintln!("vessel-sync: {e}"),
+                    }
+                } else {
+                    println!(
+                        "bench bundle: {} MB bundle ({:.1} MB compressed)",
+                        f.bundle_mb, f.compressed_mb
+                    );
+                    println!(
+                        "  verify + extract  {:>8.1} MB/s",
+                        f.verify_extract_mb_per_s
+                    );
+                    println!("  verify only       {:>8.1} MB/s", f.verify_only_mb_per_s);
+                    println!(
+                        "  peak RSS          {:>8.1} MB   (for a {} MB bundle: {:.1} MB)",
+                        f.peak_rss_mb, f.small_bundle_mb, f.small_peak_rss_mb
+                    );
+                }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("vessel-sync: bench bundle: {e}");
+                exit::IOERR
+            }
+        },
+        #[cfg(feature = "lab")]
+        "wire" => report_json(json, progress::wire()),
+        #[cfg(feature = "lab")]
+        "dictionary" => match progress::train_dictionary() {
+            Ok(d) => {
+                use std::io::Write as _;
+                let _ = std::io::stdout().write_all(&d);
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("vessel-sync: bench dictionary: {e}");
+                exit::IOERR
+            }
+        },
+        #[cfg(feature = "lab")]
+        "outbox" => report_json(json, progress::outbox()),
+        #[cfg(feature = "lab")]
+        "users" => report_json(json, users::run()),
+        #[cfg(not(feature = "lab"))]
+        "wire" | "dictionary" | "outbox" | "users" => {
+            eprintln!("{}", LAB_ONLY.replace("NAME", name));
+            exit::UNAVAILABLE
+        }
+        other => {
+            eprintln!(
+                "vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox, users"
+            );
+            exit::USAGE
+        }
+    }
+}
+
+#[cfg(feature = "lab")]
+fn report_json(json: bool, r: Result<(serde_json::Value, String), String>) -> i32 {
+    match r {
+        Ok((v, text)) => {
+            if json {
+                println!("{v}");
+            } else {
+                print!("{text}");
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("vessel-sync: bench: {e}");
+            exit::IOERR
+        }
+    }
+}
+
+fn generate(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let mut out = BufWriter::new(std::fs::File::create(path)?);
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Half the bytes random, half repetitive: zstd gets it to about 70 %, like a course
+            // backup full of already-compressed media.
+            let v = state.to_le_bytes();
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b = if i % 2 == 0 { v[i] } else { b'a' + (i as u8) };
+            }
+        }
+        let n = usize::try_from(left.min(block.len() as u64)).unwrap_or(block.len());
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()
+}
+
+fn one(
+    dir: &Path,
+    mb: u64,
+    key: &SecretKey,
+    keyring: &Keyring,
+) -> Result<(f64, f64, f64, f64), String> {
+    let data = dir.join(format!("payload-{mb}.bin"));
+    let bundle = dir.join(format!("bench-{mb}.vsb"));
+    let bytes = mb * 1_000_000;
+    generate(&data, bytes).map_err(|e| e.to_string())?;
+    let draft = Draft {
+        kind: Kind::Commands,
+        sender: "bench".into(),
+        recipient: "*".into(),
+        sequence: 1,
+        not_before: None,
+        expires: None,
+        commands: Vec::new(),
+        files: vec![("files/payload.bin".into(), Source::Path(data.clone()))],
+        id: None,
+    };
+    envelope::write_envelope(&draft, key, 0, &bundle).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&data);
+    let compressed = std::fs::metadata(&bundle).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    let limits = Limits::default();
+
+    reset_peak_rss();
+    let out = dir.join(format!("extract-{mb}"));
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    envelope::open(&bundle, keyring, &limits)
+        .and_then(|o| o.extract(Some(&out)))
+        .map_err(|e| e.to_string())?;
+    let extract_secs = t.elapsed().as_secs_f64();
+    let peak = peak_rss_mb().unwrap_or(0.0);
+    let _ = std::fs::remove_dir_all(&out);
+
+    let t = Instant::now();
+    envelope::open(&bundle, keyring, &limits)
+        .and_then(|o| o.extract(None))
+        .map_err(|e| e.to_string())?;
+    let verify_secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&bundle);
+    let mbf = bytes as f64 / 1e6;
+    Ok((compressed, mbf / extract_secs, mbf / verify_secs, peak))
+}
+
+fn bench_bundle(size_mb: u64) -> Result<BundleFigures, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let key = SecretKey::from_seed([7u8; 32]);
+    let keyring = Keyring::new([wire::envelope::PublicKey {
+        key: key.key.verifying_key(),
+        id: key.id.clone(),
+        name: "bench".into(),
+    }]);
+    let small_mb = (size_mb / 10).max(1);
+    let (_, _, _, small_peak) = one(dir.path(), small_mb, &key, &keyring)?;
+    let (compressed, extract, verify, peak) = one(dir.path(), size_mb, &key, &keyring)?;
+    Ok(BundleFigures {
+        benchmark: "bundle",
+        bundle_mb: size_mb,
+        compressed_mb: (compressed * 10.0).round() / 10.0,
+        verify_extract_mb_per_s: (extract * 10.0).round() / 10.0,
+        verify_only_mb_per_s: (verify * 10.0).round() / 10.0,
+        peak_rss_mb: (peak * 10.0).round() / 10.0,
+        small_bundle_mb: small_mb,
+        small_peak_rss_mb: (small_peak * 10.0).round() / 10.0,
+    })
+}

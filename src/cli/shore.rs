@@ -1,0 +1,246 @@
+//! The shore's command line (`vessel-sync shore ...`): argument definitions and dispatch to
+//! [`shore`]. Split from [`crate::cli`], which keeps the vessel and operator commands.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use base::clock::Clock;
+use base::exit;
+use base::exit::fail;
+
+/// The --config option of the shore commands.
+#[derive(Debug, Args)]
+pub struct ShoreConfigArg {
+    /// The shore's config file.
+    #[arg(
+        long,
+        short = 'c',
+        env = "VESSEL_SYNC_SHORE_CONFIG",
+        default_value = "/etc/vessel-sync/shore.toml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+}
+
+/// Shore subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ShoreCmd {
+    /// Run the HTTPS receiver (normally started by systemd as vessel-sync-shore.service).
+    Serve {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+    },
+    /// Register, list and revoke vessels.
+    #[command(subcommand)]
+    Vessel(VesselCmd),
+    /// Queue a signed command bundle for its recipient vessel (or every vessel for `*`); it is
+    /// offered in the reply to the vessel's next sync and served with Range support.
+    Push {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// The bundle (from `vessel-sync bundle build`).
+        bundle: PathBuf,
+    },
+    /// File mode: take the batch files a carrier delivered into DIR, store them, and write a
+    /// signed `ack` bundle per vessel into --out for the carrier to take back. Processed files
+    /// move to DIR/done, refused ones to DIR/refused with a .reason.txt.
+    Ingest {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Where the carrier delivers vessel batches.
+        dir: PathBuf,
+        /// Where to write the ack bundles (default: DIR/acks).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Export records received since a time as CSV for the legacy training-records system
+    /// (cells a spreadsheet would run as formulas are made safe).
+    Export {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// RFC 3339 time (2026-11-01T00:00:00Z) or Unix seconds; records received at or after it.
+        #[arg(long, default_value = "0")]
+        since: String,
+        /// The CSV file to write (atomically).
+        #[arg(long, value_name = "FILE.csv")]
+        out: PathBuf,
+    },
+    /// Per vessel: last contact, acknowledged batch, records received, oldest unsent record as
+    /// last reported, and whether it is behind; then recent refusals.
+    Status {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a private CA and a TLS certificate for the receiver (for fleets without a PKI):
+    /// PREFIX-ca.pem (give to vessels as [uplink] ca_file), PREFIX-cert.pem, PREFIX-key.pem.
+    /// Prints the certificate's SHA-256 for [uplink] pin_sha256.
+    GenCert {
+        /// Path prefix of the three files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+        /// Host names or IP addresses the certificate is valid for; repeat for several.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Vessel registry subcommands.
+#[derive(Debug, Subcommand)]
+pub enum VesselCmd {
+    /// Register a vessel with its public key (its `[uplink] signing_key`'s .pub) and write a new
+    /// random token for it (mode 0600, never overwritten). Running it again replaces the key
+    /// and token and lifts a revocation.
+    Add {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Vessel id (as in the vessel's [vessel] id).
+        id: String,
+        /// The vessel's public key file.
+        #[arg(long, value_name = "FILE.pub")]
+        pubkey: PathBuf,
+        /// Where to write the vessel's token.
+        #[arg(long, value_name = "FILE")]
+        token_out: PathBuf,
+    },
+    /// List vessels (the same table as `shore status`).
+    List {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a vessel: its token and key are refused from now on.
+    Revoke {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Vessel id.
+        id: String,
+    },
+}
+
+fn load_shore(path: &Path) -> Result<shore::ShoreConfig, i32> {
+    shore::ShoreConfig::load(path).map_err(|e| fail(exit::CONFIG, e))
+}
+
+/// Runs a shore subcommand; returns the exit code.
+pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
+    use shore;
+    match cmd {
+        ShoreCmd::Serve { config } => {
+            let cfg = match load_shore(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            base::service::init_logging("info");
+            match shore::serve::run(cfg, clock, |addr| println!("listening on {addr}")) {
+                Ok(()) => exit::OK,
+                Err(e) => fail(exit::CONFIG, e),
+            }
+        }
+        ShoreCmd::Vessel(VesselCmd::Add {
+            config,
+            id,
+            pubkey,
+            token_out,
+        }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::vessel_add(&cfg, &id, &pubkey, &token_out, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Vessel(VesselCmd::List { config, json }) | ShoreCmd::Status { config, json } => {
+            match load_shore(&config.config) {
+                Ok(cfg) => shore::status(&cfg, clock.as_ref(), json),
+                Err(code) => code,
+            }
+        }
+        ShoreCmd::Vessel(VesselCmd::Revoke { config, id }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::vessel_revoke(&cfg, &id, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Push { config, bundle } => match load_shore(&config.config) {
+            Ok(cfg) => shore::push(&cfg, &bundle, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Ingest { config, dir, out } => match load_shore(&config.config) {
+            Ok(cfg) => {
+                let out = out.unwrap_or_else(|| dir.join("acks"));
+                shore::ingest(&cfg, &dir, &out, clock.as_ref())
+            }
+            Err(code) => code,
+        },
+        ShoreCmd::Export { config, since, out } => match load_shore(&config.config) {
+            Ok(cfg) => shore::export(&cfg, &since, &out),
+            Err(code) => code,
+        },
+        ShoreCmd::GenCert { out, names } => gen_cert(&out, &names),
+    }
+}
+
+fn gen_cert(prefix: &Path, names: &[String]) -> i32 {
+    let (ca, chain, key) = match wire::net::generate_server_cert(names) {
+        Ok(x) => x,
+        Err(e) => return fail(exit::SOFTWARE, e),
+    };
+    let with = |suffix: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let files = [
+        (with("-ca.pem"), ca, 0o644),
+        (with("-cert.pem"), chain.clone(), 0o644),
+        (with("-key.pem"), key, 0o600),
+    ];
+    for (p, _, _) in &files {
+        if p.exists() {
+            return fail(
+                exit::USAGE,
+                format!("{} exists; it is never overwritten", p.display()),
+            );
+        }
+    }
+    for (p, text, mode) in &files {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let r = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(*mode)
+            .open(p)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = r {
+            return fail(exit::IOERR, format!("{}: {e}", p.display()));
+        }
+    }
+    let pin = wire::net::load_certs(&with("-cert.pem"))
+        .ok()
+        .and_then(|c| c.first().map(|c| wire::net::cert_pin(c)))
+        .unwrap_or_default();
+    println!(
+        "CA certificate:     {} (vessels: [uplink] ca_file)",
+        with("-ca.pem").display()
+    );
+    println!(
+        "server certificate: {} ([shore] tls_cert)",
+        with("-cert.pem").display()
+    );
+    println!(
+        "server key:         {} (mode 0600; [shore] tls_key)",
+        with("-key.pem").display()
+    );
+    println!("pin_sha256:         {pin}");
+    exit::OK
+}
