@@ -4,11 +4,17 @@
 #
 #   packaging/cross-build.sh setup     install the toolchain (root): Debian's rustc-web 1.85, the
 #                                      ARM standard libraries, cross C compilers, qemu-user, binfmt
-#   packaging/cross-build.sh build     release builds for the three targets
+#   packaging/cross-build.sh build     release builds of the shipped binary for the three targets
+#                                      (--no-default-features: no test kit), each checked to hold
+#                                      no stand-in
 #   packaging/cross-build.sh test      the whole test suite for aarch64 under qemu, and a smoke
-#                                      run (--version, demo) of the armv7 build
+#                                      run of the armv7 build (keys, a bundle built and verified,
+#                                      bench bundle)
 #   packaging/cross-build.sh package   the three .debs into target/debian/
 #   packaging/cross-build.sh all       all of the above (the default)
+#   packaging/cross-build.sh lab       the lab binary (demo and every benchmark, with the test
+#                                      kit) for each target, to target/lab/TRIPLE/vessel-sync, for
+#                                      running `vessel-sync bench NAME` on a ship's own hardware
 #
 # Why this way: rustup cannot fetch other targets' standard library here, so the compiler is
 # Debian's rustc-web 1.85 (the MSRV) with the arm64/armhf standard libraries copied out of
@@ -88,12 +94,46 @@ setup() {
   say "toolchain ready in $(( $(sec) - t0 )) s: $(/usr/bin/rustc --version)"
 }
 
+# The shipped binary: without the `lab` feature, so without the test kit (stand-in Moodle,
+# fault proxy, throwaway databases). The test build of a target (cargo test) writes the lab
+# binary to the same path, so package() builds again (a no-op that puts the shipped one back)
+# and checks again, right before packing.
+build_ship() { # TRIPLE
+  "$CARGO" build --release --locked --no-default-features --target "$1"
+  check_ship "$1"
+}
+
+check_ship() { # TRIPLE: the binary at the packaged path carries no stand-in
+  local bin=$CARGO_TARGET_DIR/$1/release/vessel-sync out
+  # Strings only the test kit has: the stand-in's token and the fake php's variable.
+  if grep -a -q -e "f00dfacef00dfacef00dfacef00dface" -e "VESSEL_SYNC_FAKE_MOODLE" "$bin"; then
+    die "$bin holds test-kit code (built with the lab feature?): the package must not ship it"
+  fi
+  # And `demo` explains where the demo lives instead of running one.
+  set +e
+  out=$(run_arm "$1" "$bin" demo 2>&1); local code=$?
+  set -e
+  [ "$code" -eq 69 ] && [[ "$out" == *"not in this packaged build"* ]] \
+    || die "$bin demo: expected exit 69 and the packaged-build explanation, got $code: $out"
+}
+
 build() {
   local t t0
   for t in $TARGETS; do
     t0=$(sec)
+    build_ship "$t"
+    say "built $t in $(( $(sec) - t0 )) s: $(stat -c %s "$CARGO_TARGET_DIR/$t/release/vessel-sync") bytes (stripped), no stand-in"
+  done
+}
+
+lab() {
+  local t t0
+  for t in $TARGETS; do
+    t0=$(sec)
     "$CARGO" build --release --locked --target "$t"
-    say "built $t in $(( $(sec) - t0 )) s: $(stat -c %s "$CARGO_TARGET_DIR/$t/release/vessel-sync") bytes (stripped)"
+    mkdir -p "target/lab/$t"
+    cp "$CARGO_TARGET_DIR/$t/release/vessel-sync" "target/lab/$t/vessel-sync"
+    say "lab binary for $t in $(( $(sec) - t0 )) s: target/lab/$t/vessel-sync (copy it on board and run 'vessel-sync bench NAME')"
   done
 }
 
@@ -113,17 +153,30 @@ test_arm() {
     # Every test the README's test command runs, built for aarch64 and run under qemu-aarch64.
     # The release profile shares the dependencies just built for the package (a debug build
     # would compile them all again) and runs faster under emulation.
-    "$CARGO" test --release --locked --target aarch64-unknown-linux-gnu
+    "$CARGO" test --release --locked --workspace --target aarch64-unknown-linux-gnu
     say "aarch64 test suite under qemu: $(( $(sec) - t0 )) s (build included)"
   fi
   if [[ " $TARGETS " == *" armv7-unknown-linux-gnueabihf "* ]]; then
+    # The shipped armv7 binary itself (no lab build for this target: one link less in CI):
+    # an operator key, a bundle built, signed and verified, and the bundle benchmark.
     bin=$CARGO_TARGET_DIR/armv7-unknown-linux-gnueabihf/release/vessel-sync
     [ -x "$bin" ] || die "no armv7 build at $bin: run 'packaging/cross-build.sh build' first"
     t0=$(sec)
-    run_arm armv7-unknown-linux-gnueabihf "$bin" --version
-    local demo; demo=$(mktemp -d)
-    run_arm armv7-unknown-linux-gnueabihf "$bin" demo --dir "$demo/demo" | tail -n 20
-    rm -rf "$demo"
+    local arm=armv7-unknown-linux-gnueabihf d; d=$(mktemp -d)
+    run_arm $arm "$bin" --version
+    run_arm $arm "$bin" keygen --out "$d/ops" >/dev/null
+    mkdir -p "$d/files"; printf 'kind,legacy_id,moodle_key,course\ncourse,LMS-1,SAFETY-101,\n' >"$d/files/map.csv"
+    cat >"$d/spec.toml" <<SPEC
+recipient = "mv-smoke"
+sequence = 1
+[[command]]
+type = "set_mapping"
+files = ["files/map.csv"]
+SPEC
+    run_arm $arm "$bin" bundle build --spec "$d/spec.toml" --key "$d/ops.key" --out "$d/b.vsb"
+    run_arm $arm "$bin" bundle verify "$d/b.vsb" --trust "$d/ops.pub" --vessel mv-smoke
+    run_arm $arm "$bin" bench bundle --size-mb 16 --json
+    rm -rf "$d"
     say "armv7 smoke run under qemu: $(( $(sec) - t0 )) s"
   fi
 }
@@ -134,7 +187,7 @@ package() {
   assets=target/package-assets
   # Man pages and shell completions, generated from the CLI definition by a host build.
   local host=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/vessel-sync
-  [ -x "$host" ] || "$CARGO" build --release --locked --target x86_64-unknown-linux-gnu
+  build_ship x86_64-unknown-linux-gnu
   rm -rf "$assets"; mkdir -p "$assets/man" "$assets/completions"
   "$host" manpages --out "$assets/man" >/dev/null
   gzip -9n "$assets"/man/*.1
@@ -143,7 +196,8 @@ package() {
   "$host" completions fish >"$assets/completions/vessel-sync.fish"
   mkdir -p target/debian
   for t in $TARGETS; do
-    [ -x "$CARGO_TARGET_DIR/$t/release/vessel-sync" ] || die "no $t build: run 'packaging/cross-build.sh build' first"
+    # The shipped binary again (a test build may have left the lab one at this path).
+    build_ship "$t"
     # The packages promise glibc 2.34 (Depends: libc6 (>= 2.34)); a newer symbol would break
     # that promise on older ship images.
     local glibc
@@ -166,6 +220,7 @@ case ${1:-all} in
   test) setup; test_arm ;;
   package) package ;;
   all) setup; build; test_arm; package ;;
-  -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown step '$1' (setup, build, test, package, all)" ;;
+  lab) setup; lab ;;
+  -h|--help|help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown step '$1' (setup, build, test, package, all, lab)" ;;
 esac

@@ -460,7 +460,7 @@ fn courses(
     let mbz = dir.join("shore/nav-200.mbz");
     std::fs::write(
         &mbz,
-        testkit::fakecli::sample_mbz("NAV-200", "Navigation watchkeeping").map_err(e)?,
+        testkit::fake::cli::sample_mbz("NAV-200", "Navigation watchkeeping").map_err(e)?,
     )
     .map_err(e)?;
     let bundle = dir.join("shore/0004-courses.vsb");

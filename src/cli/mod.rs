@@ -280,7 +280,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Shore(cmd) => shore::run(cmd, clock),
         Command::Users(cmd) => users::run(cmd),
         #[cfg(feature = "lab")]
-        Command::FakePhp { args } => testkit::fakecli::forward(&args),
+        Command::FakePhp { args } => testkit::fake::cli::forward(&args),
         Command::Bench {
             name,
             json,

@@ -2,7 +2,7 @@
 //! **Never a dependency of the shipped binary**: the top-level crate links it only with its
 //! `lab` feature (off in the Debian packages) and as a dev-dependency.
 //!
-//! - [`fake`], [`fakecli`]: a stand-in Moodle 5.0 (REST web services, and the CLI scripts through
+//! - [`fake`]: a stand-in Moodle 5.0 (REST web services, and the CLI scripts through
 //!   `vessel-sync fake-php`) answering as the captures in `shared/moodle/` show.
 //! - [`faultproxy`]: a TCP proxy that injects link faults and counts round trips.
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster on a loopback port, loaded with Moodle's schema.
@@ -17,7 +17,6 @@
 )]
 
 pub mod fake;
-pub mod fakecli;
 pub mod faultproxy;
 pub mod pgtemp;
 pub mod records;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use base::exit::{self, fail};
 
-use super::fake::{Course, State};
+use super::state::{Course, State};
 
 const DATAROOT: &str = "/var/moodledata";
 

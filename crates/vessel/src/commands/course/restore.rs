@@ -1,0 +1,280 @@
+//! `restore_course` (a course from an `.mbz` into a category, with the wanted shortname,
+//! idnumber and visibility; a restore cut by a crash is found and its half-built course deleted;
+//! the same backup twice is skipped) and `replace_course` (the new version restored, then the
+//! old one retired under the deletion guard).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::delete::guarded_delete;
+use super::{Job, Step, arg, course_arg, outcome, wait};
+use crate::commands::{Command, Ctx};
+use crate::store::{CommandOutcome, Result, Tx};
+use moodle::ws::{Params, Safety};
+
+/// `restore_course`: a course from an `.mbz` in the bundle, with the wanted names.
+pub struct RestoreCourse;
+
+impl Command for RestoreCourse {
+    fn kind(&self) -> &'static str {
+        "restore_course"
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+        let job = match Job::new(ctx) {
+            Ok(j) => j,
+            Err(o) => return Ok(o),
+        };
+        restore(&job, tx).map(outcome)
+    }
+}
+
+fn mbz_path(ctx: &Ctx<'_>) -> Step<PathBuf> {
+    let names = || {
+        ctx.files
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (arg(ctx, "file"), ctx.files.as_slice()) {
+        (Some(w), files) => files
+            .iter()
+            .find(|(n, _)| n == w)
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| {
+                CommandOutcome::Failed(format!(
+                    "the bundle has no file {w:?} (it has: {})",
+                    names()
+                ))
+            }),
+        (None, [(_, p)]) => Ok(p.clone()),
+        (None, _) => Err(CommandOutcome::Failed(format!(
+            "name the backup with args.file (the bundle has: {})",
+            names()
+        ))),
+    }
+}
+
+fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
+    Ok((|| -> Step<CommandOutcome> {
+        let ctx = job.ctx;
+        let mbz = mbz_path(ctx)?;
+        let shortname = arg(ctx, "shortname").map(str::to_string).ok_or_else(|| {
+            CommandOutcome::Failed("args.shortname is missing: the course's short name".into())
+        })?;
+        let idnumber = arg(ctx, "idnumber").unwrap_or(&shortname).to_string();
+        let category = arg(ctx, "category").map(str::to_string).ok_or_else(|| {
+            CommandOutcome::Failed(
+                "args.category is missing: the idnumber of the category to restore into".into(),
+            )
+        })?;
+        let visible = ctx
+            .args
+            .get("visible")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let sha = moodle::users::import::file_sha256(&mbz)
+            .map_err(|e| wait(ctx, 300, format!("{}: {e}", mbz.display())))?;
+        let mut p = job.load();
+        // The same backup already restored for this course: nothing to do.
+        let fact = format!("restored:{idnumber}");
+        let before = tx.fact(&fact).map_err(|e| wait(ctx, 60, e.to_string()))?;
+        if p.restoring_above.is_none()
+            && p.course_id.is_none()
+            && before.as_deref() == Some(sha.as_str())
+        {
+            if let Some(c) = job.find(&idnumber)? {
+                return Ok(job.done(format!(
+                    "course {idnumber} (id {}) was already restored from this backup: skipped",
+                    c.id
+                )));
+            }
+        }
+        let cats = job.call(
+            "core_course_get_categories",
+            &Params::new()
+                .set("criteria[0][key]", "idnumber")
+                .set("criteria[0][value]", &category)
+                .set("addsubcategories", 0),
+            Safety::Read,
+        )?;
+        let Some(cat_id) = cats
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|c| c["id"].as_i64())
+        else {
+            return Err(CommandOutcome::Failed(format!(
+                "no course category with idnumber {category} on this Moodle"
+            )));
+        };
+        // A restore cut short by a crash: remove what it built, then start again.
+        if let (Some(above), None) = (p.restoring_above, p.course_id) {
+            for c in job.courses_by("", "")?.into_iter().filter(|c| c.id > above) {
+                tracing::warn!(course_id = c.id, shortname = %c.shortname, "removing a course half-built by an interrupted restore");
+                let (gone, run) = job.delete(c.id)?;
+                if !gone {
+                    return Err(wait(
+                        ctx,
+                        60,
+                        format!(
+                            "the half-restored course {} (id {}) could not be removed yet ({}); trying again",
+                            c.shortname,
+                            c.id,
+                            run.describe()
+                        ),
+                    ));
+                }
+            }
+            p.restoring_above = None;
+            job.save(&p)?;
+        }
+        let course_id = match p.course_id {
+            Some(id) => id,
+            None => {
+                for (field, value) in [("shortname", &shortname), ("idnumber", &idnumber)] {
+                    if let Some(other) = job
+                        .courses_by(field, value)?
+                        .into_iter()
+                        .find(|c| &c.shortname == value || &c.idnumber == value)
+                    {
+                        return Err(CommandOutcome::Failed(format!(
+                            "the {field} {value} is already used by course id {} ({}); delete or rename that course first (delete_course), then send this restore again",
+                            other.id, other.shortname
+                        )));
+                    }
+                }
+                let highest = job
+                    .courses_by("", "")?
+                    .iter()
+                    .map(|c| c.id)
+                    .max()
+                    .unwrap_or(1);
+                p.restoring_above = Some(highest);
+                p.mbz_sha256 = Some(sha.clone());
+                job.save(&p)?;
+                let run = job.run_cli(
+                    "restore_backup.php",
+                    &[
+                        format!("--file={}", mbz.display()),
+                        format!("--categoryid={cat_id}"),
+                    ],
+                )?;
+                base::failpoint::hit("restore.after-cli");
+                let Some(id) = run
+                    .after("== Restored course ID:")
+                    .and_then(|v| v.trim_end_matches('=').trim().parse::<i64>().ok())
+                else {
+                    let _ = std::fs::remove_file(&job.state);
+                    return Err(CommandOutcome::Failed(format!(
+                        "the restore failed: {}",
+                        run.describe()
+                    )));
+                };
+                if job.by_id(id)?.is_none() {
+                    return Err(CommandOutcome::Failed(format!(
+                        "restore_backup.php reported course {id}, which does not exist: {}",
+                        run.describe()
+                    )));
+                }
+                p.course_id = Some(id);
+                p.restoring_above = None;
+                job.save(&p)?;
+                id
+            }
+        };
+        // The restore dropped a taken idnumber and suffixed a taken shortname: set the wanted ones.
+        job.update(
+            course_id,
+            &[
+                ("shortname", shortname.clone()),
+                ("idnumber", idnumber.clone()),
+                ("visible", if visible { "1" } else { "0" }.into()),
+            ],
+        )?;
+        match job.by_id(course_id)? {
+            Some(c) if c.shortname == shortname && c.idnumber == idnumber => {}
+            other => {
+                return Err(wait(
+                    ctx,
+                    60,
+                    format!(
+                        "course {course_id} does not show the wanted names yet ({other:?}); trying again"
+                    ),
+                ));
+            }
+        }
+        tx.set_fact(&fact, &sha)
+            .map_err(|e| wait(ctx, 60, e.to_string()))?;
+        let file = mbz
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(job.done(format!(
+            "restored {shortname} (idnumber {idnumber}) as course id {course_id} in category {category} from {file}"
+        )))
+    })())
+}
+
+/// `replace_course`: a new version of a course is restored and goes live (as `restore_course`),
+/// then the old one is retired under the same guard as `delete_course`.
+pub struct ReplaceCourse;
+
+impl Command for ReplaceCourse {
+    fn kind(&self) -> &'static str {
+        "replace_course"
+    }
+
+    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+        let old = match course_arg(ctx) {
+            Ok(k) => k,
+            Err(o) => return Ok(o),
+        };
+        let new = arg(ctx, "shortname").unwrap_or_default();
+        let new_id = arg(ctx, "idnumber").unwrap_or(new);
+        if old == new || old == new_id {
+            return Ok(CommandOutcome::Failed(format!(
+                "the new version needs its own shortname and idnumber (args.course {old} is the course it replaces)"
+            )));
+        }
+        let restored = match Job::named(ctx, "restore") {
+            Ok(job) => restore(&job, tx)?,
+            Err(o) => return Ok(o),
+        };
+        match restored {
+            Ok(CommandOutcome::Done(_)) => {}
+            Ok(other) | Err(other) => return Ok(other),
+        }
+        let note = format!("{new} (idnumber {new_id}) is live");
+        let keep_backup = ctx
+            .args
+            .get("keep_backup")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let job = match Job::named(ctx, "retire") {
+            Ok(j) => j,
+            Err(o) => return Ok(o),
+        };
+        Ok(
+            match guarded_delete(
+                &job,
+                tx,
+                &old,
+                keep_backup,
+                &format!(" (replaced by {new})"),
+            )? {
+                Ok(CommandOutcome::Done(retired)) => {
+                    CommandOutcome::Done(format!("{note}; {retired}"))
+                }
+                Ok(other) | Err(other) => match other {
+                    CommandOutcome::Waiting { reason, retry_at } => CommandOutcome::Waiting {
+                        reason: format!("{new} is live; retiring {old}: {reason}"),
+                        retry_at,
+                    },
+                    o => o,
+                },
+            },
+        )
+    }
+}
