@@ -23,4 +23,5 @@ if ! /usr/bin/rustc --version 2>/dev/null | grep -q "^rustc ${want//./\\.}\."; t
     "rustc-web=$v" "cargo-web=$v" "libstd-rust-web-dev=$v"
 fi
 /usr/bin/rustc --version
-RUSTC=/usr/bin/rustc /usr/bin/cargo check --locked --all-targets --target-dir target/msrv
+RUSTC=/usr/bin/rustc /usr/bin/cargo check --locked --workspace --all-targets --target-dir target/msrv
+RUSTC=/usr/bin/rustc /usr/bin/cargo check --locked --no-default-features --target-dir target/msrv

@@ -4,7 +4,8 @@
 //! - [`store`]: its own SQLite database (vessel registry, batches, records, bundle queue);
 //! - [`serve`]: the HTTPS API (`POST /v1/sync`, `GET /v1/bundles/ID` with Range, `GET /v1/health`);
 //! - [`spec`]: the operator's bundle spec (TOML) for `vessel-sync bundle build`;
-//! - this module: the shore config, batch intake shared by HTTPS and file mode, and the operator
+//! - `config`: `shore.toml` ([`ShoreConfig`]);
+//! - this module: batch intake shared by HTTPS and file mode, and the operator
 //!   commands (`shore vessel add|list|revoke`, `push`, `ingest`, `export`, `status`).
 //!
 //! May import: `base`, `wire`. Never `vessel` or `moodle`: shore meets the vessel only in `wire`.
@@ -21,14 +22,16 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod config;
 pub mod serve;
 pub mod spec;
 pub mod store;
 
+pub use config::{ShoreConfig, ShoreSettings};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use base::clock::{Clock, format_age, format_time, parse_time};
@@ -41,107 +44,6 @@ use wire::progress::codec;
 use wire::progress::record::format_id;
 
 pub use wire::{RECORDS_MEMBER, SHORE};
-
-/// `shore.toml`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShoreConfig {
-    /// Must be 1.
-    pub version: u32,
-    /// The settings.
-    pub shore: ShoreSettings,
-    /// Where the file was (relative paths resolve against its directory).
-    #[serde(skip)]
-    pub path: PathBuf,
-}
-
-/// `[shore]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShoreSettings {
-    /// Database, received files and queued bundles.
-    #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
-    /// Address to listen on.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// PEM certificate chain.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key.
-    pub tls_key: Option<PathBuf>,
-    /// Operator key that signs `ack` bundles for file-mode vessels.
-    pub signing_key: Option<PathBuf>,
-    /// Operator public keys whose bundles `shore push` accepts.
-    #[serde(default)]
-    pub trusted: Vec<PathBuf>,
-    /// Largest batch accepted (bytes).
-    #[serde(default = "default_max_batch")]
-    pub max_batch_bytes: u64,
-}
-
-fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/vessel-sync-shore")
-}
-fn default_listen() -> String {
-    "0.0.0.0:8443".into()
-}
-fn default_max_batch() -> u64 {
-    64 << 20
-}
-
-impl ShoreConfig {
-    /// Loads and checks `path`.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "{}: {e} (start from packaging/shore.toml.example)",
-                path.display()
-            )
-        })?;
-        let mut cfg: ShoreConfig =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        if cfg.version != 1 {
-            return Err(format!("{}: version must be 1", path.display()));
-        }
-        cfg.path = path.to_path_buf();
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        fix(&mut cfg.shore.state_dir);
-        for p in [
-            &mut cfg.shore.tls_cert,
-            &mut cfg.shore.tls_key,
-            &mut cfg.shore.signing_key,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            fix(p);
-        }
-        for p in &mut cfg.shore.trusted {
-            fix(p);
-        }
-        Ok(cfg)
-    }
-
-    /// The database path.
-    pub fn database(&self) -> PathBuf {
-        self.shore.state_dir.join("shore.db")
-    }
-
-    /// Opens the database, creating the state directories.
-    pub fn open(&self) -> Result<ShoreStore, String> {
-        for d in ["", "tmp", "bundles", "received"] {
-            let dir = self.shore.state_dir.join(d);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        }
-        ShoreStore::open(&self.database()).map_err(|e| e.to_string())
-    }
-}
 
 /// Hex SHA-256 of a token, as stored in the registry.
 pub fn token_hash(token: &str) -> String {
