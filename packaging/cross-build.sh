@@ -95,9 +95,9 @@ setup() {
 }
 
 # The shipped binary: without the `lab` feature, so without the test kit (stand-in Moodle,
-# fault proxy, throwaway databases). The test build of a target (cargo test) writes the lab
-# binary to the same path, so package() builds again (a no-op that puts the shipped one back)
-# and checks again, right before packing.
+# fault proxy, throwaway databases). A lab build of a target (the x86_64 test run in .ci/run,
+# or `lab` below) writes its binary to the same path, so package() builds again (a no-op that
+# puts the shipped one back, or a relink) and checks again, right before packing.
 build_ship() { # TRIPLE
   "$CARGO" build --release --locked --no-default-features --target "$1"
   check_ship "$1"
@@ -105,8 +105,8 @@ build_ship() { # TRIPLE
 
 check_ship() { # TRIPLE: the binary at the packaged path carries no stand-in
   local bin=$CARGO_TARGET_DIR/$1/release/vessel-sync out
-  # Strings only the test kit has: the stand-in's token and the fake php's variable.
-  if grep -a -q -e "f00dfacef00dfacef00dfacef00dface" -e "VESSEL_SYNC_FAKE_MOODLE" "$bin"; then
+  # Strings only the test kit has: the stand-in's token and its php script.
+  if grep -a -q -e "f00dfacef00dfacef00dfacef00dface" -e "The stand-in Moodle's php" "$bin"; then
     die "$bin holds test-kit code (built with the lab feature?): the package must not ship it"
   fi
   # And `demo` explains where the demo lives instead of running one.
@@ -153,7 +153,9 @@ test_arm() {
     # Every test the README's test command runs, built for aarch64 and run under qemu-aarch64.
     # The release profile shares the dependencies just built for the package (a debug build
     # would compile them all again) and runs faster under emulation.
-    "$CARGO" test --release --locked --workspace --target aarch64-unknown-linux-gnu
+    # --no-default-features: the tests drive the shipped binary itself (built above, so no second
+    # link); the stand-in Moodle's php is a Perl script, not a subcommand of the binary.
+    "$CARGO" test --release --locked --workspace --no-default-features --target aarch64-unknown-linux-gnu
     say "aarch64 test suite under qemu: $(( $(sec) - t0 )) s (build included)"
   fi
   if [[ " $TARGETS " == *" armv7-unknown-linux-gnueabihf "* ]]; then

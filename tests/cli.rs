@@ -202,6 +202,28 @@ fn help_explains_every_level() {
     assert!(verify.contains("Exit 0 only when valid"), "{verify}");
 }
 
+#[cfg(not(feature = "lab"))]
+#[test]
+fn the_packaged_build_has_no_demo_and_says_where_it_lives() {
+    let v = Vessel::new();
+    let out = v.run(&["demo", "--dir", v.path("demo").to_str().unwrap()]);
+    let (text, err) = s(&out);
+    assert_eq!(out.status.code(), Some(69), "{text}\n{err}");
+    assert!(err.contains("cargo run --release -- demo"), "{err}");
+    assert!(
+        !v.path("demo").exists(),
+        "the packaged build made a demo folder"
+    );
+    let out = v.run(&["bench", "users"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(
+        s(&out).1.contains("packaging/cross-build.sh lab"),
+        "{}",
+        s(&out).1
+    );
+}
+
+#[cfg(feature = "lab")]
 #[test]
 fn demo_runs_and_shows_apply_replay_and_quarantine() {
     let v = Vessel::new();

@@ -14,7 +14,7 @@ use vessel::store::{CommandState, NewBatch, Store};
 use wire::envelope::Source;
 use wire::progress::record::{Record, RecordKind};
 
-use crate::support::{Options, VESSEL, Vessel, ack, bin, cmd, draft};
+use crate::support::{Options, VESSEL, Vessel, ack, cmd, draft};
 
 /// A real backup from `shared/moodle/mbz/` (copied into `tests/fixtures/moodle/mbz/`).
 fn mbz(name: &str) -> Vec<u8> {
@@ -39,7 +39,7 @@ impl Ship {
     fn new() -> Self {
         let moodle = FakeMoodle::start().unwrap();
         let scratch = tempfile::tempdir().unwrap().keep();
-        let (php, code) = moodle.php(&scratch, Path::new(bin())).unwrap();
+        let (php, code) = moodle.php(&scratch).unwrap();
         let extra = format!(
             "[moodle]\nurl = \"{}\"\ntoken_file = \"moodle.token\"\nmoodle_dir = \"{}\"\nphp = \"{}\"\ndataroot = \"moodledata\"\n",
             moodle.url(),
@@ -445,7 +445,7 @@ fn maintenance_mode_holds_course_commands_without_running_anything() {
 fn the_fake_php_plays_the_transcripts_quirks() {
     let ship = Ship::new();
     let scratch = tempfile::tempdir().unwrap();
-    let (php, code) = ship.moodle.php(scratch.path(), Path::new(bin())).unwrap();
+    let (php, code) = ship.moodle.php(scratch.path()).unwrap();
     let run = |args: &[&str]| {
         let o = std::process::Command::new(&php)
             .current_dir(&code)

@@ -557,10 +557,7 @@ mod on_the_vessel {
     fn on_a_vessel_with_moodle_code_users_go_through_moodles_upload_cli_and_are_checked() {
         let site = Site::new();
         let v = vessel(&site, true);
-        let (php, code) = site
-            .moodle
-            .php(site.dir.path(), std::path::Path::new(crate::support::bin()))
-            .unwrap();
+        let (php, code) = site.moodle.php(site.dir.path()).unwrap();
         let text = std::fs::read_to_string(&v.config).unwrap().replacen(
             "[moodle]\n",
             &format!(

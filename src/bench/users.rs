@@ -49,10 +49,7 @@ pub fn run() -> Result<(serde_json::Value, String), String> {
     let own_ms = (s.total_seconds - s.moodle_seconds) * 1000.0 / chunks as f64;
     // The same through Moodle's upload CLI (the vessel's default), played by the stand-in.
     let cli_moodle = testkit::fake::FakeMoodle::start().map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (php, code) = cli_moodle
-        .php(dir.path(), &exe)
-        .map_err(|e| e.to_string())?;
+    let (php, code) = cli_moodle.php(dir.path()).map_err(|e| e.to_string())?;
     let settings = moodle::config::CliSettings {
         moodle_dir: code,
         php,

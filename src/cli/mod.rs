@@ -152,15 +152,6 @@ pub enum Command {
     /// exports.
     #[command(subcommand)]
     Shore(shore::ShoreCmd),
-    /// Plays Moodle's CLI scripts against the stand-in Moodle named by VESSEL_SYNC_FAKE_MOODLE
-    /// (tests and the demo configure it as `[moodle] php`).
-    #[cfg(feature = "lab")]
-    #[command(hide = true)]
-    FakePhp {
-        /// The php command line: the script and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
     /// Seafarer accounts in bulk: validate a user CSV, import it into any Moodle.
     #[command(subcommand)]
     Users(users::UsersCmd),
@@ -279,8 +270,6 @@ pub fn run(cli: Cli) -> i32 {
         Command::Sync { config, json } => sync(&config.config, json, clock),
         Command::Shore(cmd) => shore::run(cmd, clock),
         Command::Users(cmd) => users::run(cmd),
-        #[cfg(feature = "lab")]
-        Command::FakePhp { args } => testkit::fake::cli::forward(&args),
         Command::Bench {
             name,
             json,

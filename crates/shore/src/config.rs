@@ -107,4 +107,3 @@ impl ShoreConfig {
         ShoreStore::open(&self.database()).map_err(|e| e.to_string())
     }
 }
-

@@ -3,7 +3,7 @@
 //! `lab` feature (off in the Debian packages) and as a dev-dependency.
 //!
 //! - [`fake`]: a stand-in Moodle 5.0 (REST web services, and the CLI scripts through
-//!   `vessel-sync fake-php`) answering as the captures in `shared/moodle/` show.
+//!   a `php` script) answering as the captures in `shared/moodle/` show.
 //! - [`faultproxy`]: a TCP proxy that injects link faults and counts round trips.
 //! - [`pgtemp`]: a throwaway PostgreSQL cluster on a loopback port, loaded with Moodle's schema.
 //! - [`sample`], [`records`]: generated seafarer CSVs and progress records.

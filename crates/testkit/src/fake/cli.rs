@@ -4,15 +4,13 @@
 //! the site course; exit 1 after half-deleting with `--disablerecyclebin`, a rerun finishing the
 //! job), plus `admin/tool/uploaduser/cli/uploaduser.php` as `shared/moodle/users-import.md`
 //! describes it (row by row, always exit 0, a bad email still creates the user with a warning,
-//! a duplicate email refuses the row with two `Error:` lines). `vessel-sync fake-php` forwards a php command line here, so the agent runs a real
+//! a duplicate email refuses the row with two `Error:` lines). The `php` that [`super::FakeMoodle::php`] writes forwards a command line here, so the agent runs a real
 //! process with real arguments, exit code and output streams.
 
 use std::collections::HashMap;
 use std::io::Read;
 
 use serde_json::{Value, json};
-
-use base::exit::{self, fail};
 
 use super::state::{Course, State};
 
@@ -447,31 +445,11 @@ fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
     reply(0, out, "")
 }
 
-/// Forwards a php command line to the stand-in Moodle and plays its answer back.
-pub fn forward(args: &[String]) -> i32 {
-    use std::io::Write as _;
-    let Ok(url) = std::env::var("VESSEL_SYNC_FAKE_MOODLE") else {
-        return fail(exit::USAGE, "fake-php: VESSEL_SYNC_FAKE_MOODLE is not set");
-    };
-    let form: Vec<(String, String)> = args
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (format!("arg[{i}]"), a.clone()))
-        .collect();
-    let reply = reqwest::blocking::Client::new()
-        .post(format!("{url}/fake/cli"))
-        .form(&form)
-        .send()
-        .and_then(|r| r.bytes());
-    let body = match reply {
-        Ok(b) => b,
-        Err(e) => return fail(exit::UNAVAILABLE, format!("fake-php: {e}")),
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let _ = std::io::stdout().write_all(v["stdout"].as_str().unwrap_or_default().as_bytes());
-    let _ = std::io::stderr().write_all(v["stderr"].as_str().unwrap_or_default().as_bytes());
-    v["code"]
-        .as_i64()
-        .and_then(|c| i32::try_from(c).ok())
-        .unwrap_or(exit::SOFTWARE)
+/// A script's reply as the fake `php` reads it: `CODE\nSTDOUT_LEN\nSTDERR_LEN\n` and then the
+/// bytes of stdout and stderr.
+pub(super) fn raw(reply: &Value) -> String {
+    let out = reply["stdout"].as_str().unwrap_or_default();
+    let err = reply["stderr"].as_str().unwrap_or_default();
+    let code = reply["code"].as_i64().unwrap_or(70);
+    format!("{code}\n{}\n{}\n{out}{err}", out.len(), err.len())
 }

@@ -12,7 +12,7 @@
 //! loopback port, one thread per connection.
 //!
 //! The parts: [`state`] (what the site holds), [`ws`] (one function a web-service function),
-//! [`cli`] (Moodle's CLI scripts, reached through `vessel-sync fake-php`) and this file (the
+//! [`cli`] (Moodle's CLI scripts, reached through a `php` script it writes) and this file (the
 //! HTTP server and [`FakeMoodle`], the handle a test holds).
 
 pub mod cli;
@@ -26,6 +26,36 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use state::{Course, State, User};
+
+/// The fake `php`: argv to `/fake/cli` as `arg[N]`, the raw reply (`CODE`, `STDOUT_LEN`,
+/// `STDERR_LEN` lines, then the bytes of both streams) played back.
+const PHP_SCRIPT: &str = r#"#!/usr/bin/perl
+# The stand-in Moodle's php (vessel-sync test kit): plays Moodle's CLI scripts.
+use strict;
+use warnings;
+use IO::Socket::INET;
+my $body = "format=raw";
+for my $i (0 .. $#ARGV) {
+    (my $v = $ARGV[$i]) =~ s/([^A-Za-z0-9_.~-])/sprintf("%%%02X", ord $1)/ge;
+    $body .= "&arg%5B$i%5D=$v";
+}
+my $s = IO::Socket::INET->new(PeerAddr => "ADDR", Proto => "tcp")
+    or do { print STDERR "fake-php: cannot reach the stand-in Moodle at ADDR: $!\n"; exit 69 };
+binmode $s;
+print $s "POST /fake/cli HTTP/1.1\r\nHost: ADDR\r\n"
+    . "Content-Type: application/x-www-form-urlencoded\r\n"
+    . "Content-Length: " . length($body) . "\r\nConnection: close\r\n\r\n" . $body;
+local $/;
+my $reply = <$s> // "";
+my (undef, $rest) = split /\r\n\r\n/, $reply, 2;
+my ($code, $olen, $elen, $streams) = split /\n/, ($rest // ""), 4;
+defined $streams or do { print STDERR "fake-php: no answer from the stand-in Moodle\n"; exit 70 };
+binmode STDOUT;
+binmode STDERR;
+print STDOUT substr($streams, 0, $olen);
+print STDERR substr($streams, $olen, $elen);
+exit $code;
+"#;
 
 /// The token the fake accepts.
 pub const TOKEN: &str = "f00dfacef00dfacef00dfacef00dface";
@@ -92,26 +122,22 @@ impl FakeMoodle {
         &self.url
     }
 
-    /// Writes a `php` for the agent's config that plays this site's CLI scripts
-    /// (`BIN fake-php`, see [`cli`]) and an empty code root with
-    /// `admin/cli/`. Returns (php, moodle_dir).
+    /// Writes a `php` for the agent's config that plays this site's CLI scripts (see [`cli`])
+    /// and an empty code root with `admin/cli/`. Returns (php, moodle_dir).
+    ///
+    /// The `php` is a small Perl script (Perl is Essential on Debian): it posts its arguments to
+    /// this site and plays back the script's output streams and exit code, so the agent runs a
+    /// real process with real arguments, and the binary under test needs no test-kit code.
     pub fn php(
         &self,
         dir: &std::path::Path,
-        bin: &std::path::Path,
     ) -> io::Result<(std::path::PathBuf, std::path::PathBuf)> {
         use std::os::unix::fs::PermissionsExt;
         let code = dir.join("moodle-code");
         std::fs::create_dir_all(code.join("admin/cli"))?;
         let php = dir.join("fake-php");
-        std::fs::write(
-            &php,
-            format!(
-                "#!/bin/sh\nVESSEL_SYNC_FAKE_MOODLE='{}' exec '{}' fake-php \"$@\"\n",
-                self.url,
-                bin.display()
-            ),
-        )?;
+        let addr = self.url.trim_start_matches("http://");
+        std::fs::write(&php, PHP_SCRIPT.replace("ADDR", addr))?;
         std::fs::set_permissions(&php, std::fs::Permissions::from_mode(0o755))?;
         Ok((php, code))
     }
@@ -175,7 +201,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> io::Result<()> {
             form.extend(parse_form(&String::from_utf8_lossy(&body)));
         }
         let (status, reply) = if line.contains(" /fake/cli") {
-            ("200 OK", cli::run(&mut lock(state), &form).to_string())
+            ("200 OK", cli::raw(&cli::run(&mut lock(state), &form)))
         } else {
             ws::handle(state, &form)
         };
