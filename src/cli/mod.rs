@@ -25,7 +25,8 @@ use wire::envelope::{self, Keyring, PublicKey, SecretKey, VerifyError};
 /// shore acknowledges them. Ashore, `vessel-sync shore` receives the batches and queues bundles,
 /// and operators use the same binary to make keys and to build, sign, inspect and verify bundles.
 ///
-/// New here? Run `vessel-sync demo` to watch the whole flow in a temporary folder.
+/// New here? Run `vessel-sync demo` to watch the whole flow in a temporary folder (in a build
+/// from the source checkout, `cargo run --release -- demo`; the Debian package carries no demo).
 #[derive(Debug, Parser)]
 #[command(
     name = "vessel-sync",
@@ -108,7 +109,8 @@ pub enum Command {
     },
     /// Show the whole flow in a temporary folder: keys, signed bundles, the agent applying a good
     /// bundle, ignoring a replayed one and quarantining a tampered one; then progress captured
-    /// from a throwaway PostgreSQL and acknowledged by a shore receiver on loopback.
+    /// from a throwaway PostgreSQL and acknowledged by a shore receiver on loopback. Built from a
+    /// source checkout only (the `lab` feature); the Debian package's binary says where it lives.
     Demo {
         /// Work in this directory instead of a temporary one (kept afterwards).
         #[arg(long)]
