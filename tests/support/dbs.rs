@@ -100,32 +100,11 @@ impl Pg {
             .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
     }
 
+    /// Runs the SQL file as the superuser; panics on error.
     pub fn psql_file(&self, db: &str, file: &Path) {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-            ])
-            .arg(file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql -f {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg
+            .psql_file(db, file)
+            .unwrap_or_else(|e| panic!("psql -f {}: {e}", file.display()));
     }
 
     /// The agent's `[moodle]` section for this server (password in `pwfile`).

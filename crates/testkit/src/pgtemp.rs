@@ -142,27 +142,23 @@ impl TempPg {
         }
     }
 
-    /// Runs SQL through `psql` as the superuser.
+    /// Runs SQL through `psql` as the superuser; returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        self.run_psql(db, &["-A", "-t", "-c", sql])
+    }
+
+    /// Runs the SQL file `file` through `psql` as the superuser, stopping at the first error.
+    pub fn psql_file(&self, db: &str, file: &Path) -> Result<(), String> {
+        let file = file.to_string_lossy();
+        self.run_psql(db, &["-f", &file]).map(|_| ())
+    }
+
+    fn run_psql(&self, db: &str, extra: &[&str]) -> Result<String, String> {
+        let port = self.port.to_string();
         let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-            ])
-            .arg("-c")
-            .arg(sql)
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(extra)
             .output()
             .map_err(|e| format!("psql: {e} (apt-get install postgresql-client)"))?;
         if out.status.success() {
