@@ -5,7 +5,7 @@
 # doc tests. Each test starts its own throwaway database server on a free loopback port.
 # Installs what the tests need from Debian's packages when it is missing (run as root, or
 # install it yourself): systemd (systemd-analyze verifies the unit file), postgresql and
-# postgresql-client, mariadb-server and mariadb-client.
+# postgresql-client, mariadb-server and mariadb-client, PHP 8.2 and zstd (the real Moodle).
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash. $CARGO names another cargo:
 # CI runs the suite with Debian's rustc 1.85 in release mode, sharing the amd64 package's build
 # (.ci/run).
@@ -18,6 +18,12 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+# The real Moodle 5.0 the end-to-end suite installs (tests/real/): Debian's PHP 8.2 with the
+# extensions shared/moodle/README.md lists, and zstd to unpack the source tarball.
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+for ext in cli pgsql mysql xml mbstring curl zip gd intl soap; do
+  dpkg -s "php8.2-$ext" >/dev/null 2>&1 || missing+=("php8.2-$ext")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq || true

@@ -10,6 +10,7 @@ mod crash;
 mod imports;
 mod ordering;
 mod progress;
+mod real;
 mod service;
 mod uplink;
 mod users;

@@ -1,6 +1,7 @@
 //! How vessel-sync reaches a Moodle site: the database, read-only, to capture progress
 //! ([`db`]); the web services to change users, enrolments and course settings ([`ws`]); the
-//! CLI scripts for course backup, restore and deletion ([`cli`]); seafarer accounts in bulk
+//! CLI scripts for course backup, restore and deletion ([`cli`]); what a backup file says about
+//! itself ([`mbz`]); seafarer accounts in bulk
 //! ([`users`]); and the `[moodle]` section of the agent's config that configures all of them
 //! ([`config`]).
 //!
@@ -16,5 +17,6 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod mbz;
 pub mod users;
 pub mod ws;

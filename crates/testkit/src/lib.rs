@@ -5,7 +5,9 @@
 //! - [`fake`]: a stand-in Moodle 5.0 (REST web services, and the CLI scripts through
 //!   a `php` script) answering as the captures in `shared/moodle/` show.
 //! - [`faultproxy`]: a TCP proxy that injects link faults and counts round trips.
-//! - [`pgtemp`]: a throwaway PostgreSQL cluster on a loopback port, loaded with Moodle's schema.
+//! - [`pgtemp`], [`mariatemp`]: throwaway PostgreSQL and MariaDB servers on loopback ports.
+//! - [`realmoodle`]: a real Moodle 5.0 installed from `shared/moodle/src/` on either, for the
+//!   end-to-end tests and `bench users --moodle`.
 //! - [`sample`], [`records`]: generated seafarer CSVs and progress records.
 //!
 //! May import: `base`, `wire`, `moodle` (the settings its stand-ins answer to).
@@ -18,6 +20,8 @@
 
 pub mod fake;
 pub mod faultproxy;
+pub mod mariatemp;
 pub mod pgtemp;
+pub mod realmoodle;
 pub mod records;
 pub mod sample;

@@ -34,7 +34,7 @@ fn server_bin(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} not found under /usr/lib/postgresql/*/bin"))
 }
 
-fn ids_of(user: &str) -> Option<(u32, u32)> {
+pub(crate) fn ids_of(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
@@ -44,26 +44,65 @@ fn ids_of(user: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn drop_root(cmd: &mut Command, ids: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = ids {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
+/// Makes `cmd` run as `ids` (when given) and receive `signal` when the thread that spawned it
+/// ends, so that a server started for a whole test run stops with the test process.
+pub(crate) fn die_with_parent(cmd: &mut Command, ids: Option<(u32, u32)>, signal: i32) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = ids {
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setgid(gid) != 0
                     || libc::setuid(uid) != 0
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
+            }
+            // After the setuid, which clears it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn drop_root(cmd: &mut Command, ids: Option<(u32, u32)>) {
+    die_with_parent(cmd, ids, libc::SIGINT);
+}
+
+/// A free loopback port.
+pub(crate) fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// Copies the tree `from` to `to` (which must not exist) with owners, modes and times.
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cp -a {} {}: {st}", from.display(), to.display()))
     }
 }
 
 impl TempPg {
     /// Creates and starts a cluster.
     pub fn start() -> Result<Self, String> {
+        Self::start_from(None)
+    }
+
+    /// Starts a cluster on a copy of `template` (a data directory a stopped cluster left), or
+    /// on a new one.
+    pub fn start_from(template: Option<&Path>) -> Result<Self, String> {
         let initdb = server_bin("initdb")?;
         let postgres = server_bin("postgres")?;
         let dir = tempfile::Builder::new()
@@ -81,30 +120,24 @@ impl TempPg {
             None
         };
         let data = dir.path().join("data");
-        let mut init = Command::new(initdb);
-        init.args([
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C.UTF-8",
-            "-D",
-        ])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        drop_root(&mut init, ids);
-        let out = init.output().map_err(|e| format!("initdb: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
+        match template {
+            Some(t) => {
+                copy_tree(t, &data)?;
+                if let Some((uid, gid)) = ids {
+                    let st = Command::new("chown")
+                        .arg("-R")
+                        .arg(format!("{uid}:{gid}"))
+                        .arg(&data)
+                        .status()
+                        .map_err(|e| format!("chown: {e}"))?;
+                    if !st.success() {
+                        return Err(format!("chown -R postgres {}: {st}", data.display()));
+                    }
+                }
+            }
+            None => Self::initdb(&initdb, &data, ids)?,
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        let port = free_port()?;
         let mut cmd = Command::new(postgres);
         cmd.arg("-D")
             .arg(&data)
@@ -142,9 +175,49 @@ impl TempPg {
         }
     }
 
+    fn initdb(initdb: &Path, data: &Path, ids: Option<(u32, u32)>) -> Result<(), String> {
+        let mut init = Command::new(initdb);
+        init.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "-D",
+        ])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        drop_root(&mut init, ids);
+        let out = init.output().map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(())
+    }
+
+    /// Shuts the cluster down cleanly and copies its data directory to `dest` (for
+    /// [`TempPg::start_from`]).
+    pub fn stop_into(mut self, dest: &Path) -> Result<(), String> {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        self.child.wait().map_err(|e| e.to_string())?;
+        copy_tree(&self.dir.path().join("data"), dest)
+    }
+
     /// Runs SQL through `psql` as the superuser; returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
         self.run_psql(db, &["-A", "-t", "-c", sql])
+    }
+
+    /// Runs a query through `psql` as the superuser; rows one per line, fields tab-separated.
+    pub fn query(&self, db: &str, sql: &str) -> Result<String, String> {
+        self.run_psql(db, &["-A", "-t", "-F", "\t", "-c", sql])
     }
 
     /// Runs the SQL file `file` through `psql` as the superuser, stopping at the first error.

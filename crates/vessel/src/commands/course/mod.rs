@@ -39,6 +39,7 @@ struct Course {
     id: i64,
     shortname: String,
     idnumber: String,
+    category: i64,
     visible: bool,
 }
 
@@ -155,6 +156,7 @@ impl<'c, 'a> Job<'c, 'a> {
                 id: c["id"].as_i64().unwrap_or_default(),
                 shortname: c["shortname"].as_str().unwrap_or_default().to_string(),
                 idnumber: c["idnumber"].as_str().unwrap_or_default().to_string(),
+                category: c["categoryid"].as_i64().unwrap_or_default(),
                 visible: c["visible"].as_i64().unwrap_or(1) != 0,
             })
             .collect())

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::delete::guarded_delete;
-use super::{Job, Step, arg, course_arg, outcome, wait};
+use super::{Course, Job, Step, arg, course_arg, outcome, wait};
 use crate::commands::{Command, Ctx};
 use crate::store::{CommandOutcome, Result, Tx};
 use moodle::ws::{Params, Safety};
@@ -77,6 +77,21 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
             .unwrap_or(true);
         let sha = moodle::users::import::file_sha256(&mbz)
             .map_err(|e| wait(ctx, 300, format!("{}: {e}", mbz.display())))?;
+        let file = mbz
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // Moodle's restore_backup.php turns an activity or section backup into a new course of
+        // its own without a word: refuse it here instead. A damaged file goes on to Moodle,
+        // whose own words then fail the command.
+        let manifest = moodle::mbz::manifest(&mbz).ok().flatten();
+        if let Some(m) = manifest.as_ref().filter(|m| m.kind != "course") {
+            return Err(CommandOutcome::Failed(format!(
+                "{file} is an {} backup (its moodle_backup.xml says type {}), not a course backup: \
+                 make one with admin/cli/backup.php --courseid=N and send it again",
+                m.kind, m.kind
+            )));
+        }
         let mut p = job.load();
         // The same backup already restored for this course: nothing to do.
         let fact = format!("restored:{idnumber}");
@@ -109,9 +124,18 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
                 "no course category with idnumber {category} on this Moodle"
             )));
         };
-        // A restore cut short by a crash: remove what it built, then start again.
+        // A restore cut short by a crash: remove what it built, then start again. Only a course
+        // this restore can have made: newer than the restore's start, in its category, named as
+        // Moodle names a restore of this backup (other people create courses on a live site).
         if let (Some(above), None) = (p.restoring_above, p.course_id) {
-            for c in job.courses_by("", "")?.into_iter().filter(|c| c.id > above) {
+            let ours = |c: &Course| {
+                c.id > above
+                    && c.category == cat_id
+                    && manifest
+                        .as_ref()
+                        .is_none_or(|m| moodle::mbz::restored_name(&m.shortname, &c.shortname))
+            };
+            for c in job.courses_by("", "")?.into_iter().filter(ours) {
                 tracing::warn!(course_id = c.id, shortname = %c.shortname, "removing a course half-built by an interrupted restore");
                 let (gone, run) = job.delete(c.id)?;
                 if !gone {
@@ -207,10 +231,6 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
         }
         tx.set_fact(&fact, &sha)
             .map_err(|e| wait(ctx, 60, e.to_string()))?;
-        let file = mbz
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Ok(job.done(format!(
             "restored {shortname} (idnumber {idnumber}) as course id {course_id} in category {category} from {file}"
         )))
