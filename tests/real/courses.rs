@@ -15,6 +15,8 @@ crate::on_both!(
     every_backup_restores_with_the_wanted_names_and_the_same_backup_again_is_skipped,
     restores_moodle_refuses_fail_with_moodles_words_and_add_no_course,
     a_restore_killed_mid_way_is_cleaned_up_and_redone_once,
+    a_guarded_delete_is_held_by_real_progress_until_a_real_shore_acknowledges_it,
+    replace_course_puts_the_new_version_live_and_retires_the_old_under_the_guard,
 );
 
 fn restore(id: &str, shortname: &str, category: &str, file: &str) -> CommandEntry {
@@ -195,4 +197,144 @@ fn a_restore_killed_mid_way_is_cleaned_up_and_redone_once(db: testkit::realmoodl
         [s.name("S102")],
         "exactly one course, with the wanted name: {note}"
     );
+}
+
+fn a_guarded_delete_is_held_by_real_progress_until_a_real_shore_acknowledges_it(
+    db: testkit::realmoodle::Db,
+) {
+    let (s, mut shore) = Site::with_shore(db, &format!("gd{}", db.name()));
+    let engine = s.category("ENGINE");
+    let course = s.name("E110");
+    s.send(
+        1,
+        vec![restore("erm", &course, &s.name("ENGINE"), "files/e.mbz")],
+        vec![("files/e.mbz", mbz("course-ERM-110-with-users.mbz"))],
+    );
+    s.once();
+    s.expect("erm", CommandState::Done);
+    let (cid, ..) = s.course(&course).unwrap();
+    s.send(
+        2,
+        vec![cmd(
+            "delete_course",
+            "retire",
+            serde_json::json!({"course": course}),
+            &[],
+        )],
+        vec![],
+    );
+    s.once();
+    let (_, first) = s.command("retire");
+    assert!(first.contains("waiting for a progress capture"), "{first}");
+    s.once_at(120);
+    let (state, reason) = s.command("retire");
+    assert_eq!(state, CommandState::Waiting, "{reason}{}", s.said());
+    assert!(
+        reason.contains(&format!("waiting for shore to acknowledge")) && reason.contains(&course),
+        "{reason}"
+    );
+    let (_, _, _, _, visible) = s.course(&course).expect("held: not deleted");
+    assert_eq!(visible, 0, "hidden while held");
+    let status = s.run(&["status"], &[]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(&course) && text.contains("acknowledge"),
+        "{text}"
+    );
+
+    // The link comes up: the real shore acknowledges what the capture read, and the agent backs
+    // up and deletes.
+    shore.start();
+    s.once_at(400);
+    if s.command("retire").0 == CommandState::Waiting {
+        s.once_at(800);
+    }
+    let (records, _) = shore.counts();
+    assert!(records >= 2, "shore holds the course's progress: {records}");
+    let note = s.expect("retire", CommandState::Done);
+    assert!(s.course(&course).is_none(), "still in mdl_course: {note}");
+    assert_eq!(
+        s.value(&format!("SELECT COUNT(*) FROM mdl_course WHERE id = {cid}")),
+        "0"
+    );
+    let backups: Vec<std::path::PathBuf> = std::fs::read_dir(s.v.path("state/backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{note}");
+    let name = backups[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(note.contains(&name), "{note}");
+    // The final backup holds the learners and is restorable by Moodle.
+    let members = std::process::Command::new("tar")
+        .arg("-tzf")
+        .arg(&backups[0])
+        .output()
+        .unwrap();
+    let members = String::from_utf8_lossy(&members.stdout);
+    assert!(
+        members.lines().any(|l| l == "users.xml"),
+        "no user data in {name}"
+    );
+    let out =
+        s.m.php(&[
+            "admin/cli/restore_backup.php",
+            &format!("--file={}", backups[0].display()),
+            &format!("--categoryid={engine}"),
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("== Restored course ID:"), "{text}");
+    let back = s.value(&format!(
+        "SELECT COUNT(*) FROM mdl_course_modules_completion cmc JOIN mdl_course_modules cm ON cm.id = cmc.coursemoduleid JOIN mdl_course c ON c.id = cm.course WHERE c.category = {engine}"
+    ));
+    assert!(
+        back.parse::<u32>().unwrap() > 0,
+        "the backup lost the completions"
+    );
+}
+
+fn replace_course_puts_the_new_version_live_and_retires_the_old_under_the_guard(
+    db: testkit::realmoodle::Db,
+) {
+    let (s, mut shore) = Site::with_shore(db, &format!("rp{}", db.name()));
+    let engine = s.category("ENGINE");
+    let (old, new) = (s.name("E110"), s.name("E110-V2"));
+    s.send(
+        1,
+        vec![restore("v1", &old, &s.name("ENGINE"), "files/e.mbz")],
+        vec![("files/e.mbz", mbz("course-ERM-110-with-users.mbz"))],
+    );
+    s.once();
+    s.expect("v1", CommandState::Done);
+    s.send(
+        2,
+        vec![cmd(
+            "replace_course",
+            "v2",
+            serde_json::json!({"course": old, "shortname": new, "idnumber": new, "category": s.name("ENGINE")}),
+            &["files/v2.mbz"],
+        )],
+        vec![("files/v2.mbz", mbz("course-ERM-110-no-users.mbz"))],
+    );
+    s.once();
+    let (state, reason) = s.command("v2");
+    assert_eq!(state, CommandState::Waiting, "{reason}{}", s.said());
+    assert!(
+        reason.starts_with(&format!("{new} is live; retiring {old}")),
+        "{reason}"
+    );
+    assert_eq!(s.course(&new).expect("new version").4, 1, "live");
+    assert_eq!(s.course(&old).expect("old version held").4, 0, "hidden");
+    shore.start();
+    s.once_at(400);
+    if s.command("v2").0 == CommandState::Waiting {
+        s.once_at(800);
+    }
+    let note = s.expect("v2", CommandState::Done);
+    assert!(s.course(&old).is_none(), "{note}");
+    assert_eq!(s.courses_in(engine), [new]);
 }

@@ -87,6 +87,33 @@ impl Site {
         }
     }
 
+    /// With a real shore on loopback that the vessel's uplink reaches over HTTPS, registered
+    /// but not yet serving (`shore.start()`).
+    pub fn with_shore(db: Db, tag: &str) -> (Self, crate::support::shore::Shore) {
+        let shore = crate::support::shore::Shore::new();
+        let s = Self::new(db, tag);
+        wire::envelope::SecretKey::from_seed([5u8; 32])
+            .write_pair(&s.v.path("keys/vessel"), VESSEL)
+            .unwrap();
+        shore.register(&s.v);
+        crate::progress::append(
+            &s.v,
+            &format!(
+                "[uplink]\nmode = \"https\"\nurl = \"https://127.0.0.1:{}\"\ntoken_file = \"token\"\nsigning_key = \"keys/vessel.key\"\nca_file = \"{}\"\n",
+                shore.port,
+                shore.path("ca.pem").display()
+            ),
+        );
+        (s, shore)
+    }
+
+    /// `vessel-sync sync`: progress to shore, acknowledgements back; must not fail.
+    pub fn sync(&self) -> serde_json::Value {
+        let o = self.run(&["sync", "--json"], &[]);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("sync printed no JSON{}", self.said()))
+    }
+
     /// `NAME` under this test's tag.
     pub fn name(&self, name: &str) -> String {
         format!("{}-{name}", self.tag)
