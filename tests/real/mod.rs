@@ -6,6 +6,7 @@
 //! tail of PHP's web-server log.
 
 mod courses;
+mod progress;
 mod users;
 
 use std::cell::RefCell;
