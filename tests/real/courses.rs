@@ -230,7 +230,7 @@ fn a_guarded_delete_is_held_by_real_progress_until_a_real_shore_acknowledges_it(
     let (state, reason) = s.command("retire");
     assert_eq!(state, CommandState::Waiting, "{reason}{}", s.said());
     assert!(
-        reason.contains(&format!("waiting for shore to acknowledge")) && reason.contains(&course),
+        reason.contains("waiting for shore to acknowledge") && reason.contains(&course),
         "{reason}"
     );
     let (_, _, _, _, visible) = s.course(&course).expect("held: not deleted");
