@@ -14,6 +14,7 @@ pub mod progress;
 pub mod rss;
 #[cfg(feature = "lab")]
 pub mod users;
+pub mod users_real;
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -45,8 +46,22 @@ throwaway database, which this packaged build does not carry (only 'bench bundle
 Run it from a checkout with 'cargo run --release -- bench NAME', or build the lab binary for \
 this ship with 'packaging/cross-build.sh lab' and copy it on board (README: Benchmarks).";
 
+/// What `bench users` is pointed at.
+#[derive(Debug, Clone, Default)]
+pub struct Against {
+    /// An agent config whose `[moodle]` is a real Moodle (`bench users --config`).
+    pub config: Option<std::path::PathBuf>,
+    /// New users per import.
+    pub rows: u64,
+    /// Leave the benchmark's accounts in Moodle.
+    pub keep: bool,
+}
+
 /// Runs benchmark `name`.
-pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
+pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
+    if let ("users", Some(config)) = (name, against.config.as_ref()) {
+        return report_json(json, users_real::run(config, against.rows.max(1), against.keep));
+    }
     match name {
         "bundle" => match bench_bundle(size_mb.max(1)) {
             Ok(f) => {
@@ -109,7 +124,6 @@ pub fn run(name: &str, json: bool, size_mb: u64) -> i32 {
     }
 }
 
-#[cfg(feature = "lab")]
 fn report_json(json: bool, r: Result<(serde_json::Value, String), String>) -> i32 {
     match r {
         Ok((v, text)) => {

@@ -163,7 +163,8 @@ pub enum Command {
         /// (bytes per progress record on the link, against JSON+zstd and JSON+gzip, and round
         /// trips per sync), `outbox` (capture diff and outbox enqueue rate, peak memory), `users`
         /// (validating an 80,000-row seafarer CSV: time and peak memory; the importer's own time
-        /// per 500-user chunk against a stand-in Moodle).
+        /// per 500-user chunk against a stand-in Moodle; with --config: the vessel's import of
+        /// --rows new users into that config's real Moodle against Moodle's own upload CLI).
         name: String,
         /// Print one JSON object of figures on stdout.
         #[arg(long)]
@@ -171,6 +172,17 @@ pub enum Command {
         /// Size of the generated bundle in MB.
         #[arg(long, default_value_t = 200)]
         size_mb: u64,
+        /// `bench users` against the real Moodle of this agent config (its [moodle] url,
+        /// token_file and moodle_dir). Creates 3 x --rows accounts named vsbench... and deletes
+        /// them afterwards: run it on a site where that is acceptable.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// `bench users --config`: new users per import.
+        #[arg(long, default_value_t = 2000)]
+        rows: u64,
+        /// `bench users --config`: leave the benchmark's accounts in Moodle.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -276,7 +288,15 @@ pub fn run(cli: Cli) -> i32 {
             name,
             json,
             size_mb,
-        } => crate::bench::run(&name, json, size_mb),
+            config,
+            rows,
+            keep,
+        } => crate::bench::run(
+            &name,
+            json,
+            size_mb,
+            &crate::bench::Against { config, rows, keep },
+        ),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vessel-sync", &mut std::io::stdout());

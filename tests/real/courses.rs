@@ -1,7 +1,8 @@
 //! Course commands on a real Moodle: every real `.mbz` restored through Moodle's own
 //! `restore_backup.php` into a category found by idnumber, the same backup again skipped, a
 //! taken shortname refused, a restore killed mid-way cleaned up and redone, `replace_course`,
-//! `hide_course`, and the guarded `delete_course` released by a real shore's acknowledgement.
+//! the guarded `delete_course` released by a real shore's acknowledgement, and `set_mapping`'s
+//! drift check against the categories, courses and activities Moodle really has.
 
 use std::os::unix::process::ExitStatusExt;
 
@@ -17,6 +18,7 @@ crate::on_both!(
     a_restore_killed_mid_way_is_cleaned_up_and_redone_once,
     a_guarded_delete_is_held_by_real_progress_until_a_real_shore_acknowledges_it,
     replace_course_puts_the_new_version_live_and_retires_the_old_under_the_guard,
+    set_mapping_drift_is_checked_against_real_categories_courses_and_activities,
 );
 
 fn restore(id: &str, shortname: &str, category: &str, file: &str) -> CommandEntry {
@@ -337,4 +339,95 @@ fn replace_course_puts_the_new_version_live_and_retires_the_old_under_the_guard(
     let note = s.expect("v2", CommandState::Done);
     assert!(s.course(&old).is_none(), "{note}");
     assert_eq!(s.courses_in(engine), [new]);
+}
+
+fn set_mapping_drift_is_checked_against_real_categories_courses_and_activities(
+    db: testkit::realmoodle::Db,
+) {
+    let s = Site::new(db, &format!("map{}", &db.name()[..2]));
+    s.category("DECK");
+    let course = s.name("S101");
+    s.send(
+        1,
+        vec![restore("safety", &course, &s.name("DECK"), "files/s.mbz")],
+        vec![("files/s.mbz", mbz("course-SAFETY-101-with-users.mbz"))],
+    );
+    s.once();
+    s.expect("safety", CommandState::Done);
+    // Rows 2, 4, 6 and 7 name what the restored course and its category hold (an activity by
+    // its idnumber, and one without an idnumber by `modname:name`, as Moodle names it); rows 3,
+    // 5, 8 and 9 name what this Moodle lacks.
+    let csv = format!(
+        "kind,legacy_id,moodle_key,course\n\
+         category,TRS-DECK,{deck},\n\
+         category,TRS-GALLEY,{galley},\n\
+         course,TRS-0101,{course},\n\
+         course,TRS-0900,{nav},\n\
+         activity,TRS-0101-A,SAFETY-101-PST,{course}\n\
+         activity,TRS-0101-B,forum:Announcements,{course}\n\
+         activity,TRS-0101-Z,SAFETY-101-ZZZ,{course}\n\
+         activity,TRS-0900-A,NAV-900-A,{nav}\n",
+        deck = s.name("DECK"),
+        galley = s.name("GALLEY"),
+        nav = s.name("NAV900"),
+    );
+    s.send(
+        2,
+        vec![cmd(
+            "set_mapping",
+            "map",
+            serde_json::json!({}),
+            &["files/mapping.csv"],
+        )],
+        vec![("files/mapping.csv", csv.into_bytes())],
+    );
+    s.once();
+    let note = s.expect("map", CommandState::Done);
+    assert!(
+        note.starts_with("8 mapping(s) stored"),
+        "stored either way: {note}"
+    );
+    assert!(
+        note.contains("4 row(s) name what this Moodle lacks (first: row 3 moodle_key"),
+        "{note}{}",
+        s.said()
+    );
+    let drift: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.v.path("state/reports/map.mapping-drift.json")).unwrap(),
+    )
+    .unwrap();
+    let rows: Vec<(u64, String)> = drift
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["row"].as_u64().unwrap(),
+                d["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (
+                3,
+                "no category with this idnumber on this Moodle".to_string()
+            ),
+            (
+                5,
+                "no course with this idnumber or shortname on this Moodle".to_string()
+            ),
+            (
+                8,
+                format!("no activity with this key in course {course} on this Moodle")
+            ),
+            (
+                9,
+                "no course with this idnumber or shortname on this Moodle".to_string()
+            ),
+        ],
+        "{}",
+        s.said()
+    );
 }

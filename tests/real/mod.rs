@@ -9,6 +9,7 @@
 
 mod courses;
 mod progress;
+mod site;
 mod users;
 
 use std::cell::RefCell;
@@ -60,9 +61,25 @@ fn lock(db: Db) -> std::sync::MutexGuard<'static, ()> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The Moodle a [`Site`] works on: the one the whole run shares, or one of its own.
+pub enum Moodle {
+    Shared(&'static RealMoodle),
+    Own(Box<RealMoodle>),
+}
+
+impl std::ops::Deref for Moodle {
+    type Target = RealMoodle;
+    fn deref(&self) -> &RealMoodle {
+        match self {
+            Moodle::Shared(m) => m,
+            Moodle::Own(m) => m,
+        }
+    }
+}
+
 /// A vessel beside a real Moodle.
 pub struct Site {
-    pub m: &'static RealMoodle,
+    pub m: Moodle,
     pub v: Vessel,
     /// Prefix of every name this test makes in Moodle.
     pub tag: String,
@@ -77,6 +94,17 @@ impl Site {
     /// With more agent config after the `[moodle]` section.
     pub fn with(db: Db, tag: &str, extra: &str) -> Self {
         let m = RealMoodle::shared(db).unwrap_or_else(|e| panic!("real Moodle on {db:?}: {e}"));
+        Self::on(Moodle::Shared(m), tag, extra)
+    }
+
+    /// Beside a Moodle of its own, for a test that changes the whole site (maintenance mode,
+    /// an upgrade).
+    pub fn alone(db: Db, tag: &str) -> Self {
+        let m = RealMoodle::start(db).unwrap_or_else(|e| panic!("real Moodle on {db:?}: {e}"));
+        Self::on(Moodle::Own(Box::new(m)), tag, "")
+    }
+
+    fn on(m: Moodle, tag: &str, extra: &str) -> Self {
         let scratch = tempfile::tempdir().unwrap().keep();
         let section = m.agent_section(&scratch).unwrap();
         let v = Vessel::with(Options {

@@ -71,10 +71,20 @@ impl Run {
         format!("{} {how}: {said}", self.script)
     }
 
-    /// Moodle said an upgrade is pending (nothing ran).
+    /// Moodle said an upgrade is pending or running (nothing ran). The words are Moodle 5.0's:
+    /// `Moodle upgrade pending, ... suspended.` (the upload tools), `An upgrade is pending`
+    /// (`upgrade.php --is-pending`), and `Site is being upgraded, please retry later.` (every
+    /// script while `upgraderunning` is set).
     pub fn upgrade_pending(&self) -> bool {
         let all = format!("{}{}", self.stdout, self.stderr).to_lowercase();
-        all.contains("upgrade pending") || all.contains("upgrade is running")
+        [
+            "upgrade pending",
+            "upgrade is pending",
+            "being upgraded",
+            "upgrade is running",
+        ]
+        .iter()
+        .any(|w| all.contains(w))
     }
 
     /// The value after `marker` on the first line holding it, trimmed.
@@ -120,6 +130,15 @@ impl<'a> Cli<'a> {
     pub fn maintenance(&self) -> Option<String> {
         let flag = self.settings.dataroot.as_ref()?.join("climaintenance.html");
         flag.exists().then(|| format!("{} exists", flag.display()))
+    }
+
+    /// Whether Moodle can take work now: not in CLI maintenance mode, no upgrade pending or
+    /// running (`admin/cli/upgrade.php --is-pending`, which changes nothing). A new Moodle
+    /// version deployed but not yet upgraded still answers, half old and half new; the agent
+    /// waits for the upgrade instead of restoring or importing into that.
+    pub fn ready(&self) -> Result<(), CliError> {
+        self.run("upgrade.php", &["--is-pending".to_string()])
+            .map(|_| ())
     }
 
     /// Runs `admin/cli/{script}` (or `script`, when it is a path from the code root) with `args`.
@@ -312,5 +331,24 @@ mod tests {
             Cli::new(&s, &|| {}).run("backup.php", &[]),
             Err(CliError::Maintenance(_))
         ));
+        // While `upgraderunning` is set, every script stops with this (lib/setup.php).
+        let (_d, s) = setup(
+            "echo '!!! Site is being upgraded, please retry later. !!!'; exit 1",
+            10,
+        );
+        assert!(matches!(
+            Cli::new(&s, &|| {}).ready(),
+            Err(CliError::Maintenance(_))
+        ));
+        let (_d, s) = setup("echo 'An upgrade is pending' >&2; exit 2", 10);
+        assert!(matches!(
+            Cli::new(&s, &|| {}).ready(),
+            Err(CliError::Maintenance(_))
+        ));
+        let (_d, s) = setup(
+            "echo 'No upgrade needed for the installed version 5.0.6+. Thanks for coming anyway!' >&2",
+            10,
+        );
+        assert!(Cli::new(&s, &|| {}).ready().is_ok());
     }
 }

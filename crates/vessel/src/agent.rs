@@ -107,8 +107,15 @@ pub struct Agent {
     notifier: Notifier,
     uplink: Option<Uplink>,
     moodle: Option<moodle::db::Database>,
+    /// When Moodle's readiness was last asked, and why it could not take work then.
+    gate: Option<(i64, Option<String>)>,
     _lock: File,
 }
+
+/// How long an answer of [`Agent::moodle_busy`] is kept (one check per pass, not per command).
+const GATE_SECS: i64 = 60;
+/// When a command that waited for maintenance or an upgrade is tried again.
+const GATE_RETRY: i64 = 300;
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
     AgentError::Io(format!("{what} {}: {e}", path.display()))
@@ -191,6 +198,7 @@ impl Agent {
         let mut agent = Self {
             uplink,
             moodle: None,
+            gate: None,
             cfg,
             store,
             clock,
@@ -334,6 +342,16 @@ impl Agent {
             ));
             return self.finish(&cmd, outcome, now).map(Some);
         }
+        if commands::find(&cmd.kind).is_some_and(|c| c.changes_moodle()) {
+            if let Some(reason) = self.moodle_busy(now) {
+                tracing::info!(command_id = %cmd.cmd_id, %reason, "command waits for Moodle");
+                let outcome = CommandOutcome::Waiting {
+                    reason,
+                    retry_at: now + GATE_RETRY,
+                };
+                return self.finish(&cmd, outcome, now).map(Some);
+            }
+        }
         self.store.write(|tx| tx.start_command(&cmd, now))?;
         failpoint::hit("command.after-start");
         tracing::info!(bundle_id = %cmd.bundle_id, command_id = %cmd.cmd_id, kind = %cmd.kind, "running command");
@@ -369,6 +387,28 @@ impl Agent {
             self.cleanup(&cmd.bundle_id);
         }
         Ok(Some(describe(&cmd, &outcome)))
+    }
+
+    /// Why Moodle cannot take work now (CLI maintenance mode, an upgrade pending or running),
+    /// asked through its CLI when that is configured; `None` when it can or cannot be asked
+    /// (the command itself then reports what is wrong).
+    fn moodle_busy(&mut self, now: i64) -> Option<String> {
+        let settings = self.cfg.moodle_cli.as_ref()?;
+        if let Some((at, why)) = &self.gate {
+            if now >= *at && now - *at < GATE_SECS {
+                return why.clone();
+            }
+        }
+        let notifier = &self.notifier;
+        let keepalive = || notifier.keepalive();
+        let why = match moodle::cli::Cli::new(settings, &keepalive).ready() {
+            Err(e @ moodle::cli::CliError::Maintenance(_)) => Some(format!(
+                "{e}; nothing was changed, the command goes on once Moodle is back"
+            )),
+            _ => None,
+        };
+        self.gate = Some((now, why.clone()));
+        why
     }
 
     fn finish(

@@ -33,6 +33,19 @@ pub fn run(st: &mut State, form: &[(String, String)]) -> Value {
         .collect();
     argv.sort();
     let argv: Vec<String> = argv.into_iter().map(|(_, v)| v).collect();
+    if argv.first().map(String::as_str) == Some("admin/cli/upgrade.php") {
+        // The agent's readiness check, counted apart from the scripts that do work.
+        st.upgrade_checks += 1;
+        return if st.upgrade_pending {
+            reply(2, String::new(), "An upgrade is pending\n")
+        } else {
+            reply(
+                0,
+                String::new(),
+                "No upgrade needed for the installed version 5.0.6+ (Build: 20260403) (2025041406.05). Thanks for coming anyway!\n",
+            )
+        };
+    }
     st.cli_runs.push(argv.clone());
     let Some(script) = argv.first() else {
         return reply(1, String::new(), "Could not open input file: (none)\n");

@@ -73,8 +73,12 @@ pub struct State {
     pub backup_without_users: bool,
     /// The next `delete_course.php` dies half-way, as `--disablerecyclebin` does.
     pub crash_next_delete: bool,
-    /// Every CLI run: the script and its arguments.
+    /// Every CLI run: the script and its arguments (not the readiness checks).
     pub cli_runs: Vec<Vec<String>>,
+    /// `admin/cli/upgrade.php --is-pending` answers "An upgrade is pending" (exit 2).
+    pub upgrade_pending: bool,
+    /// How many times the agent asked `upgrade.php --is-pending`.
+    pub upgrade_checks: u32,
     pub(super) next_user: i64,
     pub(super) by_name: HashMap<String, i64>,
     pub(super) by_email: HashMap<String, Vec<i64>>,

@@ -395,7 +395,8 @@ impl RealMoodle {
             .map_err(Clone::clone)
     }
 
-    /// Brings up a new instance.
+    /// Brings up a new instance of its own (from the cached install), for a test that changes
+    /// the whole site; it is taken down when dropped.
     pub fn start(db: Db) -> Result<Self, String> {
         let tarball = tarball()?;
         let key = format!("{}-{HARNESS}-{}", sha256_file(&tarball)?, db.name());
@@ -423,7 +424,11 @@ impl RealMoodle {
         let runs = PathBuf::from("/tmp/vessel-sync-moodle");
         std::fs::create_dir_all(&runs).map_err(|e| e.to_string())?;
         sweep(&runs);
-        let root = runs.join(format!("{}-{}", std::process::id(), db.name()));
+        // One directory per instance: the shared one and the private ones of tests that change
+        // the whole site (maintenance mode, an upgrade).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = runs.join(format!("{}-{}-{n}", std::process::id(), db.name()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
         let code = root.join("code");

@@ -15,6 +15,10 @@ impl Command for Ack {
         "ack"
     }
 
+    fn changes_moodle(&self) -> bool {
+        false
+    }
+
     fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
         let Some(seq) = ctx
             .args

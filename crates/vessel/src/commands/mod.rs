@@ -83,6 +83,11 @@ pub trait Command: Sync {
     /// Applies the command. Store errors propagate (the transaction is rolled back and the
     /// command retried); everything else is an outcome.
     fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome>;
+    /// Whether the command changes Moodle, and so waits while Moodle is in maintenance mode or
+    /// being upgraded. Commands whose effect is only in the agent's own database say no.
+    fn changes_moodle(&self) -> bool {
+        true
+    }
 }
 
 static REGISTRY: &[&dyn Command] = &[

@@ -211,6 +211,10 @@ impl Command for SetMapping {
         "set_mapping"
     }
 
+    fn changes_moodle(&self) -> bool {
+        false
+    }
+
     fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
         let [(name, path)] = ctx.files.as_slice() else {
             return Ok(CommandOutcome::Failed(format!(
