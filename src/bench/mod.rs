@@ -60,7 +60,10 @@ pub struct Against {
 /// Runs benchmark `name`.
 pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
     if let ("users", Some(config)) = (name, against.config.as_ref()) {
-        return report_json(json, users_real::run(config, against.rows.max(1), against.keep));
+        return report_json(
+            json,
+            users_real::run(config, against.rows.max(1), against.keep),
+        );
     }
     match name {
         "bundle" => match bench_bundle(size_mb.max(1)) {

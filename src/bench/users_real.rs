@@ -18,11 +18,7 @@ use moodle::users::{import, validate};
 use moodle::ws::{Token, Ws};
 
 /// The three imports' figures.
-pub fn run(
-    config: &Path,
-    rows: u64,
-    keep: bool,
-) -> Result<(serde_json::Value, String), String> {
+pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, String), String> {
     let cfg = vessel::config::Config::load(config).map_err(|e| e.to_string())?;
     let (Some(ws_s), Some(cli_s)) = (cfg.moodle_ws.as_ref(), cfg.moodle_cli.as_ref()) else {
         return Err(format!(
@@ -76,28 +72,40 @@ pub fn run(
     let cli_created = out
         .after("Users created:")
         .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| format!("the upload CLI did not say how many users it created: {}", out.describe()))?;
+        .ok_or_else(|| {
+            format!(
+                "the upload CLI did not say how many users it created: {}",
+                out.describe()
+            )
+        })?;
 
     // 2. The vessel's default way, through the upload CLI per chunk.
-    let vessel_run = |letter: char, via: &import::Via<'_>| -> Result<(import::Summary, f64), String> {
-        let file = write_csv(&dir, &prefix, letter, rows)?;
-        let mut v = validate::validate(&file).map_err(|e| e.to_string())?;
-        let mut progress = import::Progress::default();
-        let t = Instant::now();
-        let s = import::run(
-            &ws,
-            &file,
-            &mut v,
-            &opts,
-            &mut progress,
-            &mut |_| Ok(()),
-            &mut import::Quiet,
-            via,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok((s, t.elapsed().as_secs_f64()))
-    };
-    let (vc, vc_s) = vessel_run('v', &import::Via::UploadCli { cli: &cli, dir: &dir })?;
+    let vessel_run =
+        |letter: char, via: &import::Via<'_>| -> Result<(import::Summary, f64), String> {
+            let file = write_csv(&dir, &prefix, letter, rows)?;
+            let mut v = validate::validate(&file).map_err(|e| e.to_string())?;
+            let mut progress = import::Progress::default();
+            let t = Instant::now();
+            let s = import::run(
+                &ws,
+                &file,
+                &mut v,
+                &opts,
+                &mut progress,
+                &mut |_| Ok(()),
+                &mut import::Quiet,
+                via,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok((s, t.elapsed().as_secs_f64()))
+        };
+    let (vc, vc_s) = vessel_run(
+        'v',
+        &import::Via::UploadCli {
+            cli: &cli,
+            dir: &dir,
+        },
+    )?;
     made.push(dir.join(format!("{prefix}-v.csv")));
     // 3. Through the web services.
     let (vw, vw_s) = vessel_run('w', &import::Via::WebService)?;
@@ -115,8 +123,16 @@ pub fn run(
     }
     let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     let round = |x: f64| (x * 100.0).round() / 100.0;
-    let ratio_cli = if vc_s > 0.0 { cli_s_elapsed / vc_s } else { 0.0 };
-    let ratio_ws = if vw_s > 0.0 { cli_s_elapsed / vw_s } else { 0.0 };
+    let ratio_cli = if vc_s > 0.0 {
+        cli_s_elapsed / vc_s
+    } else {
+        0.0
+    };
+    let ratio_ws = if vw_s > 0.0 {
+        cli_s_elapsed / vw_s
+    } else {
+        0.0
+    };
     let v = serde_json::json!({
         "benchmark": "users-moodle",
         "moodle": ws_s.url,

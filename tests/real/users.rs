@@ -14,6 +14,7 @@ crate::on_both!(
     two_thousand_rows_through_the_upload_cli_land_exactly_as_the_report_says,
     suspend_users_suspends_and_reactivates_real_accounts,
     users_import_from_shore_creates_real_accounts_and_names_the_refused_row,
+    bench_users_against_the_real_moodle_creates_every_account_and_cleans_up,
 );
 
 const ROWS: usize = 2000;
@@ -250,5 +251,31 @@ fn users_import_from_shore_creates_real_accounts_and_names_the_refused_row(db: D
             "SELECT COUNT(*) FROM mdl_user WHERE username LIKE '{t}%' AND deleted = 0"
         )),
         "119"
+    );
+}
+
+/// `vessel-sync bench users --config agent.toml`: the three imports of the benchmark create
+/// every account on the real Moodle, and the accounts are deleted afterwards. The figures are
+/// printed (`VESSEL_SYNC_BENCH_ROWS` sets the rows; the closing note's figures used 2,000).
+fn bench_users_against_the_real_moodle_creates_every_account_and_cleans_up(db: Db) {
+    let s = Site::new(db, &format!("bu{}", &db.name()[..2]));
+    let rows = std::env::var("VESSEL_SYNC_BENCH_ROWS").unwrap_or_else(|_| "150".into());
+    let o = s.run(&["bench", "users", "--rows", &rows, "--json"], &[]);
+    assert!(o.status.success(), "bench users failed{}", s.said());
+    let f: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    eprintln!("bench users on {}: {f}", db.name());
+    let n: u64 = rows.parse().unwrap();
+    for k in [
+        "upload_cli_users_created",
+        "vessel_cli_users_created",
+        "vessel_ws_users_created",
+    ] {
+        assert_eq!(f[k].as_u64(), Some(n), "{k}: {f}");
+    }
+    assert!(f["cleanup"].as_str().unwrap().starts_with("deleted"), "{f}");
+    assert_eq!(
+        s.value("SELECT COUNT(*) FROM mdl_user WHERE username LIKE 'vsbench%' AND deleted = 0"),
+        "0",
+        "every benchmark account deleted"
     );
 }
