@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+mod conformance;
 mod courses;
 mod progress;
 mod site;
