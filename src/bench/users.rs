@@ -59,6 +59,7 @@ pub fn run() -> Result<(serde_json::Value, String), String> {
         backup_dir: None,
         keep_backups: 0,
         upload_cli: true,
+        upload_workers: 2,
     };
     let runner = moodle::cli::Cli::new(&settings, &|| {});
     let token = moodle::ws::Token::new(testkit::fake::TOKEN)?;
@@ -77,6 +78,7 @@ pub fn run() -> Result<(serde_json::Value, String), String> {
         &import::Via::UploadCli {
             cli: &runner,
             dir: dir.path(),
+            workers: 2,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -104,6 +104,7 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
         &import::Via::UploadCli {
             cli: &cli,
             dir: &dir,
+            workers: cli_s.upload_workers,
         },
     )?;
     made.push(dir.join(format!("{prefix}-v.csv")));

@@ -140,6 +140,7 @@ fn the_stand_in_answers_what_the_agent_asks_as_the_real_moodle_does(db: Db) {
         backup_dir: None,
         keep_backups: 0,
         upload_cli: true,
+        upload_workers: 2,
     };
     let (rs, fs) = (
         settings("/usr/bin/php".into(), real.code.clone()),

@@ -14,6 +14,8 @@
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::CliSettings;
@@ -143,9 +145,56 @@ impl<'a> Cli<'a> {
 
     /// Runs `admin/cli/{script}` (or `script`, when it is a path from the code root) with `args`.
     pub fn run(&self, script: &str, args: &[String]) -> Result<Run, CliError> {
+        let mut runs = self.run_all(script, std::slice::from_ref(&args.to_vec()))?;
+        runs.pop().ok_or_else(|| CliError::Spawn {
+            program: script.to_string(),
+            detail: "no run was started".into(),
+        })
+    }
+
+    /// Runs `script` once per argument list, at the same time, and returns the runs in the
+    /// order of `jobs` ([`Cli::start_all`], then [`Running::wait`]).
+    pub fn run_all(&self, script: &str, jobs: &[Vec<String>]) -> Result<Vec<Run>, CliError> {
+        self.start_all(script, jobs)?.wait()
+    }
+
+    /// Starts `script` once per argument list (each its own process group, each under the
+    /// timeout) and returns while they run. Each starts once the one before has printed
+    /// something (or ended), and this returns once the last has: Moodle's tools name their
+    /// temporary files by the second they start in (the upload CLI's CSV import id is `time()`,
+    /// taken before the file is written), so two runs started together can read one file and
+    /// leave the other's rows undone, as seen on Moodle 5.0.6. Nothing runs in maintenance
+    /// mode; when one could not start, the ones already started are killed.
+    pub fn start_all(&self, script: &str, jobs: &[Vec<String>]) -> Result<Running<'a>, CliError> {
         if let Some(why) = self.maintenance() {
             return Err(CliError::Maintenance(why));
         }
+        let mut running = Running {
+            script: script.to_string(),
+            started: Vec::with_capacity(jobs.len()),
+            begun: Instant::now(),
+            limit: Duration::from_secs(self.settings.timeout.max(1)),
+            keepalive: self.keepalive,
+        };
+        for args in jobs {
+            running.until_the_last_spoke();
+            match self.spawn(script, args) {
+                Ok(s) => running.started.push(s),
+                Err(e) => {
+                    for mut s in std::mem::take(&mut running.started) {
+                        unsafe_kill_group(s.child.id());
+                        let _ = s.child.kill();
+                        let _ = s.child.wait();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        running.until_the_last_spoke();
+        Ok(running)
+    }
+
+    fn spawn(&self, script: &str, args: &[String]) -> Result<Started, CliError> {
         let s = self.settings;
         let php = s.php.display().to_string();
         let (program, mut argv): (String, Vec<String>) = match s.prefix.split_first() {
@@ -175,11 +224,21 @@ impl<'a> Cli<'a> {
                 detail: e.to_string(),
             })?;
         tracing::info!(script, args = ?args, "running Moodle CLI script");
-        let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        let spoke = Arc::new(AtomicBool::new(false));
+        let reader = |pipe: Option<Box<dyn Read + Send>>, spoke: Arc<AtomicBool>| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut buf);
+                    let mut piece = [0u8; 8192];
+                    loop {
+                        match p.read(&mut piece) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                buf.extend_from_slice(&piece[..n]);
+                                spoke.store(true, Ordering::Release);
+                            }
+                        }
+                    }
                 }
                 String::from_utf8_lossy(&buf).into_owned()
             })
@@ -189,44 +248,120 @@ impl<'a> Cli<'a> {
                 .stdout
                 .take()
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            spoke.clone(),
         );
         let err = reader(
             child
                 .stderr
                 .take()
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            spoke.clone(),
         );
-        let started = Instant::now();
-        let limit = Duration::from_secs(s.timeout.max(1));
-        let mut timed_out = false;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) => {}
-                Err(_) => break None,
+        Ok(Started {
+            child,
+            out,
+            err,
+            spoke,
+        })
+    }
+}
+
+/// Scripts started by [`Cli::start_all`]. Dropped without [`Running::wait`] (an error on the
+/// caller's side), it still waits for them, as a crash of the agent would leave them running.
+pub struct Running<'a> {
+    script: String,
+    started: Vec<Started>,
+    begun: Instant,
+    limit: Duration,
+    keepalive: &'a dyn Fn(),
+}
+
+impl Running<'_> {
+    /// Waits for every script and returns their runs in the order they were given; an upgrade
+    /// reported by any of them is [`CliError::Maintenance`].
+    pub fn wait(mut self) -> Result<Vec<Run>, CliError> {
+        let runs = self.finish();
+        if let Some(r) = runs.iter().find(|r| r.upgrade_pending()) {
+            return Err(CliError::Maintenance(r.describe()));
+        }
+        Ok(runs)
+    }
+
+    /// Waits until the last script started has printed something or ended (or the timeout).
+    fn until_the_last_spoke(&mut self) {
+        let Some(last) = self.started.last_mut() else {
+            return;
+        };
+        while !last.spoke.load(Ordering::Acquire)
+            && matches!(last.child.try_wait(), Ok(None))
+            && self.begun.elapsed() < self.limit
+        {
+            (self.keepalive)();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for every started script, killing (by process group: php may have children) any
+    /// still running at the timeout, and calling the keepalive meanwhile.
+    fn finish(&mut self) -> Vec<Run> {
+        let mut started = std::mem::take(&mut self.started);
+        let mut ended: Vec<Option<(Option<std::process::ExitStatus>, bool)>> =
+            started.iter().map(|_| None).collect();
+        loop {
+            let over = self.begun.elapsed() >= self.limit;
+            for (s, end) in started.iter_mut().zip(ended.iter_mut()) {
+                if end.is_some() {
+                    continue;
+                }
+                match s.child.try_wait() {
+                    Ok(Some(st)) => *end = Some((Some(st), false)),
+                    Ok(None) if over => {
+                        unsafe_kill_group(s.child.id());
+                        let _ = s.child.kill();
+                        *end = Some((s.child.wait().ok(), true));
+                    }
+                    Ok(None) => {}
+                    Err(_) => *end = Some((None, false)),
+                }
             }
-            if started.elapsed() >= limit {
-                timed_out = true;
-                // The whole process group: php may have children.
-                unsafe_kill_group(child.id());
-                let _ = child.kill();
-                break child.wait().ok();
+            if ended.iter().all(Option::is_some) {
+                break;
             }
             (self.keepalive)();
             std::thread::sleep(Duration::from_millis(100));
-        };
-        let run = Run {
-            script: script.to_string(),
-            code: status.and_then(|s| s.code()),
-            stdout: out.join().unwrap_or_default(),
-            stderr: err.join().unwrap_or_default(),
-            timed_out,
-        };
-        if run.upgrade_pending() {
-            return Err(CliError::Maintenance(run.describe()));
         }
-        Ok(run)
+        started
+            .into_iter()
+            .zip(ended)
+            .map(|(s, end)| {
+                let (status, timed_out) = end.unwrap_or((None, false));
+                Run {
+                    script: self.script.clone(),
+                    code: status.and_then(|st| st.code()),
+                    stdout: s.out.join().unwrap_or_default(),
+                    stderr: s.err.join().unwrap_or_default(),
+                    timed_out,
+                }
+            })
+            .collect()
     }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.started.is_empty() {
+            let _ = self.finish();
+        }
+    }
+}
+
+/// A script started and not yet waited for: the process and the threads reading its output.
+struct Started {
+    child: std::process::Child,
+    out: std::thread::JoinHandle<String>,
+    err: std::thread::JoinHandle<String>,
+    /// Set once the script has printed anything, on either stream.
+    spoke: Arc<AtomicBool>,
 }
 
 fn unsafe_kill_group(pid: u32) {
@@ -259,6 +394,7 @@ mod tests {
             backup_dir: None,
             keep_backups: 0,
             upload_cli: false,
+            upload_workers: 1,
         };
         (dir, s)
     }
@@ -313,6 +449,37 @@ mod tests {
             "killed at the timeout"
         );
         assert!(pings.get() > 0, "the watchdog is fed while a script runs");
+    }
+
+    #[test]
+    fn run_all_runs_its_jobs_at_the_same_time_and_keeps_their_order() {
+        // Each job says hello, marks itself started and waits for the other's mark: run one
+        // after the other, the first would give up (exit 3) because the second never started.
+        // The second starts only after the first has printed (Moodle's temporary file names).
+        let (_d, s) = setup(
+            r#"[ "$2" = b ] && [ ! -e started-a ] && exit 4; touch "started-$2"; echo "job $2 up"; i=0
+while [ ! -e "started-$3" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 3; sleep 0.05; done
+echo "job $2 saw $3""#,
+            20,
+        );
+        let runs = Cli::new(&s, &|| {})
+            .run_all(
+                "admin/tool/uploaduser/cli/uploaduser.php",
+                &[
+                    vec!["a".to_string(), "b".to_string()],
+                    vec!["b".to_string(), "a".to_string()],
+                ],
+            )
+            .unwrap();
+        let said: Vec<(Option<i32>, &str)> =
+            runs.iter().map(|r| (r.code, r.stdout.trim())).collect();
+        assert_eq!(
+            said,
+            [
+                (Some(0), "job a up\njob a saw b"),
+                (Some(0), "job b up\njob b saw a")
+            ]
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct CliSettings {
     /// `upsert_users` writes users through Moodle's upload CLI (`user_import = "cli"`, the
     /// default with `moodle_dir`) instead of the web services.
     pub upload_cli: bool,
+    /// Upload-CLI runs at a time (`user_import_workers`, default 2): each takes its own chunk,
+    /// so a multi-core Moodle host imports faster than one run of the CLI on the whole file.
+    pub upload_workers: usize,
 }
 
 /// Reads the `[moodle]` section of `root`.
@@ -84,6 +87,7 @@ pub fn parse(w: &mut Walker<'_>, root: &Table) -> MoodleSettings {
                 "backup_dir",
                 "keep_backups",
                 "user_import",
+                "user_import_workers",
             ],
         );
     }
@@ -193,6 +197,9 @@ pub fn parse(w: &mut Walker<'_>, root: &Table) -> MoodleSettings {
                     true
                 }
             },
+            upload_workers: usize::try_from(w.count(moodle_t, "moodle", "user_import_workers", 2))
+                .unwrap_or(2)
+                .clamp(1, 16),
         })
     } else {
         None

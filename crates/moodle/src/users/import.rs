@@ -13,6 +13,12 @@
 //!    generic message, so a refused chunk is split in halves until every good user is created
 //!    and the bad one is named. After each chunk the progress is saved atomically, so
 //!    `--resume` continues after the last finished chunk.
+//!
+//! Through Moodle's upload CLI ([`Via::UploadCli`]) step 3 writes `workers` chunks at a time,
+//! one run of the CLI each, all at once. While one such step runs, the step before it is
+//! checked: every username looked up (the CLI always exits 0), every row the CLI did not add
+//! named with the CLI's own lines, and the progress saved; so the lookups cost no time of
+//! their own, and a crash redoes at most the step that was running.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -179,6 +185,8 @@ pub enum Via<'a> {
         cli: &'a crate::cli::Cli<'a>,
         /// Where the chunk's CSV is written (readable by Moodle's user).
         dir: &'a Path,
+        /// Runs of the CLI at a time, each on its own chunk.
+        workers: usize,
     },
 }
 
@@ -202,6 +210,12 @@ pub fn run(
         calls: 0,
     };
     let chunk = opts.chunk.max(1);
+    // The upload CLI writes `workers` chunks at once: one step of the import (and of its saved
+    // progress) is then that many chunks.
+    let step = match via {
+        Via::UploadCli { workers, .. } => chunk * (*workers).max(1),
+        Via::WebService => chunk,
+    };
     // Courses by shortname.
     let mut course_ids: HashMap<String, i64> = HashMap::new();
     for c in &v.courses {
@@ -329,23 +343,57 @@ pub fn run(
         // Step 3: write, chunk by chunk.
         let total = v.valid_rows();
         let done = Cell::new(0u64);
-        let mut batch: Vec<Row> = Vec::with_capacity(chunk);
+        let mut batch: Vec<Row> = Vec::with_capacity(step);
         let start = progress.next_row;
+        // A finished step: counted, its progress saved (a resumed import starts after it).
+        let mut commit =
+            |rows: usize, next: u64, progress: &mut Progress| -> Result<(), ImportError> {
+                base::failpoint::hit("users.chunk-written");
+                done.set(done.get() + rows as u64);
+                progress.next_row = next;
+                save(progress)?;
+                base::failpoint::hit("users.after-chunk");
+                Ok(())
+            };
+        // Through the upload CLI, one step is written while the step before it is checked.
+        let mut inflight: Option<InFlight<'_>> = None;
+        let mut flip = 0usize;
         let mut write = |batch: &mut Vec<Row>,
                          t: &mut Timed<'_>,
-                         progress: &mut Progress|
+                         progress: &mut Progress,
+                         last: bool|
          -> Result<(), ImportError> {
-            let next = batch.last().map_or(progress.next_row, |r| r.row + 1);
             match via {
-                Via::WebService => write_chunk(t, batch, &course_ids, opts.role_id, progress)?,
-                Via::UploadCli { cli, dir } => upload_chunk(t, cli, dir, batch, progress)?,
+                Via::WebService => {
+                    if let Some(next) = batch.last().map(|r| r.row + 1) {
+                        write_chunk(t, batch, &course_ids, opts.role_id, progress)?;
+                        commit(batch.len(), next, progress)?;
+                        batch.clear();
+                    }
+                }
+                Via::UploadCli { cli, dir, .. } => {
+                    if !batch.is_empty() {
+                        let step = Prepared::new(t, dir, std::mem::take(batch), chunk, flip)?;
+                        flip ^= 1;
+                        let before = match inflight.take() {
+                            Some(f) => Some(f.wait()?),
+                            None => None,
+                        };
+                        inflight = Some(step.start(cli)?);
+                        if let Some(f) = before {
+                            f.check(t, progress)?;
+                            commit(f.rows.len(), f.next_row, progress)?;
+                        }
+                    }
+                    if last {
+                        if let Some(f) = inflight.take() {
+                            let f = f.wait()?;
+                            f.check(t, progress)?;
+                            commit(f.rows.len(), f.next_row, progress)?;
+                        }
+                    }
+                }
             }
-            base::failpoint::hit("users.chunk-written");
-            done.set(done.get() + batch.len() as u64);
-            batch.clear();
-            progress.next_row = next;
-            save(progress)?;
-            base::failpoint::hit("users.after-chunk");
             Ok(())
         };
         let mut failure: Option<ImportError> = None;
@@ -355,8 +403,8 @@ pub fn run(
                 return true;
             }
             batch.push(r);
-            if batch.len() >= chunk {
-                if let Err(e) = write(&mut batch, &mut t, progress) {
+            if batch.len() >= step {
+                if let Err(e) = write(&mut batch, &mut t, progress, false) {
                     failure = Some(e);
                     return false;
                 }
@@ -367,9 +415,7 @@ pub fn run(
         if let Some(e) = failure {
             return Err(e);
         }
-        if !batch.is_empty() {
-            write(&mut batch, &mut t, progress)?;
-        }
+        write(&mut batch, &mut t, progress, true)?;
         obs.progress("importing", total, total);
         summary.created = progress.created;
         summary.updated = progress.updated;
@@ -562,136 +608,238 @@ impl Writer<'_> {
     }
 }
 
-/// Writes a chunk through Moodle's upload CLI: add new users, update existing ones from the
-/// file (never their password), enrol them in the courses named; then looks every username up.
-fn upload_chunk(
-    t: &mut Timed<'_>,
-    cli: &crate::cli::Cli<'_>,
-    dir: &Path,
-    batch: &[Row],
-    progress: &mut Progress,
-) -> Result<(), ImportError> {
-    let names: Vec<&str> = batch.iter().map(|r| r.username.as_str()).collect();
-    let before: HashSet<String> = t
-        .users_by("username", &names)?
-        .into_iter()
-        .map(|u| u.username)
-        .collect();
-    let courses = batch.iter().map(|r| r.courses.len()).max().unwrap_or(0);
-    let path = dir.join("upload-chunk.csv");
-    {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        let mut header: Vec<String> = [
-            "username",
-            "password",
-            "firstname",
-            "lastname",
-            "email",
-            "idnumber",
-            "auth",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let suspended = batch.iter().any(|r| r.suspended.is_some());
-        if suspended {
-            header.push("suspended".into());
+/// A step of rows for Moodle's upload CLI, written out and not yet started: add new users,
+/// update existing ones from the file (never their password), enrol them in the courses named.
+/// The step is cut into chunks of `chunk` rows, each its own CSV and its own run of the CLI,
+/// all running at once (Moodle takes concurrent user creation, as it does from its web
+/// services).
+struct Prepared {
+    rows: Vec<Row>,
+    /// Usernames that existed before the step: updated, not created.
+    before: HashSet<String>,
+    /// Where each chunk of the step starts in `rows`.
+    starts: Vec<usize>,
+    files: ChunkFiles,
+}
+
+/// The CSVs of a step (they hold passwords): removed when the step is dropped.
+struct ChunkFiles(Vec<PathBuf>);
+
+impl Drop for ChunkFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
         }
-        header.extend((1..=courses).map(|i| format!("course{i}")));
-        w.write_record(&header).map_err(std::io::Error::other)?;
-        for r in batch {
-            let password = if before.contains(&r.username) {
-                ""
-            } else {
-                r.password.as_str()
-            };
-            let auth = if r.auth.is_empty() { "manual" } else { &r.auth };
-            let mut rec = vec![
-                r.username.as_str(),
-                password,
-                &r.firstname,
-                &r.lastname,
-                &r.email,
-                &r.idnumber,
-                auth,
-            ];
-            if suspended {
-                rec.push(match r.suspended {
-                    Some(true) => "1",
-                    Some(false) => "0",
-                    None => "",
-                });
-            }
-            rec.extend(r.courses.iter().map(String::as_str));
-            rec.resize(header.len(), "");
-            w.write_record(&rec).map_err(std::io::Error::other)?;
-        }
-        let bytes = w
-            .into_inner()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        base::fsutil::atomic_write(&path, &bytes)?;
     }
-    let started = Instant::now();
-    let run = cli
-        .run(
-            "admin/tool/uploaduser/cli/uploaduser.php",
-            &[
-                format!("--file={}", path.display()),
-                "--delimiter_name=comma".into(),
-                "--encoding=UTF-8".into(),
-                // Add new and update existing users; update from the file; make a password
-                // (mailed) for a new user whose row has none.
-                "--uutype=2".into(),
-                "--uuupdatetype=1".into(),
-                "--uupasswordnew=1".into(),
-            ],
-        )
-        .map_err(|e| {
-            ImportError::Io(std::io::Error::other(format!(
-                "{e}; the chunk is tried again when the import resumes"
-            )))
-        })?;
-    t.waited += started.elapsed();
-    let _ = std::fs::remove_file(&path);
-    let after: HashSet<String> = t
-        .users_by("username", &names)?
-        .into_iter()
-        .map(|u| u.username)
-        .collect();
-    let problems: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("Error:") || l.starts_with("Warning:"))
-        .collect();
-    for r in batch {
-        if !after.contains(&r.username) {
-            // The CLI's lines do not always name the user: quote the chunk's problem lines.
-            let named: Vec<&str> = problems
-                .iter()
-                .copied()
-                .filter(|l| l.contains(&r.username))
+}
+
+/// A step whose runs of the upload CLI are going on.
+struct InFlight<'a> {
+    step: Prepared,
+    running: crate::cli::Running<'a>,
+}
+
+/// A step whose runs have ended, to be checked.
+struct Finished {
+    rows: Vec<Row>,
+    before: HashSet<String>,
+    starts: Vec<usize>,
+    runs: Vec<crate::cli::Run>,
+    next_row: u64,
+}
+
+fn cli_failed(e: crate::cli::CliError) -> ImportError {
+    ImportError::Io(std::io::Error::other(format!(
+        "{e}; the chunk is tried again when the import resumes"
+    )))
+}
+
+impl Prepared {
+    /// Looks the step's usernames up and writes its CSVs; `tag` keeps them apart from the
+    /// files of the step still running.
+    fn new(
+        t: &mut Timed<'_>,
+        dir: &Path,
+        rows: Vec<Row>,
+        chunk: usize,
+        tag: usize,
+    ) -> Result<Self, ImportError> {
+        let names: Vec<&str> = rows.iter().map(|r| r.username.as_str()).collect();
+        let before: HashSet<String> = t
+            .users_by("username", &names)?
+            .into_iter()
+            .map(|u| u.username)
+            .collect();
+        let mut files = ChunkFiles(Vec::new());
+        let mut starts = Vec::new();
+        for (i, part) in rows.chunks(chunk.max(1)).enumerate() {
+            let path = dir.join(format!("upload-chunk-{tag}-{i}.csv"));
+            base::fsutil::atomic_write(&path, &chunk_csv(part, &before)?)?;
+            files.0.push(path);
+            starts.push(i * chunk.max(1));
+        }
+        Ok(Self {
+            rows,
+            before,
+            starts,
+            files,
+        })
+    }
+
+    /// Starts one run of the CLI per chunk.
+    fn start<'a>(self, cli: &crate::cli::Cli<'a>) -> Result<InFlight<'a>, ImportError> {
+        let jobs: Vec<Vec<String>> = self
+            .files
+            .0
+            .iter()
+            .map(|path| {
+                vec![
+                    format!("--file={}", path.display()),
+                    "--delimiter_name=comma".into(),
+                    "--encoding=UTF-8".into(),
+                    // Add new and update existing users; update from the file; make a
+                    // password (mailed) for a new user whose row has none.
+                    "--uutype=2".into(),
+                    "--uuupdatetype=1".into(),
+                    "--uupasswordnew=1".into(),
+                ]
+            })
+            .collect();
+        let running = cli
+            .start_all("admin/tool/uploaduser/cli/uploaduser.php", &jobs)
+            .map_err(cli_failed)?;
+        Ok(InFlight {
+            step: self,
+            running,
+        })
+    }
+}
+
+impl InFlight<'_> {
+    /// Waits for the step's runs; their CSVs are removed.
+    fn wait(self) -> Result<Finished, ImportError> {
+        let runs = self.running.wait().map_err(cli_failed)?;
+        let Prepared {
+            rows,
+            before,
+            starts,
+            files,
+        } = self.step;
+        drop(files);
+        let next_row = rows.last().map_or(0, |r| r.row + 1);
+        Ok(Finished {
+            rows,
+            before,
+            starts,
+            runs,
+            next_row,
+        })
+    }
+}
+
+impl Finished {
+    /// Looks every username up (the CLI always exits 0): a row whose user is not there is
+    /// refused with the CLI's own lines, the others are counted as created or updated.
+    fn check(&self, t: &mut Timed<'_>, progress: &mut Progress) -> Result<(), ImportError> {
+        let names: Vec<&str> = self.rows.iter().map(|r| r.username.as_str()).collect();
+        let after: HashSet<String> = t
+            .users_by("username", &names)?
+            .into_iter()
+            .map(|u| u.username)
+            .collect();
+        for (k, run) in self.runs.iter().enumerate() {
+            let from = self.starts.get(k).copied().unwrap_or(self.rows.len());
+            let to = self.starts.get(k + 1).copied().unwrap_or(self.rows.len());
+            let problems: Vec<&str> = run
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("Error:") || l.starts_with("Warning:"))
                 .collect();
-            let lines = if named.is_empty() { &problems } else { &named };
-            let said = if lines.is_empty() {
-                run.describe()
-            } else {
-                lines.join("; ")
-            };
-            progress.refused.push(bad(
-                r.row,
-                "(row)",
-                &r.username,
-                &format!("Moodle's upload CLI did not add this user: {said}"),
-            ));
-        } else if before.contains(&r.username) {
-            progress.updated += 1;
-            progress.enrolments += r.courses.len() as u64;
-        } else {
-            progress.created += 1;
-            progress.enrolments += r.courses.len() as u64;
+            for r in self.rows.get(from..to).unwrap_or_default() {
+                if !after.contains(&r.username) {
+                    // The CLI's lines do not always name the user: quote the run's problem
+                    // lines.
+                    let named: Vec<&str> = problems
+                        .iter()
+                        .copied()
+                        .filter(|l| l.contains(&r.username))
+                        .collect();
+                    let lines = if named.is_empty() { &problems } else { &named };
+                    let said = if lines.is_empty() {
+                        run.describe()
+                    } else {
+                        lines.join("; ")
+                    };
+                    progress.refused.push(bad(
+                        r.row,
+                        "(row)",
+                        &r.username,
+                        &format!("Moodle's upload CLI did not add this user: {said}"),
+                    ));
+                } else if self.before.contains(&r.username) {
+                    progress.updated += 1;
+                    progress.enrolments += r.courses.len() as u64;
+                } else {
+                    progress.created += 1;
+                    progress.enrolments += r.courses.len() as u64;
+                }
+            }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// The upload CLI's CSV for `rows`: no password for a user that exists already.
+fn chunk_csv(rows: &[Row], existing: &HashSet<String>) -> Result<Vec<u8>, ImportError> {
+    let courses = rows.iter().map(|r| r.courses.len()).max().unwrap_or(0);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = [
+        "username",
+        "password",
+        "firstname",
+        "lastname",
+        "email",
+        "idnumber",
+        "auth",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let suspended = rows.iter().any(|r| r.suspended.is_some());
+    if suspended {
+        header.push("suspended".into());
+    }
+    header.extend((1..=courses).map(|i| format!("course{i}")));
+    w.write_record(&header).map_err(std::io::Error::other)?;
+    for r in rows {
+        let password = if existing.contains(&r.username) {
+            ""
+        } else {
+            r.password.as_str()
+        };
+        let auth = if r.auth.is_empty() { "manual" } else { &r.auth };
+        let mut rec = vec![
+            r.username.as_str(),
+            password,
+            &r.firstname,
+            &r.lastname,
+            &r.email,
+            &r.idnumber,
+            auth,
+        ];
+        if suspended {
+            rec.push(match r.suspended {
+                Some(true) => "1",
+                Some(false) => "0",
+                None => "",
+            });
+        }
+        rec.extend(r.courses.iter().map(String::as_str));
+        rec.resize(header.len(), "");
+        w.write_record(&rec).map_err(std::io::Error::other)?;
+    }
+    Ok(w.into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?)
 }
 
 /// Where the report and the progress file go by default: next to the CSV.

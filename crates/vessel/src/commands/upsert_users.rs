@@ -130,10 +130,12 @@ impl UpsertUsers {
             .moodle_cli
             .filter(|c| c.upload_cli)
             .map(|c| moodle::cli::Cli::new(c, ctx.keepalive));
+        let workers = ctx.moodle_cli.map_or(1, |c| c.upload_workers);
         let via = match &cli {
             Some(cli) => import::Via::UploadCli {
                 cli,
                 dir: ctx.reports_dir,
+                workers,
             },
             None => import::Via::WebService,
         };
