@@ -189,6 +189,67 @@ fn the_stand_in_answers_what_the_agent_asks_as_the_real_moodle_does(db: Db) {
             "restore_backup.php of a file that is not a backup (error marker, course id line):\n  real: {a:?}\n  fake: {b:?}"
         ));
     }
+    // The upload CLI: the per-line report the agent reads (what was created or updated, and
+    // the Error:/Warning: lines it quotes for a refused row), for new users, a bad email, an
+    // email taken by another row, an unknown course, and then one of them updated.
+    let tag = format!(
+        "vsc{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 1_000_000)
+            .unwrap_or_default()
+    );
+    let first = format!(
+        "username,password,firstname,lastname,email,idnumber,auth,course1\n\
+         {tag}a,Sailor#2026x,Sea,Farer,{tag}a@fleet.example.invalid,{tag}-A,manual,\n\
+         {tag}b,Sailor#2026x,Sea,Farer,not-an-email,{tag}-B,manual,\n\
+         {tag}c,Sailor#2026x,Sea,Farer,{tag}a@fleet.example.invalid,{tag}-C,manual,\n\
+         {tag}d,Sailor#2026x,Sea,Farer,{tag}d@fleet.example.invalid,{tag}-D,manual,{tag}-NO-SUCH-COURSE\n"
+    );
+    let second = format!(
+        "username,password,firstname,lastname,email,idnumber,auth\n\
+         {tag}a,,Sea,Captain,{tag}a@fleet.example.invalid,{tag}-A,manual\n"
+    );
+    let upload = |c: &Cli<'_>, name: &str, text: &str| {
+        let file = scratch.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let run = c
+            .run(
+                "admin/tool/uploaduser/cli/uploaduser.php",
+                &[
+                    format!("--file={}", file.display()),
+                    "--delimiter_name=comma".into(),
+                    "--encoding=UTF-8".into(),
+                    "--uutype=2".into(),
+                    "--uuupdatetype=1".into(),
+                    "--uupasswordnew=1".into(),
+                ],
+            )
+            .unwrap();
+        let mut report: Vec<(u64, moodle::users::import::Said)> =
+            moodle::users::import::cli_said(&run.stdout)
+                .into_iter()
+                .collect();
+        report.sort_by_key(|(n, _)| *n);
+        let problems: Vec<String> = run
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("Error:") || l.starts_with("Warning:"))
+            .map(|l| l.replace(&tag, "TAG"))
+            .collect();
+        (report, problems, run.stdout.replace(&tag, "TAG"))
+    };
+    for (name, text) in [("first.csv", &first), ("second.csv", &second)] {
+        let (a, b) = (upload(&rc, name, text), upload(&fc, name, text));
+        if (&a.0, &a.1) != (&b.0, &b.1) {
+            differ.push(format!(
+                "uploaduser.php on {name} (report, problem lines):\n  real: {:?} {:?}\n  fake: {:?} {:?}\n--- real stdout\n{}\n--- fake stdout\n{}",
+                a.0, a.1, b.0, b.1, a.2, b.2
+            ));
+        }
+    }
     assert!(
         differ.is_empty(),
         "the stand-in answers differently from the real Moodle 5.0 on {}:\n{}\n--- PHP\n{}",

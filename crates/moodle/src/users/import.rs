@@ -274,7 +274,7 @@ pub fn run(
                     r.row,
                     "email",
                     &r.email,
-                    &format!("already used by the existing user {owner} (Moodle emails are unique, ignoring case)"),
+                    &format!("already used by the existing user {owner} (an email belongs to one account; Moodle refuses a second one)"),
                 ));
             }
             if let Some(others) = by_idnumber.get(&r.idnumber) {
@@ -376,10 +376,10 @@ pub fn run(
                         let step = Prepared::new(t, dir, std::mem::take(batch), chunk, flip)?;
                         flip ^= 1;
                         let before = match inflight.take() {
-                            Some(f) => Some(f.wait()?),
+                            Some(f) => Some(f.wait(t)?),
                             None => None,
                         };
-                        inflight = Some(step.start(cli)?);
+                        inflight = Some(step.start(t, cli)?);
                         if let Some(f) = before {
                             f.check(t, progress)?;
                             commit(f.rows.len(), f.next_row, progress)?;
@@ -387,7 +387,7 @@ pub fn run(
                     }
                     if last {
                         if let Some(f) = inflight.take() {
-                            let f = f.wait()?;
+                            let f = f.wait(t)?;
                             f.check(t, progress)?;
                             commit(f.rows.len(), f.next_row, progress)?;
                         }
@@ -687,7 +687,11 @@ impl Prepared {
     }
 
     /// Starts one run of the CLI per chunk.
-    fn start<'a>(self, cli: &crate::cli::Cli<'a>) -> Result<InFlight<'a>, ImportError> {
+    fn start<'a>(
+        self,
+        t: &mut Timed<'_>,
+        cli: &crate::cli::Cli<'a>,
+    ) -> Result<InFlight<'a>, ImportError> {
         let jobs: Vec<Vec<String>> = self
             .files
             .0
@@ -705,9 +709,12 @@ impl Prepared {
                 ]
             })
             .collect();
+        let started = Instant::now();
         let running = cli
             .start_all("admin/tool/uploaduser/cli/uploaduser.php", &jobs)
-            .map_err(cli_failed)?;
+            .map_err(cli_failed);
+        t.waited += started.elapsed();
+        let running = running?;
         Ok(InFlight {
             step: self,
             running,
@@ -717,8 +724,11 @@ impl Prepared {
 
 impl InFlight<'_> {
     /// Waits for the step's runs; their CSVs are removed.
-    fn wait(self) -> Result<Finished, ImportError> {
-        let runs = self.running.wait().map_err(cli_failed)?;
+    fn wait(self, t: &mut Timed<'_>) -> Result<Finished, ImportError> {
+        let started = Instant::now();
+        let runs = self.running.wait().map_err(cli_failed);
+        t.waited += started.elapsed();
+        let runs = runs?;
         let Prepared {
             rows,
             before,
@@ -737,13 +747,77 @@ impl InFlight<'_> {
     }
 }
 
+/// What the upload CLI's report says it did with a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Said {
+    /// `New user`: the account was made (the line is printed after `user_create_user`).
+    Created,
+    /// `User updated` or `User up-to-date`: the account exists.
+    Updated,
+}
+
+/// The rows the upload CLI reports as done, by CSV line (the header is line 1): its report is
+/// `Line N` and then the row's status lines, two spaces in (Moodle 5.0's
+/// `tool_uploaduser\local\text_progress_tracker`, in English). A line with any `Error:` is
+/// left out, and so is everything on a site whose language words these differently: those rows
+/// are looked up through the web services instead.
+pub fn cli_said(stdout: &str) -> HashMap<u64, Said> {
+    let mut said = HashMap::new();
+    let mut line: Option<u64> = None;
+    let mut errored: HashSet<u64> = HashSet::new();
+    for l in stdout.lines() {
+        if let Some(n) = l
+            .strip_prefix("Line ")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        {
+            line = Some(n);
+            continue;
+        }
+        let Some(n) = line else { continue };
+        match l.strip_prefix("  ").map(str::trim_end) {
+            Some("New user") => {
+                said.insert(n, Said::Created);
+            }
+            Some("User updated" | "User up-to-date") => {
+                said.insert(n, Said::Updated);
+            }
+            Some(other) if other.starts_with("Error:") => {
+                errored.insert(n);
+            }
+            Some(_) => {}
+            // The closing statistics ("Users created: 2").
+            None => line = None,
+        }
+    }
+    said.retain(|n, _| !errored.contains(n));
+    said
+}
+
 impl Finished {
-    /// Looks every username up (the CLI always exits 0): a row whose user is not there is
-    /// refused with the CLI's own lines, the others are counted as created or updated.
+    /// Settles every row (the CLI always exits 0): what the CLI's report says it created or
+    /// updated is counted so; every other row is looked up through the web services, and a
+    /// row whose user is not there is refused with the CLI's own lines.
     fn check(&self, t: &mut Timed<'_>, progress: &mut Progress) -> Result<(), ImportError> {
-        let names: Vec<&str> = self.rows.iter().map(|r| r.username.as_str()).collect();
+        let mut said: Vec<Option<Said>> = vec![None; self.rows.len()];
+        for (k, run) in self.runs.iter().enumerate() {
+            let from = self.starts.get(k).copied().unwrap_or(self.rows.len());
+            let report = cli_said(&run.stdout);
+            for (i, slot) in said.iter_mut().enumerate().skip(from) {
+                if self.starts.get(k + 1).is_some_and(|&to| i >= to) {
+                    break;
+                }
+                *slot = report.get(&((i - from) as u64 + 2)).copied();
+            }
+        }
+        let unsure: Vec<&str> = self
+            .rows
+            .iter()
+            .zip(&said)
+            .filter(|(_, s)| s.is_none())
+            .map(|(r, _)| r.username.as_str())
+            .collect();
         let after: HashSet<String> = t
-            .users_by("username", &names)?
+            .users_by("username", &unsure)?
             .into_iter()
             .map(|u| u.username)
             .collect();
@@ -753,10 +827,23 @@ impl Finished {
             let problems: Vec<&str> = run
                 .stdout
                 .lines()
+                .map(str::trim_start)
                 .filter(|l| l.starts_with("Error:") || l.starts_with("Warning:"))
                 .collect();
-            for r in self.rows.get(from..to).unwrap_or_default() {
-                if !after.contains(&r.username) {
+            for (r, s) in self
+                .rows
+                .get(from..to)
+                .unwrap_or_default()
+                .iter()
+                .zip(said.get(from..to).unwrap_or_default())
+            {
+                if *s == Some(Said::Created) {
+                    progress.created += 1;
+                    progress.enrolments += r.courses.len() as u64;
+                } else if *s == Some(Said::Updated) {
+                    progress.updated += 1;
+                    progress.enrolments += r.courses.len() as u64;
+                } else if !after.contains(&r.username) {
                     // The CLI's lines do not always name the user: quote the run's problem
                     // lines.
                     let named: Vec<&str> = problems
@@ -868,4 +955,28 @@ pub fn by_field(errors: &[RowError]) -> BTreeMap<String, u64> {
         *m.entry(e.field.clone()).or_default() += 1;
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // What Moodle 5.0.6's upload CLI printed for four new users (a bad email, an unknown
+    // course), then for one updated, and for a taken email (tests/real/conformance.rs).
+    const FIRST: &str = "Line 2\n  New user\nLine 3\n  New user\n  Warning: Email address: Invalid email address\nLine 4\n  Error: User not added - error\n  Error: Email address: Duplicate address\nLine 5\n  New user\n  Error: Enrolments: Unknown course named \"X-NO-SUCH-COURSE\"\n-------------------------------------------------------------------------------\nUsers created: 3\nUsers updated: 0\nUsers having a weak password: 0\nErrors: 1\n";
+    const SECOND: &str = "Line 2\n  User updated\n  Last name: Farer-->Captain\n-------------------------------------------------------------------------------\nUsers created: 0\nUsers updated: 1\nUsers having a weak password: 0\nErrors: 0\n";
+
+    #[test]
+    fn the_upload_clis_report_settles_only_rows_it_says_it_made_without_an_error() {
+        let said = cli_said(FIRST);
+        let mut got: Vec<(u64, Said)> = said.into_iter().collect();
+        got.sort_by_key(|(n, _)| *n);
+        // Line 4 was refused; line 5 was made but its enrolment failed, so it is looked up
+        // (and its enrolment is not counted as done on the CLI's word).
+        assert_eq!(got, [(2, Said::Created), (3, Said::Created)]);
+        assert_eq!(cli_said(SECOND).get(&2), Some(&Said::Updated));
+        // Another language, or no report at all: nothing is settled, every row is looked up.
+        assert!(cli_said("Ligne 2\n  Nouvel utilisateur\n").is_empty());
+        assert!(cli_said("").is_empty());
+    }
 }

@@ -374,7 +374,10 @@ fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
         .unwrap_or_default();
     let (mut created, mut updated, mut errors) = (0, 0, 0);
     let mut out = String::new();
-    for rec in reader.records().flatten() {
+    // Moodle 5.0's report: `Line N` (the header is line 1), then the row's status lines and
+    // its fields' warnings and errors, two spaces in; the conformance test holds it to that.
+    for (n, rec) in reader.records().flatten().enumerate() {
+        out.push_str(&format!("Line {}\n", n + 2));
         let get = |k: &str| {
             header
                 .iter()
@@ -399,28 +402,31 @@ fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
                     }
                 }
                 updated += 1;
+                out.push_str("  User updated\n");
                 id
             }
             Some(_) => {
-                out.push_str("Warning: User not added - already registered\n");
+                out.push_str("  Warning: User not added - already registered\n");
                 continue;
             }
             None => {
-                let lower = email.to_lowercase();
-                if st.email_taken(&lower) {
+                // `record_exists('user', ['email' => ...])`: exact on PostgreSQL (a MariaDB
+                // collation may ignore case; the agent refuses either before the CLI runs).
+                if st.users.values().any(|u| u.email == email) {
                     out.push_str(
-                        "Error: User not added - error\nError: Email address: Duplicate address\n",
+                        "  Error: User not added - error\n  Error: Email address: Duplicate address\n",
                     );
                     errors += 1;
                     continue;
                 }
                 if get("password").is_empty() && !make_password {
-                    out.push_str("Error: User not added - error\nError: Password: Required\n");
+                    out.push_str("  Error: User not added - error\n  Error: Password: Required\n");
                     errors += 1;
                     continue;
                 }
+                out.push_str("  New user\n");
                 if !email.contains('@') {
-                    out.push_str("Warning: Email address: Invalid email address\n");
+                    out.push_str("  Warning: Email address: Invalid email address\n");
                 }
                 let id = st.add_user(&username, &email, &get("idnumber"));
                 if let Some(u) = st.users.get_mut(&id) {
@@ -448,12 +454,15 @@ fn upload_users(st: &mut State, o: &HashMap<String, String>) -> Value {
                 Some(cid) => {
                     st.enrolments.insert((id, cid, 5));
                 }
-                None => out.push_str(&format!("Warning: Unknown course named \"{course}\"\n")),
+                None => out.push_str(&format!(
+                    "  Error: Enrolments: Unknown course named \"{course}\"\n"
+                )),
             }
         }
     }
     out.push_str(&format!(
-        "Users created: {created}\nUsers updated: {updated}\nErrors: {errors}\n"
+        "{}\nUsers created: {created}\nUsers updated: {updated}\nUsers having a weak password: 0\nErrors: {errors}\n",
+        "-".repeat(79)
     ));
     reply(0, out, "")
 }
