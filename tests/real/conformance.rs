@@ -227,8 +227,8 @@ fn the_stand_in_answers_what_the_agent_asks_as_the_real_moodle_does(db: Db) {
                 ],
             )
             .unwrap();
-        let mut report: Vec<(u64, moodle::users::import::Said)> =
-            moodle::users::import::cli_said(&run.stdout)
+        let mut report: Vec<(u64, moodle::users::upload::Said)> =
+            moodle::users::upload::cli_said(&run.stdout)
                 .into_iter()
                 .collect();
         report.sort_by_key(|(n, _)| *n);

@@ -211,18 +211,33 @@ impl<'a> Cli<'a> {
             format!("admin/cli/{script}")
         });
         argv.extend(args.iter().cloned());
-        let mut child = Command::new(&program)
-            .args(&argv)
-            .current_dir(&s.moodle_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| CliError::Spawn {
-                program: program.clone(),
-                detail: e.to_string(),
-            })?;
+        let spawn = || {
+            Command::new(&program)
+                .args(&argv)
+                .current_dir(&s.moodle_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+        };
+        // "Text file busy": the program is open for writing somewhere, often only for the
+        // moment between another process's fork and exec (a php being replaced); try again.
+        let mut tries = 0;
+        let mut child = loop {
+            match spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => {
+                    break r.map_err(|e| CliError::Spawn {
+                        program: program.clone(),
+                        detail: e.to_string(),
+                    })?;
+                }
+            }
+        };
         tracing::info!(script, args = ?args, "running Moodle CLI script");
         let spoke = Arc::new(AtomicBool::new(false));
         let reader = |pipe: Option<Box<dyn Read + Send>>, spoke: Arc<AtomicBool>| {

@@ -1,0 +1,98 @@
+//! What an import keeps of itself and of the site: its saved progress, why it stopped, and the
+//! web service timed (every call counted, the time spent waiting on Moodle summed), with the
+//! lookup of users by a field that both ways of writing users rely on.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ws::{Params, Safety, Ws, WsError};
+use base::csvrow::RowError;
+
+/// Progress saved after every chunk, to resume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// SHA-256 of the CSV (a changed file cannot be resumed).
+    pub file_sha256: String,
+    /// The site's endpoint.
+    pub moodle: String,
+    /// Chunk size used.
+    pub chunk: usize,
+    /// First row not yet finished.
+    pub next_row: u64,
+    /// Users created so far.
+    pub created: u64,
+    /// Users updated so far.
+    pub updated: u64,
+    /// Enrolments sent so far.
+    pub enrolments: u64,
+    /// Rows Moodle refused in finished chunks.
+    pub refused: Vec<RowError>,
+    /// Web-service calls made.
+    pub calls: u64,
+}
+
+/// Why an import stopped before the end.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Moodle failed in a way that is not one row's fault (unreachable, token, permissions).
+    #[error("{0}")]
+    Moodle(#[from] WsError),
+    /// Local file trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A user as Moodle has it.
+#[derive(Debug, Clone)]
+pub(super) struct Existing {
+    pub(super) id: i64,
+    pub(super) username: String,
+    pub(super) idnumber: String,
+}
+
+/// The web service, timed.
+pub(super) struct Timed<'a> {
+    pub(super) ws: &'a Ws,
+    /// Time spent waiting on Moodle (its replies and its CLI).
+    pub(super) waited: Duration,
+    pub(super) calls: u64,
+}
+
+impl Timed<'_> {
+    pub(super) fn call(&mut self, f: &str, p: &Params, s: Safety) -> Result<Value, WsError> {
+        let t = Instant::now();
+        self.calls += 1;
+        let r = self.ws.call(f, p, s);
+        self.waited += t.elapsed();
+        r
+    }
+
+    pub(super) fn users_by(
+        &mut self,
+        field: &str,
+        values: &[&str],
+    ) -> Result<Vec<Existing>, WsError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Params::new().set("field", field);
+        for (i, v) in values.iter().enumerate() {
+            p = p.item("values", i, v);
+        }
+        let reply = self.call("core_user_get_users_by_field", &p, Safety::Read)?;
+        Ok(reply
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|u| Existing {
+                        id: u["id"].as_i64().unwrap_or_default(),
+                        username: u["username"].as_str().unwrap_or_default().to_string(),
+                        idnumber: u["idnumber"].as_str().unwrap_or_default().to_string(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
