@@ -15,10 +15,10 @@
 //!    `--resume` continues after the last finished chunk.
 //!
 //! Through Moodle's upload CLI ([`Via::UploadCli`]) step 3 writes `workers` chunks at a time,
-//! one run of the CLI each, all at once. While one such step runs, the step before it is
-//! checked: every username looked up (the CLI always exits 0), every row the CLI did not add
-//! named with the CLI's own lines, and the progress saved; so the lookups cost no time of
-//! their own, and a crash redoes at most the step that was running.
+//! one run of the CLI each, all at once ([`super::upload`]). While one such step runs, the step
+//! before it is checked (the CLI always exits 0): each row settled by the CLI's per-line report
+//! or else looked up, every row the CLI did not add named with the CLI's own lines, and the
+//! progress saved; a crash redoes at most the step that was running.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
