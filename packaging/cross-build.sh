@@ -156,8 +156,11 @@ test_arm() {
     # --no-default-features: the tests drive the shipped binary itself (built above, so no second
     # link); the stand-in Moodle's php is a Perl script, not a subcommand of the binary.
     # The real-Moodle suite (tests/real/) proves Moodle, not the binary: it runs once, natively.
-    "$CARGO" test --release --locked --workspace --no-default-features --target aarch64-unknown-linux-gnu \
-      -- --skip real::
+    # Built without LTO: a thin-LTO link per test binary costs more than compiling the
+    # dependencies once more without it. package() puts the shipped (LTO) binary back and runs
+    # it under qemu before packing.
+    CARGO_PROFILE_RELEASE_LTO=off "$CARGO" test --release --locked --workspace --no-default-features \
+      --target aarch64-unknown-linux-gnu -- --skip real::
     say "aarch64 test suite under qemu: $(( $(sec) - t0 )) s (build included)"
   fi
   if [[ " $TARGETS " == *" armv7-unknown-linux-gnueabihf "* ]]; then
