@@ -57,15 +57,8 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
     let t = Instant::now();
     let out = cli
         .run(
-            "admin/tool/uploaduser/cli/uploaduser.php",
-            &[
-                format!("--file={}", file_c.display()),
-                "--delimiter_name=comma".into(),
-                "--encoding=UTF-8".into(),
-                "--uutype=2".into(),
-                "--uuupdatetype=1".into(),
-                "--uupasswordnew=1".into(),
-            ],
+            moodle::users::upload::UPLOAD_SCRIPT,
+            &moodle::users::upload::upload_args(&file_c),
         )
         .map_err(|e| e.to_string())?;
     let cli_s_elapsed = t.elapsed().as_secs_f64();

@@ -216,15 +216,8 @@ fn the_stand_in_answers_what_the_agent_asks_as_the_real_moodle_does(db: Db) {
         std::fs::write(&file, text).unwrap();
         let run = c
             .run(
-                "admin/tool/uploaduser/cli/uploaduser.php",
-                &[
-                    format!("--file={}", file.display()),
-                    "--delimiter_name=comma".into(),
-                    "--encoding=UTF-8".into(),
-                    "--uutype=2".into(),
-                    "--uuupdatetype=1".into(),
-                    "--uupasswordnew=1".into(),
-                ],
+                moodle::users::upload::UPLOAD_SCRIPT,
+                &moodle::users::upload::upload_args(&file),
             )
             .unwrap();
         let mut report: Vec<(u64, moodle::users::upload::Said)> =

@@ -355,27 +355,10 @@ pub fn run(
 
 /// Lower-cased email -> username of the accounts holding any of `emails`.
 fn owners_by_email(t: &mut Timed<'_>, emails: &[&str]) -> Result<HashMap<String, String>, WsError> {
-    if emails.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut p = Params::new().set("field", "email");
-    for (i, v) in emails.iter().enumerate() {
-        p = p.item("values", i, v);
-    }
-    let reply = t.call("core_user_get_users_by_field", &p, Safety::Read)?;
-    Ok(reply
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|u| {
-                    (
-                        u["email"].as_str().unwrap_or_default().to_lowercase(),
-                        u["username"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(t.users_by("email", emails)?
+        .into_iter()
+        .map(|u| (u.email.to_lowercase(), u.username))
+        .collect())
 }
 
 fn user_fields(p: &mut Params, i: usize, r: &Row) {

@@ -50,6 +50,7 @@ pub(super) struct Existing {
     pub(super) id: i64,
     pub(super) username: String,
     pub(super) idnumber: String,
+    pub(super) email: String,
 }
 
 /// The web service, timed.
@@ -90,6 +91,7 @@ impl Timed<'_> {
                         id: u["id"].as_i64().unwrap_or_default(),
                         username: u["username"].as_str().unwrap_or_default().to_string(),
                         idnumber: u["idnumber"].as_str().unwrap_or_default().to_string(),
+                        email: u["email"].as_str().unwrap_or_default().to_string(),
                     })
                     .collect()
             })

@@ -11,6 +11,22 @@ use super::site::{ImportError, Progress, Timed};
 use super::validate::Row;
 use base::csvrow::bad;
 
+/// Moodle's upload CLI script, from the code root.
+pub const UPLOAD_SCRIPT: &str = "admin/tool/uploaduser/cli/uploaduser.php";
+
+/// The upload CLI's arguments for `file` as the vessel writes users: add new users and update
+/// existing ones from the file, and make a password (mailed) for a new user whose row has none.
+pub fn upload_args(file: &Path) -> Vec<String> {
+    vec![
+        format!("--file={}", file.display()),
+        "--delimiter_name=comma".into(),
+        "--encoding=UTF-8".into(),
+        "--uutype=2".into(),
+        "--uuupdatetype=1".into(),
+        "--uupasswordnew=1".into(),
+    ]
+}
+
 /// A step of rows for Moodle's upload CLI, written out and not yet started: add new users,
 /// update existing ones from the file (never their password), enrol them in the courses named.
 /// The step is cut into chunks of `chunk` rows, each its own CSV and its own run of the CLI,
@@ -95,27 +111,9 @@ impl Prepared {
         t: &mut Timed<'_>,
         cli: &crate::cli::Cli<'a>,
     ) -> Result<InFlight<'a>, ImportError> {
-        let jobs: Vec<Vec<String>> = self
-            .files
-            .0
-            .iter()
-            .map(|path| {
-                vec![
-                    format!("--file={}", path.display()),
-                    "--delimiter_name=comma".into(),
-                    "--encoding=UTF-8".into(),
-                    // Add new and update existing users; update from the file; make a
-                    // password (mailed) for a new user whose row has none.
-                    "--uutype=2".into(),
-                    "--uuupdatetype=1".into(),
-                    "--uupasswordnew=1".into(),
-                ]
-            })
-            .collect();
+        let jobs: Vec<Vec<String>> = self.files.0.iter().map(|path| upload_args(path)).collect();
         let started = Instant::now();
-        let running = cli
-            .start_all("admin/tool/uploaduser/cli/uploaduser.php", &jobs)
-            .map_err(cli_failed);
+        let running = cli.start_all(UPLOAD_SCRIPT, &jobs).map_err(cli_failed);
         t.waited += started.elapsed();
         let running = running?;
         Ok(InFlight {
