@@ -21,6 +21,7 @@ use crate::commands;
 use crate::config::Config;
 use crate::inbox::{self, Admitted, Scanner};
 use crate::store::{CommandOutcome, CommandRow, CommandState, Store, StoreError};
+use crate::trust::Trust;
 use crate::uplink::{CycleReport, Uplink};
 use base::clock::Clock;
 use base::failpoint;
@@ -342,6 +343,24 @@ impl Agent {
             ));
             return self.finish(&cmd, outcome, now).map(Some);
         }
+        let revoked = {
+            let tx = self.store.begin()?;
+            Trust::revoked(&tx, &cmd.issuer, &cmd.recipient, cmd.sequence)?
+        };
+        if let Some(r) = revoked {
+            // Admitted before the revocation arrived; nothing of it has run yet.
+            let reason = format!("{} ({})", r, r.code());
+            self.store
+                .write(|tx| tx.fail_bundle(&cmd.bundle_id, &cmd.issuer, &reason, now))?;
+            tracing::warn!(bundle_id = %cmd.bundle_id, "{reason}");
+            self.cleanup(&cmd.bundle_id);
+            return Ok(Some((
+                cmd.cmd_id.clone(),
+                cmd.kind.clone(),
+                CommandState::Failed,
+                reason,
+            )));
+        }
         if commands::find(&cmd.kind).is_some_and(|c| c.changes_moodle()) {
             if let Some(reason) = self.moodle_busy(now) {
                 tracing::info!(command_id = %cmd.cmd_id, %reason, "command waits for Moodle");
@@ -368,6 +387,7 @@ impl Agent {
                 .collect(),
             reports_dir: &reports_dir,
             now,
+            roots: &self.cfg.roots,
             moodle_ws: self.cfg.moodle_ws.as_ref(),
             moodle_cli: self.cfg.moodle_cli.as_ref(),
             state_dir: &self.cfg.paths.state_dir,

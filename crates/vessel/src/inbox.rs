@@ -7,7 +7,7 @@
 //! for a file whose mtime lies in the future, unchanged across scans `settle` seconds apart).
 //!
 //! Admission of one file, in order, each step safe to repeat after a crash:
-//! 1. verify signature and policy; extract into `work/.ID.part`, then rename to `work/ID`;
+//! 1. verify signature, policy and the signer's rules ([`crate::trust`]); extract into `work/.ID.part`, then rename to `work/ID`;
 //! 2. one transaction: classify against the journal, record bundle + commands + audit;
 //! 3. move the file to `archive/ID.vsb`; record that it is archived.
 //!
@@ -23,6 +23,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::config::Config;
 use crate::store::{Admission, NewBundle, NewCommand, Store, StoreError};
+use crate::trust::{Authority, Trust};
 use base::clock::format_time;
 use base::failpoint;
 use base::fsutil;
@@ -200,7 +201,11 @@ pub fn admit(
         Ok(_) => {}
         Err(e) => return Ok(Admitted::LeftForLater(format!("{}: {e}", path.display()))),
     }
-    let opened = match envelope::open(path, &cfg.keyring, &cfg.limits) {
+    let trust = {
+        let tx = store.begin()?;
+        Trust::load(cfg, &tx)?
+    };
+    let opened = match envelope::open_with(path, &|b| trust.keyring_for(b), &cfg.limits) {
         Ok(o) => o,
         Err(VerifyError::Rejected(r)) => return quarantine(store, cfg, path, &r, None, now),
         Err(VerifyError::Local(e)) => return Ok(Admitted::LeftForLater(e)),
@@ -211,6 +216,17 @@ pub fn admit(
         return quarantine(store, cfg, path, &r, Some(&m), now);
     }
     let m = opened.manifest.clone();
+    let authority = match trust.authorize(&m, &opened.signer.id, now, skew) {
+        Ok(a) => a,
+        Err(r) => return quarantine(store, cfg, path, &r, Some(&m), now),
+    };
+    let revoked = {
+        let tx = store.begin()?;
+        Trust::revoked(&tx, &m.issuer, &m.recipient, m.sequence)?
+    };
+    if let Some(r) = revoked {
+        return quarantine(store, cfg, path, &r, Some(&m), now);
+    }
     let sha = opened.manifest_sha256.clone();
     let admission = {
         let tx = store.begin()?;
@@ -300,6 +316,14 @@ pub fn admit(
     let state = store.write(|tx| {
         // Classified again inside the writing transaction: the journal is the authority.
         let admission = tx.classify(&m.id, &sha, &m.issuer, &m.recipient, m.sequence)?;
+        if let Authority::Certified(Some(cert)) = &authority {
+            if tx.remember_cert(cert, &format!("carried by bundle {}", m.id), now)? {
+                tx.audit(now, &m.issuer, Some(&m.id), None, "key_trusted", "certificate",
+                    &format!("operator {} (key {}) certified by root {} until {}, for {} to {}; carried by this bundle",
+                        cert.body.name, cert.body.key_id, cert.body.root, cert.body.not_after,
+                        cert.body.may_sign.join(", "), cert.body.recipients.join(", ")))?;
+            }
+        }
         tx.admit(&bundle, &admission, gap, now)
     })?;
     failpoint::hit("admit.after-journal");

@@ -4,6 +4,7 @@
 //!   the capture and sync schedule, the state lock).
 //! - [`inbox`]: scanning with the settle rule, admission of one file, archive and quarantine.
 //! - [`store`]: the agent's SQLite journal, outbox and audit. **The only SQL in the agent.**
+//! - [`trust`]: whose bundles are applied: config keys, root certificates, revocations.
 //! - [`commands`]: one file per command type a bundle can carry.
 //! - [`capture`]: learner progress from Moodle's database, by snapshot diff, into the outbox.
 //! - [`uplink`]: the sync cycle to shore (HTTPS or carrier files), retries, budgets, windows.
@@ -25,4 +26,5 @@ pub mod config;
 pub mod inbox;
 pub mod report;
 pub mod store;
+pub mod trust;
 pub mod uplink;

@@ -28,7 +28,7 @@ use crate::config::{Config, UplinkMode, UplinkSettings};
 use crate::store::{Store, StoreError};
 use base::clock::{format_age, format_time};
 use base::failpoint;
-use wire::envelope::{Draft, Kind, SecretKey, Source, write_envelope};
+use wire::envelope::{Draft, Extra, KeyRotation, Kind, PublicKey, SecretKey, Source, write_envelope_with};
 use wire::progress::codec;
 use wire::{RECORDS_MEMBER, SHORE};
 
@@ -152,6 +152,117 @@ pub fn read_token(path: &Path) -> Result<String, UplinkError> {
     Ok(t)
 }
 
+/// The uplink fact holding the manifest digest of the last batch built: the next batch names
+/// it as its predecessor, so shore can tell a rewritten history from the one it holds.
+pub const LAST_BATCH_DIGEST: &str = "last_batch_digest";
+
+/// The key that signs batch `seq` when the vessel has rotated its key (`None`: the configured
+/// `signing_key`), and the rotation statement to carry while shore has not acknowledged a
+/// batch signed by it.
+fn signing_key_for(
+    tx: &crate::store::Tx<'_>,
+    seq: u64,
+) -> Result<(Option<SecretKey>, Option<KeyRotation>), UplinkError> {
+    let Some(k) = tx
+        .vessel_keys()?
+        .into_iter()
+        .rev()
+        .find(|k| k.from_seq <= seq)
+    else {
+        return Ok((None, None));
+    };
+    let key = SecretKey::load(Path::new(&k.path)).map_err(|e| {
+        UplinkError::Setup(format!(
+            "the vessel's rotated signing key: {e} (it was made by 'vessel-sync rotate-key'; restore the file from backup, or have shore register a new key with 'shore vessel rekey')"
+        ))
+    })?;
+    let rotation = if tx.acked_seq()? < k.from_seq {
+        serde_json::from_str(&k.rotation).ok()
+    } else {
+        None
+    };
+    Ok((Some(key), rotation))
+}
+
+/// What `rotate-key` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rotated {
+    /// The key retired.
+    pub old_key: String,
+    /// The new key.
+    pub new_key: String,
+    /// Its private key file.
+    pub path: PathBuf,
+    /// The first batch it signs.
+    pub from_seq: u64,
+}
+
+/// Makes a new vessel signing key (`STATE_DIR/keys/vessel-ID.key`) that signs every batch from
+/// the next one on; those batches carry the new public key signed by the old one until shore
+/// acknowledges one of them. Batches already built keep their old signature. Refused while an
+/// earlier rotation still waits for shore.
+pub fn rotate_key(store: &mut Store, cfg: &Config, now: i64) -> Result<Rotated, UplinkError> {
+    let configured = cfg.uplink.signing_key.as_ref().ok_or_else(|| {
+        UplinkError::Setup("uplink.signing_key is not set: there is no vessel key to rotate".into())
+    })?;
+    let dir = cfg.paths.state_dir.join("keys");
+    let tx = store.begin()?;
+    let keys = tx.vessel_keys()?;
+    if let Some(last) = keys.last() {
+        if tx.acked_seq()? < last.from_seq {
+            return Err(UplinkError::Setup(format!(
+                "the rotation to key {} (from batch {}) still waits for shore's acknowledgement; rotate again once shore has acknowledged batch {} ('vessel-sync status' shows the acknowledged batch)",
+                last.key_id, last.from_seq, last.from_seq
+            )));
+        }
+    }
+    let old_path = keys
+        .last()
+        .map_or_else(|| configured.clone(), |k| PathBuf::from(&k.path));
+    let old = SecretKey::load(&old_path)
+        .map_err(|e| UplinkError::Setup(format!("the current signing key: {e}")))?;
+    let new = SecretKey::generate().map_err(|e| UplinkError::Io(e.to_string()))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| UplinkError::Io(format!("{}: {e}", dir.display())))?;
+    let prefix = dir.join(format!("vessel-{}", new.id));
+    let (key_path, _) = new
+        .write_pair(&prefix, &format!("{} (rotated)", cfg.vessel_id))
+        .map_err(|e| UplinkError::Io(e.to_string()))?;
+    let from_seq = tx.next_batch_seq()?;
+    let public = PublicKey {
+        key: new.key.verifying_key(),
+        id: new.id.clone(),
+        name: cfg.vessel_id.clone(),
+    };
+    let statement = KeyRotation::issue(&old, &public, &cfg.vessel_id, from_seq, now);
+    tx.add_vessel_key(&crate::store::VesselKey {
+        key_id: new.id.clone(),
+        path: key_path.to_string_lossy().into_owned(),
+        from_seq,
+        rotation: serde_json::to_string(&statement).unwrap_or_default(),
+        created_at: now,
+    })?;
+    tx.audit(
+        now,
+        "local",
+        None,
+        None,
+        "vessel_key_rotated",
+        "rotate-key",
+        &format!(
+            "signing key {} replaced by {} from batch {from_seq} on; the batches carry the new key signed by the old one until shore acknowledges one",
+            old.id, new.id
+        ),
+    )?;
+    tx.commit()?;
+    Ok(Rotated {
+        old_key: old.id,
+        new_key: new.id,
+        path: key_path,
+        from_seq,
+    })
+}
+
 /// Builds batches from unbatched outbox records while fewer than `max_pending` wait.
 pub fn build_batches(
     store: &mut Store,
@@ -177,6 +288,13 @@ pub fn build_batches(
         let recs: Vec<_> = records.into_iter().map(|(_, r)| r).collect();
         let settled = tx.acked_seq()?;
         let payload = codec::encode_batch(&recs, settled);
+        let (rotated, rotation) = signing_key_for(&tx, seq)?;
+        let key = rotated.as_ref().unwrap_or(key);
+        let extra = Extra {
+            certificate: None,
+            key_rotation: rotation,
+            previous: tx.fact(LAST_BATCH_DIGEST)?,
+        };
         let draft = Draft {
             kind: Kind::Progress,
             sender: vessel.to_string(),
@@ -189,7 +307,7 @@ pub fn build_batches(
             id: None,
         };
         let path = scratch.join(format!(".batch-{seq}.vsb"));
-        let manifest = write_envelope(&draft, key, now, &path)
+        let (manifest, digest) = write_envelope_with(&draft, &extra, key, now, &path)
             .map_err(|e| UplinkError::Io(format!("writing batch {seq}: {e}")))?;
         let bytes = std::fs::read(&path)
             .map_err(|e| UplinkError::Io(format!("{}: {e}", path.display())))?;
@@ -206,6 +324,7 @@ pub fn build_batches(
             },
             now,
         )?;
+        tx.set_fact(LAST_BATCH_DIGEST, &digest)?;
         tx.commit()?;
         failpoint::hit("batch.after-commit");
         tracing::info!(

@@ -14,9 +14,12 @@ mod course;
 mod import_progress;
 mod lookup;
 mod set_mapping;
+mod trust;
 mod upsert_users;
 
 use std::path::{Path, PathBuf};
+
+pub use trust::ALL_STREAMS;
 
 use crate::store::{CommandOutcome, CommandRow, Result, Tx};
 
@@ -32,6 +35,8 @@ pub struct Ctx<'a> {
     pub reports_dir: &'a Path,
     /// Now, Unix seconds.
     pub now: i64,
+    /// The fleet root keys of the config (`trust_key` checks certificates against them).
+    pub roots: &'a wire::envelope::Keyring,
     /// Moodle's web services, when configured.
     pub moodle_ws: Option<&'a moodle::config::WsSettings>,
     /// Moodle's CLI scripts, when configured.
@@ -100,6 +105,8 @@ static REGISTRY: &[&dyn Command] = &[
     &course::RestoreCourse,
     &course::ReplaceCourse,
     &import_progress::ImportProgress,
+    &trust::TrustKey,
+    &trust::RevokeKey,
 ];
 
 /// Finds a command type.

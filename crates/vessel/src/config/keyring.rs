@@ -1,5 +1,9 @@
-//! `[keyring]` and `[limits]`: the operator keys whose bundles the vessel trusts, and the caps
-//! on what one bundle may hold (checked while it is read, before anything is written).
+//! `[keyring]` and `[limits]`: the keys whose bundles the vessel trusts, and the caps on what
+//! one bundle may hold (checked while it is read, before anything is written).
+//!
+//! `trusted` lists operator keys trusted outright; `root` lists fleet root keys, which trust
+//! every operator key they certify and alone may sign `trust_key` and `revoke_key`. Either may
+//! be empty, not both.
 
 use std::path::PathBuf;
 
@@ -7,38 +11,25 @@ use base::tomlcheck::Walker;
 use toml_edit::Table;
 use wire::envelope::{Keyring, Limits, PublicKey};
 
-/// Reads this section of `root`.
-pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Limits) {
+/// Reads this section of `root`: (operator keys, fleet root keys, limits).
+pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limits) {
     let keyring_t = w.sub(root, "keyring");
     if let Some(t) = keyring_t {
-        w.only(t, "[keyring]", &["trusted"]);
+        w.only(t, "[keyring]", &["trusted", "root"]);
     }
-    let mut keys = Vec::new();
-    match keyring_t.and_then(|t| t.get("trusted")) {
-            None => w.push(keyring_t.and_then(Table::span), "[keyring] trusted is required: a list of operator .pub files, e.g. trusted = [\"/etc/vessel-sync/keys/shore-ops.pub\"]".into()),
-            Some(item) => match item.as_array() {
-                None => w.push(item.span(), "keyring.trusted must be a list of file paths".into()),
-                Some(arr) => {
-                    if arr.is_empty() {
-                        w.push(item.span(), "keyring.trusted is empty: with no trusted key every bundle would be refused".into());
-                    }
-                    for v in arr.iter() {
-                        match v.as_str() {
-                            None => w.push(v.span(), "keyring.trusted entries must be strings".into()),
-                            Some(s) => {
-                                let p = PathBuf::from(s);
-                                let p = if p.is_absolute() { p } else { w.base.join(p) };
-                                match PublicKey::load(&p) {
-                                    Ok(k) => keys.push(k),
-                                    Err(e) => w.push(v.span(), format!("keyring.trusted: {e}")),
-                                }
-                            }
-                        }
-                    }
-                }
-            },
-        }
-
+    let trusted = key_list(w, keyring_t, "trusted");
+    let roots = key_list(w, keyring_t, "root");
+    if trusted.is_none() && roots.is_none() {
+        w.push(
+            keyring_t.and_then(Table::span),
+            "[keyring] needs trusted (operator .pub files), root (the fleet root .pub file), or both, e.g. root = [\"/etc/vessel-sync/keys/fleet-root.pub\"]".into(),
+        );
+    } else if trusted.as_ref().is_none_or(Vec::is_empty) && roots.as_ref().is_none_or(Vec::is_empty) {
+        w.push(
+            keyring_t.and_then(Table::span),
+            "[keyring] lists no key: with no trusted or root key every bundle would be refused".into(),
+        );
+    }
     let limits_t = w.sub(root, "limits");
     if let Some(t) = limits_t {
         w.only(
@@ -66,5 +57,33 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Limits) {
         max_window_log: d.max_window_log,
     };
 
-    (Keyring::new(keys), limits)
+    (
+        Keyring::new(trusted.unwrap_or_default()),
+        Keyring::new(roots.unwrap_or_default()),
+        limits,
+    )
+}
+
+/// The public key files listed under `[keyring] NAME`, or `None` when the entry is absent.
+fn key_list(w: &mut Walker<'_>, t: Option<&Table>, name: &str) -> Option<Vec<PublicKey>> {
+    let item = t.and_then(|t| t.get(name))?;
+    let mut keys = Vec::new();
+    let Some(arr) = item.as_array() else {
+        w.push(item.span(), format!("keyring.{name} must be a list of file paths"));
+        return Some(keys);
+    };
+    for v in arr.iter() {
+        match v.as_str() {
+            None => w.push(v.span(), format!("keyring.{name} entries must be strings")),
+            Some(s) => {
+                let p = PathBuf::from(s);
+                let p = if p.is_absolute() { p } else { w.base.join(p) };
+                match PublicKey::load(&p) {
+                    Ok(k) => keys.push(k),
+                    Err(e) => w.push(v.span(), format!("keyring.{name}: {e}")),
+                }
+            }
+        }
+    }
+    Some(keys)
 }

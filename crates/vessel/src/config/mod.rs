@@ -69,8 +69,10 @@ pub struct Config {
     pub vessel_id: String,
     /// Directories.
     pub paths: Paths,
-    /// Trusted operator keys.
+    /// Operator keys trusted outright (`[keyring] trusted`).
     pub keyring: Keyring,
+    /// Fleet root keys (`[keyring] root`).
+    pub roots: Keyring,
     /// Inbox behaviour.
     pub inbox: InboxSettings,
     /// Envelope caps.
@@ -204,7 +206,7 @@ impl Config {
             state_dir,
         };
 
-        let (keyring, limits) = keyring::parse(&mut w, root);
+        let (keyring, roots, limits) = keyring::parse(&mut w, root);
         let inbox = inbox::parse(&mut w, root);
         let log_t = w.sub(root, "log");
         if let Some(t) = log_t {
@@ -225,6 +227,7 @@ impl Config {
             vessel_id,
             paths,
             keyring,
+            roots,
             inbox,
             limits,
             log_level,

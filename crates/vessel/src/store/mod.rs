@@ -19,6 +19,7 @@ mod outbox;
 mod queries;
 mod sequence;
 mod transitions;
+mod trust;
 
 pub use audit::{AuditEntry, AuditEvent};
 pub use journal::{
@@ -26,6 +27,7 @@ pub use journal::{
     NewCommand, Overview, StreamGap,
 };
 pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
+pub use trust::{Revocation, StoredCert, VesselKey};
 pub use outbox::{
     Batch, CapturedState, CourseBacklog, LocalKey, NewBatch, OutboxSummary, QuarantinedProgress,
 };
@@ -93,6 +95,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_journal.sql"),
     include_str!("migrations/0002_progress.sql"),
+    include_str!("migrations/0003_trust.sql"),
 ];
 
 /// An open database.

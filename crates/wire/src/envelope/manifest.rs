@@ -77,6 +77,15 @@ pub struct Manifest {
     /// The commands (for `kind = commands`).
     #[serde(default)]
     pub commands: Vec<CommandEntry>,
+    /// The signer's operator certificate, when the signer is certified by the fleet root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<super::trust::Certificate>,
+    /// A progress batch's vessel key rotation, carried until shore acknowledged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<super::trust::KeyRotation>,
+    /// A progress batch's predecessor: the SHA-256 of the manifest of batch `sequence - 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 /// The recipient value that addresses every vessel.
@@ -118,6 +127,11 @@ impl Manifest {
             }
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("file {:?} has a malformed sha256", f.name));
+            }
+        }
+        if let Some(p) = &self.previous {
+            if p.len() != 64 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("'previous' is not a SHA-256 in hex".into());
             }
         }
         let mut ids = std::collections::HashSet::new();

@@ -21,12 +21,14 @@ pub mod keys;
 pub mod manifest;
 pub mod read;
 pub mod tarstream;
+pub mod trust;
 pub mod write;
 
 pub use keys::{Keyring, PublicKey, SecretKey};
 pub use manifest::{CommandEntry, FileEntry, Kind, Manifest};
-pub use read::{Opened, check_policy, open};
-pub use write::{Draft, Source, write_envelope};
+pub use read::{Opened, check_policy, open, open_with};
+pub use trust::{Certificate, Grant, KeyRotation};
+pub use write::{Draft, Extra, Source, write_envelope, write_envelope_with};
 
 /// Caps applied while reading an envelope.
 #[derive(Debug, Clone)]
@@ -214,6 +216,40 @@ pub enum Rejection {
         /// What it is.
         what: String,
     },
+    /// The signer's certificate does not allow this bundle.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// The signer's certificate has expired.
+    #[error(
+        "the certificate of operator {holder} expired at {expired} (this vessel's clock says {now}); the fleet's root key holder certifies the key again, then the bundle is signed again"
+    )]
+    CertificateExpired {
+        /// Who holds the key.
+        holder: String,
+        /// End of validity.
+        expired: String,
+        /// Local time.
+        now: String,
+    },
+    /// A carried certificate does not hold.
+    #[error("the bundle's certificate is invalid: {0}")]
+    CertificateInvalid(String),
+    /// Signed by a revoked key after its revocation point.
+    #[error(
+        "signed by key {key}, revoked by {by}: {reason}; sequence {sequence} is after the last one it lets through ({last}), so nothing from this bundle was applied"
+    )]
+    RevokedKey {
+        /// The key.
+        key: String,
+        /// The revoking command.
+        by: String,
+        /// Its reason.
+        reason: String,
+        /// This bundle's sequence.
+        sequence: u64,
+        /// The last sequence still let through in this stream.
+        last: u64,
+    },
     /// A cap was exceeded.
     #[error("too large: {0} (a decompression bomb, or a bundle bigger than [limits] allows)")]
     TooLarge(String),
@@ -255,6 +291,10 @@ impl Rejection {
             Self::Hardlink { .. } => "hardlink",
             Self::Device(_) => "device",
             Self::Unsupported { .. } => "unsupported_member",
+            Self::NotPermitted(_) => "not_permitted",
+            Self::CertificateExpired { .. } => "certificate_expired",
+            Self::CertificateInvalid(_) => "certificate_invalid",
+            Self::RevokedKey { .. } => "revoked_key",
             Self::TooLarge(_) => "too_large",
             Self::TrailingData => "trailing_data",
         }

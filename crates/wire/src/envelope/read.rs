@@ -142,6 +142,18 @@ fn name_of(raw: &[u8]) -> String {
 
 /// Opens `path`, reads the manifest and signature, and verifies them against `keyring`.
 pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, VerifyError> {
+    open_with(path, &|_| Ok(keyring.clone()), limits)
+}
+
+/// As [`open`], with the keyring chosen from the manifest's raw (not yet trusted) bytes: a
+/// caller that accepts carried credentials (a certificate checked against its roots, a key
+/// rotation checked against the registered key) adds the keys they name. A credential that
+/// does not hold is refused as the `Err` of `keys`.
+pub fn open_with(
+    path: &Path,
+    keys: &dyn Fn(&[u8]) -> Result<Keyring, Rejection>,
+    limits: &Limits,
+) -> Result<Opened, VerifyError> {
     let local = |e: io::Error| VerifyError::Local(format!("{}: {e}", path.display()));
     // Checked before opening: opening a FIFO would block for ever.
     let kind = fs::metadata(path).map_err(local)?.file_type();
@@ -226,6 +238,7 @@ pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, V
         .map_err(|_| Rejection::SignatureMissing("a short signature".into()))?;
     let signature = Signature::from_bytes(&sig_arr);
 
+    let keyring = keys(&manifest_bytes)?;
     let Some(signer) = keyring.verify_any(&manifest_bytes, &signature).cloned() else {
         // Untrusted bytes, read only to word the refusal.
         let claimed = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)

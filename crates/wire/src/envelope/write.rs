@@ -47,6 +47,17 @@ pub struct Draft {
     pub id: Option<String>,
 }
 
+/// The optional credentials and links a manifest may carry (see [`super::trust`]).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// The signer's operator certificate.
+    pub certificate: Option<super::trust::Certificate>,
+    /// A vessel key rotation statement.
+    pub key_rotation: Option<super::trust::KeyRotation>,
+    /// The predecessor batch's manifest digest.
+    pub previous: Option<String>,
+}
+
 fn io_ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
@@ -86,7 +97,40 @@ pub fn write_envelope(
     now: i64,
     out: &Path,
 ) -> io::Result<Manifest> {
-    write_with(draft, key, now, out, draft.kind == Kind::Progress)
+    write_with(draft, &Extra::default(), key, now, out, draft.kind == Kind::Progress)
+}
+
+/// As [`write_envelope`], with a certificate, rotation or predecessor in the manifest.
+/// Returns the manifest and the hex SHA-256 of its signed bytes.
+pub fn write_envelope_with(
+    draft: &Draft,
+    extra: &Extra,
+    key: &SecretKey,
+    now: i64,
+    out: &Path,
+) -> io::Result<(Manifest, String)> {
+    let m = write_with(draft, extra, key, now, out, draft.kind == Kind::Progress)?;
+    let sha = manifest_digest(&m)?;
+    Ok((m, sha))
+}
+
+fn manifest_bytes(m: &Manifest) -> io::Result<Vec<u8>> {
+    // Command manifests are read by people (bundle inspect shows them too); progress manifests
+    // cross a metered link many times a day, so they are written compact.
+    let mut bytes = if m.kind == Kind::Progress {
+        serde_json::to_vec(m)
+    } else {
+        serde_json::to_vec_pretty(m)
+    }
+    .map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The hex SHA-256 of the exact bytes the writer signs for `m` (what readers report as
+/// `manifest_sha256`).
+pub fn manifest_digest(m: &Manifest) -> io::Result<String> {
+    Ok(hex::encode(Sha256::digest(manifest_bytes(m)?)))
 }
 
 /// As [`write_envelope`], but never with a dictionary (to train one).
@@ -96,11 +140,12 @@ pub fn write_envelope_plain(
     now: i64,
     out: &Path,
 ) -> io::Result<Manifest> {
-    write_with(draft, key, now, out, false)
+    write_with(draft, &Extra::default(), key, now, out, false)
 }
 
 fn write_with(
     draft: &Draft,
+    extra: &Extra,
     key: &SecretKey,
     now: i64,
     out: &Path,
@@ -145,17 +190,12 @@ fn write_with(
         expires: draft.expires.map(format_time),
         files,
         commands,
+        certificate: extra.certificate.clone(),
+        key_rotation: extra.key_rotation.clone(),
+        previous: extra.previous.clone(),
     };
     manifest.check().map_err(io::Error::other)?;
-    // Command manifests are read by people (bundle inspect shows them too); progress manifests
-    // cross a metered link many times a day, so they are written compact.
-    let mut manifest_bytes = if draft.kind == Kind::Progress {
-        serde_json::to_vec(&manifest)
-    } else {
-        serde_json::to_vec_pretty(&manifest)
-    }
-    .map_err(io::Error::other)?;
-    manifest_bytes.push(b'\n');
+    let manifest_bytes = manifest_bytes(&manifest)?;
     let signature = key.sign(&manifest_bytes).to_bytes();
 
     let tmp = fsutil::temp_path(out);
