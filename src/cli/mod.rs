@@ -2,6 +2,7 @@
 //! library and maps its errors to an exit code (see [`base::exit`]). The `shore` subcommands
 //! are in [`shore`], the `users` ones in [`users`].
 
+pub mod keys;
 pub mod shore;
 pub mod users;
 
@@ -55,6 +56,29 @@ pub enum Command {
         /// A label stored in the .pub file (shown by `bundle inspect`).
         #[arg(long, default_value = "")]
         comment: String,
+        /// Make the fleet root key: it certifies operator keys (`key certify`) and signs
+        /// trust_key and revoke_key bundles, nothing else. Keep its .key offline; list its .pub
+        /// under [keyring] root on every vessel.
+        #[arg(long)]
+        root: bool,
+    },
+    /// Operator certificates from the fleet root key: certify, show.
+    #[command(subcommand)]
+    Key(keys::KeyCmd),
+    /// On board: make a new signing key for this vessel. The next progress batch carries the
+    /// new public key signed by the old one, so shore learns it without anyone ashore doing
+    /// anything; batches already built keep the old signature and are still accepted.
+    ///
+    /// Run it as the agent's user (`sudo -u vessel-sync vessel-sync rotate-key`); the agent may
+    /// keep running. The new key lives in STATE_DIR/keys/; the config's signing_key stays as it
+    /// is (it signs nothing new).
+    RotateKey {
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print what was done as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Build, inspect and verify command bundles.
     #[command(subcommand)]
@@ -211,6 +235,10 @@ pub enum BundleCmd {
         /// Where to write the bundle (conventionally NAME.vsb).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// The key's certificate from the fleet root (`key certify`), carried in the bundle;
+        /// default: PREFIX.cert beside PREFIX.key, when it exists.
+        #[arg(long, value_name = "FILE.cert")]
+        cert: Option<PathBuf>,
     },
     /// Show a bundle's manifest: issuer, recipient, sequence, validity, commands and files.
     /// This reads the manifest without checking the signature; use `verify` for that.
@@ -259,7 +287,9 @@ a throwaway database, which the package does not carry. Run it from a source che
 pub fn run(cli: Cli) -> i32 {
     let clock: Arc<dyn Clock> = base::clock::from_env();
     match cli.command {
-        Command::Keygen { out, comment } => keygen(&out, &comment),
+        Command::Keygen { out, comment, root } => keygen(&out, &comment, root),
+        Command::Key(cmd) => keys::run(cmd, clock.as_ref()),
+        Command::RotateKey { config, json } => keys::rotate(&config.config, json, clock.as_ref()),
         Command::Bundle(b) => bundle(b, clock.as_ref()),
         Command::Agent { config, once } => agent(&config.config, once, clock),
         Command::CheckConfig { config } => check_config(&config.config),
@@ -315,7 +345,7 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn keygen(out: &Path, comment: &str) -> i32 {
+fn keygen(out: &Path, comment: &str, root: bool) -> i32 {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return fail(
@@ -336,6 +366,18 @@ fn keygen(out: &Path, comment: &str) -> i32 {
         comment.to_string()
     };
     match key.write_pair(out, &label) {
+        Ok((k, p)) if root => {
+            println!(
+                "fleet root private key: {} (mode 0600; keep it offline: it certifies operators and signs trust_key and revoke_key only)",
+                k.display()
+            );
+            println!(
+                "fleet root public key:  {} (copy to each vessel, list under [keyring] root)",
+                p.display()
+            );
+            println!("key id:                 {}", key.id);
+            exit::OK
+        }
         Ok((k, p)) => {
             println!(
                 "private key: {} (mode 0600; keep it ashore, never copy it to a vessel)",
@@ -352,12 +394,49 @@ fn keygen(out: &Path, comment: &str) -> i32 {
     }
 }
 
+/// The certificate to carry in a bundle signed by `key`: `--cert`, or `KEY.cert` beside the
+/// key file; it must name that key.
+fn certificate_for(
+    key_path: &Path,
+    key: &SecretKey,
+    explicit: Option<&Path>,
+) -> Result<Option<envelope::Certificate>, i32> {
+    let beside = key_path.with_extension("cert");
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if beside.is_file() => beside,
+        None => return Ok(None),
+    };
+    let cert = envelope::Certificate::load(&path).map_err(|e| fail(exit::NOINPUT, e))?;
+    if cert.body.key_id != key.id {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "{} certifies key {}, but the bundle is signed by key {}",
+                path.display(),
+                cert.body.key_id,
+                key.id
+            ),
+        ));
+    }
+    Ok(Some(cert))
+}
+
 fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
     match cmd {
-        BundleCmd::Build { spec, key, out } => {
-            let key = match SecretKey::load(&key) {
+        BundleCmd::Build {
+            spec,
+            key: key_path,
+            out,
+            cert,
+        } => {
+            let key = match SecretKey::load(&key_path) {
                 Ok(k) => k,
                 Err(e) => return fail(exit::NOINPUT, e),
+            };
+            let certificate = match certificate_for(&key_path, &key, cert.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             let now = clock.now();
             let draft = match ::shore::spec::load(&spec, now) {
@@ -373,8 +452,12 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
                     );
                 }
             }
-            match envelope::write_envelope(&draft, &key, now, &out) {
-                Ok(m) => {
+            let extra = envelope::Extra {
+                certificate,
+                ..Default::default()
+            };
+            match envelope::write_envelope_with(&draft, &extra, &key, now, &out) {
+                Ok((m, _)) => {
                     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
                     println!(
                         "wrote {} ({size} bytes): bundle {} for {:?}, sequence {}, {} command(s), {} file(s), signed by {}",
@@ -406,7 +489,19 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
             }
             let keyring = Keyring::new(keys);
             let limits = envelope::Limits::default();
-            let result = envelope::open(&file, &keyring, &limits).and_then(|o| {
+            // The keys given are trusted outright and as roots: a bundle carrying a
+            // certificate by one of them verifies too (its grant is not applied here).
+            let resolve = |bytes: &[u8]| {
+                let mut keys: Vec<PublicKey> = keyring.iter().cloned().collect();
+                if let Some(c) = envelope::trust::Credentials::of(bytes).certificate {
+                    keys.push(
+                        c.verify(&keyring)
+                            .map_err(|e| envelope::Rejection::CertificateInvalid(e.to_string()))?,
+                    );
+                }
+                Ok(Keyring::new(keys))
+            };
+            let result = envelope::open_with(&file, &resolve, &limits).and_then(|o| {
                 if let Some(v) = &vessel {
                     envelope::check_policy(&o.manifest, v, clock.now(), 0)?;
                 } else if let Some(exp) = o

@@ -122,6 +122,20 @@ pub enum VesselCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Force a vessel's signing key: from now on only this key is accepted from the vessel,
+    /// whatever sequence its batches carry (a vessel reinstalled, or its key lost). A vessel
+    /// that only wants a fresh key runs `vessel-sync rotate-key` on board instead: shore learns
+    /// that key from its next batch and nothing needs doing ashore.
+    Rekey {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Vessel id.
+        id: String,
+        /// The vessel's new public key file.
+        #[arg(long, value_name = "FILE.pub")]
+        pubkey: PathBuf,
+    },
     /// Revoke a vessel: its token and key are refused from now on.
     Revoke {
         /// The config file option.
@@ -163,6 +177,12 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
         ShoreCmd::Vessel(VesselCmd::List { config, json }) | ShoreCmd::Status { config, json } => {
             match load_shore(&config.config) {
                 Ok(cfg) => shore::status(&cfg, clock.as_ref(), json),
+                Err(code) => code,
+            }
+        }
+        ShoreCmd::Vessel(VesselCmd::Rekey { config, id, pubkey }) => {
+            match load_shore(&config.config) {
+                Ok(cfg) => shore::vessel_rekey(&cfg, &id, &pubkey, clock.now()),
                 Err(code) => code,
             }
         }

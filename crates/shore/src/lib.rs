@@ -107,9 +107,17 @@ fn intake_inner(
     via: &str,
     now: i64,
 ) -> Result<Intake, Refusal> {
-    let key = PublicKey::parse(&vessel.pubkey, Path::new("registry"))
-        .map_err(|e| refuse(500, "registry", e.to_string()))?;
-    let keyring = Keyring::new([key]);
+    let registered = db
+        .vessel_keys(&vessel.id)
+        .map_err(|e| refuse(500, "local", e.to_string()))?;
+    let mut keys = Vec::new();
+    for k in &registered {
+        keys.push(
+            PublicKey::parse(&k.pubkey, Path::new("registry"))
+                .map_err(|e| refuse(500, "registry", e.to_string()))?,
+        );
+    }
+    let keyring = Keyring::new(keys);
     let limits = Limits {
         max_total_bytes: cfg.shore.max_batch_bytes.saturating_mul(8),
         max_members: 4,
@@ -120,8 +128,75 @@ fn intake_inner(
         VerifyError::Rejected(r) => refuse(422, r.code(), r.to_string()),
         VerifyError::Local(m) => refuse(500, "local", m),
     };
-    let opened = envelope::open(file, &keyring, &limits).map_err(verify)?;
+    // A batch signed by a new vessel key carries the key, signed by a key shore holds.
+    let resolve = |bytes: &[u8]| -> Result<Keyring, envelope::Rejection> {
+        let Some(rot) = envelope::trust::Credentials::of(bytes).key_rotation else {
+            return Ok(keyring.clone());
+        };
+        let Some(old) = keyring.get(&rot.body.old_key) else {
+            return Err(envelope::Rejection::CertificateInvalid(format!(
+                "the batch carries a rotation from key {}, which is not a key of vessel {}",
+                rot.body.old_key, vessel.id
+            )));
+        };
+        let new = rot
+            .verify(old)
+            .map_err(|e| envelope::Rejection::CertificateInvalid(e.to_string()))?;
+        let mut all: Vec<PublicKey> = keyring.iter().cloned().collect();
+        all.push(new);
+        Ok(Keyring::new(all))
+    };
+    let opened = envelope::open_with(file, &resolve, &limits).map_err(verify)?;
     let m = opened.manifest.clone();
+    let signer = opened.signer.id.clone();
+    let mut rotation = None;
+    match registered.iter().find(|k| k.key_id == signer) {
+        Some(k) => {
+            if let Some(until) = k.until_seq.filter(|u| m.sequence >= *u) {
+                let successor = registered
+                    .iter()
+                    .find(|n| n.until_seq.is_none())
+                    .map_or("another key".to_string(), |n| format!("key {}", n.key_id));
+                return Err(refuse(
+                    422,
+                    "old_key",
+                    if until == 0 {
+                        format!("batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key", m.sequence)
+                    } else {
+                        format!("batch {} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused", m.sequence)
+                    },
+                ));
+            }
+            if m.sequence < k.from_seq {
+                return Err(refuse(
+                    422,
+                    "wrong_key",
+                    format!(
+                        "batch {} is signed by key {signer}, which signs from batch {} on",
+                        m.sequence, k.from_seq
+                    ),
+                ));
+            }
+        }
+        None => {
+            // Only a key the carried rotation names gets here (the resolver added it).
+            let Some(rot) = m.key_rotation.as_ref().filter(|r| r.body.new_key_id == signer) else {
+                return Err(refuse(422, "unknown_key", format!("batch signed by key {signer}, which is not registered for vessel {}", vessel.id)));
+            };
+            if rot.body.vessel != vessel.id || m.sequence < rot.body.from_sequence {
+                return Err(refuse(
+                    422,
+                    "bad_rotation",
+                    format!(
+                        "the key rotation is for vessel {:?} from batch {}, but this is batch {} of vessel {:?}",
+                        rot.body.vessel, rot.body.from_sequence, m.sequence, vessel.id
+                    ),
+                ));
+            }
+            let pub_text = opened.signer.file_text();
+            rotation = Some((signer.clone(), pub_text, rot.body.from_sequence, rot.body.old_key.clone()));
+        }
+    }
     if m.kind != Kind::Progress {
         return Err(refuse(422, "wrong_kind", "not a progress batch"));
     }
@@ -158,6 +233,10 @@ fn intake_inner(
                 sha256: &sha,
                 envelope_id: &m.id,
                 records: &records,
+                previous: m.previous.as_deref(),
+                rotation: rotation
+                    .as_ref()
+                    .map(|(id, text, from, old)| (id.as_str(), text.as_str(), *from, old.as_str())),
                 settled,
                 via,
             },
@@ -169,6 +248,12 @@ fn intake_inner(
         .map_err(|e| refuse(500, "local", e.to_string()))?
         .map(|v| v.acked_seq)
         .unwrap_or(0);
+    if let Stored::Chain { code, message } = &stored {
+        return Err(refuse(409, code, message.clone()));
+    }
+    if let Some((id, _, from, old)) = &rotation {
+        tracing::info!(vessel = %vessel.id, old_key = %old, new_key = %id, from_seq = from, "vessel key rotated");
+    }
     if stored == Stored::Replayed {
         return Err(refuse(
             409,
@@ -246,6 +331,41 @@ pub fn vessel_add(cfg: &ShoreConfig, id: &str, pubkey: &Path, token_out: &Path, 
     }
 }
 
+/// `shore vessel rekey`.
+pub fn vessel_rekey(cfg: &ShoreConfig, id: &str, pubkey: &Path, now: i64) -> i32 {
+    let run = || -> Result<Option<(String, String)>, String> {
+        let text =
+            std::fs::read_to_string(pubkey).map_err(|e| format!("{}: {e}", pubkey.display()))?;
+        let key = PublicKey::parse(&text, pubkey).map_err(|e| e.to_string())?;
+        let db = cfg.open()?;
+        let Some(before) = db.vessel(id).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        if !db
+            .rekey_vessel(id, text.trim(), &key.id, now)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(None);
+        }
+        Ok(Some((before.key_id, key.id)))
+    };
+    match run() {
+        Ok(Some((old, new))) => {
+            tracing::info!(vessel = id, old_key = %old, new_key = %new, "vessel rekeyed by an operator");
+            println!("vessel {id}: key {new} is now its only key; batches signed by {old} or any earlier key are refused from now on");
+            exit::OK
+        }
+        Ok(None) => {
+            eprintln!("error: no vessel {id:?} (see 'vessel-sync shore vessel list')");
+            exit::DATAERR
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
 /// `shore vessel revoke`.
 pub fn vessel_revoke(cfg: &ShoreConfig, id: &str, now: i64) -> i32 {
     match cfg
@@ -274,6 +394,8 @@ struct VesselStatus<'a> {
     last_contact_age: Option<String>,
     oldest_unsent_age: Option<String>,
     behind: bool,
+    /// Every key the vessel signs or signed with (rotations, rekeys).
+    keys: Vec<store::VesselKey>,
 }
 
 /// `shore vessel list` and `shore status`.
@@ -303,6 +425,7 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
                 oldest_unsent_age: v.oldest_unsent.map(format_age),
                 behind: v.revoked_at.is_none()
                     && (silent > 86_400 || v.oldest_unsent.unwrap_or(0) > 86_400),
+                keys: db.vessel_keys(&v.id).unwrap_or_default(),
             }
         })
         .collect();

@@ -60,6 +60,16 @@ CREATE TABLE IF NOT EXISTS queue (
     sha256     TEXT NOT NULL,
     queued_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vessel_keys (
+    vessel     TEXT NOT NULL,
+    key_id     TEXT NOT NULL,
+    pubkey     TEXT NOT NULL,
+    from_seq   INTEGER NOT NULL,
+    until_seq  INTEGER,
+    added_at   INTEGER NOT NULL,
+    how        TEXT NOT NULL,
+    PRIMARY KEY (vessel, key_id)
+);
 CREATE TABLE IF NOT EXISTS refusals (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     at       INTEGER NOT NULL,
@@ -139,6 +149,11 @@ pub struct BatchIn<'a> {
     pub envelope_id: &'a str,
     /// The decoded records.
     pub records: &'a [Record],
+    /// The predecessor's manifest digest the batch names.
+    pub previous: Option<&'a str>,
+    /// A key rotation to register with the batch: (new key id, its public key file text, first
+    /// batch it signs, the old key id).
+    pub rotation: Option<(&'a str, &'a str, u64, &'a str)>,
     /// Every batch up to this sequence is acknowledged on the vessel's side already.
     pub settled: u64,
     /// `https` or `file`.
@@ -159,6 +174,97 @@ pub enum Stored {
     Again,
     /// Same sequence, different content: refused, nothing stored.
     Replayed,
+    /// The batch does not continue the chain shore holds: refused, nothing stored.
+    Chain {
+        /// `chain_fork`, `chain_gap` or `chain_broken`.
+        code: &'static str,
+        /// Words for the operator.
+        message: String,
+    },
+}
+
+/// One key a vessel signs (or signed) with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VesselKey {
+    /// Key id.
+    pub key_id: String,
+    /// Its public key file text.
+    #[serde(skip)]
+    pub pubkey: String,
+    /// First batch sequence it may sign.
+    pub from_seq: u64,
+    /// First batch sequence it may no longer sign (`None`: still current).
+    pub until_seq: Option<u64>,
+    /// When shore learned it.
+    pub added_at: i64,
+    /// `registered`, `rotated by the vessel`, `rekeyed by an operator`.
+    pub how: String,
+}
+
+fn short(d: &str) -> &str {
+    d.get(..12).unwrap_or(d)
+}
+
+/// Checks that batch `seq` (digest `sha`, naming `previous`) continues the chain shore holds.
+fn chain_check(
+    tx: &rusqlite::Transaction<'_>,
+    vessel: &str,
+    seq: u64,
+    sha: &str,
+    previous: Option<&str>,
+) -> rusqlite::Result<Option<(&'static str, String)>> {
+    let at = |s: i64| -> rusqlite::Result<Option<(String, Option<String>)>> {
+        tx.query_row(
+            "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
+            params![vessel, s],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    };
+    let s = to_i64(seq);
+    if let Some(p) = previous {
+        if let Some((q, _)) = at(s - 1)? {
+            if q != p {
+                return Ok(Some(("chain_fork", format!(
+                    "batch {seq} names predecessor {}, but shore holds batch {} as {}: two histories of this vessel's progress exist (rewritten on board or in transit); nothing stored",
+                    short(p), seq - 1, short(&q)
+                ))));
+            }
+        } else if let Some(other) = tx
+            .query_row(
+                "SELECT seq FROM batches WHERE vessel = ?1 AND sha256 = ?2",
+                params![vessel, p],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+        {
+            return Ok(Some(("chain_gap", format!(
+                "batch {seq} names batch {other} as its predecessor, so batches {} to {} are missing from its chain (removed on board or in transit); nothing stored",
+                other + 1, s - 1
+            ))));
+        }
+    } else if seq > 1 {
+        let chained: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM batches WHERE vessel = ?1 AND seq < ?2 AND previous IS NOT NULL",
+                params![vessel, s],
+                |r| r.get(0),
+            )?;
+        if let Some(c) = chained {
+            return Ok(Some(("chain_broken", format!(
+                "batch {seq} names no predecessor, but batch {c} before it did: the chain was cut (a vessel state restored from an old backup, or a forged batch); nothing stored"
+            ))));
+        }
+    }
+    if let Some((next_sha, Some(r))) = at(s + 1)? {
+        if r != sha {
+            return Ok(Some(("chain_fork", format!(
+                "batch {}, received earlier as {}, names predecessor {}, but this batch {seq} is {}: two histories of this vessel's progress exist; nothing stored",
+                seq + 1, short(&next_sha), short(&r), short(sha)
+            ))));
+        }
+    }
+    Ok(None)
 }
 
 /// The shore database.
@@ -201,6 +307,25 @@ impl ShoreStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
+        // Columns and rows added after the first release, added to older files in place.
+        let has_previous: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('batches') WHERE name = 'previous'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(e)?
+            > 0;
+        if !has_previous {
+            conn.execute_batch("ALTER TABLE batches ADD COLUMN previous TEXT")
+                .map_err(e)?;
+        }
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
+             SELECT id, key_id, pubkey, 0, NULL, added_at, 'registered' FROM vessels v
+             WHERE NOT EXISTS (SELECT 1 FROM vessel_keys k WHERE k.vessel = v.id)",
+        )
+        .map_err(e)?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
@@ -231,7 +356,69 @@ impl ShoreStore {
                 params![id, token_sha256, pubkey, key_id, now],
             )
             .map_err(|e| self.err(e))?;
+        self.set_only_key(id, pubkey, key_id, "registered", now)
+    }
+
+    /// Makes `key_id` the vessel's only key, for every sequence; earlier keys are refused from
+    /// now on (`shore vessel add` again, `shore vessel rekey`).
+    fn set_only_key(&self, id: &str, pubkey: &str, key_id: &str, how: &str, now: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE vessel_keys SET until_seq = 0 WHERE vessel = ?1 AND key_id != ?2",
+                params![id, key_id],
+            )
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute(
+                "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
+                 VALUES (?1, ?2, ?3, 0, NULL, ?4, ?5)
+                 ON CONFLICT(vessel, key_id) DO UPDATE SET from_seq = 0, until_seq = NULL, how = excluded.how",
+                params![id, key_id, pubkey, now, how],
+            )
+            .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// An operator forces a vessel's key: from now on only `key_id` is accepted from it.
+    /// False when the vessel is unknown.
+    pub fn rekey_vessel(&self, id: &str, pubkey: &str, key_id: &str, now: i64) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "UPDATE vessels SET pubkey = ?2, key_id = ?3 WHERE id = ?1",
+                params![id, pubkey, key_id],
+            )
+            .map_err(|e| self.err(e))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.set_only_key(id, pubkey, key_id, "rekeyed by an operator", now)?;
+        Ok(true)
+    }
+
+    /// Every key a vessel signs or signed with, oldest first.
+    pub fn vessel_keys(&self, id: &str) -> Result<Vec<VesselKey>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key_id, pubkey, from_seq, until_seq, added_at, how FROM vessel_keys
+                 WHERE vessel = ?1 ORDER BY from_seq, added_at",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![id], |r| {
+                Ok(VesselKey {
+                    key_id: r.get(0)?,
+                    pubkey: r.get(1)?,
+                    from_seq: r.get::<_, i64>(2)?.unsigned_abs(),
+                    until_seq: r.get::<_, Option<i64>>(3)?.map(i64::unsigned_abs),
+                    added_at: r.get(4)?,
+                    how: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
     }
 
     /// Revokes a vessel; false when unknown.
@@ -295,6 +482,8 @@ impl ShoreStore {
             sha256,
             envelope_id,
             records,
+            previous,
+            rotation,
             settled,
             via,
         } = *b;
@@ -307,20 +496,64 @@ impl ShoreStore {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(e)?;
-        let existing: Option<String> = tx
+        let existing: Option<(String, Option<String>)> = tx
             .query_row(
-                "SELECT sha256 FROM batches WHERE vessel = ?1 AND seq = ?2",
+                "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
                 params![vessel, to_i64(seq)],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(e)?;
-        if let Some(existing) = existing {
+        if let Some((existing, their_previous)) = existing {
             return Ok(if existing == sha256 {
                 Stored::Again
+            } else if let (Some(p), Some(q)) = (previous, their_previous.as_deref()) {
+                if p == q {
+                    Stored::Chain {
+                        code: "chain_fork",
+                        message: format!(
+                            "two different batches {seq} claim the same predecessor {}: shore keeps the one it received first ({}); this one ({}) is refused",
+                            short(p), short(&existing), short(sha256)
+                        ),
+                    }
+                } else {
+                    Stored::Replayed
+                }
             } else {
                 Stored::Replayed
             });
+        }
+        if let Some((code, message)) = chain_check(&tx, vessel, seq, sha256, previous).map_err(e)? {
+            return Ok(Stored::Chain { code, message });
+        }
+        if let Some((new_id, new_pub, from, old_id)) = rotation {
+            let known: bool = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM vessel_keys WHERE vessel = ?1 AND key_id = ?2",
+                    params![vessel, new_id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(e)?
+                > 0;
+            if !known {
+                tx.execute(
+                    "UPDATE vessel_keys SET until_seq = ?3 WHERE vessel = ?1 AND key_id = ?2
+                       AND (until_seq IS NULL OR until_seq > ?3)",
+                    params![vessel, old_id, to_i64(from)],
+                )
+                .map_err(e)?;
+                tx.execute(
+                    "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
+                     VALUES (?1, ?2, ?3, ?4, NULL, ?5, 'rotated by the vessel')",
+                    params![vessel, new_id, new_pub, to_i64(from), now],
+                )
+                .map_err(e)?;
+                tx.execute(
+                    "UPDATE vessels SET pubkey = ?2, key_id = ?3 WHERE id = ?1",
+                    params![vessel, new_pub, new_id],
+                )
+                .map_err(e)?;
+            }
         }
         let mut new = 0u64;
         {
@@ -353,9 +586,9 @@ impl ShoreStore {
             }
         }
         tx.execute(
-            "INSERT INTO batches(vessel, seq, sha256, envelope_id, records, new_records, received_at, via)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![vessel, to_i64(seq), sha256, envelope_id, records.len() as i64, to_i64(new), now, via],
+            "INSERT INTO batches(vessel, seq, sha256, envelope_id, records, new_records, received_at, via, previous)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![vessel, to_i64(seq), sha256, envelope_id, records.len() as i64, to_i64(new), now, via, previous],
         )
         .map_err(e)?;
         // The watermark covers only contiguous sequences, so a batch that a file carrier

@@ -31,6 +31,84 @@ struct Status {
     outbox_ack: Option<AckState>,
     progress: ProgressStatus,
     learner_impact: Vec<Impact>,
+    trust: TrustStatus,
+}
+
+/// Whose bundles this vessel applies, and its own signing key.
+#[derive(Serialize, Default)]
+struct TrustStatus {
+    roots: Vec<KeyLine>,
+    listed: Vec<KeyLine>,
+    certified: Vec<CertLine>,
+    revoked: Vec<crate::store::Revocation>,
+    signing_key: Option<String>,
+    rotation_pending: Option<crate::store::VesselKey>,
+}
+
+#[derive(Serialize)]
+struct KeyLine {
+    key_id: String,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct CertLine {
+    key_id: String,
+    name: String,
+    may_sign: Vec<String>,
+    recipients: Vec<String>,
+    not_after: String,
+    expired: bool,
+    revoked: bool,
+    source: String,
+}
+
+fn trust_status(cfg: &Config, store: &Store, now: i64) -> TrustStatus {
+    let lines = |k: &wire::envelope::Keyring| {
+        k.iter()
+            .map(|k| KeyLine {
+                key_id: k.id.clone(),
+                name: k.name.clone(),
+            })
+            .collect()
+    };
+    // A journal not yet migrated by this build (the agent has not started since the upgrade)
+    // holds no trust state yet.
+    let revoked = store.revocations().unwrap_or_default();
+    let certified = store
+        .certs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| {
+            let b = &c.certificate.body;
+            CertLine {
+                key_id: c.key_id.clone(),
+                name: c.name.clone(),
+                may_sign: b.may_sign.clone(),
+                recipients: b.recipients.clone(),
+                not_after: b.not_after.clone(),
+                expired: base::clock::parse_time(&b.not_after).is_some_and(|t| t < now),
+                revoked: revoked.iter().any(|r| r.key_id == c.key_id),
+                source: c.source.clone(),
+            }
+        })
+        .collect();
+    let keys = store.vessel_keys().unwrap_or_default();
+    let acked = store.ack("outbox").ok().flatten().map_or(0, |a| a.acked_seq);
+    let configured = cfg
+        .uplink
+        .signing_key
+        .as_ref()
+        .and_then(|p| wire::envelope::SecretKey::load(p).ok())
+        .map(|k| k.id);
+    TrustStatus {
+        roots: lines(&cfg.roots),
+        listed: lines(&cfg.keyring),
+        certified,
+        revoked,
+        signing_key: keys.last().map(|k| k.key_id.clone()).or(configured),
+        rotation_pending: keys.last().filter(|k| acked < k.from_seq).cloned(),
+    }
 }
 
 /// What a held course command means for learners.
@@ -173,7 +251,58 @@ fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::Store
         mappings: store.mapping_counts()?,
         outbox_ack: store.ack("outbox")?,
         progress: progress_status(cfg, &store, clock.now())?,
+        trust: trust_status(cfg, &store, clock.now()),
     })
+}
+
+fn print_trust(t: &TrustStatus) {
+    let ids = |v: &[KeyLine]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter()
+                .map(|k| format!("{} ({})", k.key_id, k.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!("trust:     root {}; listed {}", ids(&t.roots), ids(&t.listed));
+    for c in &t.certified {
+        let state = if c.revoked {
+            "REVOKED"
+        } else if c.expired {
+            "EXPIRED"
+        } else {
+            "trusted"
+        };
+        println!(
+            "  {state:<8} operator {} (key {}) may sign {} for {} until {} ({})",
+            c.name,
+            c.key_id,
+            c.may_sign.join(", "),
+            c.recipients.join(", "),
+            c.not_after,
+            c.source
+        );
+    }
+    for r in &t.revoked {
+        println!(
+            "  REVOKED  key {} by {} at {}: {}",
+            r.key_id,
+            r.by_command,
+            format_time(r.revoked_at),
+            r.reason
+        );
+    }
+    if let Some(k) = &t.signing_key {
+        println!("vessel key: {k}");
+    }
+    if let Some(p) = &t.rotation_pending {
+        println!(
+            "  rotation to key {} from batch {}: waiting for shore to acknowledge that batch",
+            p.key_id, p.from_seq
+        );
+    }
 }
 
 /// `vessel-sync status`.
@@ -283,6 +412,7 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
     for r in &s.recent_rejections {
         println!("  {}  {}: {}", format_time(r.at), r.outcome, r.detail);
     }
+    print_trust(&s.trust);
     let maps: Vec<String> = s.mappings.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!(
         "mappings:  {}",
@@ -518,6 +648,27 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
     );
     println!("format     {} ({:?})", m.format, m.kind);
     println!("issuer     {} (sender {:?})", m.issuer, m.sender);
+    if let Some(c) = &m.certificate {
+        let b = &c.body;
+        println!(
+            "certified  operator {} by root {}: may sign {} for {}, {} to {}",
+            b.name,
+            b.root,
+            b.may_sign.join(", "),
+            b.recipients.join(", "),
+            b.not_before,
+            b.not_after
+        );
+    }
+    if let Some(p) = &m.previous {
+        println!("previous   {p}");
+    }
+    if let Some(r) = &m.key_rotation {
+        println!(
+            "rotation   key {} replaces {} from batch {}",
+            r.body.new_key_id, r.body.old_key, r.body.from_sequence
+        );
+    }
     println!("recipient  {:?}   sequence {}", m.recipient, m.sequence);
     println!("created    {}", m.created);
     if let Some(nb) = &m.not_before {

@@ -136,6 +136,15 @@ impl SecretKey {
 }
 
 impl PublicKey {
+    /// The one line of its `.pub` file.
+    pub fn file_text(&self) -> String {
+        format!(
+            "{PUB_TAG} {} {}",
+            B64.encode(self.key.as_bytes()),
+            sanitize_comment(&self.name)
+        )
+    }
+
     /// Loads a public key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = read(path)?;
