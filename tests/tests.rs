@@ -8,6 +8,7 @@ mod cli;
 mod courses;
 mod crash;
 mod imports;
+mod keys;
 mod ordering;
 mod progress;
 mod real;

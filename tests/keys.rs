@@ -1,0 +1,568 @@
+//! Keys that change at sea: operator certificates from the fleet root, `trust_key` and
+//! `revoke_key` delivered like any bundle, vessel key rotation and operator rekeys ashore, and
+//! the chain of progress batches (law 5: only trusted orders; law 1: nothing lost on the way).
+
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+use crate::support::shore::{Shore, linked_vessel, seed};
+use crate::support::{VESSEL, Vessel, cmd, draft, now};
+use wire::envelope::{
+    self, Certificate, CommandEntry, Draft, Extra, Grant, Keyring, PublicKey, SecretKey, Source,
+};
+
+const DAY: i64 = 86_400;
+
+fn public(k: &SecretKey, name: &str) -> PublicKey {
+    PublicKey {
+        key: k.key.verifying_key(),
+        id: k.id.clone(),
+        name: name.into(),
+    }
+}
+
+/// A fleet: its root, and vessels that trust only that root.
+struct Fleet {
+    root: SecretKey,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        Self {
+            root: SecretKey::from_seed([40u8; 32]),
+        }
+    }
+
+    /// A vessel whose `[keyring]` lists the root and no operator.
+    fn vessel(&self) -> Vessel {
+        let v = Vessel::new();
+        std::fs::write(
+            v.path("keys/root.pub"),
+            format!("{}\n", public(&self.root, "fleet root").file_text()),
+        )
+        .unwrap();
+        std::fs::write(
+            &v.config,
+            format!(
+                "version = 1\n[vessel]\nid = \"{VESSEL}\"\n[paths]\nstate_dir = \"state\"\ninbox = \"inbox\"\n\
+                 [keyring]\nroot = [\"keys/root.pub\"]\n[inbox]\nsettle = \"0s\"\ngap_timeout = \"2days\"\n"
+            ),
+        )
+        .unwrap();
+        v
+    }
+
+    fn certify(&self, op: &SecretKey, name: &str, may_sign: &[&str], from: i64, to: i64) -> Certificate {
+        let grant = Grant {
+            may_sign: may_sign.iter().map(|s| s.to_string()).collect(),
+            recipients: vec!["*".into()],
+            not_before: from,
+            not_after: to,
+        };
+        Certificate::issue(&self.root, &public(op, name), name, &grant, from).unwrap()
+    }
+}
+
+/// Writes a bundle signed by `key`, carrying `cert` when given, under the vessel's `shore/`.
+fn signed(v: &Vessel, name: &str, d: &Draft, key: &SecretKey, cert: Option<&Certificate>) -> PathBuf {
+    let out = v.path(&format!("shore/{name}"));
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let extra = Extra {
+        certificate: cert.cloned(),
+        ..Default::default()
+    };
+    envelope::write_envelope_with(d, &extra, key, now(), &out).unwrap();
+    out
+}
+
+fn mapping_cmd(id: &str, n: u32) -> (CommandEntry, (String, Source)) {
+    let member = format!("files/map-{id}.csv");
+    (
+        cmd("set_mapping", id, serde_json::json!({}), &[member.as_str()]),
+        (
+            member,
+            Source::Bytes(format!("kind,legacy_id,moodle_key\ncourse,L{n},C{n}\n").into_bytes()),
+        ),
+    )
+}
+
+/// A bundle of one `set_mapping` command with id `id`.
+fn mapping(recipient: &str, seq: u64, id: &str, n: u32) -> Draft {
+    let (c, (m, s)) = mapping_cmd(id, n);
+    let mut d = draft(recipient, seq, vec![c], vec![]);
+    d.files.push((m, s));
+    d
+}
+
+fn revoke(seq: u64, key: &str, last_good: serde_json::Value) -> Draft {
+    draft(
+        VESSEL,
+        seq,
+        vec![cmd(
+            "revoke_key",
+            &format!("revoke-{seq}"),
+            serde_json::json!({"key": key, "reason": "laptop lost in Rotterdam", "last_good": last_good}),
+            &[],
+        )],
+        vec![],
+    )
+}
+
+fn trust(seq: u64, cert: &Certificate) -> Draft {
+    draft(
+        VESSEL,
+        seq,
+        vec![cmd("trust_key", &format!("trust-{seq}"), serde_json::json!({}), &["files/op.cert"])],
+        vec![("files/op.cert", Source::Bytes(cert.to_text().into_bytes()))],
+    )
+}
+
+/// Command ids that took effect.
+fn applied(v: &Vessel) -> Vec<String> {
+    let mut ids: Vec<String> = in_state(v, "done").into_iter().map(|c| c.cmd_id).collect();
+    ids.sort();
+    ids
+}
+
+fn in_state(v: &Vessel, state: &str) -> Vec<vessel::store::CommandRow> {
+    v.store()
+        .commands()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.state.as_str() == state)
+        .collect()
+}
+
+fn status(v: &Vessel) -> serde_json::Value {
+    let out = v.run(&["status", "--json", "--config", v.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn deliver(v: &Vessel, bundle: &Path) -> String {
+    let name = bundle.file_name().unwrap().to_str().unwrap().to_string();
+    v.drop_in(bundle, &name);
+    v.once()
+}
+
+#[test]
+fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_either_order() {
+    let fleet = Fleet::new();
+    let anna = SecretKey::from_seed([41u8; 32]);
+    let cert = fleet.certify(&anna, "anna", &["*"], now() - DAY, now() + 300 * DAY);
+
+    // Revocation first: shore knew it had issued sequences 1 and 2 with anna's key.
+    let v = fleet.vessel();
+    deliver(&v, &signed(&v, "a1.vsb", &mapping(VESSEL, 1, "a1", 1), &anna, Some(&cert)));
+    deliver(&v, &signed(&v, "r1.vsb", &revoke(1, &anna.id, serde_json::json!({VESSEL: 2})), &fleet.root, None));
+    // Bundle 2 was legitimately in transit on a USB stick: still applied.
+    deliver(&v, &signed(&v, "a2.vsb", &mapping(VESSEL, 2, "a2", 2), &anna, Some(&cert)));
+    // The thief's bundle 3 arrives later by USB: refused, with the revocation named.
+    deliver(&v, &signed(&v, "forged.vsb", &mapping(VESSEL, 3, "forged", 3), &anna, Some(&cert)));
+    assert_eq!(applied(&v), ["a1", "a2", "revoke-1"]);
+    let why = v.reason("forged.vsb").expect("the forgery is quarantined");
+    assert!(why.contains("Code:     revoked_key"), "{why}");
+    assert!(why.contains("revoke-1") && why.contains("laptop lost in Rotterdam"), "{why}");
+    let s = status(&v);
+    assert_eq!(s["trust"]["revoked"][0]["key_id"], anna.id.as_str());
+    assert_eq!(s["trust"]["certified"][0]["revoked"], true);
+
+    // Forgery first: it looks like anna's next bundle and is applied, since the vessel cannot
+    // know yet; when the revocation arrives the audit trail names it for the operator, and
+    // nothing after it is applied.
+    let v = fleet.vessel();
+    deliver(&v, &signed(&v, "a1.vsb", &mapping(VESSEL, 1, "a1", 1), &anna, Some(&cert)));
+    deliver(&v, &signed(&v, "forged.vsb", &mapping(VESSEL, 2, "forged", 2), &anna, Some(&cert)));
+    deliver(&v, &signed(&v, "r1.vsb", &revoke(1, &anna.id, serde_json::json!({VESSEL: 1})), &fleet.root, None));
+    deliver(&v, &signed(&v, "forged3.vsb", &mapping(VESSEL, 3, "forged3", 3), &anna, Some(&cert)));
+    assert_eq!(applied(&v), ["a1", "forged", "revoke-1"]);
+    let flagged = v.audit("revoked_key_applied");
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    assert!(flagged[0].3.contains("sequence 2"), "{flagged:?}");
+    assert!(v.reason("forged3.vsb").unwrap().contains("revoked_key"));
+}
+
+#[test]
+fn a_bundle_admitted_before_the_revocation_arrived_but_not_yet_run_is_refused() {
+    let fleet = Fleet::new();
+    let anna = SecretKey::from_seed([41u8; 32]);
+    let cert = fleet.certify(&anna, "anna", &["*"], now() - DAY, now() + DAY);
+    let v = fleet.vessel();
+    // Anna's bundle 2 arrives before 1 and waits for it in the journal.
+    deliver(&v, &signed(&v, "a2.vsb", &mapping(VESSEL, 2, "a2", 2), &anna, Some(&cert)));
+    deliver(&v, &signed(&v, "r1.vsb", &revoke(1, &anna.id, serde_json::json!(1)), &fleet.root, None));
+    deliver(&v, &signed(&v, "a1.vsb", &mapping(VESSEL, 1, "a1", 1), &anna, Some(&cert)));
+    assert_eq!(applied(&v), ["a1", "revoke-1"]);
+    let failed = in_state(&v, "failed");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].reason.as_deref().unwrap().contains("revoked_key"), "{failed:?}");
+}
+
+#[test]
+fn an_expired_certificate_is_refused_and_says_what_to_do() {
+    let fleet = Fleet::new();
+    let bob = SecretKey::from_seed([42u8; 32]);
+    let cert = fleet.certify(&bob, "bob", &["*"], now() - 30 * DAY, now() - DAY);
+    let v = fleet.vessel();
+    deliver(&v, &signed(&v, "b1.vsb", &mapping(VESSEL, 1, "b1", 1), &bob, Some(&cert)));
+    let why = v.reason("b1.vsb").expect("quarantined");
+    assert!(why.contains("certificate_expired"), "{why}");
+    assert!(why.contains("certifies the key again"), "{why}");
+    assert!(applied(&v).is_empty());
+}
+
+#[test]
+fn the_root_trusts_a_new_operator_and_every_rule_of_the_grant_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    // The key ceremony with the real commands.
+    let bin = crate::support::bin();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    run(&["keygen", "--root", "--out", &p("root"), "--comment", "fleet root"]);
+    run(&["keygen", "--out", &p("carla"), "--comment", "carla"]);
+    let said = run(&[
+        "key", "certify", "--root", &p("root.key"), "--key", &p("carla.pub"),
+        "--may-sign", "set_mapping", "--days", "90", "--out", &p("carla.cert"),
+    ]);
+    assert!(said.contains("may sign set_mapping"), "{said}");
+    let shown = run(&["key", "show", &p("carla.cert"), "--root", &p("root.pub")]);
+    assert!(shown.contains("signature:  valid"), "{shown}");
+    let root = SecretKey::load(Path::new(&p("root.key"))).unwrap();
+    let carla = SecretKey::load(Path::new(&p("carla.key"))).unwrap();
+    let cert = Certificate::load(Path::new(&p("carla.cert"))).unwrap();
+    let fleet = Fleet { root };
+    let v = fleet.vessel();
+
+    // Before the root has said anything, a bundle from carla without her certificate is unknown.
+    deliver(&v, &signed(&v, "early.vsb", &mapping(VESSEL, 1, "early", 1), &carla, None));
+    assert!(v.reason("early.vsb").unwrap().contains("unknown_key"));
+    // The root's trust_key, then carla's bundles apply without carrying the certificate.
+    deliver(&v, &signed(&v, "t1.vsb", &trust(1, &cert), &fleet.root, None));
+    deliver(&v, &signed(&v, "c1.vsb", &mapping(VESSEL, 1, "c1", 1), &carla, None));
+    assert_eq!(applied(&v), ["c1", "trust-1"]);
+    // `bundle build` finds carla.cert beside carla.key and carries it.
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(dir.path().join("m.csv"), "kind,legacy_id,moodle_key\ncourse,L9,C9\n").unwrap();
+    std::fs::write(&spec, format!("recipient = \"{VESSEL}\"\nsequence = 2\n[[command]]\ntype = \"set_mapping\"\nid = \"c2\"\nfiles = [\"m.csv\"]\n")).unwrap();
+    run(&["bundle", "build", "--spec", spec.to_str().unwrap(), "--key", &p("carla.key"), "--out", &p("c2.vsb")]);
+    let inspected = run(&["bundle", "inspect", &p("c2.vsb")]);
+    assert!(inspected.contains("certified  operator carla"), "{inspected}");
+    deliver(&v, Path::new(&p("c2.vsb")));
+    assert_eq!(applied(&v), ["c1", "c2", "trust-1"]);
+
+    // Outside the grant: a command type she may not sign.
+    let hide = draft(VESSEL, 3, vec![cmd("hide_course", "h", serde_json::json!({"course": "C1"}), &[])], vec![]);
+    deliver(&v, &signed(&v, "hide.vsb", &hide, &carla, None));
+    assert!(v.reason("hide.vsb").unwrap().contains("certified to sign set_mapping only"));
+    // The root's own commands from an operator, and an operator's from the root.
+    deliver(&v, &signed(&v, "op-revoke.vsb", &revoke(3, &carla.id, serde_json::json!(0)), &carla, None));
+    assert!(v.reason("op-revoke.vsb").unwrap().contains("must be signed by the fleet root key"));
+    deliver(&v, &signed(&v, "root-map.vsb", &mapping(VESSEL, 2, "rm", 5), &fleet.root, None));
+    assert!(v.reason("root-map.vsb").unwrap().contains("signs only trust_key and revoke_key"));
+    // A certificate whose grant was widened after signing.
+    let mut forged = cert.clone();
+    forged.body.may_sign = vec!["*".into()];
+    deliver(&v, &signed(&v, "widened.vsb", &hide, &carla, Some(&forged)));
+    assert!(v.reason("widened.vsb").unwrap().contains("certificate_invalid"));
+    assert_eq!(applied(&v), ["c1", "c2", "trust-1"]);
+    let s = status(&v);
+    assert_eq!(s["trust"]["certified"][0]["name"], "carla");
+    assert_eq!(s["trust"]["certified"][0]["may_sign"][0], "set_mapping");
+}
+
+/// One bundle of the property test's fleet.
+#[derive(Debug, Clone)]
+struct Item {
+    name: &'static str,
+    path: PathBuf,
+}
+
+fn fleet_bundles(fleet: &Fleet, v: &Vessel, t0: i64) -> Vec<Item> {
+    let anna = SecretKey::from_seed([41u8; 32]);
+    let bea = SecretKey::from_seed([43u8; 32]);
+    let cid = SecretKey::from_seed([44u8; 32]);
+    let ca = fleet.certify(&anna, "anna", &["*"], t0 - DAY, t0 + DAY);
+    let cb = fleet.certify(&bea, "bea", &["set_mapping"], t0 - DAY, t0 + DAY);
+    let cc = fleet.certify(&cid, "cid", &["*"], t0 - DAY, t0 + DAY);
+    // In the order shore issued them: the root trusts bea and cid, anna signs two bundles, the
+    // root revokes anna after them, bea signs two bundles (the second to the whole fleet).
+    let items = [
+        ("t1", trust(1, &cb), &fleet.root, None),
+        ("a1", mapping(VESSEL, 1, "a1", 1), &anna, Some(&ca)),
+        ("t2", trust(2, &cc), &fleet.root, None),
+        ("a2", mapping(VESSEL, 2, "a2", 2), &anna, Some(&ca)),
+        ("r3", revoke(3, &anna.id, serde_json::json!({VESSEL: 2})), &fleet.root, None),
+        ("b1", mapping(VESSEL, 1, "b1", 3), &bea, Some(&cb)),
+        ("b2", mapping("*", 1, "b2", 4), &bea, Some(&cb)),
+    ];
+    items
+        .into_iter()
+        .map(|(name, d, key, cert)| Item {
+            name,
+            path: signed(v, &format!("{name}.vsb"), &d, key, cert),
+        })
+        .collect()
+}
+
+/// The trust state as it matters: who is trusted for what, who is revoked and from where.
+fn trust_state(v: &Vessel) -> serde_json::Value {
+    let s = status(v);
+    let t = &s["trust"];
+    let certified: Vec<serde_json::Value> = t["certified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| serde_json::json!([c["key_id"], c["may_sign"], c["not_after"], c["revoked"]]))
+        .collect();
+    let revoked: Vec<serde_json::Value> = t["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::json!([r["key_id"], r["last_good"], r["by_command"]]))
+        .collect();
+    serde_json::json!({"certified": certified, "revoked": revoked})
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Any delivery order of trust, revoke and command bundles gives the same final trust state
+    /// and the same applied commands as delivery in the order they were issued.
+    #[test]
+    fn any_delivery_order_gives_the_trust_state_and_commands_of_in_order_delivery(
+        order in Just((0..7usize).collect::<Vec<_>>()).prop_shuffle(),
+        batch in 1..4usize,
+    ) {
+        let fleet = Fleet::new();
+        let t0 = now();
+        let reference = fleet.vessel();
+        for item in fleet_bundles(&fleet, &reference, t0) {
+            deliver(&reference, &item.path);
+        }
+        let want_applied = applied(&reference);
+        prop_assert_eq!(
+            &want_applied,
+            &vec!["a1", "a2", "b1", "b2", "revoke-3", "trust-1", "trust-2"]
+        );
+        let want_trust = trust_state(&reference);
+
+        let v = fleet.vessel();
+        let items = fleet_bundles(&fleet, &v, t0);
+        // Several files may arrive between two agent passes (a USB stick with a few on it).
+        for chunk in order.chunks(batch) {
+            for &i in chunk {
+                let it = &items[i];
+                v.drop_in(&it.path, &format!("{}.vsb", it.name));
+            }
+            v.once();
+        }
+        prop_assert_eq!(applied(&v), want_applied);
+        prop_assert_eq!(trust_state(&v), want_trust);
+    }
+}
+
+fn client(shore: &Shore) -> reqwest::blocking::Client {
+    wire::net::http_client(
+        &wire::net::Trust {
+            ca_file: Some(shore.path("ca.pem")),
+            pins: vec![],
+        },
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+/// POSTs a batch as the test vessel; (HTTP status, reply).
+fn post(shore: &Shore, v: &Vessel, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let token = std::fs::read_to_string(v.path("token")).unwrap();
+    let r = client(shore)
+        .post(format!("https://127.0.0.1:{}/v1/sync", shore.port))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .header("x-vessel-id", VESSEL)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_slice(&r.bytes().unwrap()).unwrap_or_default())
+}
+
+/// A batch of `seq` with a few made-up records, signed by `key`, naming `previous`.
+fn crafted_batch(seq: u64, key: &SecretKey, previous: Option<String>, n: u64) -> Vec<u8> {
+    let rec = wire::progress::Record {
+        kind: wire::progress::RecordKind::ActivityCompletion,
+        user: format!("forged-{seq}"),
+        course: "C1".into(),
+        item: "quiz:1".into(),
+        user_legacy: String::new(),
+        course_legacy: String::new(),
+        item_legacy: String::new(),
+        value: "1".into(),
+        time: 1_795_308_010 + n as i64,
+    };
+    let d = Draft {
+        kind: wire::envelope::Kind::Progress,
+        sender: VESSEL.into(),
+        recipient: "shore".into(),
+        sequence: seq,
+        not_before: None,
+        expires: None,
+        commands: vec![],
+        files: vec![(
+            "records.bin".into(),
+            Source::Bytes(wire::progress::codec::encode_batch(&[rec], 0)),
+        )],
+        id: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.vsb");
+    let extra = Extra {
+        previous,
+        ..Default::default()
+    };
+    envelope::write_envelope_with(&d, &extra, key, now(), &f).unwrap();
+    std::fs::read(f).unwrap()
+}
+
+/// The manifest digest of a batch the vessel built.
+fn digest_of(bytes: &[u8], key: &SecretKey) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.vsb");
+    std::fs::write(&f, bytes).unwrap();
+    let o = envelope::open(&f, &Keyring::new([public(key, "v")]), &Default::default()).unwrap();
+    o.manifest_sha256
+}
+
+fn build(v: &Vessel) {
+    let mut store = vessel::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
+    let key = SecretKey::load(&v.path("keys/vessel.key")).unwrap();
+    vessel::uplink::build_batches(&mut store, VESSEL, &key, 50, 100, &v.path("state"), now()).unwrap();
+}
+
+fn shore_keys(shore: &Shore) -> Vec<(String, u64, Option<u64>)> {
+    shore
+        .db()
+        .vessel_keys(VESSEL)
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.key_id, k.from_seq, k.until_seq))
+        .collect()
+}
+
+#[test]
+fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_the_old_key_refused_after() {
+    let mut shore = Shore::new();
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "batch_records = 50\n");
+    let old = SecretKey::load(&v.path("keys/vessel.key")).unwrap();
+    // The link is down: two batches are built and signed with the old key.
+    seed(&v, 100, 0);
+    build(&v);
+    assert_eq!(v.store().pending_batches().unwrap().len(), 2);
+    // The IT officer rotates the key mid-outage.
+    let out = v.run(&["rotate-key", "--json", "--config", v.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["from_seq"], 3);
+    let new_id = r["new_key"].as_str().unwrap().to_string();
+    let again = v.run(&["rotate-key", "--config", v.config.to_str().unwrap()]);
+    assert!(!again.status.success(), "a second rotation before shore's ack is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("waits for shore"));
+    let s = status(&v);
+    assert_eq!(s["trust"]["rotation_pending"]["key_id"], new_id.as_str());
+    // More batches, signed with the new key (a different capture: every record is new).
+    let later = seed(&v, 200, 0);
+    build(&v);
+    let pending = v.store().pending_batches().unwrap();
+    assert_eq!(pending.len() as u64, 2 + later.div_ceil(50));
+    let total = 100 + later;
+    // The link comes back: every batch is acknowledged, every record stored once.
+    shore.start();
+    crate::support::shore::drain(&v, 20);
+    assert_eq!(shore.counts(), (total, total));
+    assert_eq!(
+        shore_keys(&shore),
+        vec![(old.id.clone(), 0, Some(3)), (new_id.clone(), 3, None)]
+    );
+    assert!(status(&v)["trust"]["rotation_pending"].is_null());
+    // A batch signed by the old key after the rotation point is refused.
+    let (code, body) = post(&shore, &v, crafted_batch(5, &old, None, 1));
+    assert_eq!((code, body["error"].as_str()), (422, Some("old_key")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("retired from batch 3"), "{body}");
+    // New batches keep flowing with the new key, without the statement.
+    let more = seed(&v, 220, 0);
+    assert!(more > 0);
+    crate::support::shore::drain(&v, 20);
+    let total = total + more;
+    assert_eq!(shore.counts(), (total, total));
+
+    // An operator forces a key from shore: the vessel's current key is refused from then on.
+    let forced = SecretKey::from_seed([77u8; 32]);
+    forced.write_pair(&v.path("keys/forced"), VESSEL).unwrap();
+    let out = shore.run(&["vessel", "rekey", VESSEL, "--pubkey", v.path("keys/forced.pub").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(seed(&v, 240, 0) > 0);
+    let out = crate::support::shore::sync(&v);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("old_key"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(shore.counts(), (total, total), "nothing from the replaced key is stored");
+    let refusals = shore.db().refusals(5).unwrap();
+    assert!(refusals.iter().any(|(_, _, c, m)| c == "old_key" && m.contains("an operator replaced")), "{refusals:?}");
+}
+
+#[test]
+fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on() {
+    let mut shore = Shore::new();
+    shore.start();
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "batch_records = 50\n");
+    let key = SecretKey::load(&v.path("keys/vessel.key")).unwrap();
+    seed(&v, 100, 0);
+    build(&v);
+    let batches = v.store().pending_batches().unwrap();
+    let d1 = digest_of(&batches[0].envelope, &key);
+    let d2 = digest_of(&batches[1].envelope, &key);
+    crate::support::shore::drain(&v, 5);
+    assert_eq!(shore.counts(), (100, 100));
+
+    // Batch 3 naming a predecessor other than the batch 2 shore holds: a fork.
+    let (code, body) = post(&shore, &v, crafted_batch(3, &key, Some(d1.clone()), 1));
+    assert_eq!((code, body["error"].as_str()), (409, Some("chain_fork")), "{body}");
+    // Batch 4 naming batch 1 as its predecessor: batches 2 and 3 are missing from its chain.
+    let (code, body) = post(&shore, &v, crafted_batch(4, &key, Some(d1), 2));
+    assert_eq!((code, body["error"].as_str()), (409, Some("chain_gap")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("batches 2 to 3"), "{body}");
+    // Batch 3 naming no predecessor after a chained history: cut.
+    let (code, body) = post(&shore, &v, crafted_batch(3, &key, None, 3));
+    assert_eq!((code, body["error"].as_str()), (409, Some("chain_broken")), "{body}");
+    // Batch 4 arriving before 3, then a batch 3 that is not the one batch 4 names.
+    let fake3 = crafted_batch(3, &key, Some(d2.clone()), 4);
+    let d3 = {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b");
+        std::fs::write(&f, crafted_batch(3, &key, Some(d2.clone()), 5)).unwrap();
+        envelope::open(&f, &Keyring::new([public(&key, "v")]), &Default::default())
+            .unwrap()
+            .manifest_sha256
+    };
+    let (code, body) = post(&shore, &v, crafted_batch(4, &key, Some(d3), 6));
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post(&shore, &v, fake3);
+    assert_eq!((code, body["error"].as_str()), (409, Some("chain_fork")), "{body}");
+    assert_eq!(shore.counts(), (101, 101), "only the one consistent batch was stored");
+    let out = shore.run(&["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = s["recent_refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
+    for c in ["chain_fork", "chain_gap", "chain_broken"] {
+        assert!(codes.contains(&c), "{codes:?}");
+    }
+}
