@@ -53,7 +53,14 @@ impl Fleet {
         v
     }
 
-    fn certify(&self, op: &SecretKey, name: &str, may_sign: &[&str], from: i64, to: i64) -> Certificate {
+    fn certify(
+        &self,
+        op: &SecretKey,
+        name: &str,
+        may_sign: &[&str],
+        from: i64,
+        to: i64,
+    ) -> Certificate {
         let grant = Grant {
             may_sign: may_sign.iter().map(|s| s.to_string()).collect(),
             recipients: vec!["*".into()],
@@ -65,7 +72,13 @@ impl Fleet {
 }
 
 /// Writes a bundle signed by `key`, carrying `cert` when given, under the vessel's `shore/`.
-fn signed(v: &Vessel, name: &str, d: &Draft, key: &SecretKey, cert: Option<&Certificate>) -> PathBuf {
+fn signed(
+    v: &Vessel,
+    name: &str,
+    d: &Draft,
+    key: &SecretKey,
+    cert: Option<&Certificate>,
+) -> PathBuf {
     let out = v.path(&format!("shore/{name}"));
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let extra = Extra {
@@ -113,7 +126,12 @@ fn trust(seq: u64, cert: &Certificate) -> Draft {
     draft(
         VESSEL,
         seq,
-        vec![cmd("trust_key", &format!("trust-{seq}"), serde_json::json!({}), &["files/op.cert"])],
+        vec![cmd(
+            "trust_key",
+            &format!("trust-{seq}"),
+            serde_json::json!({}),
+            &["files/op.cert"],
+        )],
         vec![("files/op.cert", Source::Bytes(cert.to_text().into_bytes()))],
     )
 }
@@ -136,7 +154,11 @@ fn in_state(v: &Vessel, state: &str) -> Vec<vessel::store::CommandRow> {
 
 fn status(v: &Vessel) -> serde_json::Value {
     let out = v.run(&["status", "--json", "--config", v.config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -154,16 +176,55 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
 
     // Revocation first: shore knew it had issued sequences 1 and 2 with anna's key.
     let v = fleet.vessel();
-    deliver(&v, &signed(&v, "a1.vsb", &mapping(VESSEL, 1, "a1", 1), &anna, Some(&cert)));
-    deliver(&v, &signed(&v, "r1.vsb", &revoke(1, &anna.id, serde_json::json!({VESSEL: 2})), &fleet.root, None));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "a1.vsb",
+            &mapping(VESSEL, 1, "a1", 1),
+            &anna,
+            Some(&cert),
+        ),
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "r1.vsb",
+            &revoke(1, &anna.id, serde_json::json!({VESSEL: 2})),
+            &fleet.root,
+            None,
+        ),
+    );
     // Bundle 2 was legitimately in transit on a USB stick: still applied.
-    deliver(&v, &signed(&v, "a2.vsb", &mapping(VESSEL, 2, "a2", 2), &anna, Some(&cert)));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "a2.vsb",
+            &mapping(VESSEL, 2, "a2", 2),
+            &anna,
+            Some(&cert),
+        ),
+    );
     // The thief's bundle 3 arrives later by USB: refused, with the revocation named.
-    deliver(&v, &signed(&v, "forged.vsb", &mapping(VESSEL, 3, "forged", 3), &anna, Some(&cert)));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "forged.vsb",
+            &mapping(VESSEL, 3, "forged", 3),
+            &anna,
+            Some(&cert),
+        ),
+    );
     assert_eq!(applied(&v), ["a1", "a2", "revoke-1"]);
     let why = v.reason("forged.vsb").expect("the forgery is quarantined");
     assert!(why.contains("Code:     revoked_key"), "{why}");
-    assert!(why.contains("revoke-1") && why.contains("laptop lost in Rotterdam"), "{why}");
+    assert!(
+        why.contains("revoke-1") && why.contains("laptop lost in Rotterdam"),
+        "{why}"
+    );
     let s = status(&v);
     assert_eq!(s["trust"]["revoked"][0]["key_id"], anna.id.as_str());
     assert_eq!(s["trust"]["certified"][0]["revoked"], true);
@@ -172,10 +233,46 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
     // know yet; when the revocation arrives the audit trail names it for the operator, and
     // nothing after it is applied.
     let v = fleet.vessel();
-    deliver(&v, &signed(&v, "a1.vsb", &mapping(VESSEL, 1, "a1", 1), &anna, Some(&cert)));
-    deliver(&v, &signed(&v, "forged.vsb", &mapping(VESSEL, 2, "forged", 2), &anna, Some(&cert)));
-    deliver(&v, &signed(&v, "r1.vsb", &revoke(1, &anna.id, serde_json::json!({VESSEL: 1})), &fleet.root, None));
-    deliver(&v, &signed(&v, "forged3.vsb", &mapping(VESSEL, 3, "forged3", 3), &anna, Some(&cert)));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "a1.vsb",
+            &mapping(VESSEL, 1, "a1", 1),
+            &anna,
+            Some(&cert),
+        ),
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "forged.vsb",
+            &mapping(VESSEL, 2, "forged", 2),
+            &anna,
+            Some(&cert),
+        ),
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "r1.vsb",
+            &revoke(1, &anna.id, serde_json::json!({VESSEL: 1})),
+            &fleet.root,
+            None,
+        ),
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "forged3.vsb",
+            &mapping(VESSEL, 3, "forged3", 3),
+            &anna,
+            Some(&cert),
+        ),
+    );
     assert_eq!(applied(&v), ["a1", "forged", "revoke-1"]);
     let flagged = v.audit("revoked_key_applied");
     assert_eq!(flagged.len(), 1, "{flagged:?}");
@@ -190,13 +287,43 @@ fn a_bundle_admitted_before_the_revocation_arrived_but_not_yet_run_is_refused() 
     let cert = fleet.certify(&anna, "anna", &["*"], now() - DAY, now() + DAY);
     let v = fleet.vessel();
     // Anna's bundle 2 arrives before 1 and waits for it in the journal.
-    deliver(&v, &signed(&v, "a2.vsb", &mapping(VESSEL, 2, "a2", 2), &anna, Some(&cert)));
-    deliver(&v, &signed(&v, "r1.vsb", &revoke(1, &anna.id, serde_json::json!(1)), &fleet.root, None));
-    deliver(&v, &signed(&v, "a1.vsb", &mapping(VESSEL, 1, "a1", 1), &anna, Some(&cert)));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "a2.vsb",
+            &mapping(VESSEL, 2, "a2", 2),
+            &anna,
+            Some(&cert),
+        ),
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "r1.vsb",
+            &revoke(1, &anna.id, serde_json::json!(1)),
+            &fleet.root,
+            None,
+        ),
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "a1.vsb",
+            &mapping(VESSEL, 1, "a1", 1),
+            &anna,
+            Some(&cert),
+        ),
+    );
     assert_eq!(applied(&v), ["a1", "revoke-1"]);
     let failed = in_state(&v, "failed");
     assert_eq!(failed.len(), 1);
-    assert!(failed[0].reason.as_deref().unwrap().contains("revoked_key"), "{failed:?}");
+    assert!(
+        failed[0].reason.as_deref().unwrap().contains("revoked_key"),
+        "{failed:?}"
+    );
 }
 
 #[test]
@@ -205,7 +332,16 @@ fn an_expired_certificate_is_refused_and_says_what_to_do() {
     let bob = SecretKey::from_seed([42u8; 32]);
     let cert = fleet.certify(&bob, "bob", &["*"], now() - 30 * DAY, now() - DAY);
     let v = fleet.vessel();
-    deliver(&v, &signed(&v, "b1.vsb", &mapping(VESSEL, 1, "b1", 1), &bob, Some(&cert)));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "b1.vsb",
+            &mapping(VESSEL, 1, "b1", 1),
+            &bob,
+            Some(&cert),
+        ),
+    );
     let why = v.reason("b1.vsb").expect("quarantined");
     assert!(why.contains("certificate_expired"), "{why}");
     assert!(why.contains("certifies the key again"), "{why}");
@@ -219,15 +355,36 @@ fn the_root_trusts_a_new_operator_and_every_rule_of_the_grant_holds() {
     let bin = crate::support::bin();
     let run = |args: &[&str]| {
         let o = std::process::Command::new(bin).args(args).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    run(&["keygen", "--root", "--out", &p("root"), "--comment", "fleet root"]);
+    run(&[
+        "keygen",
+        "--root",
+        "--out",
+        &p("root"),
+        "--comment",
+        "fleet root",
+    ]);
     run(&["keygen", "--out", &p("carla"), "--comment", "carla"]);
     let said = run(&[
-        "key", "certify", "--root", &p("root.key"), "--key", &p("carla.pub"),
-        "--may-sign", "set_mapping", "--days", "90", "--out", &p("carla.cert"),
+        "key",
+        "certify",
+        "--root",
+        &p("root.key"),
+        "--key",
+        &p("carla.pub"),
+        "--may-sign",
+        "set_mapping",
+        "--days",
+        "90",
+        "--out",
+        &p("carla.cert"),
     ]);
     assert!(said.contains("may sign set_mapping"), "{said}");
     let shown = run(&["key", "show", &p("carla.cert"), "--root", &p("root.pub")]);
@@ -239,36 +396,111 @@ fn the_root_trusts_a_new_operator_and_every_rule_of_the_grant_holds() {
     let v = fleet.vessel();
 
     // Before the root has said anything, a bundle from carla without her certificate is unknown.
-    deliver(&v, &signed(&v, "early.vsb", &mapping(VESSEL, 1, "early", 1), &carla, None));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "early.vsb",
+            &mapping(VESSEL, 1, "early", 1),
+            &carla,
+            None,
+        ),
+    );
     assert!(v.reason("early.vsb").unwrap().contains("unknown_key"));
     // The root's trust_key, then carla's bundles apply without carrying the certificate.
-    deliver(&v, &signed(&v, "t1.vsb", &trust(1, &cert), &fleet.root, None));
-    deliver(&v, &signed(&v, "c1.vsb", &mapping(VESSEL, 1, "c1", 1), &carla, None));
+    deliver(
+        &v,
+        &signed(&v, "t1.vsb", &trust(1, &cert), &fleet.root, None),
+    );
+    deliver(
+        &v,
+        &signed(&v, "c1.vsb", &mapping(VESSEL, 1, "c1", 1), &carla, None),
+    );
     assert_eq!(applied(&v), ["c1", "trust-1"]);
     // `bundle build` finds carla.cert beside carla.key and carries it.
     let spec = dir.path().join("spec.toml");
-    std::fs::write(dir.path().join("m.csv"), "kind,legacy_id,moodle_key\ncourse,L9,C9\n").unwrap();
+    std::fs::write(
+        dir.path().join("m.csv"),
+        "kind,legacy_id,moodle_key\ncourse,L9,C9\n",
+    )
+    .unwrap();
     std::fs::write(&spec, format!("recipient = \"{VESSEL}\"\nsequence = 2\n[[command]]\ntype = \"set_mapping\"\nid = \"c2\"\nfiles = [\"m.csv\"]\n")).unwrap();
-    run(&["bundle", "build", "--spec", spec.to_str().unwrap(), "--key", &p("carla.key"), "--out", &p("c2.vsb")]);
+    run(&[
+        "bundle",
+        "build",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--key",
+        &p("carla.key"),
+        "--out",
+        &p("c2.vsb"),
+    ]);
     let inspected = run(&["bundle", "inspect", &p("c2.vsb")]);
-    assert!(inspected.contains("certified  operator carla"), "{inspected}");
+    assert!(
+        inspected.contains("certified  operator carla"),
+        "{inspected}"
+    );
     deliver(&v, Path::new(&p("c2.vsb")));
     assert_eq!(applied(&v), ["c1", "c2", "trust-1"]);
 
     // Outside the grant: a command type she may not sign.
-    let hide = draft(VESSEL, 3, vec![cmd("hide_course", "h", serde_json::json!({"course": "C1"}), &[])], vec![]);
+    let hide = draft(
+        VESSEL,
+        3,
+        vec![cmd(
+            "hide_course",
+            "h",
+            serde_json::json!({"course": "C1"}),
+            &[],
+        )],
+        vec![],
+    );
     deliver(&v, &signed(&v, "hide.vsb", &hide, &carla, None));
-    assert!(v.reason("hide.vsb").unwrap().contains("certified to sign set_mapping only"));
+    assert!(
+        v.reason("hide.vsb")
+            .unwrap()
+            .contains("certified to sign set_mapping only")
+    );
     // The root's own commands from an operator, and an operator's from the root.
-    deliver(&v, &signed(&v, "op-revoke.vsb", &revoke(3, &carla.id, serde_json::json!(0)), &carla, None));
-    assert!(v.reason("op-revoke.vsb").unwrap().contains("must be signed by the fleet root key"));
-    deliver(&v, &signed(&v, "root-map.vsb", &mapping(VESSEL, 2, "rm", 5), &fleet.root, None));
-    assert!(v.reason("root-map.vsb").unwrap().contains("signs only trust_key and revoke_key"));
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "op-revoke.vsb",
+            &revoke(3, &carla.id, serde_json::json!(0)),
+            &carla,
+            None,
+        ),
+    );
+    assert!(
+        v.reason("op-revoke.vsb")
+            .unwrap()
+            .contains("must be signed by the fleet root key")
+    );
+    deliver(
+        &v,
+        &signed(
+            &v,
+            "root-map.vsb",
+            &mapping(VESSEL, 2, "rm", 5),
+            &fleet.root,
+            None,
+        ),
+    );
+    assert!(
+        v.reason("root-map.vsb")
+            .unwrap()
+            .contains("signs only trust_key and revoke_key")
+    );
     // A certificate whose grant was widened after signing.
     let mut forged = cert.clone();
     forged.body.may_sign = vec!["*".into()];
     deliver(&v, &signed(&v, "widened.vsb", &hide, &carla, Some(&forged)));
-    assert!(v.reason("widened.vsb").unwrap().contains("certificate_invalid"));
+    assert!(
+        v.reason("widened.vsb")
+            .unwrap()
+            .contains("certificate_invalid")
+    );
     assert_eq!(applied(&v), ["c1", "c2", "trust-1"]);
     let s = status(&v);
     assert_eq!(s["trust"]["certified"][0]["name"], "carla");
@@ -296,7 +528,12 @@ fn fleet_bundles(fleet: &Fleet, v: &Vessel, t0: i64) -> Vec<Item> {
         ("a1", mapping(VESSEL, 1, "a1", 1), &anna, Some(&ca)),
         ("t2", trust(2, &cc), &fleet.root, None),
         ("a2", mapping(VESSEL, 2, "a2", 2), &anna, Some(&ca)),
-        ("r3", revoke(3, &anna.id, serde_json::json!({VESSEL: 2})), &fleet.root, None),
+        (
+            "r3",
+            revoke(3, &anna.id, serde_json::json!({VESSEL: 2})),
+            &fleet.root,
+            None,
+        ),
         ("b1", mapping(VESSEL, 1, "b1", 3), &bea, Some(&cb)),
         ("b2", mapping("*", 1, "b2", 4), &bea, Some(&cb)),
     ];
@@ -389,7 +626,10 @@ fn post(shore: &Shore, v: &Vessel, body: Vec<u8>) -> (u16, serde_json::Value) {
         .send()
         .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_slice(&r.bytes().unwrap()).unwrap_or_default())
+    (
+        status,
+        serde_json::from_slice(&r.bytes().unwrap()).unwrap_or_default(),
+    )
 }
 
 /// A batch of `seq` with a few made-up records, signed by `key`, naming `previous`.
@@ -441,7 +681,8 @@ fn digest_of(bytes: &[u8], key: &SecretKey) -> String {
 fn build(v: &Vessel) {
     let mut store = vessel::store::Store::open(&v.path("state/journal.db"), VESSEL).unwrap();
     let key = SecretKey::load(&v.path("keys/vessel.key")).unwrap();
-    vessel::uplink::build_batches(&mut store, VESSEL, &key, 50, 100, &v.path("state"), now()).unwrap();
+    vessel::uplink::build_batches(&mut store, VESSEL, &key, 50, 100, &v.path("state"), now())
+        .unwrap();
 }
 
 fn shore_keys(shore: &Shore) -> Vec<(String, u64, Option<u64>)> {
@@ -455,7 +696,8 @@ fn shore_keys(shore: &Shore) -> Vec<(String, u64, Option<u64>)> {
 }
 
 #[test]
-fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_the_old_key_refused_after() {
+fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_the_old_key_refused_after()
+ {
     let mut shore = Shore::new();
     let url = format!("https://127.0.0.1:{}", shore.port);
     let v = linked_vessel(&shore, &url, "batch_records = 50\n");
@@ -465,13 +707,25 @@ fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_th
     build(&v);
     assert_eq!(v.store().pending_batches().unwrap().len(), 2);
     // The IT officer rotates the key mid-outage.
-    let out = v.run(&["rotate-key", "--json", "--config", v.config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = v.run(&[
+        "rotate-key",
+        "--json",
+        "--config",
+        v.config.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["from_seq"], 3);
     let new_id = r["new_key"].as_str().unwrap().to_string();
     let again = v.run(&["rotate-key", "--config", v.config.to_str().unwrap()]);
-    assert!(!again.status.success(), "a second rotation before shore's ack is refused");
+    assert!(
+        !again.status.success(),
+        "a second rotation before shore's ack is refused"
+    );
     assert!(String::from_utf8_lossy(&again.stderr).contains("waits for shore"));
     let s = status(&v);
     assert_eq!(s["trust"]["rotation_pending"]["key_id"], new_id.as_str());
@@ -492,8 +746,18 @@ fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_th
     assert!(status(&v)["trust"]["rotation_pending"].is_null());
     // A batch signed by the old key after the rotation point is refused.
     let (code, body) = post(&shore, &v, crafted_batch(5, &old, None, 1));
-    assert_eq!((code, body["error"].as_str()), (422, Some("old_key")), "{body}");
-    assert!(body["message"].as_str().unwrap().contains("retired from batch 3"), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (422, Some("old_key")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("retired from batch 3"),
+        "{body}"
+    );
     // New batches keep flowing with the new key, without the statement.
     let more = seed(&v, 220, 0);
     assert!(more > 0);
@@ -504,14 +768,37 @@ fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_th
     // An operator forces a key from shore: the vessel's current key is refused from then on.
     let forced = SecretKey::from_seed([77u8; 32]);
     forced.write_pair(&v.path("keys/forced"), VESSEL).unwrap();
-    let out = shore.run(&["vessel", "rekey", VESSEL, "--pubkey", v.path("keys/forced.pub").to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = shore.run(&[
+        "vessel",
+        "rekey",
+        VESSEL,
+        "--pubkey",
+        v.path("keys/forced.pub").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(seed(&v, 240, 0) > 0);
     let out = crate::support::shore::sync(&v);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("old_key"), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(shore.counts(), (total, total), "nothing from the replaced key is stored");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("old_key"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        shore.counts(),
+        (total, total),
+        "nothing from the replaced key is stored"
+    );
     let refusals = shore.db().refusals(5).unwrap();
-    assert!(refusals.iter().any(|(_, _, c, m)| c == "old_key" && m.contains("an operator replaced")), "{refusals:?}");
+    assert!(
+        refusals
+            .iter()
+            .any(|(_, _, c, m)| c == "old_key" && m.contains("an operator replaced")),
+        "{refusals:?}"
+    );
 }
 
 #[test]
@@ -531,14 +818,29 @@ fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on()
 
     // Batch 3 naming a predecessor other than the batch 2 shore holds: a fork.
     let (code, body) = post(&shore, &v, crafted_batch(3, &key, Some(d1.clone()), 1));
-    assert_eq!((code, body["error"].as_str()), (409, Some("chain_fork")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("chain_fork")),
+        "{body}"
+    );
     // Batch 4 naming batch 1 as its predecessor: batches 2 and 3 are missing from its chain.
     let (code, body) = post(&shore, &v, crafted_batch(4, &key, Some(d1), 2));
-    assert_eq!((code, body["error"].as_str()), (409, Some("chain_gap")), "{body}");
-    assert!(body["message"].as_str().unwrap().contains("batches 2 to 3"), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("chain_gap")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("batches 2 to 3"),
+        "{body}"
+    );
     // Batch 3 naming no predecessor after a chained history: cut.
     let (code, body) = post(&shore, &v, crafted_batch(3, &key, None, 3));
-    assert_eq!((code, body["error"].as_str()), (409, Some("chain_broken")), "{body}");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("chain_broken")),
+        "{body}"
+    );
     // Batch 4 arriving before 3, then a batch 3 that is not the one batch 4 names.
     let fake3 = crafted_batch(3, &key, Some(d2.clone()), 4);
     let d3 = {
@@ -552,8 +854,16 @@ fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on()
     let (code, body) = post(&shore, &v, crafted_batch(4, &key, Some(d3), 6));
     assert_eq!(code, 200, "{body}");
     let (code, body) = post(&shore, &v, fake3);
-    assert_eq!((code, body["error"].as_str()), (409, Some("chain_fork")), "{body}");
-    assert_eq!(shore.counts(), (101, 101), "only the one consistent batch was stored");
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("chain_fork")),
+        "{body}"
+    );
+    assert_eq!(
+        shore.counts(),
+        (101, 101),
+        "only the one consistent batch was stored"
+    );
     let out = shore.run(&["status", "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let codes: Vec<&str> = s["recent_refusals"]

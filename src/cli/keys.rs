@@ -89,20 +89,38 @@ pub fn run(cmd: KeyCmd, clock: &dyn Clock) -> i32 {
                 None => now,
                 Some(Some(t)) => t,
                 Some(None) => {
-                    return fail(exit::USAGE, "--not-before must be an RFC 3339 UTC time, e.g. 2027-01-01T00:00:00Z");
+                    return fail(
+                        exit::USAGE,
+                        "--not-before must be an RFC 3339 UTC time, e.g. 2027-01-01T00:00:00Z",
+                    );
                 }
             };
             if days == 0 {
                 return fail(exit::USAGE, "--days must be at least 1");
             }
             let grant = Grant {
-                may_sign: may_sign.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-                recipients: recipients.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                may_sign: may_sign
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+                recipients: recipients
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
                 not_before: start,
                 not_after: start + i64::from(days) * 86_400,
             };
-            if let Some(bad) = grant.recipients.iter().find(|r| *r != "*" && !wire::valid_vessel_id(r)) {
-                return fail(exit::USAGE, format!("--recipients: {bad:?} is not a vessel id"));
+            if let Some(bad) = grant
+                .recipients
+                .iter()
+                .find(|r| *r != "*" && !wire::valid_vessel_id(r))
+            {
+                return fail(
+                    exit::USAGE,
+                    format!("--recipients: {bad:?} is not a vessel id"),
+                );
             }
             let holder = name.unwrap_or_else(|| key.name.clone());
             let cert = match Certificate::issue(&root, &key, &holder, &grant, now) {
@@ -110,7 +128,13 @@ pub fn run(cmd: KeyCmd, clock: &dyn Clock) -> i32 {
                 Err(e) => return fail(exit::USAGE, e),
             };
             if out.exists() {
-                return fail(exit::IOERR, format!("{} already exists; refusing to overwrite a certificate", out.display()));
+                return fail(
+                    exit::IOERR,
+                    format!(
+                        "{} already exists; refusing to overwrite a certificate",
+                        out.display()
+                    ),
+                );
             }
             if let Err(e) = base::fsutil::atomic_write(&out, cert.to_text().as_bytes()) {
                 return fail(exit::IOERR, format!("{}: {e}", out.display()));
@@ -137,7 +161,10 @@ fn show(file: &Path, root: Option<&Path>, now: i64) -> i32 {
         return exit::OK;
     }
     if let Ok(k) = SecretKey::load(file) {
-        println!("private key {} (keep it where it is; never copy it to a vessel)", k.id);
+        println!(
+            "private key {} (keep it where it is; never copy it to a vessel)",
+            k.id
+        );
         return exit::OK;
     }
     let cert = match Certificate::load(file) {
@@ -173,6 +200,9 @@ pub fn rotate(config: &Path, json: bool, clock: &dyn Clock) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Err(e) = vessel::agent::check_owner(&cfg.paths.state_dir) {
+        return fail(exit::NOPERM, e);
+    }
     let mut store = match vessel::store::Store::open(&cfg.paths.database(), &cfg.vessel_id) {
         Ok(s) => s,
         Err(e) => return fail(exit::IOERR, e),

@@ -69,8 +69,8 @@ pub enum Command {
     /// new public key signed by the old one, so shore learns it without anyone ashore doing
     /// anything; batches already built keep the old signature and are still accepted.
     ///
-    /// Run it as the agent's user (`sudo -u vessel-sync vessel-sync rotate-key`); the agent may
-    /// keep running. The new key lives in STATE_DIR/keys/; the config's signing_key stays as it
+    /// Run it as the agent's user, the owner of the state directory (`sudo -u www-data
+    /// vessel-sync rotate-key`); the agent may keep running. The new key lives in STATE_DIR/keys/; the config's signing_key stays as it
     /// is (it signs nothing new).
     RotateKey {
         /// The config file option.

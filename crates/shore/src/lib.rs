@@ -161,9 +161,15 @@ fn intake_inner(
                     422,
                     "old_key",
                     if until == 0 {
-                        format!("batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key", m.sequence)
+                        format!(
+                            "batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key",
+                            m.sequence
+                        )
                     } else {
-                        format!("batch {} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused", m.sequence)
+                        format!(
+                            "batch {} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused",
+                            m.sequence
+                        )
                     },
                 ));
             }
@@ -180,8 +186,19 @@ fn intake_inner(
         }
         None => {
             // Only a key the carried rotation names gets here (the resolver added it).
-            let Some(rot) = m.key_rotation.as_ref().filter(|r| r.body.new_key_id == signer) else {
-                return Err(refuse(422, "unknown_key", format!("batch signed by key {signer}, which is not registered for vessel {}", vessel.id)));
+            let Some(rot) = m
+                .key_rotation
+                .as_ref()
+                .filter(|r| r.body.new_key_id == signer)
+            else {
+                return Err(refuse(
+                    422,
+                    "unknown_key",
+                    format!(
+                        "batch signed by key {signer}, which is not registered for vessel {}",
+                        vessel.id
+                    ),
+                ));
             };
             if rot.body.vessel != vessel.id || m.sequence < rot.body.from_sequence {
                 return Err(refuse(
@@ -194,7 +211,12 @@ fn intake_inner(
                 ));
             }
             let pub_text = opened.signer.file_text();
-            rotation = Some((signer.clone(), pub_text, rot.body.from_sequence, rot.body.old_key.clone()));
+            rotation = Some((
+                signer.clone(),
+                pub_text,
+                rot.body.from_sequence,
+                rot.body.old_key.clone(),
+            ));
         }
     }
     if m.kind != Kind::Progress {
@@ -352,7 +374,9 @@ pub fn vessel_rekey(cfg: &ShoreConfig, id: &str, pubkey: &Path, now: i64) -> i32
     match run() {
         Ok(Some((old, new))) => {
             tracing::info!(vessel = id, old_key = %old, new_key = %new, "vessel rekeyed by an operator");
-            println!("vessel {id}: key {new} is now its only key; batches signed by {old} or any earlier key are refused from now on");
+            println!(
+                "vessel {id}: key {new} is now its only key; batches signed by {old} or any earlier key are refused from now on"
+            );
             exit::OK
         }
         Ok(None) => {

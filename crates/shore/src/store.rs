@@ -225,10 +225,15 @@ fn chain_check(
     if let Some(p) = previous {
         if let Some((q, _)) = at(s - 1)? {
             if q != p {
-                return Ok(Some(("chain_fork", format!(
-                    "batch {seq} names predecessor {}, but shore holds batch {} as {}: two histories of this vessel's progress exist (rewritten on board or in transit); nothing stored",
-                    short(p), seq - 1, short(&q)
-                ))));
+                return Ok(Some((
+                    "chain_fork",
+                    format!(
+                        "batch {seq} names predecessor {}, but shore holds batch {} as {}: two histories of this vessel's progress exist (rewritten on board or in transit); nothing stored",
+                        short(p),
+                        seq - 1,
+                        short(&q)
+                    ),
+                )));
             }
         } else if let Some(other) = tx
             .query_row(
@@ -238,30 +243,42 @@ fn chain_check(
             )
             .optional()?
         {
-            return Ok(Some(("chain_gap", format!(
-                "batch {seq} names batch {other} as its predecessor, so batches {} to {} are missing from its chain (removed on board or in transit); nothing stored",
-                other + 1, s - 1
-            ))));
+            return Ok(Some((
+                "chain_gap",
+                format!(
+                    "batch {seq} names batch {other} as its predecessor, so batches {} to {} are missing from its chain (removed on board or in transit); nothing stored",
+                    other + 1,
+                    s - 1
+                ),
+            )));
         }
     } else if seq > 1 {
-        let chained: Option<i64> = tx
-            .query_row(
-                "SELECT MAX(seq) FROM batches WHERE vessel = ?1 AND seq < ?2 AND previous IS NOT NULL",
-                params![vessel, s],
-                |r| r.get(0),
-            )?;
+        let chained: Option<i64> = tx.query_row(
+            "SELECT MAX(seq) FROM batches WHERE vessel = ?1 AND seq < ?2 AND previous IS NOT NULL",
+            params![vessel, s],
+            |r| r.get(0),
+        )?;
         if let Some(c) = chained {
-            return Ok(Some(("chain_broken", format!(
-                "batch {seq} names no predecessor, but batch {c} before it did: the chain was cut (a vessel state restored from an old backup, or a forged batch); nothing stored"
-            ))));
+            return Ok(Some((
+                "chain_broken",
+                format!(
+                    "batch {seq} names no predecessor, but batch {c} before it did: the chain was cut (a vessel state restored from an old backup, or a forged batch); nothing stored"
+                ),
+            )));
         }
     }
     if let Some((next_sha, Some(r))) = at(s + 1)? {
         if r != sha {
-            return Ok(Some(("chain_fork", format!(
-                "batch {}, received earlier as {}, names predecessor {}, but this batch {seq} is {}: two histories of this vessel's progress exist; nothing stored",
-                seq + 1, short(&next_sha), short(&r), short(sha)
-            ))));
+            return Ok(Some((
+                "chain_fork",
+                format!(
+                    "batch {}, received earlier as {}, names predecessor {}, but this batch {seq} is {}: two histories of this vessel's progress exist; nothing stored",
+                    seq + 1,
+                    short(&next_sha),
+                    short(&r),
+                    short(sha)
+                ),
+            )));
         }
     }
     Ok(None)
@@ -361,7 +378,14 @@ impl ShoreStore {
 
     /// Makes `key_id` the vessel's only key, for every sequence; earlier keys are refused from
     /// now on (`shore vessel add` again, `shore vessel rekey`).
-    fn set_only_key(&self, id: &str, pubkey: &str, key_id: &str, how: &str, now: i64) -> Result<()> {
+    fn set_only_key(
+        &self,
+        id: &str,
+        pubkey: &str,
+        key_id: &str,
+        how: &str,
+        now: i64,
+    ) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE vessel_keys SET until_seq = 0 WHERE vessel = ?1 AND key_id != ?2",
@@ -513,7 +537,9 @@ impl ShoreStore {
                         code: "chain_fork",
                         message: format!(
                             "two different batches {seq} claim the same predecessor {}: shore keeps the one it received first ({}); this one ({}) is refused",
-                            short(p), short(&existing), short(sha256)
+                            short(p),
+                            short(&existing),
+                            short(sha256)
                         ),
                     }
                 } else {

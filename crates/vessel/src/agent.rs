@@ -140,7 +140,7 @@ fn lock(state_dir: &Path) -> Result<File, AgentError> {
 
 /// Root must not work on a state directory that belongs to another user (the service's): the
 /// journal, work and archive files it created would be root's and the service could not use them.
-fn check_owner(state_dir: &Path) -> Result<(), AgentError> {
+pub fn check_owner(state_dir: &Path) -> Result<(), AgentError> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(state_dir).map_err(|e| io_err("reading", state_dir, e))?;
     // SAFETY: geteuid has no preconditions.

@@ -94,7 +94,11 @@ fn trust_status(cfg: &Config, store: &Store, now: i64) -> TrustStatus {
         })
         .collect();
     let keys = store.vessel_keys().unwrap_or_default();
-    let acked = store.ack("outbox").ok().flatten().map_or(0, |a| a.acked_seq);
+    let acked = store
+        .ack("outbox")
+        .ok()
+        .flatten()
+        .map_or(0, |a| a.acked_seq);
     let configured = cfg
         .uplink
         .signing_key
@@ -266,7 +270,11 @@ fn print_trust(t: &TrustStatus) {
                 .join(", ")
         }
     };
-    println!("trust:     root {}; listed {}", ids(&t.roots), ids(&t.listed));
+    println!(
+        "trust:     root {}; listed {}",
+        ids(&t.roots),
+        ids(&t.listed)
+    );
     for c in &t.certified {
         let state = if c.revoked {
             "REVOKED"

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use crate::config::Config;
-use crate::store::{Revocation, Result, StoredCert, Tx};
+use crate::store::{Result, Revocation, StoredCert, Tx};
 use wire::envelope::trust::{Credentials, ROOT_ONLY};
 use wire::envelope::{Certificate, Keyring, Manifest, PublicKey, Rejection};
 
@@ -57,7 +57,12 @@ impl Trust {
 
     /// The keys a bundle with these raw manifest bytes may be signed by.
     pub fn keyring_for(&self, manifest_bytes: &[u8]) -> std::result::Result<Keyring, Rejection> {
-        let mut keys: Vec<PublicKey> = self.listed.iter().chain(self.roots.iter()).cloned().collect();
+        let mut keys: Vec<PublicKey> = self
+            .listed
+            .iter()
+            .chain(self.roots.iter())
+            .cloned()
+            .collect();
         for c in self.certs.values() {
             if let Ok(k) = c.verify(&self.roots) {
                 keys.push(k);

@@ -28,7 +28,9 @@ use crate::config::{Config, UplinkMode, UplinkSettings};
 use crate::store::{Store, StoreError};
 use base::clock::{format_age, format_time};
 use base::failpoint;
-use wire::envelope::{Draft, Extra, KeyRotation, Kind, PublicKey, SecretKey, Source, write_envelope_with};
+use wire::envelope::{
+    Draft, Extra, KeyRotation, Kind, PublicKey, SecretKey, Source, write_envelope_with,
+};
 use wire::progress::codec;
 use wire::{RECORDS_MEMBER, SHORE};
 

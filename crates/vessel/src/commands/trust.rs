@@ -65,8 +65,20 @@ impl Command for TrustKey {
             b.not_before,
             b.not_after
         );
-        if tx.remember_cert(&cert, &format!("trust_key command {}", ctx.cmd.cmd_id), ctx.now)? {
-            tx.audit(ctx.now, &ctx.cmd.issuer, Some(&ctx.cmd.bundle_id), Some(&ctx.cmd.cmd_id), "key_trusted", "trust_key", &what)?;
+        if tx.remember_cert(
+            &cert,
+            &format!("trust_key command {}", ctx.cmd.cmd_id),
+            ctx.now,
+        )? {
+            tx.audit(
+                ctx.now,
+                &ctx.cmd.issuer,
+                Some(&ctx.cmd.bundle_id),
+                Some(&ctx.cmd.cmd_id),
+                "key_trusted",
+                "trust_key",
+                &what,
+            )?;
             Ok(CommandOutcome::Done(what))
         } else {
             Ok(CommandOutcome::Done(format!(
@@ -175,7 +187,15 @@ impl Command for RevokeKey {
             format!("bundles are still let through {}", list.join(", "))
         };
         let what = format!("key {key} revoked ({}): {points}", r.reason);
-        tx.audit(ctx.now, &ctx.cmd.issuer, Some(&ctx.cmd.bundle_id), Some(&ctx.cmd.cmd_id), "key_revoked", "revoke_key", &what)?;
+        tx.audit(
+            ctx.now,
+            &ctx.cmd.issuer,
+            Some(&ctx.cmd.bundle_id),
+            Some(&ctx.cmd.cmd_id),
+            "key_revoked",
+            "revoke_key",
+            &what,
+        )?;
         let before = tx.applied_after(&r)?;
         for (id, recipient, seq) in &before {
             tx.audit(ctx.now, key, Some(id), None, "revoked_key_applied", "applied_before_revocation",

@@ -24,11 +24,11 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limi
             keyring_t.and_then(Table::span),
             "[keyring] needs trusted (operator .pub files), root (the fleet root .pub file), or both, e.g. root = [\"/etc/vessel-sync/keys/fleet-root.pub\"]".into(),
         );
-    } else if trusted.as_ref().is_none_or(|k| k.1 == 0) && roots.as_ref().is_none_or(|k| k.1 == 0)
-    {
+    } else if trusted.as_ref().is_none_or(|k| k.1 == 0) && roots.as_ref().is_none_or(|k| k.1 == 0) {
         w.push(
             keyring_t.and_then(Table::span),
-            "[keyring] lists no key: with no trusted or root key every bundle would be refused".into(),
+            "[keyring] lists no key: with no trusted or root key every bundle would be refused"
+                .into(),
         );
     }
     let limits_t = w.sub(root, "limits");
@@ -67,15 +67,14 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limi
 
 /// The public keys loaded from the files listed under `[keyring] NAME` and how many entries
 /// the list has, or `None` when the entry is absent.
-fn key_list(
-    w: &mut Walker<'_>,
-    t: Option<&Table>,
-    name: &str,
-) -> Option<(Vec<PublicKey>, usize)> {
+fn key_list(w: &mut Walker<'_>, t: Option<&Table>, name: &str) -> Option<(Vec<PublicKey>, usize)> {
     let item = t.and_then(|t| t.get(name))?;
     let mut keys = Vec::new();
     let Some(arr) = item.as_array() else {
-        w.push(item.span(), format!("keyring.{name} must be a list of file paths"));
+        w.push(
+            item.span(),
+            format!("keyring.{name} must be a list of file paths"),
+        );
         return Some((keys, 1));
     };
     for v in arr.iter() {

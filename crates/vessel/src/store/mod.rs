@@ -27,10 +27,10 @@ pub use journal::{
     NewCommand, Overview, StreamGap,
 };
 pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
-pub use trust::{Revocation, StoredCert, VesselKey};
 pub use outbox::{
     Batch, CapturedState, CourseBacklog, LocalKey, NewBatch, OutboxSummary, QuarantinedProgress,
 };
+pub use trust::{Revocation, StoredCert, VesselKey};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -101,7 +101,8 @@ fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VesselKey> {
     })
 }
 
-const CERTS: &str = "SELECT key_id, name, certificate, source, added_at FROM trust_certs ORDER BY key_id";
+const CERTS: &str =
+    "SELECT key_id, name, certificate, source, added_at FROM trust_certs ORDER BY key_id";
 const REVOKED: &str =
     "SELECT key_id, reason, last_good, by_command, revoked_at FROM trust_revoked ORDER BY key_id";
 const KEYS: &str =

@@ -441,8 +441,13 @@ mod tests {
     #[test]
     fn a_grant_refuses_outside_its_times_types_and_recipients() {
         let g = grant();
-        assert!(g.refuses("anna", "mv-a", &["set_mapping"], 1_500, 0).is_none());
-        let expired = g.refuses("anna", "mv-a", &["set_mapping"], 2_500, 0).unwrap();
+        assert!(
+            g.refuses("anna", "mv-a", &["set_mapping"], 1_500, 0)
+                .is_none()
+        );
+        let expired = g
+            .refuses("anna", "mv-a", &["set_mapping"], 2_500, 0)
+            .unwrap();
         assert_eq!(expired.code(), "certificate_expired");
         assert_eq!(
             g.refuses("anna", "mv-a", &["delete_course"], 1_500, 0)
@@ -460,8 +465,16 @@ mod tests {
             recipients: vec!["mv-a".into()],
             ..grant()
         };
-        assert!(narrow.refuses("a", "mv-a", &["set_mapping"], 1_500, 0).is_none());
-        assert!(narrow.refuses("a", "*", &["set_mapping"], 1_500, 0).is_some());
+        assert!(
+            narrow
+                .refuses("a", "mv-a", &["set_mapping"], 1_500, 0)
+                .is_none()
+        );
+        assert!(
+            narrow
+                .refuses("a", "*", &["set_mapping"], 1_500, 0)
+                .is_some()
+        );
     }
 
     #[test]

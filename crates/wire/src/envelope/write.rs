@@ -97,7 +97,14 @@ pub fn write_envelope(
     now: i64,
     out: &Path,
 ) -> io::Result<Manifest> {
-    write_with(draft, &Extra::default(), key, now, out, draft.kind == Kind::Progress)
+    write_with(
+        draft,
+        &Extra::default(),
+        key,
+        now,
+        out,
+        draft.kind == Kind::Progress,
+    )
 }
 
 /// As [`write_envelope`], with a certificate, rotation or predecessor in the manifest.
