@@ -876,3 +876,62 @@ fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on()
         assert!(codes.contains(&c), "{codes:?}");
     }
 }
+
+#[test]
+fn shore_queues_root_and_certified_bundles_and_refuses_what_a_vessel_would() {
+    let fleet = Fleet::new();
+    let shore = Shore::new();
+    std::fs::write(
+        shore.path("keys/root.pub"),
+        format!("{}\n", public(&fleet.root, "fleet root").file_text()),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&shore.config).unwrap();
+    text.push_str("root = [\"keys/root.pub\"]\n");
+    std::fs::write(&shore.config, text).unwrap();
+    let v = Vessel::new();
+    let dora = SecretKey::from_seed([45u8; 32]);
+    let cert = fleet.certify(&dora, "dora", &["set_mapping"], now() - DAY, now() + DAY);
+    let push = |b: &Path| shore.run(&["push", b.to_str().unwrap()]);
+    let ok = push(&signed(
+        &v,
+        "d1.vsb",
+        &mapping(VESSEL, 1, "d1", 1),
+        &dora,
+        Some(&cert),
+    ));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let ok = push(&signed(&v, "t1.vsb", &trust(1, &cert), &fleet.root, None));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = push(&signed(
+        &v,
+        "r.vsb",
+        &mapping(VESSEL, 2, "r", 2),
+        &fleet.root,
+        None,
+    ));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("signs only trust_key and revoke_key"));
+    let hide = draft(
+        VESSEL,
+        2,
+        vec![cmd(
+            "hide_course",
+            "h",
+            serde_json::json!({"course": "C1"}),
+            &[],
+        )],
+        vec![],
+    );
+    let bad = push(&signed(&v, "h.vsb", &hide, &dora, Some(&cert)));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("certified to sign set_mapping only"));
+    assert_eq!(shore.db().bundles_for(VESSEL, 0).unwrap().len(), 2);
+}

@@ -345,6 +345,15 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
+/// ": ID (NAME), ..." for a non-empty keyring, nothing for an empty one.
+fn key_names(k: &Keyring) -> String {
+    if k.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = k.iter().map(|k| format!("{} ({})", k.id, k.name)).collect();
+    format!(": {}", names.join(", "))
+}
+
 fn keygen(out: &Path, comment: &str, root: bool) -> i32 {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
@@ -492,14 +501,11 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
             // The keys given are trusted outright and as roots: a bundle carrying a
             // certificate by one of them verifies too (its grant is not applied here).
             let resolve = |bytes: &[u8]| {
-                let mut keys: Vec<PublicKey> = keyring.iter().cloned().collect();
-                if let Some(c) = envelope::trust::Credentials::of(bytes).certificate {
-                    keys.push(
-                        c.verify(&keyring)
-                            .map_err(|e| envelope::Rejection::CertificateInvalid(e.to_string()))?,
-                    );
-                }
-                Ok(Keyring::new(keys))
+                envelope::trust::keyring_with_carried(
+                    bytes,
+                    keyring.iter().cloned().collect(),
+                    &keyring,
+                )
             };
             let result = envelope::open_with(&file, &resolve, &limits).and_then(|o| {
                 if let Some(v) = &vessel {
@@ -561,15 +567,13 @@ fn check_config(path: &Path) -> i32 {
         return exit::CONFIG;
     }
     println!(
-        "{}: OK. vessel {:?}, {} trusted key(s): {}; inbox {}",
+        "{}: OK. vessel {:?}, {} trusted key(s){}, {} root key(s){}; inbox {}",
         path.display(),
         cfg.vessel_id,
         cfg.keyring.len(),
-        cfg.keyring
-            .iter()
-            .map(|k| format!("{} ({})", k.id, k.name))
-            .collect::<Vec<_>>()
-            .join(", "),
+        key_names(&cfg.keyring),
+        cfg.roots.len(),
+        key_names(&cfg.roots),
         cfg.paths.inbox.display()
     );
     exit::OK

@@ -39,6 +39,10 @@ pub struct ShoreSettings {
     /// Operator public keys whose bundles `shore push` accepts.
     #[serde(default)]
     pub trusted: Vec<PathBuf>,
+    /// Fleet root public keys: `shore push` also accepts the root's own bundles and those of
+    /// operators it certified (within their certificates).
+    #[serde(default)]
+    pub root: Vec<PathBuf>,
     /// Largest batch accepted (bytes).
     #[serde(default = "default_max_batch")]
     pub max_batch_bytes: u64,
@@ -86,7 +90,12 @@ impl ShoreConfig {
         {
             fix(p);
         }
-        for p in &mut cfg.shore.trusted {
+        for p in cfg
+            .shore
+            .trusted
+            .iter_mut()
+            .chain(cfg.shore.root.iter_mut())
+        {
             fix(p);
         }
         Ok(cfg)

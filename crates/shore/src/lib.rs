@@ -503,19 +503,30 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
 /// `shore push`: queues a signed bundle for its recipient.
 pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
     let run = || -> Result<String, String> {
-        let mut keys = Vec::new();
-        for p in &cfg.shore.trusted {
-            keys.push(PublicKey::load(p).map_err(|e| e.to_string())?);
-        }
-        if keys.is_empty() {
+        let load = |paths: &[PathBuf]| -> Result<Vec<PublicKey>, String> {
+            paths
+                .iter()
+                .map(|p| PublicKey::load(p).map_err(|e| e.to_string()))
+                .collect()
+        };
+        let listed = Keyring::new(load(&cfg.shore.trusted)?);
+        let roots = Keyring::new(load(&cfg.shore.root)?);
+        if listed.is_empty() && roots.is_empty() {
             return Err(
-                "[shore] trusted lists no operator key: shore only queues bundles it can verify"
+                "[shore] trusted and root list no key: shore only queues bundles it can verify"
                     .into(),
             );
         }
-        let opened = envelope::open(bundle, &Keyring::new(keys), &Limits::default())
+        let resolve = |bytes: &[u8]| {
+            let base = listed.iter().chain(roots.iter()).cloned().collect();
+            envelope::trust::keyring_with_carried(bytes, base, &roots)
+        };
+        let opened = envelope::open_with(bundle, &resolve, &Limits::default())
             .map_err(|e| format!("{}: refused: {e}", bundle.display()))?;
         let m = opened.manifest.clone();
+        // The vessels apply the same rules; refusing here saves a trip across the link.
+        envelope::trust::authorize(&m, &opened.signer.id, &roots, &listed, None, now, 0)
+            .map_err(|e| format!("{}: refused: {e}", bundle.display()))?;
         if m.kind != Kind::Commands {
             return Err("not a command bundle".into());
         }

@@ -19,19 +19,10 @@ use std::collections::HashMap;
 
 use crate::config::Config;
 use crate::store::{Result, Revocation, StoredCert, Tx};
-use wire::envelope::trust::{Credentials, ROOT_ONLY};
+use wire::envelope::trust;
 use wire::envelope::{Certificate, Keyring, Manifest, PublicKey, Rejection};
 
-/// Who signed a bundle, as far as trust goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Authority {
-    /// A fleet root key.
-    Root,
-    /// An operator key listed in the config.
-    Listed,
-    /// An operator key certified by a root; the certificate to remember, if it was carried.
-    Certified(Option<Box<Certificate>>),
-}
+pub use wire::envelope::trust::Authority;
 
 /// The trust state for one admission: config keys plus what the journal holds.
 pub struct Trust {
@@ -63,18 +54,12 @@ impl Trust {
             .chain(self.roots.iter())
             .cloned()
             .collect();
-        for c in self.certs.values() {
-            if let Ok(k) = c.verify(&self.roots) {
-                keys.push(k);
-            }
-        }
-        if let Some(cert) = Credentials::of(manifest_bytes).certificate {
-            let k = cert
-                .verify(&self.roots)
-                .map_err(|e| Rejection::CertificateInvalid(e.to_string()))?;
-            keys.push(k);
-        }
-        Ok(Keyring::new(keys))
+        keys.extend(
+            self.certs
+                .values()
+                .filter_map(|c| c.verify(&self.roots).ok()),
+        );
+        trust::keyring_with_carried(manifest_bytes, keys, &self.roots)
     }
 
     /// Applies the signer's rules to a verified manifest signed by `signer`.
@@ -85,40 +70,15 @@ impl Trust {
         now: i64,
         skew: i64,
     ) -> std::result::Result<Authority, Rejection> {
-        let kinds: Vec<&str> = m.commands.iter().map(|c| c.kind.as_str()).collect();
-        if self.roots.get(signer).is_some() {
-            if let Some(k) = kinds.iter().find(|k| !ROOT_ONLY.contains(k)) {
-                return Err(Rejection::NotPermitted(format!(
-                    "the fleet root key signs only {}, not {k}; sign commands with an operator key it certified",
-                    ROOT_ONLY.join(" and ")
-                )));
-            }
-            return Ok(Authority::Root);
-        }
-        if let Some(k) = kinds.iter().find(|k| ROOT_ONLY.contains(k)) {
-            return Err(Rejection::NotPermitted(format!(
-                "{k} must be signed by the fleet root key ([keyring] root), not by key {signer}"
-            )));
-        }
-        if self.listed.get(signer).is_some() {
-            return Ok(Authority::Listed);
-        }
-        let carried = m
-            .certificate
-            .as_ref()
-            .filter(|c| c.body.key_id == signer)
-            .cloned();
-        let cert = carried
-            .as_ref()
-            .or_else(|| self.certs.get(signer))
-            .ok_or_else(|| Rejection::UnknownKey(signer.to_string()))?;
-        let grant = cert
-            .grant()
-            .map_err(|e| Rejection::CertificateInvalid(e.to_string()))?;
-        if let Some(r) = grant.refuses(&cert.body.name, &m.recipient, &kinds, now, skew) {
-            return Err(r);
-        }
-        Ok(Authority::Certified(carried.map(Box::new)))
+        trust::authorize(
+            m,
+            signer,
+            &self.roots,
+            &self.listed,
+            self.certs.get(signer),
+            now,
+            skew,
+        )
     }
 
     /// The rejection for a bundle of `issuer` with `sequence` to `recipient` when `issuer` is

@@ -27,7 +27,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::keys::{PublicKey, SecretKey, key_id};
-use super::{Keyring, Rejection};
+use super::{Keyring, Manifest, Rejection};
 use base::clock::{format_time, parse_time};
 
 const CERT_DOMAIN: &[u8] = b"vessel-sync certificate v1\n";
@@ -392,6 +392,83 @@ impl Credentials {
     pub fn of(manifest_bytes: &[u8]) -> Self {
         serde_json::from_slice(manifest_bytes).unwrap_or_default()
     }
+}
+
+/// The keys a bundle with these raw (not yet trusted) manifest bytes may be signed by: `base`,
+/// plus the key its carried certificate names once that certificate has verified against
+/// `roots` (a forged one refuses the bundle).
+pub fn keyring_with_carried(
+    manifest_bytes: &[u8],
+    base: Vec<PublicKey>,
+    roots: &Keyring,
+) -> Result<Keyring, Rejection> {
+    let mut keys = base;
+    if let Some(cert) = Credentials::of(manifest_bytes).certificate {
+        let k = cert
+            .verify(roots)
+            .map_err(|e| Rejection::CertificateInvalid(e.to_string()))?;
+        keys.push(k);
+    }
+    Ok(Keyring::new(keys))
+}
+
+/// How a verified bundle's signer is trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authority {
+    /// A fleet root key.
+    Root,
+    /// A key trusted outright.
+    Listed,
+    /// A key certified by a root; the certificate, when the bundle carried it.
+    Certified(Option<Box<Certificate>>),
+}
+
+/// The signer's rules for a verified manifest signed by `signer`: a root signs only
+/// [`ROOT_ONLY`] commands and only a root signs those; a listed key signs the rest; a certified
+/// key (by the carried certificate, else `held`) stays within its grant at `now`.
+pub fn authorize(
+    m: &Manifest,
+    signer: &str,
+    roots: &Keyring,
+    listed: &Keyring,
+    held: Option<&Certificate>,
+    now: i64,
+    skew: i64,
+) -> Result<Authority, Rejection> {
+    let kinds: Vec<&str> = m.commands.iter().map(|c| c.kind.as_str()).collect();
+    if roots.get(signer).is_some() {
+        if let Some(k) = kinds.iter().find(|k| !ROOT_ONLY.contains(k)) {
+            return Err(Rejection::NotPermitted(format!(
+                "the fleet root key signs only {}, not {k}; sign commands with an operator key it certified",
+                ROOT_ONLY.join(" and ")
+            )));
+        }
+        return Ok(Authority::Root);
+    }
+    if let Some(k) = kinds.iter().find(|k| ROOT_ONLY.contains(k)) {
+        return Err(Rejection::NotPermitted(format!(
+            "{k} must be signed by the fleet root key ([keyring] root), not by key {signer}"
+        )));
+    }
+    if listed.get(signer).is_some() {
+        return Ok(Authority::Listed);
+    }
+    let carried = m
+        .certificate
+        .as_ref()
+        .filter(|c| c.body.key_id == signer)
+        .cloned();
+    let cert = carried
+        .as_ref()
+        .or(held)
+        .ok_or_else(|| Rejection::UnknownKey(signer.to_string()))?;
+    let grant = cert
+        .grant()
+        .map_err(|e| Rejection::CertificateInvalid(e.to_string()))?;
+    if let Some(r) = grant.refuses(&cert.body.name, &m.recipient, &kinds, now, skew) {
+        return Err(r);
+    }
+    Ok(Authority::Certified(carried.map(Box::new)))
 }
 
 #[cfg(test)]
