@@ -95,7 +95,7 @@ fn envelope_bytes(
         kind: Kind::Progress,
         sender: "mv-bench".into(),
         recipient: wire::SHORE.into(),
-        sequence: 1,
+        sequence: 2,
         not_before: None,
         expires: None,
         commands: vec![],
@@ -105,8 +105,26 @@ fn envelope_bytes(
         )],
         id: None,
     };
+    // As the uplink builds them: every batch after the first names its predecessor's digest.
+    let first = dir.join("batch-1.vsb");
+    let (_, digest) = wire::envelope::write_envelope_with(
+        &Draft {
+            sequence: 1,
+            ..draft.clone()
+        },
+        &wire::envelope::Extra::default(),
+        key,
+        1_795_000_000,
+        &first,
+    )
+    .map_err(|e| e.to_string())?;
+    let extra = wire::envelope::Extra {
+        previous: Some(digest),
+        ..Default::default()
+    };
     let p = dir.join("batch.vsb");
-    write_envelope(&draft, key, 1_795_000_000, &p).map_err(|e| e.to_string())?;
+    wire::envelope::write_envelope_with(&draft, &extra, key, 1_795_000_000, &p)
+        .map_err(|e| e.to_string())?;
     Ok(std::fs::metadata(&p).map_err(|e| e.to_string())?.len())
 }
 
