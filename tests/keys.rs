@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
-use crate::support::shore::{Shore, linked_vessel, seed};
+use crate::support::shore::{Shore, linked_vessel, post_batch, seed};
 use crate::support::{VESSEL, Vessel, cmd, draft, now};
 use wire::envelope::{
     self, Certificate, CommandEntry, Draft, Extra, Grant, Keyring, PublicKey, SecretKey, Source,
@@ -162,6 +162,11 @@ fn status(v: &Vessel) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Signs a bundle and delivers it (see [`signed`] and [`deliver`]).
+fn send(v: &Vessel, name: &str, d: &Draft, key: &SecretKey, cert: Option<&Certificate>) -> String {
+    deliver(v, &signed(v, name, d, key, cert))
+}
+
 fn deliver(v: &Vessel, bundle: &Path) -> String {
     let name = bundle.file_name().unwrap().to_str().unwrap().to_string();
     v.drop_in(bundle, &name);
@@ -176,47 +181,35 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
 
     // Revocation first: shore knew it had issued sequences 1 and 2 with anna's key.
     let v = fleet.vessel();
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "a1.vsb",
-            &mapping(VESSEL, 1, "a1", 1),
-            &anna,
-            Some(&cert),
-        ),
+        "a1.vsb",
+        &mapping(VESSEL, 1, "a1", 1),
+        &anna,
+        Some(&cert),
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "r1.vsb",
-            &revoke(1, &anna.id, serde_json::json!({VESSEL: 2})),
-            &fleet.root,
-            None,
-        ),
+        "r1.vsb",
+        &revoke(1, &anna.id, serde_json::json!({VESSEL: 2})),
+        &fleet.root,
+        None,
     );
     // Bundle 2 was legitimately in transit on a USB stick: still applied.
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "a2.vsb",
-            &mapping(VESSEL, 2, "a2", 2),
-            &anna,
-            Some(&cert),
-        ),
+        "a2.vsb",
+        &mapping(VESSEL, 2, "a2", 2),
+        &anna,
+        Some(&cert),
     );
     // The thief's bundle 3 arrives later by USB: refused, with the revocation named.
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "forged.vsb",
-            &mapping(VESSEL, 3, "forged", 3),
-            &anna,
-            Some(&cert),
-        ),
+        "forged.vsb",
+        &mapping(VESSEL, 3, "forged", 3),
+        &anna,
+        Some(&cert),
     );
     assert_eq!(applied(&v), ["a1", "a2", "revoke-1"]);
     let why = v.reason("forged.vsb").expect("the forgery is quarantined");
@@ -233,45 +226,33 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
     // know yet; when the revocation arrives the audit trail names it for the operator, and
     // nothing after it is applied.
     let v = fleet.vessel();
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "a1.vsb",
-            &mapping(VESSEL, 1, "a1", 1),
-            &anna,
-            Some(&cert),
-        ),
+        "a1.vsb",
+        &mapping(VESSEL, 1, "a1", 1),
+        &anna,
+        Some(&cert),
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "forged.vsb",
-            &mapping(VESSEL, 2, "forged", 2),
-            &anna,
-            Some(&cert),
-        ),
+        "forged.vsb",
+        &mapping(VESSEL, 2, "forged", 2),
+        &anna,
+        Some(&cert),
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "r1.vsb",
-            &revoke(1, &anna.id, serde_json::json!({VESSEL: 1})),
-            &fleet.root,
-            None,
-        ),
+        "r1.vsb",
+        &revoke(1, &anna.id, serde_json::json!({VESSEL: 1})),
+        &fleet.root,
+        None,
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "forged3.vsb",
-            &mapping(VESSEL, 3, "forged3", 3),
-            &anna,
-            Some(&cert),
-        ),
+        "forged3.vsb",
+        &mapping(VESSEL, 3, "forged3", 3),
+        &anna,
+        Some(&cert),
     );
     assert_eq!(applied(&v), ["a1", "forged", "revoke-1"]);
     let flagged = v.audit("revoked_key_applied");
@@ -287,35 +268,26 @@ fn a_bundle_admitted_before_the_revocation_arrived_but_not_yet_run_is_refused() 
     let cert = fleet.certify(&anna, "anna", &["*"], now() - DAY, now() + DAY);
     let v = fleet.vessel();
     // Anna's bundle 2 arrives before 1 and waits for it in the journal.
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "a2.vsb",
-            &mapping(VESSEL, 2, "a2", 2),
-            &anna,
-            Some(&cert),
-        ),
+        "a2.vsb",
+        &mapping(VESSEL, 2, "a2", 2),
+        &anna,
+        Some(&cert),
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "r1.vsb",
-            &revoke(1, &anna.id, serde_json::json!(1)),
-            &fleet.root,
-            None,
-        ),
+        "r1.vsb",
+        &revoke(1, &anna.id, serde_json::json!(1)),
+        &fleet.root,
+        None,
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "a1.vsb",
-            &mapping(VESSEL, 1, "a1", 1),
-            &anna,
-            Some(&cert),
-        ),
+        "a1.vsb",
+        &mapping(VESSEL, 1, "a1", 1),
+        &anna,
+        Some(&cert),
     );
     assert_eq!(applied(&v), ["a1", "revoke-1"]);
     let failed = in_state(&v, "failed");
@@ -332,15 +304,12 @@ fn an_expired_certificate_is_refused_and_says_what_to_do() {
     let bob = SecretKey::from_seed([42u8; 32]);
     let cert = fleet.certify(&bob, "bob", &["*"], now() - 30 * DAY, now() - DAY);
     let v = fleet.vessel();
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "b1.vsb",
-            &mapping(VESSEL, 1, "b1", 1),
-            &bob,
-            Some(&cert),
-        ),
+        "b1.vsb",
+        &mapping(VESSEL, 1, "b1", 1),
+        &bob,
+        Some(&cert),
     );
     let why = v.reason("b1.vsb").expect("quarantined");
     assert!(why.contains("certificate_expired"), "{why}");
@@ -396,26 +365,17 @@ fn the_root_trusts_a_new_operator_and_every_rule_of_the_grant_holds() {
     let v = fleet.vessel();
 
     // Before the root has said anything, a bundle from carla without her certificate is unknown.
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "early.vsb",
-            &mapping(VESSEL, 1, "early", 1),
-            &carla,
-            None,
-        ),
+        "early.vsb",
+        &mapping(VESSEL, 1, "early", 1),
+        &carla,
+        None,
     );
     assert!(v.reason("early.vsb").unwrap().contains("unknown_key"));
     // The root's trust_key, then carla's bundles apply without carrying the certificate.
-    deliver(
-        &v,
-        &signed(&v, "t1.vsb", &trust(1, &cert), &fleet.root, None),
-    );
-    deliver(
-        &v,
-        &signed(&v, "c1.vsb", &mapping(VESSEL, 1, "c1", 1), &carla, None),
-    );
+    send(&v, "t1.vsb", &trust(1, &cert), &fleet.root, None);
+    send(&v, "c1.vsb", &mapping(VESSEL, 1, "c1", 1), &carla, None);
     assert_eq!(applied(&v), ["c1", "trust-1"]);
     // `bundle build` finds carla.cert beside carla.key and carries it.
     let spec = dir.path().join("spec.toml");
@@ -455,37 +415,31 @@ fn the_root_trusts_a_new_operator_and_every_rule_of_the_grant_holds() {
         )],
         vec![],
     );
-    deliver(&v, &signed(&v, "hide.vsb", &hide, &carla, None));
+    send(&v, "hide.vsb", &hide, &carla, None);
     assert!(
         v.reason("hide.vsb")
             .unwrap()
             .contains("certified to sign set_mapping only")
     );
     // The root's own commands from an operator, and an operator's from the root.
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "op-revoke.vsb",
-            &revoke(3, &carla.id, serde_json::json!(0)),
-            &carla,
-            None,
-        ),
+        "op-revoke.vsb",
+        &revoke(3, &carla.id, serde_json::json!(0)),
+        &carla,
+        None,
     );
     assert!(
         v.reason("op-revoke.vsb")
             .unwrap()
             .contains("must be signed by the fleet root key")
     );
-    deliver(
+    send(
         &v,
-        &signed(
-            &v,
-            "root-map.vsb",
-            &mapping(VESSEL, 2, "rm", 5),
-            &fleet.root,
-            None,
-        ),
+        "root-map.vsb",
+        &mapping(VESSEL, 2, "rm", 5),
+        &fleet.root,
+        None,
     );
     assert!(
         v.reason("root-map.vsb")
@@ -495,7 +449,7 @@ fn the_root_trusts_a_new_operator_and_every_rule_of_the_grant_holds() {
     // A certificate whose grant was widened after signing.
     let mut forged = cert.clone();
     forged.body.may_sign = vec!["*".into()];
-    deliver(&v, &signed(&v, "widened.vsb", &hide, &carla, Some(&forged)));
+    send(&v, "widened.vsb", &hide, &carla, Some(&forged));
     assert!(
         v.reason("widened.vsb")
             .unwrap()
@@ -601,35 +555,6 @@ proptest! {
         prop_assert_eq!(applied(&v), want_applied);
         prop_assert_eq!(trust_state(&v), want_trust);
     }
-}
-
-fn client(shore: &Shore) -> reqwest::blocking::Client {
-    wire::net::http_client(
-        &wire::net::Trust {
-            ca_file: Some(shore.path("ca.pem")),
-            pins: vec![],
-        },
-        std::time::Duration::from_secs(5),
-        std::time::Duration::from_secs(10),
-    )
-    .unwrap()
-}
-
-/// POSTs a batch as the test vessel; (HTTP status, reply).
-fn post(shore: &Shore, v: &Vessel, body: Vec<u8>) -> (u16, serde_json::Value) {
-    let token = std::fs::read_to_string(v.path("token")).unwrap();
-    let r = client(shore)
-        .post(format!("https://127.0.0.1:{}/v1/sync", shore.port))
-        .header("authorization", format!("Bearer {}", token.trim()))
-        .header("x-vessel-id", VESSEL)
-        .body(body)
-        .send()
-        .unwrap();
-    let status = r.status().as_u16();
-    (
-        status,
-        serde_json::from_slice(&r.bytes().unwrap()).unwrap_or_default(),
-    )
 }
 
 /// A batch of `seq` with a few made-up records, signed by `key`, naming `previous`.
@@ -745,7 +670,7 @@ fn a_vessel_rotating_its_key_mid_outage_has_batches_on_both_keys_accepted_and_th
     );
     assert!(status(&v)["trust"]["rotation_pending"].is_null());
     // A batch signed by the old key after the rotation point is refused.
-    let (code, body) = post(&shore, &v, crafted_batch(5, &old, None, 1));
+    let (code, body) = post_batch(&shore, &v, crafted_batch(5, &old, None, 1));
     assert_eq!(
         (code, body["error"].as_str()),
         (422, Some("old_key")),
@@ -817,14 +742,14 @@ fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on()
     assert_eq!(shore.counts(), (100, 100));
 
     // Batch 3 naming a predecessor other than the batch 2 shore holds: a fork.
-    let (code, body) = post(&shore, &v, crafted_batch(3, &key, Some(d1.clone()), 1));
+    let (code, body) = post_batch(&shore, &v, crafted_batch(3, &key, Some(d1.clone()), 1));
     assert_eq!(
         (code, body["error"].as_str()),
         (409, Some("chain_fork")),
         "{body}"
     );
     // Batch 4 naming batch 1 as its predecessor: batches 2 and 3 are missing from its chain.
-    let (code, body) = post(&shore, &v, crafted_batch(4, &key, Some(d1), 2));
+    let (code, body) = post_batch(&shore, &v, crafted_batch(4, &key, Some(d1), 2));
     assert_eq!(
         (code, body["error"].as_str()),
         (409, Some("chain_gap")),
@@ -835,7 +760,7 @@ fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on()
         "{body}"
     );
     // Batch 3 naming no predecessor after a chained history: cut.
-    let (code, body) = post(&shore, &v, crafted_batch(3, &key, None, 3));
+    let (code, body) = post_batch(&shore, &v, crafted_batch(3, &key, None, 3));
     assert_eq!(
         (code, body["error"].as_str()),
         (409, Some("chain_broken")),
@@ -851,9 +776,9 @@ fn a_forged_chain_is_refused_as_a_fork_a_gap_or_a_cut_and_the_true_one_goes_on()
             .unwrap()
             .manifest_sha256
     };
-    let (code, body) = post(&shore, &v, crafted_batch(4, &key, Some(d3), 6));
+    let (code, body) = post_batch(&shore, &v, crafted_batch(4, &key, Some(d3), 6));
     assert_eq!(code, 200, "{body}");
-    let (code, body) = post(&shore, &v, fake3);
+    let (code, body) = post_batch(&shore, &v, fake3);
     assert_eq!(
         (code, body["error"].as_str()),
         (409, Some("chain_fork")),

@@ -2,7 +2,7 @@
 //! fault-injecting proxy between them. At the end shore holds every captured record exactly
 //! once and the vessel's outbox is empty, whatever the link, a crash or a clock did.
 
-use crate::support::shore::{Shore, drain, linked_vessel, seed, sync, sync_env};
+use crate::support::shore::{Shore, drain, linked_vessel, post_batch, seed, sync, sync_env};
 use crate::support::{VESSEL, Vessel};
 use testkit::faultproxy::{Fault, Proxy};
 
@@ -183,30 +183,7 @@ fn shore_refuses_altered_foreign_and_replayed_batches_and_stores_nothing_from_th
         .unwrap();
     }
     let batch = v.store().pending_batch().unwrap().unwrap().envelope;
-    let token = std::fs::read_to_string(v.path("token")).unwrap();
-    let client = wire::net::http_client(
-        &wire::net::Trust {
-            ca_file: Some(shore.path("ca.pem")),
-            pins: vec![],
-        },
-        std::time::Duration::from_secs(5),
-        std::time::Duration::from_secs(10),
-    )
-    .unwrap();
-    let post = |body: Vec<u8>| {
-        let r = client
-            .post(format!("{url}/v1/sync"))
-            .header("authorization", format!("Bearer {}", token.trim()))
-            .header("x-vessel-id", VESSEL)
-            .body(body)
-            .send()
-            .unwrap();
-        let status = r.status().as_u16();
-        (
-            status,
-            serde_json::from_slice::<serde_json::Value>(&r.bytes().unwrap()).unwrap(),
-        )
-    };
+    let post = |body: Vec<u8>| post_batch(&shore, &v, body);
     // Altered in transit: every single flipped byte is refused.
     for at in [20, batch.len() / 2, batch.len() - 10] {
         let mut bad = batch.clone();

@@ -1,6 +1,6 @@
-//! `vessel-sync key ...` (the fleet root's certificates) and `vessel-sync rotate-key` (a
-//! vessel's own key): parsing and printing around `wire::envelope::trust` and
-//! `vessel::uplink::rotate_key`.
+//! `vessel-sync keygen`, `vessel-sync key ...` (the fleet root's certificates), the certificate
+//! `bundle build` carries, and `vessel-sync rotate-key` (a vessel's own key): parsing and
+//! printing around `wire::envelope::trust` and `vessel::uplink::rotate_key`.
 
 use std::path::{Path, PathBuf};
 
@@ -192,6 +192,84 @@ fn show(file: &Path, root: Option<&Path>, now: i64) -> i32 {
         }
     }
     exit::OK
+}
+
+/// `vessel-sync keygen`.
+pub fn keygen(out: &Path, comment: &str, root: bool) -> i32 {
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return fail(
+                exit::NOINPUT,
+                format!("directory {} does not exist", parent.display()),
+            );
+        }
+    }
+    let key = match SecretKey::generate() {
+        Ok(k) => k,
+        Err(e) => return fail(exit::SOFTWARE, format!("no randomness available: {e}")),
+    };
+    let label = if comment.is_empty() {
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        comment.to_string()
+    };
+    match key.write_pair(out, &label) {
+        Ok((k, p)) if root => {
+            println!(
+                "fleet root private key: {} (mode 0600; keep it offline: it certifies operators and signs trust_key and revoke_key only)",
+                k.display()
+            );
+            println!(
+                "fleet root public key:  {} (copy to each vessel, list under [keyring] root)",
+                p.display()
+            );
+            println!("key id:                 {}", key.id);
+            exit::OK
+        }
+        Ok((k, p)) => {
+            println!(
+                "private key: {} (mode 0600; keep it ashore, never copy it to a vessel)",
+                k.display()
+            );
+            println!(
+                "public key:  {} (copy to each vessel, list under [keyring] trusted)",
+                p.display()
+            );
+            println!("key id:      {}", key.id);
+            exit::OK
+        }
+        Err(e) => fail(exit::IOERR, e),
+    }
+}
+
+/// The certificate to carry in a bundle signed by `key`: `--cert`, or `KEY.cert` beside the
+/// key file; it must name that key.
+pub fn certificate_for(
+    key_path: &Path,
+    key: &SecretKey,
+    explicit: Option<&Path>,
+) -> Result<Option<Certificate>, i32> {
+    let beside = key_path.with_extension("cert");
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if beside.is_file() => beside,
+        None => return Ok(None),
+    };
+    let cert = Certificate::load(&path).map_err(|e| fail(exit::NOINPUT, e))?;
+    if cert.body.key_id != key.id {
+        return Err(fail(
+            exit::USAGE,
+            format!(
+                "{} certifies key {}, but the bundle is signed by key {}",
+                path.display(),
+                cert.body.key_id,
+                key.id
+            ),
+        ));
+    }
+    Ok(Some(cert))
 }
 
 /// `vessel-sync rotate-key`.

@@ -287,7 +287,7 @@ a throwaway database, which the package does not carry. Run it from a source che
 pub fn run(cli: Cli) -> i32 {
     let clock: Arc<dyn Clock> = base::clock::from_env();
     match cli.command {
-        Command::Keygen { out, comment, root } => keygen(&out, &comment, root),
+        Command::Keygen { out, comment, root } => keys::keygen(&out, &comment, root),
         Command::Key(cmd) => keys::run(cmd, clock.as_ref()),
         Command::RotateKey { config, json } => keys::rotate(&config.config, json, clock.as_ref()),
         Command::Bundle(b) => bundle(b, clock.as_ref()),
@@ -354,83 +354,6 @@ fn key_names(k: &Keyring) -> String {
     format!(": {}", names.join(", "))
 }
 
-fn keygen(out: &Path, comment: &str, root: bool) -> i32 {
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return fail(
-                exit::NOINPUT,
-                format!("directory {} does not exist", parent.display()),
-            );
-        }
-    }
-    let key = match SecretKey::generate() {
-        Ok(k) => k,
-        Err(e) => return fail(exit::SOFTWARE, format!("no randomness available: {e}")),
-    };
-    let label = if comment.is_empty() {
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    } else {
-        comment.to_string()
-    };
-    match key.write_pair(out, &label) {
-        Ok((k, p)) if root => {
-            println!(
-                "fleet root private key: {} (mode 0600; keep it offline: it certifies operators and signs trust_key and revoke_key only)",
-                k.display()
-            );
-            println!(
-                "fleet root public key:  {} (copy to each vessel, list under [keyring] root)",
-                p.display()
-            );
-            println!("key id:                 {}", key.id);
-            exit::OK
-        }
-        Ok((k, p)) => {
-            println!(
-                "private key: {} (mode 0600; keep it ashore, never copy it to a vessel)",
-                k.display()
-            );
-            println!(
-                "public key:  {} (copy to each vessel, list under [keyring] trusted)",
-                p.display()
-            );
-            println!("key id:      {}", key.id);
-            exit::OK
-        }
-        Err(e) => fail(exit::IOERR, e),
-    }
-}
-
-/// The certificate to carry in a bundle signed by `key`: `--cert`, or `KEY.cert` beside the
-/// key file; it must name that key.
-fn certificate_for(
-    key_path: &Path,
-    key: &SecretKey,
-    explicit: Option<&Path>,
-) -> Result<Option<envelope::Certificate>, i32> {
-    let beside = key_path.with_extension("cert");
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None if beside.is_file() => beside,
-        None => return Ok(None),
-    };
-    let cert = envelope::Certificate::load(&path).map_err(|e| fail(exit::NOINPUT, e))?;
-    if cert.body.key_id != key.id {
-        return Err(fail(
-            exit::USAGE,
-            format!(
-                "{} certifies key {}, but the bundle is signed by key {}",
-                path.display(),
-                cert.body.key_id,
-                key.id
-            ),
-        ));
-    }
-    Ok(Some(cert))
-}
-
 fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
     match cmd {
         BundleCmd::Build {
@@ -443,7 +366,7 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
                 Ok(k) => k,
                 Err(e) => return fail(exit::NOINPUT, e),
             };
-            let certificate = match certificate_for(&key_path, &key, cert.as_deref()) {
+            let certificate = match keys::certificate_for(&key_path, &key, cert.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -146,6 +146,32 @@ pub fn linked_vessel(shore: &Shore, url: &str, extra: &str) -> Vessel {
     v
 }
 
+/// POSTs `body` to shore's `/v1/sync` as vessel `v` (its token); (HTTP status, JSON reply).
+pub fn post_batch(shore: &Shore, v: &Vessel, body: Vec<u8>) -> (u16, serde_json::Value) {
+    let client = wire::net::http_client(
+        &wire::net::Trust {
+            ca_file: Some(shore.path("ca.pem")),
+            pins: vec![],
+        },
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let token = std::fs::read_to_string(v.path("token")).unwrap();
+    let r = client
+        .post(format!("https://127.0.0.1:{}/v1/sync", shore.port))
+        .header("authorization", format!("Bearer {}", token.trim()))
+        .header("x-vessel-id", VESSEL)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_slice(&r.bytes().unwrap()).unwrap_or_default(),
+    )
+}
+
 /// A synthetic Moodle with `n` activity completions spread over users, courses and activities.
 pub fn snapshot(n: u64, version: i64) -> Snapshot {
     let mut s = Snapshot::default();
