@@ -318,10 +318,15 @@ pub fn admit(
         let admission = tx.classify(&m.id, &sha, &m.issuer, &m.recipient, m.sequence)?;
         if let Authority::Certified(Some(cert)) = &authority {
             if tx.remember_cert(cert, &format!("carried by bundle {}", m.id), now)? {
-                tx.audit(now, &m.issuer, Some(&m.id), None, "key_trusted", "certificate",
-                    &format!("operator {} (key {}) certified by root {} until {}, for {} to {}; carried by this bundle",
-                        cert.body.name, cert.body.key_id, cert.body.root, cert.body.not_after,
-                        cert.body.may_sign.join(", "), cert.body.recipients.join(", ")))?;
+                tx.audit(
+                    now,
+                    &m.issuer,
+                    Some(&m.id),
+                    None,
+                    "key_trusted",
+                    "certificate",
+                    &format!("{}; carried by this bundle", cert.body.summary()),
+                )?;
             }
         }
         tx.admit(&bundle, &admission, gap, now)

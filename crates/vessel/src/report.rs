@@ -657,16 +657,7 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
     println!("format     {} ({:?})", m.format, m.kind);
     println!("issuer     {} (sender {:?})", m.issuer, m.sender);
     if let Some(c) = &m.certificate {
-        let b = &c.body;
-        println!(
-            "certified  operator {} by root {}: may sign {} for {}, {} to {}",
-            b.name,
-            b.root,
-            b.may_sign.join(", "),
-            b.recipients.join(", "),
-            b.not_before,
-            b.not_after
-        );
+        println!("certified  {}", c.body.summary());
     }
     if let Some(p) = &m.previous {
         println!("previous   {p}");

@@ -55,16 +55,7 @@ impl Command for TrustKey {
                 key.id, key.name, r.by_command, r.reason
             )));
         }
-        let b = &cert.body;
-        let what = format!(
-            "operator {} (key {}) may sign {} for {} from {} until {}",
-            b.name,
-            b.key_id,
-            b.may_sign.join(", "),
-            b.recipients.join(", "),
-            b.not_before,
-            b.not_after
-        );
+        let what = cert.body.summary();
         if tx.remember_cert(
             &cert,
             &format!("trust_key command {}", ctx.cmd.cmd_id),

@@ -64,6 +64,22 @@ pub struct CertBody {
     pub root: String,
 }
 
+impl CertBody {
+    /// One line for people: who, which key, what for, for whom, when, certified by which root.
+    pub fn summary(&self) -> String {
+        format!(
+            "operator {} (key {}) may sign {} for {} from {} until {}, certified by root {}",
+            self.name,
+            self.key_id,
+            self.may_sign.join(", "),
+            self.recipients.join(", "),
+            self.not_before,
+            self.not_after,
+            self.root
+        )
+    }
+}
+
 /// A certificate: its body and the root's signature over it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
