@@ -1,7 +1,7 @@
 //! How vessel-sync reaches a Moodle site: the database, read-only, to capture progress
 //! ([`db`]); the web services to change users, enrolments and course settings ([`ws`]); the
 //! CLI scripts for course backup, restore and deletion ([`cli`]); what a backup file says about
-//! itself ([`mbz`]); seafarer accounts in bulk
+//! itself ([`mbz`]) and its split into a skeleton and content files ([`delta`]); seafarer accounts in bulk
 //! ([`users`]); and the `[moodle]` section of the agent's config that configures all of them
 //! ([`config`]).
 //!
@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod delta;
 pub mod mbz;
 pub mod users;
 pub mod ws;

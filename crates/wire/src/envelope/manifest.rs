@@ -26,6 +26,26 @@ pub struct FileEntry {
     pub size: u64,
     /// Lower-case hex SHA-256 of the content.
     pub sha256: String,
+    /// The member may be absent from the archive: the recipient takes it from its content
+    /// store by `sha256` (course content a vessel already holds; see `docs/bundle-format.md`,
+    /// "Course backups by content").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub may_omit: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A progress batch's request for content members a vessel lacks: `sha256` of the members of
+/// command bundle `bundle` that it needs sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeedFiles {
+    /// The command bundle's id.
+    pub bundle: String,
+    /// Hex SHA-256 of each member needed.
+    pub sha256: Vec<String>,
 }
 
 /// One command: a type, its arguments, and the files it uses.
@@ -86,6 +106,9 @@ pub struct Manifest {
     /// A progress batch's predecessor: the SHA-256 of the manifest of batch `sequence - 1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// A progress batch's requests for omitted content members the vessel does not hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub need_files: Vec<NeedFiles>,
 }
 
 /// The recipient value that addresses every vessel.
@@ -127,6 +150,11 @@ impl Manifest {
             }
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("file {:?} has a malformed sha256", f.name));
+            }
+        }
+        for n in &self.need_files {
+            if n.sha256.iter().any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
+                return Err(format!("need_files for bundle {:?} has a malformed sha256", n.bundle));
             }
         }
         if let Some(p) = &self.previous {

@@ -25,10 +25,10 @@ pub mod trust;
 pub mod write;
 
 pub use keys::{Keyring, PublicKey, SecretKey};
-pub use manifest::{CommandEntry, FileEntry, Kind, Manifest};
+pub use manifest::{CommandEntry, FileEntry, Kind, Manifest, NeedFiles};
 pub use read::{Opened, check_policy, open, open_with};
 pub use trust::{Certificate, Grant, KeyRotation};
-pub use write::{Draft, Extra, Source, write_envelope, write_envelope_with};
+pub use write::{Draft, Extra, Source, repack, write_envelope, write_envelope_with};
 
 /// Caps applied while reading an envelope.
 #[derive(Debug, Clone)]

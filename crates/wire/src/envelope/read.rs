@@ -88,6 +88,8 @@ pub struct Opened {
     pub manifest_sha256: String,
     /// The key that signed it.
     pub signer: PublicKey,
+    /// The signature of `manifest_bytes` (to repack the envelope with other members).
+    pub signature: [u8; 64],
     tar: TarReader<Stream>,
     probe: Rc<Probe>,
     limits: Limits,
@@ -100,6 +102,8 @@ pub struct Extracted {
     pub members: u64,
     /// Bytes of member data.
     pub bytes: u64,
+    /// Listed members marked `may_omit` that the archive does not carry.
+    pub omitted: u64,
 }
 
 fn attribute(probe: &Probe, err: TarError, first: bool) -> VerifyError {
@@ -294,6 +298,7 @@ pub fn open_with(
         manifest_bytes,
         manifest_sha256,
         signer,
+        signature: sig_arr,
         tar,
         probe,
         limits: limits.clone(),
@@ -446,11 +451,17 @@ impl Opened {
             summary.members += 1;
             summary.bytes += got;
         }
+        summary.omitted = self
+            .manifest
+            .files
+            .iter()
+            .filter(|f| f.may_omit && !seen.contains_key(&f.name))
+            .count() as u64;
         if let Some(missing) = self
             .manifest
             .files
             .iter()
-            .find(|f| !seen.contains_key(&f.name))
+            .find(|f| !f.may_omit && !seen.contains_key(&f.name))
         {
             return Err(Rejection::MissingMember(missing.name.clone()).into());
         }

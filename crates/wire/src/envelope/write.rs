@@ -22,6 +22,16 @@ pub enum Source {
     Path(PathBuf),
     /// Bytes in memory.
     Bytes(Vec<u8>),
+    /// A file on disk, carried, but listed `may_omit`: a relay (shore) may leave it out for a
+    /// recipient that holds it.
+    Omittable(PathBuf),
+    /// Listed `may_omit` and not carried: the recipient holds it (built with `--base`).
+    Held {
+        /// Its size.
+        size: u64,
+        /// Its hex SHA-256.
+        sha256: String,
+    },
 }
 
 /// Everything needed to write an envelope except the parts derived at write time (id, digests).
@@ -56,6 +66,8 @@ pub struct Extra {
     pub key_rotation: Option<super::trust::KeyRotation>,
     /// The predecessor batch's manifest digest.
     pub previous: Option<String>,
+    /// A progress batch's requests for content members.
+    pub need_files: Vec<super::manifest::NeedFiles>,
 }
 
 fn io_ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
@@ -65,7 +77,8 @@ fn io_ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
 fn digest(source: &Source) -> io::Result<(u64, String)> {
     match source {
         Source::Bytes(b) => Ok((b.len() as u64, hex::encode(Sha256::digest(b)))),
-        Source::Path(p) => {
+        Source::Held { size, sha256 } => Ok((*size, sha256.clone())),
+        Source::Path(p) | Source::Omittable(p) => {
             let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
             let mut h = Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
@@ -170,6 +183,7 @@ fn write_with(
             name: name.clone(),
             size,
             sha256,
+            may_omit: matches!(source, Source::Omittable(_) | Source::Held { .. }),
         });
     }
     let commands = draft
@@ -200,6 +214,7 @@ fn write_with(
         certificate: extra.certificate.clone(),
         key_rotation: extra.key_rotation.clone(),
         previous: extra.previous.clone(),
+        need_files: extra.need_files.clone(),
     };
     manifest.check().map_err(io::Error::other)?;
     let manifest_bytes = manifest_bytes(&manifest)?;
@@ -233,7 +248,8 @@ fn write_with(
         for ((name, source), entry) in draft.files.iter().zip(&manifest.files) {
             match source {
                 Source::Bytes(b) => append(&mut tar, name, entry.size, now, &mut &b[..])?,
-                Source::Path(p) => {
+                Source::Held { .. } => {}
+                Source::Path(p) | Source::Omittable(p) => {
                     let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
                     append(
                         &mut tar,
@@ -255,6 +271,55 @@ fn write_with(
         Ok(_) => {
             fsutil::commit_temp(&tmp, out).map_err(|e| io_ctx("renaming into", out, e))?;
             Ok(manifest)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes an already signed envelope again with another choice of members: `manifest_bytes`
+/// and `signature` verbatim (so the signature still holds), then each of `members` (name, and a
+/// path holding exactly the listed bytes). The caller keeps every member not marked `may_omit`;
+/// a reader checks the rest against the manifest as usual. Written atomically to `out`; returns
+/// its size.
+pub fn repack(
+    manifest_bytes: &[u8],
+    signature: &[u8; 64],
+    members: &[(FileEntry, PathBuf)],
+    created: i64,
+    out: &Path,
+) -> io::Result<u64> {
+    let tmp = fsutil::temp_path(out);
+    let file = File::create(&tmp).map_err(|e| io_ctx("creating", &tmp, e))?;
+    let result = (|| -> io::Result<u64> {
+        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), 3)?;
+        encoder.include_checksum(true)?;
+        let mut tar = tar::Builder::new(encoder);
+        tar.mode(tar::HeaderMode::Deterministic);
+        let m = manifest_bytes;
+        append(&mut tar, MANIFEST_NAME, m.len() as u64, created, &mut &m[..])?;
+        append(&mut tar, SIGNATURE_NAME, 64, created, &mut &signature[..])?;
+        for (entry, path) in members {
+            let mut f = File::open(path).map_err(|e| io_ctx("reading", path, e))?;
+            append(
+                &mut tar,
+                &entry.name,
+                entry.size,
+                created,
+                &mut (&mut f).take(entry.size),
+            )?;
+        }
+        let buffered = tar.into_inner()?.finish()?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file.metadata()?.len())
+    })();
+    match result {
+        Ok(n) => {
+            fsutil::commit_temp(&tmp, out).map_err(|e| io_ctx("renaming into", out, e))?;
+            Ok(n)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
