@@ -239,6 +239,15 @@ pub enum BundleCmd {
         /// default: PREFIX.cert beside PREFIX.key, when it exists.
         #[arg(long, value_name = "FILE.cert")]
         cert: Option<PathBuf>,
+        /// A course backup the recipients already hold (the previous version): content files
+        /// it has are listed but not carried, so only what changed crosses the link. Repeat
+        /// for several. Without it, every content file is carried and shore can still leave
+        /// out, per vessel, what that vessel holds.
+        #[arg(long, value_name = "OLD.mbz")]
+        base: Vec<PathBuf>,
+        /// Carry course backups as they are (one .mbz member), for agents older than 0.5.
+        #[arg(long, conflicts_with = "base")]
+        whole: bool,
     },
     /// Show a bundle's manifest: issuer, recipient, sequence, validity, commands and files.
     /// This reads the manifest without checking the signature; use `verify` for that.
@@ -361,6 +370,8 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
             key: key_path,
             out,
             cert,
+            base,
+            whole,
         } => {
             let key = match SecretKey::load(&key_path) {
                 Ok(k) => k,
@@ -371,10 +382,36 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
                 Err(code) => return code,
             };
             let now = clock.now();
-            let draft = match ::shore::spec::load(&spec, now) {
+            let mut draft = match ::shore::spec::load(&spec, now) {
                 Ok(d) => d,
                 Err(e) => return fail(exit::DATAERR, e),
             };
+            // Course backups travel by content; the split files live until the bundle is written.
+            let work = match tempfile::Builder::new()
+                .prefix(".vessel-sync-split-")
+                .tempdir_in(out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")))
+            {
+                Ok(w) => w,
+                Err(e) => return fail(exit::IOERR, format!("a work directory beside {}: {e}", out.display())),
+            };
+            if !whole {
+                match moodle::delta::split_draft(&mut draft, &base, work.path()) {
+                    Ok(notes) => {
+                        for n in notes {
+                            println!(
+                                "{}: {} bytes whole; by content: {} content file(s), {} carried ({} bytes), {} held by the recipients",
+                                n.member,
+                                n.whole_bytes,
+                                n.content,
+                                n.carried,
+                                n.carried_bytes,
+                                n.content - n.carried
+                            );
+                        }
+                    }
+                    Err(e) => return fail(exit::DATAERR, e),
+                }
+            }
             for c in &draft.commands {
                 if vessel::commands::find(&c.kind).is_none() {
                     eprintln!(

@@ -67,6 +67,10 @@ pub const PROGRESS: &[&str] = &[
 /// progress file says so, and after it does.
 pub const USERS: &[&str] = &["users.chunk-written", "users.after-chunk"];
 
+/// Failpoints of a course rebuilt from a delta bundle: the rebuilt backup complete but not yet
+/// renamed into place, and renamed but not yet restored.
+pub const DELTA: &[&str] = &["delta.before-rename", "delta.after-rebuild"];
+
 /// Kills the process here (or blocks this thread forever, for `:hang`) if this failpoint is
 /// armed and its count is reached.
 pub fn hit(name: &str) {

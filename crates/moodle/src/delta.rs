@@ -561,6 +561,121 @@ pub fn rebuild(
     }
 }
 
+/// The command types whose `.mbz` files travel by content.
+pub const COURSE_COMMANDS: &[&str] = &["restore_course", "replace_course"];
+
+/// What [`split_draft`] did to one backup.
+#[derive(Debug, Clone)]
+pub struct SplitNote {
+    /// The member it replaced (`files/NAME.mbz`).
+    pub member: String,
+    /// Bytes of the original file.
+    pub whole_bytes: u64,
+    /// Content files in the backup.
+    pub content: usize,
+    /// Of those, carried in the bundle (the others the recipient holds already).
+    pub carried: usize,
+    /// Bytes of the carried content.
+    pub carried_bytes: u64,
+}
+
+/// Turns every gzip-form `.mbz` that a `restore_course` or `replace_course` command of `draft`
+/// reads into its delta file plus content members (`files/content/SHA1`, listed `may_omit`):
+/// carried when not in any of the `bases`, only listed when one holds it. A command's
+/// `args.file` naming the backup is pointed at the delta. Work files go under `work`, which
+/// must outlive the writing of the envelope.
+pub fn split_draft(
+    draft: &mut wire::envelope::Draft,
+    bases: &[PathBuf],
+    work: &Path,
+) -> Result<Vec<SplitNote>, String> {
+    use wire::envelope::Source;
+    let mut base = HashSet::new();
+    for b in bases {
+        base.extend(content_of(b)?);
+    }
+    let mut notes = Vec::new();
+    let mut renamed: std::collections::HashMap<String, (String, Vec<String>)> =
+        std::collections::HashMap::new();
+    let mut added: HashSet<String> = HashSet::new();
+    for ci in 0..draft.commands.len() {
+        if !COURSE_COMMANDS.contains(&draft.commands[ci].kind.as_str()) {
+            continue;
+        }
+        let names = draft.commands[ci].files.clone();
+        for name in names {
+            if !renamed.contains_key(&name) {
+                let Some(pos) = draft.files.iter().position(|(n, _)| *n == name) else {
+                    continue;
+                };
+                let Source::Path(path) = draft.files[pos].1.clone() else {
+                    continue;
+                };
+                let is_gzip = File::open(&path)
+                    .and_then(|mut f| {
+                        let mut m = [0u8; 2];
+                        f.read_exact(&mut m).map(|_| m == [0x1f, 0x8b])
+                    })
+                    .unwrap_or(false);
+                if !name.ends_with(".mbz") || !is_gzip {
+                    continue;
+                }
+                let dir = work.join(format!("split-{}", notes.len()));
+                let s = split(&path, &base, &dir)?;
+                let delta_name = format!("{name}{DELTA_SUFFIX}");
+                wire::envelope::manifest::check_member_name(&delta_name)
+                    .map_err(|e| format!("{e}; rename {}", path.display()))?;
+                draft.files[pos] = (delta_name.clone(), Source::Path(s.delta.clone()));
+                let mut members = Vec::new();
+                for (c, p) in &s.carried {
+                    members.push(c.member());
+                    if added.insert(c.member()) {
+                        draft.files.push((c.member(), Source::Omittable(p.clone())));
+                    }
+                }
+                for c in &s.held {
+                    members.push(c.member());
+                    if added.insert(c.member()) {
+                        draft.files.push((
+                            c.member(),
+                            Source::Held {
+                                size: c.size,
+                                sha256: c.sha256.clone(),
+                            },
+                        ));
+                    }
+                }
+                notes.push(SplitNote {
+                    member: name.clone(),
+                    whole_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                    content: s.carried.len() + s.held.len(),
+                    carried: s.carried.len(),
+                    carried_bytes: s.carried.iter().map(|(c, _)| c.size).sum(),
+                });
+                renamed.insert(name.clone(), (delta_name, members));
+            }
+            let Some((delta_name, members)) = renamed.get(&name).cloned() else {
+                continue;
+            };
+            let c = &mut draft.commands[ci];
+            for f in c.files.iter_mut() {
+                if *f == name {
+                    *f = delta_name.clone();
+                }
+            }
+            for m in members {
+                if !c.files.contains(&m) {
+                    c.files.push(m);
+                }
+            }
+            if c.args.get("file").and_then(|v| v.as_str()) == Some(name.as_str()) {
+                c.args.insert("file".into(), serde_json::Value::String(delta_name.clone()));
+            }
+        }
+    }
+    Ok(notes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

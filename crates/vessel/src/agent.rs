@@ -391,6 +391,7 @@ impl Agent {
             moodle_ws: self.cfg.moodle_ws.as_ref(),
             moodle_cli: self.cfg.moodle_cli.as_ref(),
             state_dir: &self.cfg.paths.state_dir,
+            content_store_bytes: self.cfg.content_store_bytes,
             capture_configured: self.cfg.moodle_db.is_some(),
             keepalive: &|| self.notifier.keepalive(),
         };

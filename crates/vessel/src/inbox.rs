@@ -262,6 +262,25 @@ pub fn admit(
             return Ok(Admitted::Recovered(m.id));
         }
         Admission::Known { archived: true, .. } => {
+            // The same signed bundle again, carrying content members its waiting commands lack
+            // (shore's answer to a need_files request): those members go into its work
+            // directory and its commands are woken.
+            let supplied = match supplement(cfg, opened, &m) {
+                Ok(n) => n,
+                Err(VerifyError::Rejected(r)) => return quarantine(store, cfg, path, &r, Some(&m), now),
+                Err(VerifyError::Local(e)) => return Ok(Admitted::LeftForLater(e)),
+            };
+            if supplied > 0 {
+                store.write(|tx| {
+                    tx.wake_waiting(&m.id, now)?;
+                    tx.audit(now, &m.issuer, Some(&m.id), None, "bundle_supplied", "ok",
+                        &format!("file {name} brought {supplied} content file(s) that bundle {}'s waiting commands lacked", m.id))
+                })?;
+                if let Err(e) = fs::remove_file(path) {
+                    tracing::warn!(file = %path.display(), error = %e, "could not remove a supplement bundle file");
+                }
+                return Ok(Admitted::Duplicate(m.id));
+            }
             store.write(|tx| {
                 tx.audit(now, &m.issuer, Some(&m.id), None, "bundle_duplicate", "ignored",
                     &format!("file {name} holds bundle {} (sequence {}), which was already received; not applied again", m.id, m.sequence))
@@ -338,6 +357,47 @@ pub fn admit(
         id: m.id,
         waiting: state == crate::store::BundleState::Waiting,
     })
+}
+
+/// Moves the `may_omit` members a re-delivered bundle carries into its work directory where
+/// they are missing (while its commands still run). Returns how many were added.
+fn supplement(
+    cfg: &Config,
+    opened: envelope::Opened,
+    m: &envelope::Manifest,
+) -> std::result::Result<u64, VerifyError> {
+    let dir = work_dir(cfg, &m.id);
+    let lacking: Vec<&envelope::FileEntry> = m
+        .files
+        .iter()
+        .filter(|f| f.may_omit && !dir.join(&f.name).is_file())
+        .collect();
+    if !dir.is_dir() || lacking.is_empty() {
+        return Ok(0);
+    }
+    let tmp = cfg.paths.work.join(format!(".{}.supplement", m.id));
+    let local = |e: std::io::Error| VerifyError::Local(format!("{}: {e}", tmp.display()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(local)?;
+    }
+    let result = opened.extract(Some(&tmp)).and_then(|_| {
+        let mut added = 0;
+        for f in lacking {
+            let from = tmp.join(&f.name);
+            if !from.is_file() {
+                continue;
+            }
+            let to = dir.join(&f.name);
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(local)?;
+            }
+            fs::rename(&from, &to).map_err(local)?;
+            added += 1;
+        }
+        Ok(added)
+    });
+    let _ = fs::remove_dir_all(&tmp);
+    result
 }
 
 fn archive(store: &mut Store, cfg: &Config, path: &Path, id: &str) -> Result<()> {

@@ -6,6 +6,7 @@
 //! - [`store`]: the agent's SQLite journal, outbox and audit. **The only SQL in the agent.**
 //! - [`trust`]: whose bundles are applied: config keys, root certificates, revocations.
 //! - [`commands`]: one file per command type a bundle can carry.
+//! - [`content`]: course content files kept on board by hash, for delta bundles.
 //! - [`capture`]: learner progress from Moodle's database, by snapshot diff, into the outbox.
 //! - [`uplink`]: the sync cycle to shore (HTTPS or carrier files), retries, budgets, windows.
 //! - [`config`]: `agent.toml`, one file per section.
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod capture;
 pub mod commands;
 pub mod config;
+pub mod content;
 pub mod inbox;
 pub mod report;
 pub mod store;

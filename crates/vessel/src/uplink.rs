@@ -91,6 +91,9 @@ struct Offer {
     path: String,
 }
 
+/// How long a request for content waits for its answer before it is asked again.
+const NEED_REASK: i64 = 6 * 3600;
+
 fn day_of(t: i64) -> String {
     format_time(t).get(..10).unwrap_or("1970-01-01").to_string()
 }
@@ -282,9 +285,13 @@ pub fn build_batches(
         }
         let tx = store.begin()?;
         let records = tx.unbatched(batch_records)?;
-        let (Some(first), Some(last)) = (records.first().map(|r| r.0), records.last().map(|r| r.0))
-        else {
-            return Ok(built);
+        // Content a delta bundle lacked is asked for in the next batch, one with no records if
+        // need be; asked again if no answer came within NEED_REASK.
+        let needs = tx.needs_to_ask(now - NEED_REASK)?;
+        let (first, last) = match (records.first().map(|r| r.0), records.last().map(|r| r.0)) {
+            (Some(first), Some(last)) => (first, last),
+            _ if !needs.is_empty() => (1, 0),
+            _ => return Ok(built),
         };
         let seq = tx.next_batch_seq()?;
         let recs: Vec<_> = records.into_iter().map(|(_, r)| r).collect();
@@ -296,6 +303,7 @@ pub fn build_batches(
             certificate: None,
             key_rotation: rotation,
             previous: tx.fact(LAST_BATCH_DIGEST)?,
+            need_files: needs.clone(),
         };
         let draft = Draft {
             kind: Kind::Progress,
@@ -327,6 +335,7 @@ pub fn build_batches(
             now,
         )?;
         tx.set_fact(LAST_BATCH_DIGEST, &digest)?;
+        tx.needs_asked(&needs, seq, now)?;
         tx.commit()?;
         failpoint::hit("batch.after-commit");
         tracing::info!(

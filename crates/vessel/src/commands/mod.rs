@@ -43,6 +43,8 @@ pub struct Ctx<'a> {
     pub moodle_cli: Option<&'a moodle::config::CliSettings>,
     /// The agent's state directory (final backups go under it by default).
     pub state_dir: &'a Path,
+    /// The content store's bound (`[limits] content_store_bytes`).
+    pub content_store_bytes: u64,
     /// Whether progress capture is configured (a guarded deletion waits for one).
     pub capture_configured: bool,
     /// Tells systemd's watchdog the agent is alive; long commands call it as they progress.

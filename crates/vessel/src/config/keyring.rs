@@ -12,7 +12,7 @@ use toml_edit::Table;
 use wire::envelope::{Keyring, Limits, PublicKey};
 
 /// Reads this section of `root`: (operator keys, fleet root keys, limits).
-pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limits) {
+pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limits, u64) {
     let keyring_t = w.sub(root, "keyring");
     if let Some(t) = keyring_t {
         w.only(t, "[keyring]", &["trusted", "root"]);
@@ -41,6 +41,7 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limi
                 "max_member_bytes",
                 "max_members",
                 "max_manifest_bytes",
+                "content_store_bytes",
             ],
         );
     }
@@ -62,8 +63,12 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limi
         Keyring::new(trusted.map(|k| k.0).unwrap_or_default()),
         Keyring::new(roots.map(|k| k.0).unwrap_or_default()),
         limits,
+        w.bytes(limits_t, "limits", "content_store_bytes", DEFAULT_CONTENT_STORE),
     )
 }
+
+/// The content store's default bound: 2 GiB of course files kept for delta bundles.
+pub const DEFAULT_CONTENT_STORE: u64 = 2 << 30;
 
 /// The public keys loaded from the files listed under `[keyring] NAME` and how many entries
 /// the list has, or `None` when the entry is absent.

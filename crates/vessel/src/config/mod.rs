@@ -77,6 +77,9 @@ pub struct Config {
     pub inbox: InboxSettings,
     /// Envelope caps.
     pub limits: Limits,
+    /// Bytes of course content kept on board for delta bundles (`[limits] content_store_bytes`;
+    /// 0 keeps none).
+    pub content_store_bytes: u64,
     /// Log level filter (`info`, `debug`, or a tracing filter).
     pub log_level: String,
     /// Moodle's database (None: no capture configured).
@@ -206,7 +209,7 @@ impl Config {
             state_dir,
         };
 
-        let (keyring, roots, limits) = keyring::parse(&mut w, root);
+        let (keyring, roots, limits, content_store_bytes) = keyring::parse(&mut w, root);
         let inbox = inbox::parse(&mut w, root);
         let log_t = w.sub(root, "log");
         if let Some(t) = log_t {
@@ -230,6 +233,7 @@ impl Config {
             roots,
             inbox,
             limits,
+            content_store_bytes,
             log_level,
             moodle_db: moodle.db,
             moodle_ws: moodle.ws,

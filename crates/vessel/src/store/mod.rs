@@ -13,6 +13,7 @@
 //! message naming the file instead of working on bad state.
 
 mod audit;
+mod content;
 mod journal;
 mod mapping;
 mod outbox;
@@ -22,6 +23,7 @@ mod transitions;
 mod trust;
 
 pub use audit::{AuditEntry, AuditEvent};
+pub use content::Held;
 pub use journal::{
     Admission, BundleRow, BundleState, CommandOutcome, CommandRow, CommandState, NewBundle,
     NewCommand, Overview, StreamGap,
@@ -96,6 +98,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_journal.sql"),
     include_str!("migrations/0002_progress.sql"),
     include_str!("migrations/0003_trust.sql"),
+    include_str!("migrations/0004_content.sql"),
 ];
 
 /// An open database.

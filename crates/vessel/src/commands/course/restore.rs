@@ -1,15 +1,19 @@
 //! `restore_course` (a course from an `.mbz` into a category, with the wanted shortname,
 //! idnumber and visibility; a restore cut by a crash is found and its half-built course deleted;
-//! the same backup twice is skipped) and `replace_course` (the new version restored, then the
+//! the same backup twice is skipped; a backup sent by content is rebuilt first from the
+//! content files carried and kept on board, asking shore for the rest) and `replace_course` (the new version restored, then the
 //! old one retired under the deletion guard).
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::delete::guarded_delete;
 use super::{Course, Job, Step, arg, course_arg, outcome, wait};
 use crate::commands::{Command, Ctx};
+use crate::content::ContentStore;
+use moodle::delta;
 use crate::store::{CommandOutcome, Result, Tx};
 use moodle::ws::{Params, Safety};
 
@@ -30,18 +34,25 @@ impl Command for RestoreCourse {
     }
 }
 
+/// The backup the command names: `args.file`, or the bundle's one backup; a backup sent by
+/// content is its `NAME.mbz.delta` (content members `files/content/SHA1` are not candidates).
 fn mbz_path(ctx: &Ctx<'_>) -> Step<PathBuf> {
+    let candidates: Vec<&(String, PathBuf)> = ctx
+        .files
+        .iter()
+        .filter(|(n, _)| !n.starts_with(delta::CONTENT_MEMBER_PREFIX))
+        .collect();
     let names = || {
-        ctx.files
+        candidates
             .iter()
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    match (arg(ctx, "file"), ctx.files.as_slice()) {
+    match (arg(ctx, "file"), candidates.as_slice()) {
         (Some(w), files) => files
             .iter()
-            .find(|(n, _)| n == w)
+            .find(|(n, _)| n == w || *n == format!("{w}{}", delta::DELTA_SUFFIX))
             .map(|(_, p)| p.clone())
             .ok_or_else(|| {
                 CommandOutcome::Failed(format!(
@@ -57,10 +68,86 @@ fn mbz_path(ctx: &Ctx<'_>) -> Step<PathBuf> {
     }
 }
 
+/// A backup sent by content, rebuilt in the bundle's work directory from the content files the
+/// bundle carries and those kept on board; those neither has are asked of shore (the command
+/// waits for them). Returns the rebuilt backup and the SHA-256 of the original file.
+fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<(PathBuf, String)> {
+    let layout = delta::read_layout(delta_file).map_err(|e| {
+        CommandOutcome::Failed(format!("the course backup sent by content is unreadable: {e}"))
+    })?;
+    let name = delta_file.to_string_lossy();
+    let out = PathBuf::from(name.strip_suffix(delta::DELTA_SUFFIX).unwrap_or(&name).to_string());
+    if out.is_file() {
+        // Renamed into place only once complete and checked: rebuilt before a crash.
+        return Ok((out, layout.source_sha256));
+    }
+    let store = ContentStore::new(ctx.state_dir, ctx.content_store_bytes);
+    let mut sources: HashMap<String, PathBuf> = HashMap::new();
+    let mut missing: Vec<&delta::ContentFile> = Vec::new();
+    for c in &layout.content {
+        if sources.contains_key(&c.sha1) || missing.iter().any(|m| m.sha1 == c.sha1) {
+            continue;
+        }
+        // Carried in the bundle: checked against the signed manifest when it was admitted.
+        let carried = ctx
+            .files
+            .iter()
+            .find(|(n, _)| *n == c.member())
+            .map(|(_, p)| p.clone())
+            .filter(|p| p.is_file());
+        let found = match carried {
+            Some(p) => Some(p),
+            None => store
+                .lookup(tx, c, ctx.now)
+                .map_err(|e| wait(ctx, 300, e))?,
+        };
+        match found {
+            Some(p) => {
+                sources.insert(c.sha1.clone(), p);
+            }
+            None => missing.push(c),
+        }
+    }
+    if !missing.is_empty() {
+        let hashes: Vec<String> = missing.iter().map(|c| c.sha256.clone()).collect();
+        tx.need_files(&ctx.cmd.bundle_id, &hashes, ctx.now)
+            .map_err(|e| wait(ctx, 60, e.to_string()))?;
+        let bytes: u64 = missing.iter().map(|c| c.size).sum();
+        return Err(wait(
+            ctx,
+            3600,
+            format!(
+                "{} of the {} content files of {} are neither in the bundle nor kept on board ({bytes} bytes); shore is asked for them in the next progress batch",
+                missing.len(),
+                layout.content.len(),
+                layout.source
+            ),
+        ));
+    }
+    match delta::rebuild(delta_file, &mut |c| sources.get(&c.sha1).cloned(), &out) {
+        Ok(_) => {}
+        Err(delta::RebuildError::Mismatch(c) | delta::RebuildError::Missing(c)) => {
+            // Changed on disk since it was checked: drop it, ask again at once.
+            store.forget(tx, &c.sha1).map_err(|e| wait(ctx, 60, e))?;
+            return Err(wait(ctx, 1, format!("content file {} changed on disk while the backup was rebuilt; trying again", c.sha1)));
+        }
+        Err(delta::RebuildError::Damaged(e)) => {
+            return Err(CommandOutcome::Failed(format!(
+                "the course backup sent by content cannot be rebuilt: {e}"
+            )));
+        }
+        Err(delta::RebuildError::Io(e)) => return Err(wait(ctx, 300, e)),
+    }
+    base::failpoint::hit("delta.after-rebuild");
+    tracing::info!(backup = %out.display(), content = layout.content.len(), "course backup rebuilt from its delta");
+    Ok((out, layout.source_sha256))
+}
+
 fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
     Ok((|| -> Step<CommandOutcome> {
         let ctx = job.ctx;
-        let mbz = mbz_path(ctx)?;
+        let named = mbz_path(ctx)?;
+        let by_content = named.to_string_lossy().ends_with(delta::DELTA_SUFFIX);
         let shortname = arg(ctx, "shortname").map(str::to_string).ok_or_else(|| {
             CommandOutcome::Failed("args.shortname is missing: the course's short name".into())
         })?;
@@ -75,8 +162,13 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
             .get("visible")
             .and_then(Value::as_bool)
             .unwrap_or(true);
-        let sha = moodle::users::import::file_sha256(&mbz)
-            .map_err(|e| wait(ctx, 300, format!("{}: {e}", mbz.display())))?;
+        let (mbz, sha) = if by_content {
+            rebuilt(ctx, tx, &named)?
+        } else {
+            let sha = moodle::users::import::file_sha256(&named)
+                .map_err(|e| wait(ctx, 300, format!("{}: {e}", named.display())))?;
+            (named, sha)
+        };
         let file = mbz
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -231,6 +323,14 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
         }
         tx.set_fact(&fact, &sha)
             .map_err(|e| wait(ctx, 60, e.to_string()))?;
+        tx.needs_done(&ctx.cmd.bundle_id)
+            .map_err(|e| wait(ctx, 60, e.to_string()))?;
+        // Kept for the next version of the course; a failure costs a larger download, no more.
+        match ContentStore::new(ctx.state_dir, ctx.content_store_bytes).keep_from(tx, &mbz, ctx.now) {
+            Ok((n, bytes)) if n > 0 => tracing::info!(files = n, bytes, "course content kept on board"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not keep the course's content files on board"),
+        }
         Ok(job.done(format!(
             "restored {shortname} (idnumber {idnumber}) as course id {course_id} in category {category} from {file}"
         )))
