@@ -3,6 +3,8 @@
 //!
 //! - [`store`]: its own SQLite database (vessel registry, batches, records, bundle queue);
 //! - [`serve`]: the HTTPS API (`POST /v1/sync`, `GET /v1/bundles/ID` with Range, `GET /v1/health`);
+//! - [`content`]: course content kept ashore, per-vessel copies of course bundles, answers to
+//!   `need_files`;
 //! - [`spec`]: the operator's bundle spec (TOML) for `vessel-sync bundle build`;
 //! - `config`: `shore.toml` ([`ShoreConfig`]);
 //! - this module: batch intake shared by HTTPS and file mode, and the operator
@@ -23,6 +25,7 @@
 )]
 
 mod config;
+pub mod content;
 pub mod serve;
 pub mod spec;
 pub mod store;
@@ -44,6 +47,14 @@ use wire::progress::codec;
 use wire::progress::record::format_id;
 
 pub use wire::{RECORDS_MEMBER, SHORE};
+
+/// Hex SHA-256 of a file.
+pub(crate) fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
 
 /// Hex SHA-256 of a token, as stored in the registry.
 pub fn token_hash(token: &str) -> String {
@@ -288,6 +299,13 @@ fn intake_inner(
     }
     if let Stored::New { new, duplicate } = &stored {
         tracing::info!(vessel = %vessel.id, seq = m.sequence, new, duplicate, acked_seq, via, "batch stored");
+        if !m.need_files.is_empty() {
+            // The batch is stored: an answer that fails here is asked again by the vessel.
+            match content::answer_needs(cfg, db, &vessel.id, &m.need_files, now) {
+                Ok((sent, missing)) => tracing::info!(vessel = %vessel.id, sent, missing, "content asked for by a vessel"),
+                Err(e) => tracing::error!(vessel = %vessel.id, error = %e, "could not answer a vessel's need_files"),
+            }
+        }
     }
     Ok(Intake {
         seq: m.sequence,
@@ -530,8 +548,16 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
         if m.kind != Kind::Commands {
             return Err("not a command bundle".into());
         }
+        let by_content = m.files.iter().any(|f| f.may_omit);
+        let (manifest_bytes, signature) = (opened.manifest_bytes.clone(), opened.signature);
+        let bundles_dir = cfg.shore.state_dir.join("bundles");
+        let parts = bundles_dir.join(format!(".{}.d.part", m.id));
+        if parts.exists() {
+            std::fs::remove_dir_all(&parts).map_err(|e| format!("{}: {e}", parts.display()))?;
+        }
+        // A bundle with course content is kept in parts, for per-vessel copies.
         opened
-            .extract(None)
+            .extract(by_content.then_some(parts.as_path()))
             .map_err(|e| format!("{}: refused: {e}", bundle.display()))?;
         let db = cfg.open()?;
         let name = format!("{}.vsb", m.id);
@@ -546,9 +572,32 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
             size: data.len() as u64,
             sha256: hex::encode(Sha256::digest(&data)),
         };
+        let mut note = String::new();
+        if by_content {
+            let kept = content::keep_pushed(cfg, &db, &manifest_bytes, &signature, &m, &parts, now)?;
+            note = format!(
+                "; {} course content file(s), {} carried: each vessel is sent only those it does not hold",
+                kept.listed, kept.carried
+            );
+            if kept.unknown > 0 {
+                note.push_str(&format!(
+                    " ({} neither carried nor kept ashore: a vessel lacking them cannot be sent them; push a bundle that carries them)",
+                    kept.unknown
+                ));
+            }
+        }
         let id = db.enqueue_bundle(&q, now).map_err(|e| e.to_string())?;
+        if by_content {
+            let members: Vec<(String, String, u64)> = m
+                .files
+                .iter()
+                .filter(|f| f.may_omit)
+                .map(|f| (f.name.clone(), f.sha256.clone(), f.size))
+                .collect();
+            db.set_queue_content(id, &members).map_err(|e| e.to_string())?;
+        }
         Ok(format!(
-            "queued bundle {} ({} bytes) for {} as #{id}; it is offered at the vessel's next sync",
+            "queued bundle {} ({} bytes) for {} as #{id}{note}; it is offered at the vessel's next sync",
             m.id,
             data.len(),
             if m.recipient == envelope::manifest::FLEET {

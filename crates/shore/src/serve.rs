@@ -234,7 +234,14 @@ fn sync_blocking(
             }
         }
     }
-    match db.bundles_for(&vessel.id, cursor) {
+    if let Err(e) = db.note_downloaded(&vessel.id, cursor, now) {
+        return internal(e.to_string());
+    }
+    match db.bundles_for(&vessel.id, cursor).map_err(|e| e.to_string()).and_then(|list| {
+        list.iter()
+            .map(|q| crate::content::offer(&shared.cfg, &db, &vessel.id, q))
+            .collect::<Result<Vec<_>, String>>()
+    }) {
         Ok(list) => {
             reply["bundles"] = list
                 .iter()
@@ -242,7 +249,7 @@ fn sync_blocking(
                 .collect::<Vec<_>>()
                 .into();
         }
-        Err(e) => return internal(e.to_string()),
+        Err(e) => return internal(e),
     }
     json(StatusCode::OK, reply)
 }
@@ -264,7 +271,14 @@ fn bundle(shared: &Shared, vessel: &Vessel, id: i64, range: Option<&str>) -> Res
         .db
         .lock()
         .ok()
-        .and_then(|db| db.queued(&vessel.id, id).ok().flatten())
+        .and_then(|db| {
+            let q = db.queued(&vessel.id, id).ok().flatten()?;
+            // A course bundle is served as this vessel's copy (made when it was offered).
+            Some(match db.variant(id, &vessel.id).ok().flatten() {
+                Some((file, size, sha256)) => crate::store::Queued { file, size, sha256, ..q },
+                None => q,
+            })
+        })
     {
         Some(q) => q,
         None => {

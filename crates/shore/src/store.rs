@@ -1,5 +1,7 @@
 //! The shore's own SQLite database (`STATE_DIR/shore.db`): the vessel registry, received
-//! batches and records, and the per-vessel bundle queue. WAL with `synchronous=FULL`: a batch
+//! batches and records, the per-vessel bundle queue, and course content: what shore keeps
+//! (`content`), each queued bundle's omittable members, what each vessel holds, the per-vessel
+//! copies of a bundle (`variants`) and the content vessels asked for (`needs`). WAL with `synchronous=FULL`: a batch
 //! is on disk before shore acknowledges it.
 
 use std::path::{Path, PathBuf};
@@ -69,6 +71,45 @@ CREATE TABLE IF NOT EXISTS vessel_keys (
     added_at   INTEGER NOT NULL,
     how        TEXT NOT NULL,
     PRIMARY KEY (vessel, key_id)
+);
+CREATE TABLE IF NOT EXISTS content (
+    sha256    TEXT PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    added_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_content (
+    queue_id  INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    sha256    TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, name)
+);
+CREATE TABLE IF NOT EXISTS vessel_holds (
+    vessel    TEXT NOT NULL,
+    sha256    TEXT NOT NULL,
+    since     INTEGER NOT NULL,
+    PRIMARY KEY (vessel, sha256)
+);
+CREATE TABLE IF NOT EXISTS variants (
+    queue_id  INTEGER NOT NULL,
+    vessel    TEXT NOT NULL,
+    file      TEXT NOT NULL,
+    size      INTEGER NOT NULL,
+    sha256    TEXT NOT NULL,
+    carried   INTEGER NOT NULL,
+    PRIMARY KEY (queue_id, vessel)
+);
+CREATE TABLE IF NOT EXISTS holds_cursor (
+    vessel    TEXT PRIMARY KEY,
+    cursor    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS needs (
+    vessel     TEXT NOT NULL,
+    bundle_id  TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    asked_at   INTEGER NOT NULL,
+    answered   INTEGER,
+    PRIMARY KEY (vessel, bundle_id, sha256)
 );
 CREATE TABLE IF NOT EXISTS refusals (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -681,6 +722,195 @@ impl ShoreStore {
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err(e))
+    }
+
+    /// Notes a content file kept in `STATE_DIR/content/SHA256`.
+    pub fn add_content(&self, sha256: &str, size: u64, now: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO content(sha256, size, added_at) VALUES (?1, ?2, ?3)",
+                params![sha256, to_i64(size), now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Whether shore keeps this content file.
+    pub fn has_content(&self, sha256: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM content WHERE sha256 = ?1",
+                params![sha256],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the `may_omit` members of a queued bundle: (name, sha256, size).
+    pub fn set_queue_content(&self, queue_id: i64, members: &[(String, String, u64)]) -> Result<()> {
+        for (name, sha, size) in members {
+            self.conn
+                .execute(
+                    "INSERT OR REPLACE INTO queue_content(queue_id, name, sha256, size) VALUES (?1, ?2, ?3, ?4)",
+                    params![queue_id, name, sha, to_i64(*size)],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// The `may_omit` members of a queued bundle: (name, sha256, size).
+    pub fn queue_content(&self, queue_id: i64) -> Result<Vec<(String, String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, sha256, size FROM queue_content WHERE queue_id = ?1 ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![queue_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.unsigned_abs()))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The first queue entry of a bundle that carries content (to answer a need).
+    pub fn content_bundle(&self, bundle_id: &str) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT MIN(q.id) FROM queue q WHERE q.bundle_id = ?1
+                 AND EXISTS (SELECT 1 FROM queue_content c WHERE c.queue_id = q.id)",
+                params![bundle_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Content a vessel is believed to hold (SHA-256s).
+    pub fn holds(&self, vessel: &str) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sha256 FROM vessel_holds WHERE vessel = ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![vessel], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The vessel's download cursor passed `cursor`: it holds the content of every bundle it
+    /// fetched up to there (carried, or already held when shore left it out).
+    pub fn note_downloaded(&self, vessel: &str, cursor: i64, now: i64) -> Result<()> {
+        // Only bundles the cursor passed since the last time: a need noted since then stands.
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let last: i64 = tx
+            .query_row(
+                "SELECT COALESCE((SELECT cursor FROM holds_cursor WHERE vessel = ?1), 0)",
+                params![vessel],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if cursor <= last {
+            return Ok(());
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO vessel_holds(vessel, sha256, since)
+             SELECT ?1, c.sha256, ?4 FROM queue_content c JOIN queue q ON q.id = c.queue_id
+             WHERE q.id > ?2 AND q.id <= ?3 AND (q.recipient = ?1 OR q.recipient = '*')",
+            params![vessel, last, cursor, now],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO holds_cursor(vessel, cursor) VALUES (?1, ?2)",
+            params![vessel, cursor],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The vessel said it lacks these: forget that it holds them, and note the request.
+    pub fn note_needs(&self, vessel: &str, bundle_id: &str, sha256: &[String], now: i64) -> Result<()> {
+        for h in sha256 {
+            self.conn
+                .execute(
+                    "DELETE FROM vessel_holds WHERE vessel = ?1 AND sha256 = ?2",
+                    params![vessel, h],
+                )
+                .map_err(|e| self.err(e))?;
+            self.conn
+                .execute(
+                    "INSERT INTO needs(vessel, bundle_id, sha256, asked_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(vessel, bundle_id, sha256) DO UPDATE SET asked_at = excluded.asked_at, answered = NULL",
+                    params![vessel, bundle_id, h, now],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Marks needs answered by queue entry `queue_id`.
+    pub fn answer_needs(&self, vessel: &str, bundle_id: &str, sha256: &[String], queue_id: i64) -> Result<()> {
+        for h in sha256 {
+            self.conn
+                .execute(
+                    "UPDATE needs SET answered = ?4 WHERE vessel = ?1 AND bundle_id = ?2 AND sha256 = ?3",
+                    params![vessel, bundle_id, h, queue_id],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Per vessel: content files held, needs answered, needs shore could not answer.
+    pub fn content_state(&self, vessel: &str) -> Result<(u64, u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM vessel_holds WHERE vessel = ?1),
+                        (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NOT NULL),
+                        (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NULL)",
+                params![vessel],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.unsigned_abs(),
+                        r.get::<_, i64>(1)?.unsigned_abs(),
+                        r.get::<_, i64>(2)?.unsigned_abs(),
+                    ))
+                },
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The per-vessel copy of a queued bundle, if one was made: (file, size, sha256).
+    pub fn variant(&self, queue_id: i64, vessel: &str) -> Result<Option<(String, u64, String)>> {
+        self.conn
+            .query_row(
+                "SELECT file, size, sha256 FROM variants WHERE queue_id = ?1 AND vessel = ?2",
+                params![queue_id, vessel],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.unsigned_abs(), r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the per-vessel copy of a queued bundle (`carried` content members).
+    pub fn set_variant(
+        &self,
+        queue_id: i64,
+        vessel: &str,
+        file: &str,
+        size: u64,
+        sha256: &str,
+        carried: u64,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO variants(queue_id, vessel, file, size, sha256, carried) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![queue_id, vessel, file, to_i64(size), sha256, to_i64(carried)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Queues a bundle for `recipient` (a vessel id or `*`).

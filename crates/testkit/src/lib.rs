@@ -9,6 +9,7 @@
 //! - [`realmoodle`]: a real Moodle 5.0 installed from `shared/moodle/src/` on either, for the
 //!   end-to-end tests and `bench users --moodle`.
 //! - [`sample`], [`records`]: generated seafarer CSVs and progress records.
+//! - [`course`]: a real course backup with generated content files (delta bundles).
 //!
 //! May import: `base`, `wire`, `moodle` (the settings its stand-ins answer to).
 
@@ -19,6 +20,7 @@
 )]
 
 pub mod fake;
+pub mod course;
 pub mod faultproxy;
 pub mod mariatemp;
 pub mod pgtemp;
