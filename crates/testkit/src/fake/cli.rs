@@ -160,8 +160,10 @@ fn read_mbz(bytes: &[u8]) -> Result<(String, String, String), bool> {
     for e in entries {
         let mut e = e.map_err(|_| false)?;
         let name = e.path().map_err(|_| false)?.display().to_string();
-        let mut text = String::new();
-        e.read_to_string(&mut text).map_err(|_| false)?;
+        // Content files are binary: read bytes, look only at the XML.
+        let mut raw = Vec::new();
+        e.read_to_end(&mut raw).map_err(|_| false)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
         match name.as_str() {
             "moodle_backup.xml" => manifest = text,
             "course/course.xml" => course = text,
