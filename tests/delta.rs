@@ -83,7 +83,13 @@ impl Fleet {
 
     fn course(&self, name: &str, version: u32, changed: bool) -> PathBuf {
         let out = self.work.path().join(name);
-        course_with_files(&fixture(), &files(changed), version, &out).unwrap();
+        course_with_files(
+            &std::fs::read(fixture()).unwrap(),
+            &files(changed),
+            version,
+            &out,
+        )
+        .unwrap();
         out
     }
 
@@ -114,16 +120,28 @@ impl Fleet {
             args.extend(["--base", b.to_str().unwrap()]);
         }
         let o = self.v.run(&args);
-        assert!(o.status.success(), "bundle build: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "bundle build: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let o = self.shore.run(&["push", out.to_str().unwrap()]);
-        assert!(o.status.success(), "push: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "push: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         std::fs::metadata(&out).unwrap().len()
     }
 
     /// One sync; the bytes of the bundles now in the inbox.
     fn sync(&self) -> u64 {
         let o = sync(&self.v);
-        assert!(o.status.success(), "sync: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "sync: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         walk(&self.v.inbox())
             .iter()
             .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
@@ -255,7 +273,11 @@ fn a_crash_while_the_backup_is_rebuilt_leaves_nothing_half_restored() {
             &[("VESSEL_SYNC_FAILPOINT", point)],
         );
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(o.status.signal(), Some(9), "{point}: the agent was killed there");
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "{point}: the agent was killed there"
+        );
         assert!(f.restored("SAFE-V2").is_none(), "{point}: no course yet");
         f.v.once();
         let (state, note) = f.command("v2");

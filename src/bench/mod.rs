@@ -7,8 +7,11 @@
 //!
 //! With the `lab` feature (a build from a checkout, not the Debian package, which carries no
 //! stand-in): `users` ([`users`]), `wire`, `outbox` and `dictionary` ([`progress`]), which need
-//! the test kit's stand-in Moodle, fault proxy or throwaway PostgreSQL.
+//! the test kit's stand-in Moodle, fault proxy or throwaway PostgreSQL, and `delta`
+//! ([`delta`]: course updates by content, with the test kit's generated course).
 
+#[cfg(feature = "lab")]
+pub mod delta;
 #[cfg(feature = "lab")]
 pub mod progress;
 pub mod rss;
@@ -98,6 +101,8 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
         #[cfg(feature = "lab")]
         "wire" => report_json(json, progress::wire()),
         #[cfg(feature = "lab")]
+        "delta" => report_json(json, delta::run(size_mb)),
+        #[cfg(feature = "lab")]
         "dictionary" => match progress::train_dictionary() {
             Ok(d) => {
                 use std::io::Write as _;
@@ -114,7 +119,7 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
         #[cfg(feature = "lab")]
         "users" => report_json(json, users::run()),
         #[cfg(not(feature = "lab"))]
-        "wire" | "dictionary" | "outbox" | "users" => {
+        "wire" | "dictionary" | "outbox" | "users" | "delta" => {
             eprintln!("{}", LAB_ONLY.replace("NAME", name));
             exit::UNAVAILABLE
         }

@@ -9,6 +9,7 @@
 
 mod conformance;
 mod courses;
+mod delta;
 mod progress;
 mod site;
 mod users;

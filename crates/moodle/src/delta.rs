@@ -166,12 +166,15 @@ fn read_block(r: &mut dyn Read) -> io::Result<Option<[u8; 512]>> {
     Ok(Some(block))
 }
 
+/// Something fed every byte copied.
+type Hasher<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// Copies exactly `n` bytes, feeding each hasher.
 fn copy_exact(
     r: &mut dyn Read,
     w: &mut dyn Write,
     n: u64,
-    hashers: &mut [&mut dyn FnMut(&[u8])],
+    hashers: &mut [Hasher<'_>],
 ) -> io::Result<()> {
     let mut left = n;
     let mut buf = vec![0u8; 64 * 1024];
@@ -205,10 +208,9 @@ fn gz_reader(mbz: &Path) -> Result<Box<dyn Read>, String> {
         ));
     }
     let f = File::open(mbz).map_err(|e| format!("{}: {e}", mbz.display()))?;
-    Ok(Box::new(flate2::read::GzDecoder::new(BufReader::with_capacity(
-        256 * 1024,
-        f,
-    ))))
+    Ok(Box::new(flate2::read::GzDecoder::new(
+        BufReader::with_capacity(256 * 1024, f),
+    )))
 }
 
 /// The SHA-256 of a file.
@@ -249,13 +251,13 @@ pub fn split(mbz: &Path, base: &HashSet<String>, dir: &Path) -> Result<Split, St
         .unwrap_or_else(|| "course.mbz".into());
     let source_sha256 = file_sha256(mbz).map_err(|e| format!("{}: {e}", mbz.display()))?;
     let content_dir = dir.join("content");
-    std::fs::create_dir_all(&content_dir)
-        .map_err(|e| format!("{}: {e}", content_dir.display()))?;
+    std::fs::create_dir_all(&content_dir).map_err(|e| format!("{}: {e}", content_dir.display()))?;
     let skeleton_path = dir.join(format!(".{source}.skeleton"));
     let local = |what: &Path, e: io::Error| format!("{}: {e}", what.display());
     let damaged = |e: io::Error| format!("{} is damaged: {e}", mbz.display());
     let mut r = gz_reader(mbz)?;
-    let mut skel = BufWriter::new(File::create(&skeleton_path).map_err(|e| local(&skeleton_path, e))?);
+    let mut skel =
+        BufWriter::new(File::create(&skeleton_path).map_err(|e| local(&skeleton_path, e))?);
     let mut tar_hash = Sha256::new();
     let mut tar_size = 0u64;
     let mut content = Vec::new();
@@ -263,25 +265,27 @@ pub fn split(mbz: &Path, base: &HashSet<String>, dir: &Path) -> Result<Split, St
     let mut held = Vec::new();
     let mut seen = HashSet::new();
     let tmp = content_dir.join(".incoming");
-    loop {
-        let Some(block) = read_block(&mut r).map_err(damaged)? else {
-            break;
-        };
+    while let Some(block) = read_block(&mut r).map_err(damaged)? {
         tar_hash.update(block);
         tar_size += 512;
-        skel.write_all(&block).map_err(|e| local(&skeleton_path, e))?;
+        skel.write_all(&block)
+            .map_err(|e| local(&skeleton_path, e))?;
         if block.iter().all(|&b| b == 0) {
             // The end blocks and whatever zero padding follows: kept verbatim.
             let mut rest = Vec::new();
             r.read_to_end(&mut rest).map_err(damaged)?;
             tar_hash.update(&rest);
             tar_size += rest.len() as u64;
-            skel.write_all(&rest).map_err(|e| local(&skeleton_path, e))?;
+            skel.write_all(&rest)
+                .map_err(|e| local(&skeleton_path, e))?;
             break;
         }
         let entry = parse_header(&block).map_err(|e| format!("{}: {e}", mbz.display()))?;
         let pad = padded(entry.size) - entry.size;
-        let hash = entry.regular.then(|| is_content_name(&entry.name)).flatten();
+        let hash = entry
+            .regular
+            .then(|| is_content_name(&entry.name))
+            .flatten();
         let Some(hash) = hash.map(str::to_string) else {
             copy_exact(
                 &mut r,
@@ -343,7 +347,9 @@ pub fn split(mbz: &Path, base: &HashSet<String>, dir: &Path) -> Result<Split, St
         .map_err(damaged)?;
         tar_size += pad;
     }
-    let skel = skel.into_inner().map_err(|e| local(&skeleton_path, e.into_error()))?;
+    let skel = skel
+        .into_inner()
+        .map_err(|e| local(&skeleton_path, e.into_error()))?;
     skel.sync_all().map_err(|e| local(&skeleton_path, e))?;
     drop(skel);
     let layout = Layout {
@@ -399,9 +405,15 @@ pub fn read_layout(delta: &Path) -> Result<Layout, String> {
         .next()
         .ok_or_else(|| format!("{} is empty", delta.display()))?
         .map_err(|e| format!("{}: {e}", delta.display()))?;
-    let name = first.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = first
+        .path()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if name != LAYOUT_NAME {
-        return Err(format!("{}: the first member is {name:?}, not {LAYOUT_NAME}", delta.display()));
+        return Err(format!(
+            "{}: the first member is {name:?}, not {LAYOUT_NAME}",
+            delta.display()
+        ));
     }
     let mut json = Vec::new();
     first
@@ -470,10 +482,7 @@ pub fn rebuild(
         let mut tar_size = 0u64;
         let mut next = layout.content.iter();
         let damaged = |e: io::Error| RebuildError::Damaged(e.to_string());
-        loop {
-            let Some(block) = read_block(&mut skel).map_err(damaged)? else {
-                break;
-            };
+        while let Some(block) = read_block(&mut skel).map_err(damaged)? {
             tar_hash.update(block);
             tar_size += 512;
             gz.write_all(&block).map_err(|e| io_err(&part, e))?;
@@ -488,7 +497,11 @@ pub fn rebuild(
             let entry = parse_header(&block).map_err(RebuildError::Damaged)?;
             let pad = padded(entry.size) - entry.size;
             let is_content = entry.regular && is_content_name(&entry.name).is_some();
-            let wanted = if is_content { next.as_slice().first() } else { None };
+            let wanted = if is_content {
+                next.as_slice().first()
+            } else {
+                None
+            };
             match wanted {
                 Some(c) if c.name == entry.name => {
                     next.next();
@@ -516,8 +529,13 @@ pub fn rebuild(
                         return Err(RebuildError::Mismatch(c.clone()));
                     }
                     tar_size += c.size;
-                    copy_exact(&mut skel, &mut gz, pad, &mut [&mut |b: &[u8]| tar_hash.update(b)])
-                        .map_err(damaged)?;
+                    copy_exact(
+                        &mut skel,
+                        &mut gz,
+                        pad,
+                        &mut [&mut |b: &[u8]| tar_hash.update(b)],
+                    )
+                    .map_err(damaged)?;
                     tar_size += pad;
                 }
                 _ => {
@@ -669,7 +687,8 @@ pub fn split_draft(
                 }
             }
             if c.args.get("file").and_then(|v| v.as_str()) == Some(name.as_str()) {
-                c.args.insert("file".into(), serde_json::Value::String(delta_name.clone()));
+                c.args
+                    .insert("file".into(), serde_json::Value::String(delta_name.clone()));
             }
         }
     }
@@ -768,6 +787,13 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, RebuildError::Mismatch(_)), "{err}");
         assert!(!again.exists());
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".part")).count(), 0);
+        assert_eq!(
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                .count(),
+            0
+        );
     }
 }

@@ -17,7 +17,10 @@ fn content_path(cfg: &ShoreConfig, sha256: &str) -> PathBuf {
 }
 
 fn parts_dir(cfg: &ShoreConfig, bundle_id: &str) -> PathBuf {
-    cfg.shore.state_dir.join("bundles").join(format!("{bundle_id}.d"))
+    cfg.shore
+        .state_dir
+        .join("bundles")
+        .join(format!("{bundle_id}.d"))
 }
 
 /// What [`keep_pushed`] found.
@@ -57,15 +60,22 @@ pub fn keep_pushed(
             if !to.is_file() {
                 std::fs::rename(&from, &to).map_err(|e| io(&to, e))?;
             }
-            db.add_content(&f.sha256, f.size, now).map_err(|e| e.to_string())?;
+            db.add_content(&f.sha256, f.size, now)
+                .map_err(|e| e.to_string())?;
         } else if !db.has_content(&f.sha256).map_err(|e| e.to_string())? {
             kept.unknown += 1;
         }
     }
-    std::fs::write(extracted.join(envelope::manifest::MANIFEST_NAME), manifest_bytes)
-        .map_err(|e| io(extracted, e))?;
-    std::fs::write(extracted.join(envelope::manifest::SIGNATURE_NAME), signature)
-        .map_err(|e| io(extracted, e))?;
+    std::fs::write(
+        extracted.join(envelope::manifest::MANIFEST_NAME),
+        manifest_bytes,
+    )
+    .map_err(|e| io(extracted, e))?;
+    std::fs::write(
+        extracted.join(envelope::manifest::SIGNATURE_NAME),
+        signature,
+    )
+    .map_err(|e| io(extracted, e))?;
     let dest = parts_dir(cfg, &m.id);
     if dest.exists() {
         std::fs::remove_dir_all(&dest).map_err(|e| io(&dest, e))?;
@@ -92,8 +102,8 @@ fn write_copy(
         .map_err(|e| io(&spath, e))?
         .try_into()
         .map_err(|_| format!("{}: not a 64-byte signature", spath.display()))?;
-    let m: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| format!("{}: {e}", mpath.display()))?;
+    let m: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| format!("{}: {e}", mpath.display()))?;
     let mut members = Vec::new();
     let mut carried = 0;
     for f in &m.files {
@@ -118,7 +128,12 @@ fn write_copy(
 /// The bundle as offered to `vessel`: for a bundle with content members, a copy without the
 /// content the vessel holds (made once per vessel and kept, so a resumed download reads the
 /// same bytes); any other bundle as queued.
-pub fn offer(cfg: &ShoreConfig, db: &ShoreStore, vessel: &str, q: &Queued) -> Result<Queued, String> {
+pub fn offer(
+    cfg: &ShoreConfig,
+    db: &ShoreStore,
+    vessel: &str,
+    q: &Queued,
+) -> Result<Queued, String> {
     let members = db.queue_content(q.id).map_err(|e| e.to_string())?;
     if members.is_empty() {
         return Ok(q.clone());
@@ -135,7 +150,13 @@ pub fn offer(cfg: &ShoreConfig, db: &ShoreStore, vessel: &str, q: &Queued) -> Re
     let holds = db.holds(vessel).map_err(|e| e.to_string())?;
     let safe: String = vessel
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let name = format!("{}.{safe}.vsb", q.bundle_id);
     let (size, sha, carried) =
@@ -179,10 +200,17 @@ pub fn answer_needs(
         }
         let safe: String = vessel
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let name = format!("{}.{safe}.need-{now}.vsb", n.bundle);
-        let (size, sha256, carried) = write_copy(cfg, &n.bundle, &|f| have.contains(&f.sha256), &name)?;
+        let (size, sha256, carried) =
+            write_copy(cfg, &n.bundle, &|f| have.contains(&f.sha256), &name)?;
         let id = db
             .enqueue_bundle(
                 &Queued {

@@ -302,8 +302,12 @@ fn intake_inner(
         if !m.need_files.is_empty() {
             // The batch is stored: an answer that fails here is asked again by the vessel.
             match content::answer_needs(cfg, db, &vessel.id, &m.need_files, now) {
-                Ok((sent, missing)) => tracing::info!(vessel = %vessel.id, sent, missing, "content asked for by a vessel"),
-                Err(e) => tracing::error!(vessel = %vessel.id, error = %e, "could not answer a vessel's need_files"),
+                Ok((sent, missing)) => {
+                    tracing::info!(vessel = %vessel.id, sent, missing, "content asked for by a vessel")
+                }
+                Err(e) => {
+                    tracing::error!(vessel = %vessel.id, error = %e, "could not answer a vessel's need_files")
+                }
             }
         }
     }
@@ -438,6 +442,12 @@ struct VesselStatus<'a> {
     behind: bool,
     /// Every key the vessel signs or signed with (rotations, rekeys).
     keys: Vec<store::VesselKey>,
+    /// Course content files shore believes the vessel holds.
+    content_held: u64,
+    /// Content files the vessel asked for and shore sent.
+    content_sent: u64,
+    /// Content files the vessel asked for that shore does not keep.
+    content_owed: u64,
 }
 
 /// `shore vessel list` and `shore status`.
@@ -461,6 +471,7 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
         .iter()
         .map(|v| {
             let silent = v.last_contact.map(|t| now - t).unwrap_or(i64::MAX);
+            let content = db.content_state(&v.id).unwrap_or_default();
             VesselStatus {
                 vessel: v,
                 last_contact_age: v.last_contact.map(|t| format_age(now - t)),
@@ -468,6 +479,9 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
                 behind: v.revoked_at.is_none()
                     && (silent > 86_400 || v.oldest_unsent.unwrap_or(0) > 86_400),
                 keys: db.vessel_keys(&v.id).unwrap_or_default(),
+                content_held: content.0,
+                content_sent: content.1,
+                content_owed: content.2,
             }
         })
         .collect();
@@ -510,6 +524,12 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
     if vessels.is_empty() {
         println!(
             "(no vessels: add one with 'vessel-sync shore vessel add ID --pubkey FILE --token-out FILE')"
+        );
+    }
+    for r in rows.iter().filter(|r| r.content_owed > 0) {
+        println!(
+            "content owed to {}: {} course file(s) it asked for are not kept ashore; push a bundle that carries them (built without --base)",
+            r.vessel.id, r.content_owed
         );
     }
     for (at, v, c, m) in &refusals {
@@ -574,7 +594,8 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
         };
         let mut note = String::new();
         if by_content {
-            let kept = content::keep_pushed(cfg, &db, &manifest_bytes, &signature, &m, &parts, now)?;
+            let kept =
+                content::keep_pushed(cfg, &db, &manifest_bytes, &signature, &m, &parts, now)?;
             note = format!(
                 "; {} course content file(s), {} carried: each vessel is sent only those it does not hold",
                 kept.listed, kept.carried
@@ -594,7 +615,8 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
                 .filter(|f| f.may_omit)
                 .map(|f| (f.name.clone(), f.sha256.clone(), f.size))
                 .collect();
-            db.set_queue_content(id, &members).map_err(|e| e.to_string())?;
+            db.set_queue_content(id, &members)
+                .map_err(|e| e.to_string())?;
         }
         Ok(format!(
             "queued bundle {} ({} bytes) for {} as #{id}{note}; it is offered at the vessel's next sync",

@@ -237,11 +237,14 @@ fn sync_blocking(
     if let Err(e) = db.note_downloaded(&vessel.id, cursor, now) {
         return internal(e.to_string());
     }
-    match db.bundles_for(&vessel.id, cursor).map_err(|e| e.to_string()).and_then(|list| {
-        list.iter()
-            .map(|q| crate::content::offer(&shared.cfg, &db, &vessel.id, q))
-            .collect::<Result<Vec<_>, String>>()
-    }) {
+    match db
+        .bundles_for(&vessel.id, cursor)
+        .map_err(|e| e.to_string())
+        .and_then(|list| {
+            list.iter()
+                .map(|q| crate::content::offer(&shared.cfg, &db, &vessel.id, q))
+                .collect::<Result<Vec<_>, String>>()
+        }) {
         Ok(list) => {
             reply["bundles"] = list
                 .iter()
@@ -267,19 +270,19 @@ fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
 }
 
 fn bundle(shared: &Shared, vessel: &Vessel, id: i64, range: Option<&str>) -> Resp {
-    let q = match shared
-        .db
-        .lock()
-        .ok()
-        .and_then(|db| {
-            let q = db.queued(&vessel.id, id).ok().flatten()?;
-            // A course bundle is served as this vessel's copy (made when it was offered).
-            Some(match db.variant(id, &vessel.id).ok().flatten() {
-                Some((file, size, sha256)) => crate::store::Queued { file, size, sha256, ..q },
-                None => q,
-            })
+    let q = match shared.db.lock().ok().and_then(|db| {
+        let q = db.queued(&vessel.id, id).ok().flatten()?;
+        // A course bundle is served as this vessel's copy (made when it was offered).
+        Some(match db.variant(id, &vessel.id).ok().flatten() {
+            Some((file, size, sha256)) => crate::store::Queued {
+                file,
+                size,
+                sha256,
+                ..q
+            },
+            None => q,
         })
-    {
+    }) {
         Some(q) => q,
         None => {
             return error(

@@ -748,7 +748,11 @@ impl ShoreStore {
     }
 
     /// Records the `may_omit` members of a queued bundle: (name, sha256, size).
-    pub fn set_queue_content(&self, queue_id: i64, members: &[(String, String, u64)]) -> Result<()> {
+    pub fn set_queue_content(
+        &self,
+        queue_id: i64,
+        members: &[(String, String, u64)],
+    ) -> Result<()> {
         for (name, sha, size) in members {
             self.conn
                 .execute(
@@ -764,7 +768,9 @@ impl ShoreStore {
     pub fn queue_content(&self, queue_id: i64) -> Result<Vec<(String, String, u64)>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, sha256, size FROM queue_content WHERE queue_id = ?1 ORDER BY name")
+            .prepare(
+                "SELECT name, sha256, size FROM queue_content WHERE queue_id = ?1 ORDER BY name",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![queue_id], |r| {
@@ -831,7 +837,13 @@ impl ShoreStore {
     }
 
     /// The vessel said it lacks these: forget that it holds them, and note the request.
-    pub fn note_needs(&self, vessel: &str, bundle_id: &str, sha256: &[String], now: i64) -> Result<()> {
+    pub fn note_needs(
+        &self,
+        vessel: &str,
+        bundle_id: &str,
+        sha256: &[String],
+        now: i64,
+    ) -> Result<()> {
         for h in sha256 {
             self.conn
                 .execute(
@@ -851,7 +863,13 @@ impl ShoreStore {
     }
 
     /// Marks needs answered by queue entry `queue_id`.
-    pub fn answer_needs(&self, vessel: &str, bundle_id: &str, sha256: &[String], queue_id: i64) -> Result<()> {
+    pub fn answer_needs(
+        &self,
+        vessel: &str,
+        bundle_id: &str,
+        sha256: &[String],
+        queue_id: i64,
+    ) -> Result<()> {
         for h in sha256 {
             self.conn
                 .execute(

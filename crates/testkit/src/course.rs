@@ -10,6 +10,28 @@ use std::path::Path;
 
 use sha1::{Digest, Sha1};
 
+/// The real backups of `shared/moodle/mbz/` (copies in `tests/fixtures/moodle/mbz/`), for the
+/// benchmark on board: (file name, bytes).
+pub static REAL: &[(&str, &[u8])] = &[
+    (
+        "course-SAFETY-101-with-users.mbz",
+        include_bytes!("../../../tests/fixtures/moodle/mbz/course-SAFETY-101-with-users.mbz"),
+    ),
+    (
+        "course-ERM-110-with-users.mbz",
+        include_bytes!("../../../tests/fixtures/moodle/mbz/course-ERM-110-with-users.mbz"),
+    ),
+    (
+        "course-ERM-110-no-users.mbz",
+        include_bytes!("../../../tests/fixtures/moodle/mbz/course-ERM-110-no-users.mbz"),
+    ),
+];
+
+/// The backup generated courses are made from (`SAFETY-101`, with users).
+pub fn base() -> &'static [u8] {
+    REAL[0].1
+}
+
 /// One generated content file.
 #[derive(Debug, Clone)]
 pub struct GenFile {
@@ -28,8 +50,15 @@ struct Gen {
 
 impl Read for Gen {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX)) & !7;
-        let n = if n == 0 { buf.len().min(self.left as usize) } else { n };
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX))
+            & !7;
+        let n = if n == 0 {
+            buf.len().min(self.left as usize)
+        } else {
+            n
+        };
         for chunk in buf[..n].chunks_mut(8) {
             self.state ^= self.state << 13;
             self.state ^= self.state >> 7;
@@ -61,17 +90,17 @@ fn attr(xml: &str, name: &str) -> Option<String> {
     Some(xml[at..].split('"').next()?.to_string())
 }
 
-/// Writes to `out` the backup `base` with `files` in its first page's content area, and
+/// Writes to `out` the backup `base` (its bytes) with `files` in its first page's content area, and
 /// `version` written into that page's text (so two versions differ in XML too). Returns the
 /// SHA-1 of each file, in order.
 pub fn course_with_files(
-    base: &Path,
+    base: &[u8],
     files: &[GenFile],
     version: u32,
     out: &Path,
 ) -> io::Result<Vec<String>> {
     let mut members: Vec<(String, bool, u64, Vec<u8>)> = Vec::new();
-    let gz = flate2::read::GzDecoder::new(std::fs::File::open(base)?);
+    let gz = flate2::read::GzDecoder::new(base);
     let mut archive = tar::Archive::new(gz);
     for e in archive.entries()? {
         let mut e = e?;
@@ -110,11 +139,15 @@ pub fn course_with_files(
         if name == "files.xml" {
             *data = files_xml.clone().into_bytes();
         } else if *name == format!("{page_dir}inforef.xml") {
-            let text = String::from_utf8_lossy(data).replace("</inforef>", &format!("{refs}</inforef>"));
+            let text =
+                String::from_utf8_lossy(data).replace("</inforef>", &format!("{refs}</inforef>"));
             *data = text.into_bytes();
         } else if *name == format!("{page_dir}page.xml") {
-            let text = String::from_utf8_lossy(data)
-                .replacen("</content>", &format!(" (version {version})</content>"), 1);
+            let text = String::from_utf8_lossy(data).replacen(
+                "</content>",
+                &format!(" (version {version})</content>"),
+                1,
+            );
             *data = text.into_bytes();
         }
     }
@@ -151,27 +184,58 @@ pub fn course_with_files(
     let file = std::fs::File::create(out)?;
     let gz = flate2::write::GzEncoder::new(io::BufWriter::new(file), flate2::Compression::fast());
     let mut b = tar::Builder::new(gz);
-    let put = |b: &mut tar::Builder<_>, name: &str, dir: bool, mtime: u64, size: u64, data: &mut dyn Read| -> io::Result<()> {
+    let put = |b: &mut tar::Builder<_>,
+               name: &str,
+               dir: bool,
+               mtime: u64,
+               size: u64,
+               data: &mut dyn Read|
+     -> io::Result<()> {
         let mut h = tar::Header::new_ustar();
         h.set_size(size);
         h.set_mtime(mtime);
         h.set_mode(if dir { 0o755 } else { 0o644 });
-        h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
         h.set_cksum();
         b.append_data(&mut h, name, data)
     };
-    put(&mut b, ".ARCHIVE_INDEX", false, 1795308001, index.len() as u64, &mut index.as_bytes())?;
+    put(
+        &mut b,
+        ".ARCHIVE_INDEX",
+        false,
+        1795308001,
+        index.len() as u64,
+        &mut index.as_bytes(),
+    )?;
     for (name, dir, mtime, data) in &members {
         if name == ".ARCHIVE_INDEX" {
             continue;
         }
-        put(&mut b, name, *dir, *mtime, data.len() as u64, &mut &data[..])?;
+        put(
+            &mut b,
+            name,
+            *dir,
+            *mtime,
+            data.len() as u64,
+            &mut &data[..],
+        )?;
     }
     for d in &dirs {
         put(&mut b, d, true, 1795308001, 0, &mut io::empty())?;
     }
     for (f, s) in files.iter().zip(&sums) {
-        put(&mut b, &format!("files/{}/{s}", &s[..2]), false, 1795308001, f.size, &mut content(f))?;
+        put(
+            &mut b,
+            &format!("files/{}/{s}", &s[..2]),
+            false,
+            1795308001,
+            f.size,
+            &mut content(f),
+        )?;
     }
     let gz = b.into_inner()?;
     let mut w = gz.finish()?;

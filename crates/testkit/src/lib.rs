@@ -19,8 +19,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod fake;
 pub mod course;
+pub mod fake;
 pub mod faultproxy;
 pub mod mariatemp;
 pub mod pgtemp;

@@ -34,7 +34,12 @@ impl ContentStore {
 
     /// A checked copy of `c`, marked used; `None` if the store has none. A copy that does not
     /// match its hashes is removed (it is fetched again like a missing one).
-    pub fn lookup(&self, tx: &Tx<'_>, c: &ContentFile, now: i64) -> Result<Option<PathBuf>, String> {
+    pub fn lookup(
+        &self,
+        tx: &Tx<'_>,
+        c: &ContentFile,
+        now: i64,
+    ) -> Result<Option<PathBuf>, String> {
         let Some(held) = tx.content_get(&c.sha1).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
@@ -77,7 +82,12 @@ impl ContentStore {
                 continue;
             }
             let dest = self.path(&c.sha1);
-            if tx.content_get(&c.sha1).map_err(|e| e.to_string())?.is_none() || !dest.exists() {
+            if tx
+                .content_get(&c.sha1)
+                .map_err(|e| e.to_string())?
+                .is_none()
+                || !dest.exists()
+            {
                 if let Some(parent) = dest.parent() {
                     std::fs::create_dir_all(parent)
                         .map_err(|e| format!("{}: {e}", parent.display()))?;

@@ -267,7 +267,9 @@ pub fn admit(
             // directory and its commands are woken.
             let supplied = match supplement(cfg, opened, &m) {
                 Ok(n) => n,
-                Err(VerifyError::Rejected(r)) => return quarantine(store, cfg, path, &r, Some(&m), now),
+                Err(VerifyError::Rejected(r)) => {
+                    return quarantine(store, cfg, path, &r, Some(&m), now);
+                }
                 Err(VerifyError::Local(e)) => return Ok(Admitted::LeftForLater(e)),
             };
             if supplied > 0 {

@@ -32,6 +32,16 @@ struct Status {
     progress: ProgressStatus,
     learner_impact: Vec<Impact>,
     trust: TrustStatus,
+    content: ContentStatus,
+}
+
+/// The course content kept on board and what is owed by shore.
+#[derive(Serialize, Default)]
+struct ContentStatus {
+    files: u64,
+    bytes: u64,
+    limit_bytes: u64,
+    files_asked_of_shore: u64,
 }
 
 /// Whose bundles this vessel applies, and its own signing key.
@@ -256,6 +266,15 @@ fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::Store
         outbox_ack: store.ack("outbox")?,
         progress: progress_status(cfg, &store, clock.now())?,
         trust: trust_status(cfg, &store, clock.now()),
+        content: {
+            let (files, bytes, asked) = store.content_summary()?;
+            ContentStatus {
+                files,
+                bytes,
+                limit_bytes: cfg.content_store_bytes,
+                files_asked_of_shore: asked,
+            }
+        },
     })
 }
 
@@ -421,6 +440,20 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         println!("  {}  {}: {}", format_time(r.at), r.outcome, r.detail);
     }
     print_trust(&s.trust);
+    println!(
+        "content:   {} course file(s) kept, {:.1} of {:.1} MB{}",
+        s.content.files,
+        s.content.bytes as f64 / 1e6,
+        s.content.limit_bytes as f64 / 1e6,
+        if s.content.files_asked_of_shore > 0 {
+            format!(
+                "; {} file(s) asked of shore for a course sent by content",
+                s.content.files_asked_of_shore
+            )
+        } else {
+            String::new()
+        }
+    );
     let maps: Vec<String> = s.mappings.iter().map(|(k, v)| format!("{v} {k}")).collect();
     println!(
         "mappings:  {}",

@@ -63,7 +63,12 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> (Keyring, Keyring, Limi
         Keyring::new(trusted.map(|k| k.0).unwrap_or_default()),
         Keyring::new(roots.map(|k| k.0).unwrap_or_default()),
         limits,
-        w.bytes(limits_t, "limits", "content_store_bytes", DEFAULT_CONTENT_STORE),
+        w.bytes(
+            limits_t,
+            "limits",
+            "content_store_bytes",
+            DEFAULT_CONTENT_STORE,
+        ),
     )
 }
 

@@ -76,7 +76,12 @@ impl Tx<'_> {
             .row(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM content",
                 [],
-                |r| Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
             )?
             .unwrap_or((0, 0)))
     }
@@ -160,7 +165,10 @@ impl Tx<'_> {
     /// Drops the needs of `bundle` (its course was restored, or the command ended).
     pub fn needs_done(&self, bundle: &str) -> Result<()> {
         self.tx
-            .execute("DELETE FROM needed_files WHERE bundle_id = ?1", params![bundle])
+            .execute(
+                "DELETE FROM needed_files WHERE bundle_id = ?1",
+                params![bundle],
+            )
             .ctx(self.path)?;
         Ok(())
     }

@@ -153,8 +153,14 @@ impl Manifest {
             }
         }
         for n in &self.need_files {
-            if n.sha256.iter().any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
-                return Err(format!("need_files for bundle {:?} has a malformed sha256", n.bundle));
+            if n.sha256
+                .iter()
+                .any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(format!(
+                    "need_files for bundle {:?} has a malformed sha256",
+                    n.bundle
+                ));
             }
         }
         if let Some(p) = &self.previous {

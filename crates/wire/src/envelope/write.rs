@@ -299,7 +299,13 @@ pub fn repack(
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
         let m = manifest_bytes;
-        append(&mut tar, MANIFEST_NAME, m.len() as u64, created, &mut &m[..])?;
+        append(
+            &mut tar,
+            MANIFEST_NAME,
+            m.len() as u64,
+            created,
+            &mut &m[..],
+        )?;
         append(&mut tar, SIGNATURE_NAME, 64, created, &mut &signature[..])?;
         for (entry, path) in members {
             let mut f = File::open(path).map_err(|e| io_ctx("reading", path, e))?;

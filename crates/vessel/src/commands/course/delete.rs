@@ -125,7 +125,10 @@ pub(super) fn guarded_delete(
     if keep_backup && !p.backup.as_deref().is_some_and(|b| file_ok(Path::new(b))) {
         match job.backup(c.id) {
             Ok(path) => {
-                let store = crate::content::ContentStore::new(job.ctx.state_dir, job.ctx.content_store_bytes);
+                let store = crate::content::ContentStore::new(
+                    job.ctx.state_dir,
+                    job.ctx.content_store_bytes,
+                );
                 if let Err(e) = store.keep_from(tx, &path, job.ctx.now) {
                     tracing::warn!(error = %e, "could not keep the final backup's content files on board");
                 }

@@ -13,8 +13,8 @@ use super::delete::guarded_delete;
 use super::{Course, Job, Step, arg, course_arg, outcome, wait};
 use crate::commands::{Command, Ctx};
 use crate::content::ContentStore;
-use moodle::delta;
 use crate::store::{CommandOutcome, Result, Tx};
+use moodle::delta;
 use moodle::ws::{Params, Safety};
 
 /// `restore_course`: a course from an `.mbz` in the bundle, with the wanted names.
@@ -73,10 +73,16 @@ fn mbz_path(ctx: &Ctx<'_>) -> Step<PathBuf> {
 /// waits for them). Returns the rebuilt backup and the SHA-256 of the original file.
 fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<(PathBuf, String)> {
     let layout = delta::read_layout(delta_file).map_err(|e| {
-        CommandOutcome::Failed(format!("the course backup sent by content is unreadable: {e}"))
+        CommandOutcome::Failed(format!(
+            "the course backup sent by content is unreadable: {e}"
+        ))
     })?;
     let name = delta_file.to_string_lossy();
-    let out = PathBuf::from(name.strip_suffix(delta::DELTA_SUFFIX).unwrap_or(&name).to_string());
+    let out = PathBuf::from(
+        name.strip_suffix(delta::DELTA_SUFFIX)
+            .unwrap_or(&name)
+            .to_string(),
+    );
     if out.is_file() {
         // Renamed into place only once complete and checked: rebuilt before a crash.
         return Ok((out, layout.source_sha256));
@@ -129,7 +135,14 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<(PathBuf, Stri
         Err(delta::RebuildError::Mismatch(c) | delta::RebuildError::Missing(c)) => {
             // Changed on disk since it was checked: drop it, ask again at once.
             store.forget(tx, &c.sha1).map_err(|e| wait(ctx, 60, e))?;
-            return Err(wait(ctx, 1, format!("content file {} changed on disk while the backup was rebuilt; trying again", c.sha1)));
+            return Err(wait(
+                ctx,
+                1,
+                format!(
+                    "content file {} changed on disk while the backup was rebuilt; trying again",
+                    c.sha1
+                ),
+            ));
         }
         Err(delta::RebuildError::Damaged(e)) => {
             return Err(CommandOutcome::Failed(format!(
@@ -326,10 +339,15 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
         tx.needs_done(&ctx.cmd.bundle_id)
             .map_err(|e| wait(ctx, 60, e.to_string()))?;
         // Kept for the next version of the course; a failure costs a larger download, no more.
-        match ContentStore::new(ctx.state_dir, ctx.content_store_bytes).keep_from(tx, &mbz, ctx.now) {
-            Ok((n, bytes)) if n > 0 => tracing::info!(files = n, bytes, "course content kept on board"),
+        match ContentStore::new(ctx.state_dir, ctx.content_store_bytes).keep_from(tx, &mbz, ctx.now)
+        {
+            Ok((n, bytes)) if n > 0 => {
+                tracing::info!(files = n, bytes, "course content kept on board")
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not keep the course's content files on board"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not keep the course's content files on board")
+            }
         }
         Ok(job.done(format!(
             "restored {shortname} (idnumber {idnumber}) as course id {course_id} in category {category} from {file}"
