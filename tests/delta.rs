@@ -203,6 +203,21 @@ fn a_course_update_crosses_the_link_as_only_what_changed_and_moodle_gets_the_exa
     // v2's one new file joined the store; nothing is owed.
     assert_eq!(f.v.store().content_summary().unwrap().0, 25);
     assert_eq!(f.v.store().content_summary().unwrap().2, 0);
+
+    // The same version again, to a vessel whose store is gone: skipped, nothing fetched.
+    std::fs::remove_dir_all(f.v.path("state/content")).unwrap();
+    let v1 = f.work.path().join("v1.mbz");
+    f.push(3, "v2-again", "SAFE-V2", &v2, Some(&v1));
+    f.sync();
+    f.v.once();
+    let (state, note) = f.command("v2-again");
+    assert_eq!(state, CommandState::Done, "{note}");
+    assert!(note.contains("already restored from this backup"), "{note}");
+    assert_eq!(
+        f.v.store().content_summary().unwrap().2,
+        0,
+        "nothing asked of shore"
+    );
 }
 
 #[test]

@@ -70,8 +70,8 @@ fn mbz_path(ctx: &Ctx<'_>) -> Step<PathBuf> {
 
 /// A backup sent by content, rebuilt in the bundle's work directory from the content files the
 /// bundle carries and those kept on board; those neither has are asked of shore (the command
-/// waits for them). Returns the rebuilt backup and the SHA-256 of the original file.
-fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<(PathBuf, String)> {
+/// waits for them). Returns the rebuilt backup.
+fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<PathBuf> {
     let layout = delta::read_layout(delta_file).map_err(|e| {
         CommandOutcome::Failed(format!(
             "the course backup sent by content is unreadable: {e}"
@@ -85,7 +85,7 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<(PathBuf, Stri
     );
     if out.is_file() {
         // Renamed into place only once complete and checked: rebuilt before a crash.
-        return Ok((out, layout.source_sha256));
+        return Ok(out);
     }
     let store = ContentStore::new(ctx.state_dir, ctx.content_store_bytes);
     let mut sources: HashMap<String, PathBuf> = HashMap::new();
@@ -153,7 +153,7 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<(PathBuf, Stri
     }
     base::failpoint::hit("delta.after-rebuild");
     tracing::info!(backup = %out.display(), content = layout.content.len(), "course backup rebuilt from its delta");
-    Ok((out, layout.source_sha256))
+    Ok(out)
 }
 
 fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
@@ -175,12 +175,39 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
             .get("visible")
             .and_then(Value::as_bool)
             .unwrap_or(true);
-        let (mbz, sha) = if by_content {
+        // The version: the original file's SHA-256, whether it came whole or by content.
+        let sha = if by_content {
+            delta::read_layout(&named)
+                .map_err(|e| {
+                    CommandOutcome::Failed(format!(
+                        "the course backup sent by content is unreadable: {e}"
+                    ))
+                })?
+                .source_sha256
+        } else {
+            moodle::users::import::file_sha256(&named)
+                .map_err(|e| wait(ctx, 300, format!("{}: {e}", named.display())))?
+        };
+        let mut p = job.load();
+        // The same backup already restored for this course: nothing to do (and nothing to
+        // rebuild or fetch).
+        let fact = format!("restored:{idnumber}");
+        let before = tx.fact(&fact).map_err(|e| wait(ctx, 60, e.to_string()))?;
+        if p.restoring_above.is_none()
+            && p.course_id.is_none()
+            && before.as_deref() == Some(sha.as_str())
+        {
+            if let Some(c) = job.find(&idnumber)? {
+                return Ok(job.done(format!(
+                    "course {idnumber} (id {}) was already restored from this backup: skipped",
+                    c.id
+                )));
+            }
+        }
+        let mbz = if by_content {
             rebuilt(ctx, tx, &named)?
         } else {
-            let sha = moodle::users::import::file_sha256(&named)
-                .map_err(|e| wait(ctx, 300, format!("{}: {e}", named.display())))?;
-            (named, sha)
+            named
         };
         let file = mbz
             .file_name()
@@ -196,21 +223,6 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
                  make one with admin/cli/backup.php --courseid=N and send it again",
                 m.kind, m.kind
             )));
-        }
-        let mut p = job.load();
-        // The same backup already restored for this course: nothing to do.
-        let fact = format!("restored:{idnumber}");
-        let before = tx.fact(&fact).map_err(|e| wait(ctx, 60, e.to_string()))?;
-        if p.restoring_above.is_none()
-            && p.course_id.is_none()
-            && before.as_deref() == Some(sha.as_str())
-        {
-            if let Some(c) = job.find(&idnumber)? {
-                return Ok(job.done(format!(
-                    "course {idnumber} (id {}) was already restored from this backup: skipped",
-                    c.id
-                )));
-            }
         }
         let cats = job.call(
             "core_course_get_categories",
