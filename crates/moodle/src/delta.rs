@@ -756,35 +756,20 @@ mod tests {
         std::fs::create_dir_all(&store).unwrap();
         std::fs::write(store.join(&s.held[0].sha1), &ad).unwrap();
         let carried = s.carried.clone();
+        let mut resolve = |f: &ContentFile| {
+            carried
+                .iter()
+                .find(|(c, _)| c.sha1 == f.sha1)
+                .map(|(_, p)| p.clone())
+                .or_else(|| Some(store.join(&f.sha1)))
+        };
         let rebuilt = d.path().join("r.mbz");
-        rebuild(
-            &s.delta,
-            &mut |f| {
-                carried
-                    .iter()
-                    .find(|(c, _)| c.sha1 == f.sha1)
-                    .map(|(_, p)| p.clone())
-                    .or_else(|| Some(store.join(&f.sha1)))
-            },
-            &rebuilt,
-        )
-        .unwrap();
+        rebuild(&s.delta, &mut resolve, &rebuilt).unwrap();
         assert_eq!(tar_of(&rebuilt), tar_of(&src));
         // An altered store copy is caught, and nothing is left behind.
         std::fs::write(store.join(&s.held[0].sha1), b"first filf").unwrap();
         let again = d.path().join("again.mbz");
-        let err = rebuild(
-            &s.delta,
-            &mut |f| {
-                carried
-                    .iter()
-                    .find(|(c, _)| c.sha1 == f.sha1)
-                    .map(|(_, p)| p.clone())
-                    .or_else(|| Some(store.join(&f.sha1)))
-            },
-            &again,
-        )
-        .unwrap_err();
+        let err = rebuild(&s.delta, &mut resolve, &again).unwrap_err();
         assert!(matches!(err, RebuildError::Mismatch(_)), "{err}");
         assert!(!again.exists());
         assert_eq!(

@@ -220,11 +220,49 @@ fn write_with(
     let manifest_bytes = manifest_bytes(&manifest)?;
     let signature = key.sign(&manifest_bytes).to_bytes();
 
+    // Progress batches are small and cross a metered link: spend CPU on the last bytes.
+    let level = if draft.kind == Kind::Progress { 19 } else { 3 };
+    write_archive(
+        out,
+        level,
+        with_dict,
+        &manifest_bytes,
+        &signature,
+        now,
+        &mut |tar| {
+            for ((name, source), entry) in draft.files.iter().zip(&manifest.files) {
+                match source {
+                    Source::Bytes(b) => append(tar, name, entry.size, now, &mut &b[..])?,
+                    Source::Held { .. } => {}
+                    Source::Path(p) | Source::Omittable(p) => {
+                        let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
+                        append(tar, name, entry.size, now, &mut (&mut f).take(entry.size))?;
+                    }
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(manifest)
+}
+
+type Archive = tar::Builder<zstd::stream::write::Encoder<'static, BufWriter<File>>>;
+
+/// Writes an envelope atomically to `out`: the manifest and signature members, then what
+/// `members` appends, zstd-compressed at `level` (with the progress dictionary if `with_dict`).
+/// Returns the file's size.
+fn write_archive(
+    out: &Path,
+    level: i32,
+    with_dict: bool,
+    manifest_bytes: &[u8],
+    signature: &[u8; 64],
+    mtime: i64,
+    members: &mut dyn FnMut(&mut Archive) -> io::Result<()>,
+) -> io::Result<u64> {
     let tmp = fsutil::temp_path(out);
     let file = File::create(&tmp).map_err(|e| io_ctx("creating", &tmp, e))?;
-    let result = (|| -> io::Result<File> {
-        // Progress batches are small and cross a metered link: spend CPU on the last bytes.
-        let level = if draft.kind == Kind::Progress { 19 } else { 3 };
+    let result = (|| -> io::Result<u64> {
         let mut encoder = if with_dict {
             zstd::stream::write::Encoder::with_dictionary(
                 BufWriter::new(file),
@@ -237,40 +275,19 @@ fn write_with(
         encoder.include_checksum(true)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
-        append(
-            &mut tar,
-            MANIFEST_NAME,
-            manifest_bytes.len() as u64,
-            now,
-            &mut &manifest_bytes[..],
-        )?;
-        append(&mut tar, SIGNATURE_NAME, 64, now, &mut &signature[..])?;
-        for ((name, source), entry) in draft.files.iter().zip(&manifest.files) {
-            match source {
-                Source::Bytes(b) => append(&mut tar, name, entry.size, now, &mut &b[..])?,
-                Source::Held { .. } => {}
-                Source::Path(p) | Source::Omittable(p) => {
-                    let mut f = File::open(p).map_err(|e| io_ctx("reading", p, e))?;
-                    append(
-                        &mut tar,
-                        name,
-                        entry.size,
-                        now,
-                        &mut (&mut f).take(entry.size),
-                    )?;
-                }
-            }
-        }
-        let encoder = tar.into_inner()?;
-        let buffered = encoder.finish()?;
+        let m = manifest_bytes;
+        append(&mut tar, MANIFEST_NAME, m.len() as u64, mtime, &mut &m[..])?;
+        append(&mut tar, SIGNATURE_NAME, 64, mtime, &mut &signature[..])?;
+        members(&mut tar)?;
+        let buffered = tar.into_inner()?.finish()?;
         let file = buffered.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(file)
+        Ok(file.metadata()?.len())
     })();
     match result {
-        Ok(_) => {
+        Ok(n) => {
             fsutil::commit_temp(&tmp, out).map_err(|e| io_ctx("renaming into", out, e))?;
-            Ok(manifest)
+            Ok(n)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -291,47 +308,27 @@ pub fn repack(
     created: i64,
     out: &Path,
 ) -> io::Result<u64> {
-    let tmp = fsutil::temp_path(out);
-    let file = File::create(&tmp).map_err(|e| io_ctx("creating", &tmp, e))?;
-    let result = (|| -> io::Result<u64> {
-        let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(file), 3)?;
-        encoder.include_checksum(true)?;
-        let mut tar = tar::Builder::new(encoder);
-        tar.mode(tar::HeaderMode::Deterministic);
-        let m = manifest_bytes;
-        append(
-            &mut tar,
-            MANIFEST_NAME,
-            m.len() as u64,
-            created,
-            &mut &m[..],
-        )?;
-        append(&mut tar, SIGNATURE_NAME, 64, created, &mut &signature[..])?;
-        for (entry, path) in members {
-            let mut f = File::open(path).map_err(|e| io_ctx("reading", path, e))?;
-            append(
-                &mut tar,
-                &entry.name,
-                entry.size,
-                created,
-                &mut (&mut f).take(entry.size),
-            )?;
-        }
-        let buffered = tar.into_inner()?.finish()?;
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(file.metadata()?.len())
-    })();
-    match result {
-        Ok(n) => {
-            fsutil::commit_temp(&tmp, out).map_err(|e| io_ctx("renaming into", out, e))?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    write_archive(
+        out,
+        3,
+        false,
+        manifest_bytes,
+        signature,
+        created,
+        &mut |tar| {
+            for (entry, path) in members {
+                let mut f = File::open(path).map_err(|e| io_ctx("reading", path, e))?;
+                append(
+                    tar,
+                    &entry.name,
+                    entry.size,
+                    created,
+                    &mut (&mut f).take(entry.size),
+                )?;
+            }
+            Ok(())
+        },
+    )
 }
 
 fn append<W: Write>(
