@@ -402,6 +402,10 @@ impl Agent {
         };
         failpoint::hit("command.before-commit");
         let finished = tx.finish_command(&cmd, &outcome, now)?;
+        if finished.is_some() {
+            // Content asked for on behalf of the bundle is no longer wanted, however it ended.
+            tx.needs_done(&cmd.bundle_id)?;
+        }
         tx.commit()?;
         failpoint::hit("command.after-commit");
         if finished.is_some() {

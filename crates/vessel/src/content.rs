@@ -75,6 +75,10 @@ impl ContentStore {
         if work.exists() {
             std::fs::remove_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         }
+        if moodle::mbz::manifest(mbz).ok().flatten().is_none() {
+            // A zip-form backup (or unreadable): nothing to keep by content.
+            return Ok((0, 0));
+        }
         let split = delta::split(mbz, &HashSet::new(), &work)?;
         let mut kept = (0, 0);
         for (c, p) in &split.carried {
