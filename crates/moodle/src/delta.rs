@@ -213,14 +213,6 @@ fn gz_reader(mbz: &Path) -> Result<Box<dyn Read>, String> {
     )))
 }
 
-/// The SHA-256 of a file.
-pub fn file_sha256(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
 /// The SHA-1s of the content files in the backup at `mbz` (what a vessel that restored it holds).
 pub fn content_of(mbz: &Path) -> Result<HashSet<String>, String> {
     let mut archive = tar::Archive::new(gz_reader(mbz)?);
@@ -249,7 +241,7 @@ pub fn split(mbz: &Path, base: &HashSet<String>, dir: &Path) -> Result<Split, St
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "course.mbz".into());
-    let source_sha256 = file_sha256(mbz).map_err(|e| format!("{}: {e}", mbz.display()))?;
+    let source_sha256 = crate::users::import::file_sha256(mbz).map_err(|e| format!("{}: {e}", mbz.display()))?;
     let content_dir = dir.join("content");
     std::fs::create_dir_all(&content_dir).map_err(|e| format!("{}: {e}", content_dir.display()))?;
     let skeleton_path = dir.join(format!(".{source}.skeleton"));
