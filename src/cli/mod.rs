@@ -247,7 +247,7 @@ pub enum BundleCmd {
         /// out, per vessel, what that vessel holds.
         #[arg(long, value_name = "OLD.mbz")]
         base: Vec<PathBuf>,
-        /// Carry course backups as they are (one .mbz member), for agents older than 0.5.
+        /// Carry course backups as they are (one .mbz member), for agents that predate delta bundles.
         #[arg(long, conflicts_with = "base")]
         whole: bool,
     },
