@@ -149,15 +149,9 @@ impl Fleet {
     }
 
     fn command(&self, id: &str) -> (CommandState, String) {
-        let c = self
-            .v
-            .store()
-            .commands()
-            .unwrap()
-            .into_iter()
-            .find(|c| c.cmd_id == id)
-            .unwrap_or_else(|| panic!("no command {id}"));
-        (c.state, c.reason.unwrap_or_default())
+        self.v
+            .find_command(id)
+            .unwrap_or_else(|| panic!("no command {id}"))
     }
 
     fn restored(&self, shortname: &str) -> Option<Vec<u8>> {

@@ -219,15 +219,9 @@ impl Site {
     }
 
     pub fn command(&self, id: &str) -> (CommandState, String) {
-        let c = self
-            .v
-            .store()
-            .commands()
-            .unwrap()
-            .into_iter()
-            .find(|c| c.cmd_id == id)
-            .unwrap_or_else(|| panic!("no command {id}{}", self.said()));
-        (c.state, c.reason.unwrap_or_default())
+        self.v
+            .find_command(id)
+            .unwrap_or_else(|| panic!("no command {id}{}", self.said()))
     }
 
     /// The command must have ended in `state`; returns its note.

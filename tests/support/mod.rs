@@ -149,6 +149,16 @@ impl Vessel {
         text
     }
 
+    /// A journaled command's state and reason, by command id; `None` if there is none.
+    pub fn find_command(&self, id: &str) -> Option<(vessel::store::CommandState, String)> {
+        self.store()
+            .commands()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.cmd_id == id)
+            .map(|c| (c.state, c.reason.unwrap_or_default()))
+    }
+
     pub fn store(&self) -> Store {
         Store::open_readonly(&self.path("state/journal.db")).unwrap()
     }
