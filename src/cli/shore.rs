@@ -24,6 +24,23 @@ pub struct ShoreConfigArg {
     pub config: PathBuf,
 }
 
+/// `shore forward` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ForwardCmd {
+    /// Say that a ship's key for a learner, course or activity is another key in the cloud
+    /// Moodle (records held for want of it are retried at the next pass).
+    Map {
+        /// What the key names.
+        #[arg(value_parser = ["user", "course", "activity"])]
+        what: String,
+        /// The key as ships send it.
+        from: String,
+        /// The key in the cloud Moodle (idnumber or username / shortname / activity key).
+        #[arg(long = "to")]
+        to: String,
+    },
+}
+
 /// Shore subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ShoreCmd {
@@ -70,6 +87,25 @@ pub enum ShoreCmd {
         /// The CSV file to write (atomically).
         #[arg(long, value_name = "FILE.csv")]
         out: PathBuf,
+    },
+    /// Forward received progress into the cloud Moodle ([cloud] in shore.toml) now: one pass
+    /// over the held records and those not yet forwarded (`shore serve` runs passes by itself
+    /// when [cloud] is set). Newer wins: a record older than the cloud's value is kept out and
+    /// listed by --conflicts. Exit 75 if the cloud could not be reached (run again later).
+    Forward {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Do not forward: list the records the cloud kept a newer or equally new value for,
+        /// as CSV.
+        #[arg(long)]
+        conflicts: bool,
+        #[command(subcommand)]
+        /// `map`: a key mapping instead of a pass.
+        map: Option<ForwardCmd>,
     },
     /// Per vessel: last contact, acknowledged batch, records received, oldest unsent record as
     /// last reported, and whether it is behind; then recent refusals.
@@ -203,6 +239,21 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
         },
         ShoreCmd::Export { config, since, out } => match load_shore(&config.config) {
             Ok(cfg) => shore::export(&cfg, &since, &out),
+            Err(code) => code,
+        },
+        ShoreCmd::Forward {
+            config,
+            json,
+            conflicts,
+            map,
+        } => match load_shore(&config.config) {
+            Ok(cfg) => match map {
+                Some(ForwardCmd::Map { what, from, to }) => {
+                    shore::forward::map(&cfg, &what, &from, &to, clock.now())
+                }
+                None if conflicts => shore::forward::conflicts(&cfg),
+                None => shore::forward::run_once(&cfg, clock.now(), json),
+            },
             Err(code) => code,
         },
         ShoreCmd::GenCert { out, names } => gen_cert(&out, &names),

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+mod cloud;
 mod conformance;
 mod courses;
 mod delta;

@@ -17,7 +17,7 @@ use testkit::realmoodle::Db;
 crate::on_both!(progress_made_in_moodle_is_captured_exactly_and_imported_progress_is_never_echoed,);
 
 /// (cmid, idnumber, module, completion mode) of the course's activities.
-fn activities(s: &Site, course: i64) -> Vec<(i64, String, String, i64)> {
+pub(super) fn activities(s: &Site, course: i64) -> Vec<(i64, String, String, i64)> {
     s.rows(&format!(
         "SELECT cm.id, COALESCE(cm.idnumber, ''), m.name, cm.completion FROM mdl_course_modules cm JOIN mdl_modules m ON m.id = cm.module WHERE cm.course = {course} ORDER BY cm.id"
     ))
@@ -26,7 +26,7 @@ fn activities(s: &Site, course: i64) -> Vec<(i64, String, String, i64)> {
     .collect()
 }
 
-fn learner(s: &Site, name: &str, course: i64, role: i64) -> (i64, String) {
+pub(super) fn learner(s: &Site, name: &str, course: i64, role: i64) -> (i64, String) {
     let t = s.tag.to_lowercase();
     let user = format!("{t}{}", name.to_lowercase());
     let r = s.admin(

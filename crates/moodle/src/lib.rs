@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod delta;
+pub mod lookup;
 pub mod mbz;
 pub mod users;
 pub mod ws;

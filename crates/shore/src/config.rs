@@ -15,6 +15,8 @@ pub struct ShoreConfig {
     pub version: u32,
     /// The settings.
     pub shore: ShoreSettings,
+    /// The cloud Moodle that received progress is forwarded into (none: not forwarded).
+    pub cloud: Option<CloudSettings>,
     /// Where the file was (relative paths resolve against its directory).
     #[serde(skip)]
     pub path: PathBuf,
@@ -46,6 +48,30 @@ pub struct ShoreSettings {
     /// Largest batch accepted (bytes).
     #[serde(default = "default_max_batch")]
     pub max_batch_bytes: u64,
+}
+
+/// `[cloud]`: the master Moodle ashore.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSettings {
+    /// Its wwwroot (`https://training.example.com`).
+    pub url: String,
+    /// A file holding the web-service token (of a service with the functions the README lists).
+    pub token_file: PathBuf,
+    /// Seconds one web-service call may take.
+    #[serde(default = "default_cloud_timeout")]
+    pub timeout_secs: u64,
+    /// Seconds between forwarding passes under `shore serve` (and the wait after the cloud
+    /// was unreachable).
+    #[serde(default = "default_cloud_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_cloud_timeout() -> u64 {
+    60
+}
+fn default_cloud_interval() -> u64 {
+    60
 }
 
 fn default_state_dir() -> PathBuf {
@@ -89,6 +115,9 @@ impl ShoreConfig {
         .flatten()
         {
             fix(p);
+        }
+        if let Some(c) = cfg.cloud.as_mut() {
+            fix(&mut c.token_file);
         }
         for p in cfg
             .shore

@@ -26,6 +26,7 @@
 
 mod config;
 pub mod content;
+pub mod forward;
 pub mod serve;
 pub mod spec;
 pub mod store;
@@ -467,6 +468,10 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
         }
     };
     let now = clock.now();
+    let forward = cfg
+        .cloud
+        .as_ref()
+        .map(|_| db.forward_summary().unwrap_or_default());
     let rows: Vec<VesselStatus<'_>> = vessels
         .iter()
         .map(|v| {
@@ -488,6 +493,8 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
     if json {
         let out = serde_json::json!({
             "vessels": rows,
+            "forward": forward,
+            "audit": db.audit_trail(20).unwrap_or_default().iter().map(|(at, who, what, detail)| serde_json::json!({"at": format_time(*at), "who": who, "what": what, "detail": detail})).collect::<Vec<_>>(),
             "recent_refusals": refusals.iter().map(|(at, v, c, m)| serde_json::json!({"at": format_time(*at), "vessel": v, "code": c, "message": m})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
@@ -531,6 +538,23 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
             "content owed to {}: {} course file(s) it asked for are not kept ashore; push a bundle that carries them (built without --base)",
             r.vessel.id, r.content_owed
         );
+    }
+    if let Some(f) = &forward {
+        let settled: u64 = f.outcomes.iter().map(|(_, n)| n).sum();
+        println!(
+            "cloud Moodle: {settled} of {} record(s) forwarded ({}), {} to go, {} held",
+            f.records,
+            f.outcomes
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            f.pending,
+            f.held.iter().map(|(_, n)| n).sum::<u64>()
+        );
+        for (why, n) in &f.held {
+            println!("  held: {n} record(s): {why}");
+        }
     }
     for (at, v, c, m) in &refusals {
         println!("refused {} from {v}: {c}: {m}", format_time(*at));

@@ -368,6 +368,15 @@ pub fn run(
     let tls = wire::net::server_tls(&cert, &key).map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let db = cfg.open()?;
+    let (stop_forward, stopped) = std::sync::mpsc::channel::<()>();
+    let forwarder = if cfg.cloud.is_some() {
+        let (c, k) = (cfg.clone(), clock.clone());
+        Some(std::thread::spawn(move || {
+            crate::forward::worker(c, k, stopped)
+        }))
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         db: Mutex::new(db),
@@ -420,6 +429,10 @@ pub fn run(
             }
         }
         notifier.stopping();
+        let _ = stop_forward.send(());
+        if let Some(f) = forwarder {
+            let _ = f.join();
+        }
         tracing::info!("shore receiver stopped");
         Ok(())
     })

@@ -120,6 +120,30 @@ CREATE TABLE IF NOT EXISTS refusals (
 );
 ";
 
+mod forward;
+pub use forward::{ForwardSummary, Settled, ToForward, Written};
+
+/// A record read from `records`, its columns from `at` on: record_id, kind, the keys, the
+/// legacy ids, value, vtime, received_at.
+fn record_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Vec<u8>, Record, i64)> {
+    let code: u8 = r.get(at + 1)?;
+    Ok((
+        r.get(at)?,
+        Record {
+            kind: RecordKind::from_code(code).unwrap_or(RecordKind::ActivityCompletion),
+            user: r.get(at + 2)?,
+            course: r.get(at + 3)?,
+            item: r.get(at + 4)?,
+            user_legacy: r.get(at + 5)?,
+            course_legacy: r.get(at + 6)?,
+            item_legacy: r.get(at + 7)?,
+            value: r.get(at + 8)?,
+            time: r.get(at + 9)?,
+        },
+        r.get(at + 10)?,
+    ))
+}
+
 /// A shore database error.
 #[derive(Debug, thiserror::Error)]
 #[error("shore database {path}: {source}")]
@@ -365,6 +389,7 @@ impl ShoreStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
+        conn.execute_batch(forward::SCHEMA).map_err(e)?;
         // Columns and rows added after the first release, added to older files in place.
         let has_previous: bool = conn
             .query_row(
@@ -1006,23 +1031,8 @@ impl ShoreStore {
         let mut n = 0;
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
             let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Vec<u8>, Record, i64)> {
-                let code: u8 = r.get(2)?;
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    Record {
-                        kind: RecordKind::from_code(code).unwrap_or(RecordKind::ActivityCompletion),
-                        user: r.get(3)?,
-                        course: r.get(4)?,
-                        item: r.get(5)?,
-                        user_legacy: r.get(6)?,
-                        course_legacy: r.get(7)?,
-                        item_legacy: r.get(8)?,
-                        value: r.get(9)?,
-                        time: r.get(10)?,
-                    },
-                    r.get(11)?,
-                ))
+                let (id, rec, at) = record_row(r, 1)?;
+                Ok((r.get(0)?, id, rec, at))
             };
             let (vessel, id, rec, at) = get(r).map_err(|e| self.err(e))?;
             f(&vessel, &id, rec, at);

@@ -3,6 +3,7 @@
 // Moodle's own API. Copied into the code root of a throwaway install; never shipped.
 //   php vessel_test_helper.php setup FUNCTION...   external services and tokens, as JSON
 //   php vessel_test_helper.php token USERNAME      a token on the test service for that user
+//   php vessel_test_helper.php service NAME FUNCTION...  a service with those functions, the admin's token on it
 define('CLI_SCRIPT', true);
 require(__DIR__ . '/config.php');
 require_once($CFG->libdir . '/accesslib.php');
@@ -47,6 +48,10 @@ if ($verb === 'setup') {
         'agent_token' => token_for($agent, 'admin'),
         'admin_token' => token_for($test, 'admin'),
     ]), "\n";
+} else if ($verb === 'service') {
+    // A service holding exactly the functions named, and the admin's token on it.
+    $id = service_id($argv[2], array_slice($argv, 3));
+    echo token_for($id, 'admin'), "\n";
 } else if ($verb === 'token') {
     $id = (int) $DB->get_field('external_services', 'id', ['shortname' => 'vessel_test'], MUST_EXIST);
     echo token_for($id, $argv[2]), "\n";

@@ -528,6 +528,13 @@ impl RealMoodle {
         self.ws(&self.admin_token, function, params)
     }
 
+    /// The admin's token on a service `name` holding exactly `functions` (made if needed).
+    pub fn service_token(&self, name: &str, functions: &[&str]) -> Result<String, String> {
+        let mut args = vec!["vessel_test_helper.php", "service", name];
+        args.extend_from_slice(functions);
+        php_ok(&self.code, &args).map(|t| t.trim().into())
+    }
+
     /// A token for `username` on the test service.
     pub fn token_for(&self, username: &str) -> Result<String, String> {
         php_ok(&self.code, &["vessel_test_helper.php", "token", username]).map(|t| t.trim().into())

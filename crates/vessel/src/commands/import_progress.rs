@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::lookup::{CourseInfo, Step, call, connect, course_info, wait};
+use super::lookup::{CourseInfo, Step, connect, course_info, users, wait};
 use super::{Command, Ctx};
 use crate::store::{CommandOutcome, Result, Tx};
 use base::csvrow::{RowError, bad};
@@ -246,42 +246,8 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
     let path = csv_path(ctx)?;
     let (rows, mut quarantined) = read_csv(&path)?;
     let mut courses: HashMap<String, Option<CourseInfo>> = HashMap::new();
-    let mut learners: HashMap<String, Option<(i64, String)>> = HashMap::new();
-    // Learners in chunks of 100 per call, by idnumber then by username.
-    let mut wanted: Vec<&str> = rows.iter().map(|r| r.learner.as_str()).collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    for chunk in wanted.chunks(100) {
-        for field in ["idnumber", "username"] {
-            let todo: Vec<&str> = chunk
-                .iter()
-                .copied()
-                .filter(|k| !matches!(learners.get(*k), Some(Some(_))))
-                .collect();
-            if todo.is_empty() {
-                continue;
-            }
-            let mut p = Params::new().set("field", field);
-            for (i, k) in todo.iter().enumerate() {
-                p = p.item("values", i, k);
-            }
-            let r = call(ctx, ws, "core_user_get_users_by_field", &p)?;
-            for u in r.as_array().into_iter().flatten() {
-                let key_of = u[field].as_str().unwrap_or_default().to_string();
-                let idn = u["idnumber"].as_str().unwrap_or_default();
-                let local = if idn.is_empty() {
-                    u["username"].as_str().unwrap_or_default()
-                } else {
-                    idn
-                };
-                learners.insert(
-                    key_of,
-                    Some((u["id"].as_i64().unwrap_or_default(), local.to_string())),
-                );
-            }
-        }
-        (ctx.keepalive)();
-    }
+    let wanted: Vec<&str> = rows.iter().map(|r| r.learner.as_str()).collect();
+    let learners = users(ctx, ws, &wanted)?;
     let mut apply = Vec::new();
     for w in rows {
         if !courses.contains_key(&w.course) {
@@ -298,7 +264,7 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
             ));
             continue;
         };
-        let Some((cmid, item)) = course.activities.get(&w.activity) else {
+        let Some(act) = course.activities.get(&w.activity) else {
             quarantined.push(bad(
                 w.row,
                 "activity",
@@ -307,7 +273,7 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
             ));
             continue;
         };
-        let Some(Some((userid, user))) = learners.get(&w.learner) else {
+        let Some((userid, user)) = learners.get(&w.learner) else {
             quarantined.push(bad(
                 w.row,
                 "learner",
@@ -320,7 +286,7 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
             kind: RecordKind::ActivityCompletion,
             user: user.clone(),
             course: course.key.clone(),
-            item: item.clone(),
+            item: act.key.clone(),
             user_legacy: String::new(),
             course_legacy: String::new(),
             item_legacy: String::new(),
@@ -331,7 +297,7 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
             Apply {
                 row: w.row,
                 userid: *userid,
-                cmid: *cmid,
+                cmid: act.cmid,
                 state: w.state,
             },
             rec,

@@ -28,12 +28,7 @@ pub(super) fn connect(ctx: &Ctx<'_>) -> Step<Ws> {
 }
 
 /// A course's activities by key, and the course's own key.
-pub(super) struct CourseInfo {
-    /// The course's key on this Moodle (idnumber, else shortname).
-    pub key: String,
-    /// Activity key (idnumber, and `MODNAME:NAME`) to (course-module id, its capture key).
-    pub activities: HashMap<String, (i64, String)>,
-}
+pub(super) type CourseInfo = moodle::lookup::Course;
 
 /// Calls read-only function `f`; an error waits.
 pub(super) fn call(ctx: &Ctx<'_>, ws: &Ws, f: &str, p: &Params) -> Step<Value> {
@@ -43,65 +38,10 @@ pub(super) fn call(ctx: &Ctx<'_>, ws: &Ws, f: &str, p: &Params) -> Step<Value> {
 
 /// The course with idnumber (else shortname) `key` and its activities; None if there is none.
 pub(super) fn course_info(ctx: &Ctx<'_>, ws: &Ws, key: &str) -> Step<Option<CourseInfo>> {
-    let mut found = None;
-    for field in ["idnumber", "shortname"] {
-        let r = call(
-            ctx,
-            ws,
-            "core_course_get_courses_by_field",
-            &Params::new().set("field", field).set("value", key),
-        )?;
-        if let Some(c) = r["courses"].as_array().and_then(|a| a.first()) {
-            found = Some(c.clone());
-            break;
-        }
-    }
-    let Some(c) = found else {
-        return Ok(None);
-    };
-    let id = c["id"].as_i64().unwrap_or_default();
-    let idnumber = c["idnumber"].as_str().unwrap_or_default();
-    let local_key = if idnumber.is_empty() {
-        c["shortname"].as_str().unwrap_or_default().to_string()
-    } else {
-        idnumber.to_string()
-    };
-    let contents = call(
-        ctx,
-        ws,
-        "core_course_get_contents",
-        &Params::new().set("courseid", id),
-    )?;
-    let mut activities = HashMap::new();
-    for m in contents
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["modules"].as_array().into_iter().flatten())
-    {
-        let cmid = m["id"].as_i64().unwrap_or_default();
-        let cm = call(
-            ctx,
-            ws,
-            "core_course_get_course_module",
-            &Params::new().set("cmid", cmid),
-        )?;
-        let idn = cm["cm"]["idnumber"].as_str().unwrap_or_default();
-        let fallback = format!(
-            "{}:{}",
-            m["modname"].as_str().unwrap_or_default(),
-            m["name"].as_str().unwrap_or_default()
-        );
-        let key = if idn.is_empty() {
-            fallback.clone()
-        } else {
-            idn.to_string()
-        };
-        activities.insert(key.clone(), (cmid, key.clone()));
-        activities.entry(fallback).or_insert((cmid, key));
-    }
-    Ok(Some(CourseInfo {
-        key: local_key,
-        activities,
-    }))
+    moodle::lookup::course(ws, key, || (ctx.keepalive)()).map_err(|e| wait(ctx, 300, e.to_string()))
+}
+
+/// Learners by key (idnumber, else username): key to (user id, the key capture writes).
+pub(super) fn users(ctx: &Ctx<'_>, ws: &Ws, keys: &[&str]) -> Step<HashMap<String, (i64, String)>> {
+    moodle::lookup::users(ws, keys, || (ctx.keepalive)()).map_err(|e| wait(ctx, 300, e.to_string()))
 }

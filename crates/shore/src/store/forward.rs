@@ -1,0 +1,383 @@
+//! What shore keeps about forwarding records into the cloud Moodle: the watermark (the last
+//! record, in arrival order, whose outcome is settled), the record in flight (committed before
+//! each call that changes the cloud), each record's outcome, the records held back (the cloud
+//! lacks their learner, course or activity, or refused them) with their reason, what shore
+//! last wrote into the cloud per key (the newer-wins check), and the operator's key mappings.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Result, ShoreStore, record_row};
+use wire::progress::Record;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS shore_facts (
+    name   TEXT PRIMARY KEY,
+    value  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forwarded (
+    record_rowid INTEGER PRIMARY KEY,
+    outcome      TEXT NOT NULL,
+    detail       TEXT NOT NULL,
+    at           INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS forward_held (
+    record_rowid INTEGER PRIMARY KEY,
+    reason       TEXT NOT NULL,
+    since        INTEGER NOT NULL,
+    tried_at     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cloud_written (
+    kind        INTEGER NOT NULL,
+    user_key    TEXT NOT NULL,
+    course_key  TEXT NOT NULL,
+    item_key    TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    vtime       INTEGER NOT NULL,
+    written_at  INTEGER NOT NULL,
+    PRIMARY KEY (kind, user_key, course_key, item_key)
+);
+CREATE TABLE IF NOT EXISTS cloud_map (
+    what     TEXT NOT NULL,
+    from_key TEXT NOT NULL,
+    to_key   TEXT NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (what, from_key)
+);
+CREATE TABLE IF NOT EXISTS shore_audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      INTEGER NOT NULL,
+    who     TEXT NOT NULL,
+    what    TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+";
+
+/// A record to forward: its position in arrival order, the vessel that sent it, the record.
+#[derive(Debug, Clone)]
+pub struct ToForward {
+    /// Arrival position (the watermark's unit).
+    pub rowid: i64,
+    /// Sending vessel.
+    pub vessel: String,
+    /// The record.
+    pub record: Record,
+}
+
+/// What shore last wrote into the cloud for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The value written.
+    pub value: String,
+    /// The record's own time (when it happened on board).
+    pub vtime: i64,
+    /// When shore wrote it.
+    pub written_at: i64,
+}
+
+/// How a record's forwarding ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled<'a> {
+    /// `applied`, `already`, `older`, `tie`, `derived` or `ignored`.
+    pub outcome: &'a str,
+    /// Why, in words.
+    pub detail: &'a str,
+    /// The value now in the cloud for the record's key, when shore wrote it.
+    pub wrote: Option<&'a str>,
+}
+
+const FORWARD_COLUMNS: &str = "r.rowid, r.vessel, r.record_id, r.kind, r.user_key, r.course_key, r.item_key, r.user_legacy, r.course_legacy, r.item_legacy, r.value, r.vtime, r.received_at";
+
+impl ShoreStore {
+    fn fact(&self, name: &str) -> Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT value FROM shore_facts WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn set_fact(&self, name: &str, value: Option<i64>) -> Result<()> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO shore_facts(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, v],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM shore_facts WHERE name = ?1", params![name]),
+        }
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
+
+    /// The watermark: every record up to this arrival position has its outcome settled.
+    pub fn forward_cursor(&self) -> Result<i64> {
+        Ok(self.fact("forward_cursor")?.unwrap_or(0))
+    }
+
+    /// The record whose cloud call was under way when shore last stopped, if any.
+    pub fn forward_inflight(&self) -> Result<Option<i64>> {
+        self.fact("forward_inflight")
+    }
+
+    /// Committed before a call that changes the cloud.
+    pub fn note_inflight(&self, rowid: i64) -> Result<()> {
+        self.set_fact("forward_inflight", Some(rowid))
+    }
+
+    fn read_forward(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<ToForward>> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                let rowid: i64 = r.get(0)?;
+                let vessel: String = r.get(1)?;
+                let (_, record, _) = record_row(r, 2)?;
+                Ok(ToForward {
+                    rowid,
+                    vessel,
+                    record,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` records past the watermark, in arrival order.
+    pub fn to_forward(&self, limit: u64) -> Result<Vec<ToForward>> {
+        let cursor = self.forward_cursor()?;
+        self.read_forward(
+            &format!("SELECT {FORWARD_COLUMNS} FROM records r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"),
+            params![cursor, i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+    }
+
+    /// Records held back, oldest first, with their reason.
+    pub fn held(&self, limit: u64) -> Result<Vec<(ToForward, String)>> {
+        let list = self.read_forward(
+            &format!("SELECT {FORWARD_COLUMNS} FROM forward_held h JOIN records r ON r.rowid = h.record_rowid ORDER BY h.record_rowid LIMIT ?1"),
+            params![i64::try_from(limit).unwrap_or(i64::MAX)],
+        )?;
+        let mut out = Vec::with_capacity(list.len());
+        for t in list {
+            let reason: String = self
+                .conn
+                .query_row(
+                    "SELECT reason FROM forward_held WHERE record_rowid = ?1",
+                    params![t.rowid],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            out.push((t, reason));
+        }
+        Ok(out)
+    }
+
+    fn advance(tx: &rusqlite::Transaction<'_>, rowid: i64) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO shore_facts(name, value) VALUES ('forward_cursor', ?1)
+             ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+            params![rowid],
+        )?;
+        tx.execute(
+            "DELETE FROM shore_facts WHERE name = 'forward_inflight'",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a record's forwarding in one transaction: its outcome, what shore wrote for its
+    /// key, released from the hold, the watermark past it.
+    pub fn settle(&mut self, t: &ToForward, s: &Settled<'_>, now: i64) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| super::ShoreDbError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO forwarded(record_rowid, outcome, detail, at) VALUES (?1, ?2, ?3, ?4)",
+            params![t.rowid, s.outcome, s.detail, now],
+        )
+        .map_err(e)?;
+        tx.execute(
+            "DELETE FROM forward_held WHERE record_rowid = ?1",
+            params![t.rowid],
+        )
+        .map_err(e)?;
+        if let Some(v) = s.wrote {
+            let r = &t.record;
+            tx.execute(
+                "INSERT OR REPLACE INTO cloud_written(kind, user_key, course_key, item_key, value, vtime, written_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.kind.code(), r.user, r.course, r.item, v, r.time, now],
+            )
+            .map_err(e)?;
+        }
+        Self::advance(&tx, t.rowid).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// Holds a record back with its reason (or updates the reason of one held already), and
+    /// moves the watermark past it: it is retried from the hold, not from the stream.
+    pub fn hold(&mut self, t: &ToForward, reason: &str, now: i64) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| super::ShoreDbError {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute(
+            "INSERT INTO forward_held(record_rowid, reason, since, tried_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(record_rowid) DO UPDATE SET reason = excluded.reason, tried_at = excluded.tried_at",
+            params![t.rowid, reason, now],
+        )
+        .map_err(e)?;
+        Self::advance(&tx, t.rowid).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+
+    /// What shore last wrote into the cloud for a record's key.
+    pub fn written(&self, r: &Record) -> Result<Option<Written>> {
+        self.conn
+            .query_row(
+                "SELECT value, vtime, written_at FROM cloud_written
+                 WHERE kind = ?1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4",
+                params![r.kind.code(), r.user, r.course, r.item],
+                |row| {
+                    Ok(Written {
+                        value: row.get(0)?,
+                        vtime: row.get(1)?,
+                        written_at: row.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Maps a ship's key to the cloud's (`what`: `user`, `course` or `activity`).
+    pub fn map_key(&self, what: &str, from: &str, to: &str, now: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO cloud_map(what, from_key, to_key, added_at) VALUES (?1, ?2, ?3, ?4)",
+                params![what, from, to, now],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The cloud's key for a ship's key, if the operator mapped it.
+    pub fn mapped(&self, what: &str, from: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT to_key FROM cloud_map WHERE what = ?1 AND from_key = ?2",
+                params![what, from],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Outcome counts (outcome, records), the number held and the held reasons with their
+    /// counts, most frequent first.
+    pub fn forward_summary(&self) -> Result<ForwardSummary> {
+        let q = |sql: &str| -> Result<Vec<(String, u64)>> {
+            let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
+                })
+                .map_err(|e| self.err(e))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| self.err(e))
+        };
+        let total: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let cursor = self.forward_cursor()?;
+        let pending: i64 = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE rowid > ?1",
+                params![cursor],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(ForwardSummary {
+            records: total.unsigned_abs(),
+            pending: pending.unsigned_abs(),
+            outcomes: q(
+                "SELECT outcome, COUNT(*) FROM forwarded GROUP BY outcome ORDER BY outcome",
+            )?,
+            held: q(
+                "SELECT reason, COUNT(*) FROM forward_held GROUP BY reason ORDER BY COUNT(*) DESC, reason LIMIT 20",
+            )?,
+        })
+    }
+
+    /// Conflicts (`older`, `tie`) settled at or after `since`: (arrival position, vessel,
+    /// record, outcome, detail).
+    pub fn conflicts(&self, since: i64) -> Result<Vec<(ToForward, String, String)>> {
+        let list = self.read_forward(
+            &format!("SELECT {FORWARD_COLUMNS} FROM forwarded f JOIN records r ON r.rowid = f.record_rowid WHERE f.outcome IN ('older', 'tie') AND f.at >= ?1 ORDER BY f.record_rowid"),
+            params![since],
+        )?;
+        let mut out = Vec::with_capacity(list.len());
+        for t in list {
+            let (o, d): (String, String) = self
+                .conn
+                .query_row(
+                    "SELECT outcome, detail FROM forwarded WHERE record_rowid = ?1",
+                    params![t.rowid],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(|e| self.err(e))?;
+            out.push((t, o, d));
+        }
+        Ok(out)
+    }
+
+    /// One line of shore's audit trail: who did what, when.
+    pub fn audit(&self, who: &str, what: &str, detail: &str, now: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO shore_audit(at, who, what, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![now, who, what, detail],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The newest `limit` audit lines, newest first: (at, who, what, detail).
+    pub fn audit_trail(&self, limit: u64) -> Result<Vec<(i64, String, String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, who, what, detail FROM shore_audit ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// Where forwarding stands.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ForwardSummary {
+    /// Records shore holds.
+    pub records: u64,
+    /// Records past the watermark (not yet looked at).
+    pub pending: u64,
+    /// Settled records by outcome.
+    pub outcomes: Vec<(String, u64)>,
+    /// Held records by reason.
+    pub held: Vec<(String, u64)>,
+}

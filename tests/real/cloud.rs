@@ -1,0 +1,260 @@
+//! The cloud half against two real Moodles: progress earned on a ship's Moodle goes through a
+//! real shore into a second real Moodle (the cloud), once, held while the cloud lacks the
+//! learner and released when the account appears, never overwriting a newer value in the
+//! cloud, surviving a crash between the cloud's change and shore's commit; and what the ship
+//! imported from shore is never forwarded again.
+
+use moodle::ws::Params;
+use vessel::store::CommandState;
+
+use super::progress::{activities, learner};
+use super::{Site, mbz};
+use crate::support::cmd;
+use testkit::realmoodle::Db;
+
+crate::on_both!(progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo,);
+
+fn restore(s: &Site, seq: u64) -> i64 {
+    s.category("DECK");
+    let course = s.name("S101");
+    s.send(
+        seq,
+        vec![cmd(
+            "restore_course",
+            "safety",
+            serde_json::json!({"shortname": course, "idnumber": course, "category": s.name("DECK")}),
+            &["files/s.mbz"],
+        )],
+        vec![("files/s.mbz", mbz("course-SAFETY-101-with-users.mbz"))],
+    );
+    s.once();
+    s.expect("safety", CommandState::Done);
+    s.course(&course).unwrap().0
+}
+
+fn forward(
+    shore: &crate::support::shore::Shore,
+    env: &[(&str, &str)],
+) -> (bool, serde_json::Value, String) {
+    let cfg = shore.path("shore.toml");
+    let out = std::process::Command::new(crate::support::bin())
+        .args([
+            "shore",
+            "forward",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (
+        out.status.success(),
+        v,
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(db: Db) {
+    let tag = format!("cl{}", &db.name()[..2]);
+    let (s, mut shore) = Site::with_shore(db, &tag);
+    let cloud = Site::alone(db, &tag);
+    let course = s.name("S101");
+    let ship_cid = restore(&s, 1);
+    let cloud_cid = restore(&cloud, 1);
+    let ship_acts = activities(&s, ship_cid);
+    let cloud_acts = activities(&cloud, cloud_cid);
+    let manual: Vec<usize> = (0..ship_acts.len())
+        .filter(|&i| ship_acts[i].3 == 1)
+        .collect();
+    assert!(manual.len() >= 2, "{ship_acts:?}");
+    let (m0, m1) = (manual[0], manual[1]);
+    assert_eq!(ship_acts[m0].1, cloud_acts[m0].1, "the same course on both");
+
+    // At sea: the learner ticks one activity, the teacher overrides another, a grade.
+    let (l1, l1_token) = learner(&s, "L1", ship_cid, 5);
+    let (_, teacher) = learner(&s, "T1", ship_cid, 3);
+    s.m.ws(
+        &l1_token,
+        "core_completion_update_activity_completion_status_manually",
+        &Params::new()
+            .set("cmid", ship_acts[m0].0)
+            .set("completed", 1),
+    )
+    .unwrap();
+    s.m.ws(
+        &teacher,
+        "core_completion_override_activity_completion_status",
+        &Params::new()
+            .set("userid", l1)
+            .set("cmid", ship_acts[m1].0)
+            .set("newstate", 1),
+    )
+    .unwrap();
+    let assign = ship_acts
+        .iter()
+        .position(|a| a.2 == "assign")
+        .expect("the backup has an assignment");
+    s.admin(
+        "core_grades_update_grades",
+        &Params::new()
+            .set("source", "test")
+            .set("courseid", ship_cid)
+            .set("component", "mod_assign")
+            .set("activityid", ship_acts[assign].0)
+            .set("itemnumber", 0)
+            .set("grades[0][studentid]", l1)
+            .set("grades[0][grade]", "7.5"),
+    );
+    // A second learner's history imported from shore: applied on board, never sent home.
+    let (l2, _) = learner(&s, "L2", ship_cid, 5);
+    let csv = format!(
+        "learner,course,activity,state\n{},{course},{},1\n",
+        s.name("L2"),
+        ship_acts[m0].1
+    );
+    s.send(
+        2,
+        vec![cmd(
+            "import_progress",
+            "history",
+            serde_json::json!({}),
+            &["files/p.csv"],
+        )],
+        vec![("files/p.csv", csv.into_bytes())],
+    );
+    s.once();
+    s.expect("history", CommandState::Done);
+    assert_eq!(s.value(&format!("SELECT completionstate FROM mdl_course_modules_completion WHERE userid = {l2} AND coursemoduleid = {}", ship_acts[m0].0)), "1");
+    shore.start();
+    let out = s.run(&["capture", "--json"], &[]);
+    assert!(out.status.success(), "capture{}", s.said());
+    s.sync();
+    let received = shore.db().forward_summary().unwrap().records;
+    assert!(
+        received >= 3,
+        "shore received the ship's progress: {received}"
+    );
+
+    // The cloud: shore's token on a service with exactly the functions the README lists.
+    let token = cloud
+        .m
+        .service_token("vessel_sync_shore", shore::forward::CLOUD_FUNCTIONS)
+        .unwrap();
+    std::fs::write(shore.path("cloud.token"), &token).unwrap();
+    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
+    cfg.push_str(&format!(
+        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
+        cloud.m.url
+    ));
+    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+
+    // The learner has no account in the cloud yet: every forwardable record is held, with why.
+    let (ok, first, err) = forward(&shore, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        first["pass"]["outcomes"]["held"].as_u64().unwrap_or(0) >= 3,
+        "{first}"
+    );
+    assert_eq!(
+        first["pass"]["outcomes"]["applied"].as_u64().unwrap_or(0),
+        0,
+        "{first}"
+    );
+    let status = String::from_utf8_lossy(&shore.run(&["status"]).stdout).to_string();
+    assert!(
+        status.contains(&format!("no learner {} on the cloud Moodle", s.name("L1"))),
+        "{status}"
+    );
+
+    // The account appears; meanwhile a trainer in the cloud marks the second activity
+    // incomplete, later than the ship's override (or in the same second: a tie, which keeps
+    // the cloud's value too).
+    let (c1, _) = learner(&cloud, "L1", cloud_cid, 5);
+    let (c2, _) = learner(&cloud, "L2", cloud_cid, 5);
+    cloud.admin(
+        "core_completion_override_activity_completion_status",
+        &Params::new()
+            .set("userid", c1)
+            .set("cmid", cloud_acts[m1].0)
+            .set("newstate", 1),
+    );
+    cloud.admin(
+        "core_completion_override_activity_completion_status",
+        &Params::new()
+            .set("userid", c1)
+            .set("cmid", cloud_acts[m1].0)
+            .set("newstate", 0),
+    );
+
+    // Shore dies after the cloud took the first change and before it committed that.
+    let (ok, _, _) = forward(&shore, &[("VESSEL_SYNC_FAILPOINT", "forward.after-call")]);
+    assert!(!ok, "the failpoint stopped the pass");
+    let (ok, second, err) = forward(&shore, &[]);
+    assert!(ok, "{err}");
+    let outcomes = &second["pass"]["outcomes"];
+    assert_eq!(
+        outcomes["already"].as_u64(),
+        Some(1),
+        "the record in flight is found done in the cloud, not applied twice: {second}"
+    );
+    assert!(outcomes["applied"].as_u64().unwrap_or(0) >= 1, "{second}");
+    assert_eq!(
+        outcomes["older"].as_u64().unwrap_or(0) + outcomes["tie"].as_u64().unwrap_or(0),
+        1,
+        "{second}"
+    );
+    let held = second["summary"]["held"].to_string();
+    assert!(
+        !held.contains(&s.name("L1")),
+        "the learner's records are released: {second}"
+    );
+    eprintln!(
+        "forward pass into a real Moodle on {db:?}: {}",
+        second["pass"]
+    );
+
+    let state = |user: i64, cm: i64| {
+        cloud.value(&format!(
+        "SELECT COALESCE(MAX(completionstate), -1) FROM mdl_course_modules_completion WHERE userid = {user} AND coursemoduleid = {cm}"))
+    };
+    assert_eq!(
+        state(c1, cloud_acts[m0].0),
+        "1",
+        "the learner's completion is in the cloud"
+    );
+    assert_eq!(
+        state(c1, cloud_acts[m1].0),
+        "0",
+        "the cloud's newer value is kept"
+    );
+    assert_ne!(
+        state(c2, cloud_acts[m0].0),
+        "1",
+        "the import is not echoed into the cloud"
+    );
+    let grade = cloud.value(&format!(
+        "SELECT gg.finalgrade FROM mdl_grade_grades gg JOIN mdl_grade_items gi ON gi.id = gg.itemid WHERE gi.itemmodule = 'assign' AND gi.courseid = {cloud_cid} AND gg.userid = {c1}"));
+    assert!(grade.starts_with("7.5"), "grade in the cloud: {grade}");
+    let changes = cloud.value(&format!(
+        "SELECT COUNT(*) FROM mdl_logstore_standard_log WHERE eventname LIKE '%course_module_completion_updated' AND relateduserid = {c1} AND contextinstanceid = {}", cloud_acts[m0].0));
+    assert_eq!(
+        changes, "1",
+        "the cloud was changed once for that completion"
+    );
+
+    let conflicts = shore.run(&["forward", "--conflicts"]);
+    let text = String::from_utf8_lossy(&conflicts.stdout).to_string();
+    assert!(
+        text.lines().count() == 2 && text.contains(&cloud_acts[m1].1),
+        "{text}"
+    );
+
+    // Nothing left, nothing twice.
+    let (ok, third, err) = forward(&shore, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(third["pass"]["outcomes"], serde_json::json!({}), "{third}");
+    shore.stop();
+}
