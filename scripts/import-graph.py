@@ -13,7 +13,7 @@ CRATES = {"base": "crates/base/src", "wire": "crates/wire/src", "moodle": "crate
           "testkit": "crates/testkit/src", "vessel_sync": "src"}
 # What each crate may import (ARCHITECTURE.md, "Layers").
 ALLOWED = {"base": set(), "wire": {"base"}, "moodle": {"base", "wire"},
-           "vessel": {"base", "wire", "moodle"}, "shore": {"base", "wire"},
+           "vessel": {"base", "wire", "moodle"}, "shore": {"base", "wire", "moodle"},
            "testkit": {"base", "wire", "moodle"},
            "vessel_sync": {"base", "wire", "moodle", "vessel", "shore", "testkit"}}
 PATH = re.compile(r"\b(crate|super|base|wire|moodle|vessel|shore|testkit)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")

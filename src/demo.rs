@@ -365,7 +365,7 @@ fn progress(
     );
     shore::status(&shore_cfg, clock.as_ref(), false);
     let csv = dir.join("progress-export.csv");
-    shore::export(&shore_cfg, "0", &csv);
+    shore::export(&shore_cfg, None, &csv, clock.now());
     let text = std::fs::read_to_string(&csv).map_err(e)?;
     for line in text.lines().take(4) {
         println!("  {line}");

@@ -554,4 +554,17 @@ fn shore_exports_what_it_received_as_formula_safe_csv() {
         1,
         "header only"
     );
+    // Without --since each record goes once across runs: all of them, then none; --since
+    // exports them again.
+    let rows_of = |args: &[&str]| -> usize {
+        let mut full = vec!["export", "--out", out.to_str().unwrap()];
+        full.extend_from_slice(args);
+        let r = shore.run(&full);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        std::fs::read_to_string(&out).unwrap().lines().count() - 1
+    };
+    assert_eq!(rows_of(&[]), 30, "the first run exports every record");
+    assert_eq!(rows_of(&[]), 0, "the next run exports none twice");
+    assert_eq!(rows_of(&["--since", "0"]), 30, "--since exports again");
+    assert_eq!(rows_of(&[]), 0, "and does not move the cursor back");
 }

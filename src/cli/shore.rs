@@ -75,15 +75,17 @@ pub enum ShoreCmd {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Export records received since a time as CSV for the legacy training-records system
-    /// (cells a spreadsheet would run as formulas are made safe).
+    /// Export records as CSV for the legacy training-records system: those no earlier export
+    /// wrote (each record once across runs), or with --since every record received since a
+    /// time, again. Cells a spreadsheet would run as formulas are made safe.
     Export {
         /// The config file option.
         #[command(flatten)]
         config: ShoreConfigArg,
-        /// RFC 3339 time (2026-11-01T00:00:00Z) or Unix seconds; records received at or after it.
-        #[arg(long, default_value = "0")]
-        since: String,
+        /// RFC 3339 time (2026-11-01T00:00:00Z) or Unix seconds: export again every record
+        /// received at or after it (does not move the export cursor).
+        #[arg(long)]
+        since: Option<String>,
         /// The CSV file to write (atomically).
         #[arg(long, value_name = "FILE.csv")]
         out: PathBuf,
@@ -238,7 +240,7 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
             Err(code) => code,
         },
         ShoreCmd::Export { config, since, out } => match load_shore(&config.config) {
-            Ok(cfg) => shore::export(&cfg, &since, &out),
+            Ok(cfg) => shore::export(&cfg, since.as_deref(), &out, clock.now()),
             Err(code) => code,
         },
         ShoreCmd::Forward {

@@ -189,9 +189,12 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
             .set("newstate", 0),
     );
 
-    // Shore dies after the cloud took the first change and before it committed that.
-    let (ok, _, _) = forward(&shore, &[("VESSEL_SYNC_FAILPOINT", "forward.after-call")]);
-    assert!(!ok, "the failpoint stopped the pass");
+    // Shore dies at each step of a record's forwarding: noted in flight but not yet sent, then
+    // taken by the cloud but not yet committed ashore.
+    for point in base::failpoint::FORWARD {
+        let (ok, _, _) = forward(&shore, &[("VESSEL_SYNC_FAILPOINT", point)]);
+        assert!(!ok, "{point} stopped the pass");
+    }
     let (ok, second, err) = forward(&shore, &[]);
     assert!(ok, "{err}");
     let outcomes = &second["pass"]["outcomes"];

@@ -71,6 +71,10 @@ pub const USERS: &[&str] = &["users.chunk-written", "users.after-chunk"];
 /// renamed into place, and renamed but not yet restored.
 pub const DELTA: &[&str] = &["delta.before-rename", "delta.after-rebuild"];
 
+/// Failpoints of forwarding a record into the cloud Moodle: noted in flight but not yet sent,
+/// and taken by the cloud but not yet settled in shore's store.
+pub const FORWARD: &[&str] = &["forward.before-call", "forward.after-call"];
+
 /// Kills the process here (or blocks this thread forever, for `:hang`) if this failpoint is
 /// armed and its count is reached.
 pub fn hit(name: &str) {

@@ -44,6 +44,7 @@ use store::{Queued, ShoreStore, Stored, Vessel};
 use wire::envelope::{
     self, CommandEntry, Draft, Keyring, Kind, Limits, PublicKey, SecretKey, VerifyError,
 };
+use wire::progress::Record;
 use wire::progress::codec;
 use wire::progress::record::format_id;
 
@@ -783,14 +784,21 @@ pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i
     }
 }
 
-/// `shore export`: records received since a time, as formula-safe CSV.
-pub fn export(cfg: &ShoreConfig, since: &str, out: &Path) -> i32 {
+/// `shore export`: the records not exported by an earlier run (or, with `since`, every record
+/// received since a time, again), as formula-safe CSV, one row per record id.
+pub fn export(cfg: &ShoreConfig, since: Option<&str>, out: &Path, now: i64) -> i32 {
     let run = || -> Result<u64, String> {
-        let since_t = parse_time(since)
-            .or_else(|| since.parse::<i64>().ok())
-            .ok_or_else(|| {
-                format!("--since {since:?}: use RFC 3339 (2026-11-01T00:00:00Z) or Unix seconds")
-            })?;
+        let since_t = since
+            .map(|since| {
+                parse_time(since)
+                    .or_else(|| since.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "--since {since:?}: use RFC 3339 (2026-11-01T00:00:00Z) or Unix seconds"
+                        )
+                    })
+            })
+            .transpose()?;
         let db = cfg.open()?;
         let tmp = base::fsutil::temp_path(out);
         let file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -811,32 +819,46 @@ pub fn export(cfg: &ShoreConfig, since: &str, out: &Path) -> i32 {
         ];
         w.write_record(header).map_err(|e| e.to_string())?;
         let mut failed = None;
-        let n = db
-            .records_since(since_t, |vessel, id, r, at| {
-                let mut idb = [0u8; 16];
-                if id.len() == 16 {
-                    idb.copy_from_slice(id);
-                }
-                let row = [
-                    vessel.to_string(),
-                    format_id(&idb),
-                    r.kind.name().to_string(),
-                    r.user,
-                    r.course,
-                    r.item,
-                    r.user_legacy,
-                    r.course_legacy,
-                    r.item_legacy,
-                    r.value,
-                    format_time(r.time),
-                    format_time(at),
-                ];
-                let safe: Vec<String> = row.iter().map(|c| base::csvrow::csv_safe(c)).collect();
-                if let Err(e) = w.write_record(&safe) {
-                    failed.get_or_insert(e.to_string());
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let mut row_out = |vessel: &str, id: &[u8], r: Record, at: i64| {
+            let mut idb = [0u8; 16];
+            if id.len() == 16 {
+                idb.copy_from_slice(id);
+            }
+            let row = [
+                vessel.to_string(),
+                format_id(&idb),
+                r.kind.name().to_string(),
+                r.user,
+                r.course,
+                r.item,
+                r.user_legacy,
+                r.course_legacy,
+                r.item_legacy,
+                r.value,
+                format_time(r.time),
+                format_time(at),
+            ];
+            let safe: Vec<String> = row.iter().map(|c| base::csvrow::csv_safe(c)).collect();
+            if let Err(e) = w.write_record(&safe) {
+                failed.get_or_insert(e.to_string());
+            }
+        };
+        let (n, cursor) = match since_t {
+            Some(t) => (
+                db.records_since(t, &mut row_out)
+                    .map_err(|e| e.to_string())?,
+                None,
+            ),
+            None => {
+                let (n, top) = db
+                    .records_after(
+                        db.export_cursor().map_err(|e| e.to_string())?,
+                        |v, id, r, at, _| row_out(v, id, r, at),
+                    )
+                    .map_err(|e| e.to_string())?;
+                (n, Some(top))
+            }
+        };
         if let Some(e) = failed {
             return Err(e);
         }
@@ -844,6 +866,22 @@ pub fn export(cfg: &ShoreConfig, since: &str, out: &Path) -> i32 {
         let file = buf.into_inner().map_err(|e| e.to_string())?;
         file.sync_all().map_err(|e| e.to_string())?;
         base::fsutil::commit_temp(&tmp, out).map_err(|e| e.to_string())?;
+        // Only once the file is safely in place: a run that failed exports the same again.
+        if let Some(top) = cursor {
+            db.set_export_cursor(top).map_err(|e| e.to_string())?;
+        }
+        let _ = db.audit(
+            &forward::operator(),
+            "export",
+            &format!(
+                "{n} record(s) to {}{}",
+                out.display(),
+                since
+                    .map(|s| format!(" (again, since {s})"))
+                    .unwrap_or_default()
+            ),
+            now,
+        );
         Ok(n)
     };
     match run() {

@@ -1019,26 +1019,60 @@ impl ShoreStore {
         since: i64,
         mut f: impl FnMut(&str, &[u8], Record, i64),
     ) -> Result<u64> {
+        self.records_where("received_at >= ?1", since, |v, id, r, at, _| {
+            f(v, id, r, at)
+        })
+        .map(|(n, _)| n)
+    }
+
+    /// Records that arrived after position `after` (the export cursor), oldest first, with
+    /// their position; returns (count, highest position seen).
+    pub fn records_after(
+        &self,
+        after: i64,
+        f: impl FnMut(&str, &[u8], Record, i64, i64),
+    ) -> Result<(u64, i64)> {
+        self.records_where("rowid > ?1", after, f)
+    }
+
+    fn records_where(
+        &self,
+        filter: &str,
+        arg: i64,
+        mut f: impl FnMut(&str, &[u8], Record, i64, i64),
+    ) -> Result<(u64, i64)> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT vessel, record_id, kind, user_key, course_key, item_key, user_legacy, course_legacy,
-                        item_legacy, value, vtime, received_at
-                 FROM records WHERE received_at >= ?1 ORDER BY received_at, vessel, batch_seq, rowid",
-            )
+                        item_legacy, value, vtime, received_at, rowid
+                 FROM records WHERE {filter} ORDER BY received_at, vessel, batch_seq, rowid"
+            ))
             .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query(params![since]).map_err(|e| self.err(e))?;
-        let mut n = 0;
+        let mut rows = stmt.query(params![arg]).map_err(|e| self.err(e))?;
+        let (mut n, mut top) = (0, arg);
         while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let get = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Vec<u8>, Record, i64)> {
-                let (id, rec, at) = record_row(r, 1)?;
-                Ok((r.get(0)?, id, rec, at))
-            };
-            let (vessel, id, rec, at) = get(r).map_err(|e| self.err(e))?;
-            f(&vessel, &id, rec, at);
+            let get =
+                |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Vec<u8>, Record, i64, i64)> {
+                    let (id, rec, at) = record_row(r, 1)?;
+                    Ok((r.get(0)?, id, rec, at, r.get(12)?))
+                };
+            let (vessel, id, rec, at, rowid) = get(r).map_err(|e| self.err(e))?;
+            f(&vessel, &id, rec, at, rowid);
+            top = top.max(rowid);
             n += 1;
         }
-        Ok(n)
+        Ok((n, top))
+    }
+
+    /// Where the last `shore export` without `--since` ended.
+    pub fn export_cursor(&self) -> Result<i64> {
+        Ok(self.fact("export_cursor")?.unwrap_or(0))
+    }
+
+    /// Moves the export cursor (after the file is safely written).
+    pub fn set_export_cursor(&self, rowid: i64) -> Result<()> {
+        self.set_fact("export_cursor", Some(rowid))
     }
 
     /// (records, distinct record ids) held for `vessel`: equal by construction, checked in tests.

@@ -88,7 +88,7 @@ pub struct Settled<'a> {
 const FORWARD_COLUMNS: &str = "r.rowid, r.vessel, r.record_id, r.kind, r.user_key, r.course_key, r.item_key, r.user_legacy, r.course_legacy, r.item_legacy, r.value, r.vtime, r.received_at";
 
 impl ShoreStore {
-    fn fact(&self, name: &str) -> Result<Option<i64>> {
+    pub(super) fn fact(&self, name: &str) -> Result<Option<i64>> {
         self.conn
             .query_row(
                 "SELECT value FROM shore_facts WHERE name = ?1",
@@ -99,7 +99,7 @@ impl ShoreStore {
             .map_err(|e| self.err(e))
     }
 
-    fn set_fact(&self, name: &str, value: Option<i64>) -> Result<()> {
+    pub(super) fn set_fact(&self, name: &str, value: Option<i64>) -> Result<()> {
         match value {
             Some(v) => self.conn.execute(
                 "INSERT INTO shore_facts(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
