@@ -24,6 +24,37 @@ pub struct ShoreConfigArg {
     pub config: PathBuf,
 }
 
+/// `shore course` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CourseCmd {
+    /// Hide COURSE in the cloud Moodle (kept for reporting) and queue a guarded delete_course,
+    /// signed with [shore] signing_key, for every vessel that sent progress of it: each deletes
+    /// it (after a final backup) only once shore has acknowledged all progress captured for it.
+    /// Running it again queues only for vessels not yet asked.
+    Retire {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// The course's idnumber (or shortname).
+        course: String,
+        /// Also ask this vessel (it may have the course without having sent progress of it).
+        #[arg(long = "vessel", value_name = "ID")]
+        vessels: Vec<String>,
+    },
+    /// Per vessel asked to delete COURSE: when, by whom, whether it fetched the bundle, what
+    /// shore received of the course from it.
+    Status {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// The course's idnumber (or shortname).
+        course: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `shore forward` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ForwardCmd {
@@ -109,6 +140,9 @@ pub enum ShoreCmd {
         /// `map`: a key mapping instead of a pass.
         map: Option<ForwardCmd>,
     },
+    /// Retire a course fleet-wide, and follow it.
+    #[command(subcommand)]
+    Course(CourseCmd),
     /// Per vessel: last contact, acknowledged batch, records received, oldest unsent record as
     /// last reported, and whether it is behind; then recent refusals.
     Status {
@@ -256,6 +290,22 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
                 None if conflicts => shore::forward::conflicts(&cfg),
                 None => shore::forward::run_once(&cfg, clock.now(), json),
             },
+            Err(code) => code,
+        },
+        ShoreCmd::Course(CourseCmd::Retire {
+            config,
+            course,
+            vessels,
+        }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::course::retire(&cfg, &course, &vessels, clock.now()),
+            Err(code) => code,
+        },
+        ShoreCmd::Course(CourseCmd::Status {
+            config,
+            course,
+            json,
+        }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::course::status(&cfg, &course, json),
             Err(code) => code,
         },
         ShoreCmd::GenCert { out, names } => gen_cert(&out, &names),

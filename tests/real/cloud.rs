@@ -259,5 +259,40 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
     let (ok, third, err) = forward(&shore, &[]);
     assert!(ok, "{err}");
     assert_eq!(third["pass"]["outcomes"], serde_json::json!({}), "{third}");
+
+    // The course is retired fleet-wide: hidden in the cloud, a guarded deletion queued for
+    // the ship that sent progress of it, and the table says where each vessel stands.
+    let r = shore.run(&["course", "retire", &course]);
+    let said = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        r.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(said.contains("hidden in the cloud Moodle"), "{said}");
+    assert_eq!(
+        cloud.value(&format!(
+            "SELECT visible FROM mdl_course WHERE idnumber = '{course}'"
+        )),
+        "0"
+    );
+    let table: serde_json::Value =
+        serde_json::from_slice(&shore.run(&["course", "status", &course, "--json"]).stdout)
+            .unwrap();
+    let vessels = table["vessels"].as_array().unwrap();
+    assert_eq!(vessels.len(), 1, "{table}");
+    assert_eq!(vessels[0]["fetched"], false, "{table}");
+    assert!(vessels[0]["records"].as_u64().unwrap() >= 3, "{table}");
+    let again = shore.run(&["course", "retire", &course]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already"),
+        "a second retire queues nothing twice"
+    );
+    let audit: serde_json::Value =
+        serde_json::from_slice(&shore.run(&["status", "--json"]).stdout).unwrap();
+    assert!(
+        audit["audit"].to_string().contains("course retire"),
+        "{audit}"
+    );
     shore.stop();
 }

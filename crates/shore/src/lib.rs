@@ -26,6 +26,7 @@
 
 mod config;
 pub mod content;
+pub mod course;
 pub mod forward;
 pub mod serve;
 pub mod spec;

@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS refusals (
 ";
 
 mod forward;
-pub use forward::{ForwardSummary, Settled, ToForward, Written};
+pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
 
 /// A record read from `records`, its columns from `at` on: record_id, kind, the keys, the
 /// legacy ids, value, vtime, received_at.
@@ -390,6 +390,7 @@ impl ShoreStore {
         conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
         conn.execute_batch(forward::SCHEMA).map_err(e)?;
+        conn.execute_batch(forward::RETIRE_SCHEMA).map_err(e)?;
         // Columns and rows added after the first release, added to older files in place.
         let has_previous: bool = conn
             .query_row(

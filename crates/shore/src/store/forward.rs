@@ -381,3 +381,100 @@ pub struct ForwardSummary {
     /// Held records by reason.
     pub held: Vec<(String, u64)>,
 }
+
+/// One vessel's part in retiring a course.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Retirement {
+    /// The vessel.
+    pub vessel: String,
+    /// The queued `delete_course` bundle.
+    pub bundle_id: String,
+    /// Its queue position.
+    pub queue_id: i64,
+    /// When it was queued, and by whom.
+    pub queued_at: i64,
+    /// Who retired the course.
+    pub by: String,
+    /// Whether the vessel has fetched the bundle (its download cursor passed it).
+    pub fetched: bool,
+    /// Records of the course received from the vessel.
+    pub records: u64,
+    /// When the newest of them arrived.
+    pub last_record_at: Option<i64>,
+}
+
+pub(super) const RETIRE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS retirements (
+    course     TEXT NOT NULL,
+    vessel     TEXT NOT NULL,
+    bundle_id  TEXT NOT NULL,
+    queue_id   INTEGER NOT NULL,
+    queued_at  INTEGER NOT NULL,
+    by_whom    TEXT NOT NULL,
+    PRIMARY KEY (course, vessel)
+);
+";
+
+impl ShoreStore {
+    /// Vessels that sent records of `course`.
+    pub fn course_vessels(&self, course: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT vessel FROM records WHERE course_key = ?1 ORDER BY vessel")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![course], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Notes a vessel's queued `delete_course` for a retired course.
+    pub fn note_retirement(
+        &self,
+        course: &str,
+        vessel: &str,
+        bundle_id: &str,
+        queue_id: i64,
+        by: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO retirements(course, vessel, bundle_id, queue_id, queued_at, by_whom) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![course, vessel, bundle_id, queue_id, now, by],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every vessel's part in retiring `course`.
+    pub fn retirements(&self, course: &str) -> Result<Vec<Retirement>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT t.vessel, t.bundle_id, t.queue_id, t.queued_at, t.by_whom,
+                        COALESCE((SELECT cursor FROM holds_cursor h WHERE h.vessel = t.vessel), 0) >= t.queue_id,
+                        (SELECT COUNT(*) FROM records r WHERE r.vessel = t.vessel AND r.course_key = t.course),
+                        (SELECT MAX(received_at) FROM records r WHERE r.vessel = t.vessel AND r.course_key = t.course)
+                 FROM retirements t WHERE t.course = ?1 ORDER BY t.vessel",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![course], |r| {
+                Ok(Retirement {
+                    vessel: r.get(0)?,
+                    bundle_id: r.get(1)?,
+                    queue_id: r.get(2)?,
+                    queued_at: r.get(3)?,
+                    by: r.get(4)?,
+                    fetched: r.get(5)?,
+                    records: r.get::<_, i64>(6)?.unsigned_abs(),
+                    last_record_at: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,203 @@
+//! Retiring a course fleet-wide: `shore course retire COURSE` hides it in the cloud Moodle
+//! (kept there for reporting) and queues a guarded `delete_course`, signed with shore's
+//! `signing_key`, for every vessel that sent progress of it (and those named); each vessel
+//! deletes it only once shore has acknowledged every record of it captured on board (law 3).
+//! `shore course status COURSE` shows, per vessel, whether the bundle was fetched and what
+//! shore received of the course.
+
+use base::clock::format_time;
+use base::exit;
+use moodle::ws::{Params, Safety};
+use sha2::{Digest, Sha256};
+use wire::SHORE;
+use wire::envelope::{self, CommandEntry, Draft, Kind, SecretKey};
+
+use crate::ShoreConfig;
+use crate::forward::{connect, operator};
+use crate::store::Queued;
+
+/// Hides `course` in the cloud; Ok(note) says what was done there.
+fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, String> {
+    let Some(cloud) = cfg.cloud.as_ref() else {
+        return Ok("no [cloud] configured: not hidden in a cloud Moodle".into());
+    };
+    let ws = connect(cloud)?;
+    let found = moodle::lookup::course(&ws, course, || {}).map_err(|e| e.to_string())?;
+    let Some(c) = found else {
+        return Ok(format!(
+            "no course {course} in the cloud Moodle (by idnumber or shortname): nothing hidden there"
+        ));
+    };
+    if !c.visible {
+        return Ok(format!("hidden in the cloud Moodle already (id {})", c.id));
+    }
+    ws.call(
+        "core_course_update_courses",
+        &Params::new()
+            .set("courses[0][id]", c.id)
+            .set("courses[0][visible]", 0),
+        Safety::Write,
+    )
+    .map_err(|e| format!("hiding {course} in the cloud Moodle: {e}"))?;
+    Ok(format!(
+        "hidden in the cloud Moodle (id {}), kept for reporting",
+        c.id
+    ))
+}
+
+/// `shore course retire`.
+pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> i32 {
+    let run = || -> Result<Vec<String>, String> {
+        if course.trim().is_empty() {
+            return Err("name the course by its idnumber or shortname".into());
+        }
+        let key_path = cfg.shore.signing_key.as_ref().ok_or(
+            "[shore] signing_key is not set: shore signs the delete_course bundles with it",
+        )?;
+        let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
+        let db = cfg.open()?;
+        let mut lines = vec![hide_in_cloud(cfg, course)?];
+        let mut vessels = db.course_vessels(course).map_err(|e| e.to_string())?;
+        for v in also {
+            if db.vessel(v).map_err(|e| e.to_string())?.is_none() {
+                return Err(format!("no vessel {v} is registered ('shore vessel list')"));
+            }
+            vessels.push(v.clone());
+        }
+        vessels.sort();
+        vessels.dedup();
+        let done: Vec<String> = db
+            .retirements(course)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|r| r.vessel)
+            .collect();
+        let by = operator();
+        for v in vessels {
+            let Some(vessel) = db.vessel(&v).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            if vessel.revoked_at.is_some() || done.contains(&v) {
+                continue;
+            }
+            let seq = db.next_ack_bundle_seq(&v).map_err(|e| e.to_string())?;
+            let mut args = serde_json::Map::new();
+            args.insert("course".into(), course.into());
+            args.insert("keep_backup".into(), true.into());
+            let draft = Draft {
+                kind: Kind::Commands,
+                sender: SHORE.into(),
+                recipient: v.clone(),
+                sequence: seq,
+                not_before: None,
+                expires: None,
+                commands: vec![CommandEntry {
+                    id: format!("retire-{seq}"),
+                    kind: "delete_course".into(),
+                    args,
+                    files: vec![],
+                }],
+                files: vec![],
+                id: None,
+            };
+            let tmp = cfg
+                .shore
+                .state_dir
+                .join("tmp")
+                .join(format!("retire-{v}-{seq}.vsb"));
+            let m = envelope::write_envelope(&draft, &key, now, &tmp)
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let name = format!("{}.vsb", m.id);
+            let dest = cfg.shore.state_dir.join("bundles").join(&name);
+            let data = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+            let q = Queued {
+                id: 0,
+                recipient: v.clone(),
+                bundle_id: m.id.clone(),
+                file: name,
+                size: data.len() as u64,
+                sha256: hex::encode(Sha256::digest(&data)),
+            };
+            let id = db.enqueue_bundle(&q, now).map_err(|e| e.to_string())?;
+            db.note_retirement(course, &v, &m.id, id, &by, now)
+                .map_err(|e| e.to_string())?;
+            lines.push(format!(
+                "queued delete_course for {v} (bundle {}): it deletes the course once shore has acknowledged its progress",
+                m.id
+            ));
+        }
+        db.audit(
+            &by,
+            "course retire",
+            &format!("{course}: {}", lines.join("; ")),
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(lines)
+    };
+    match run() {
+        Ok(lines) => {
+            for l in &lines {
+                println!("{course}: {l}");
+            }
+            if lines.len() == 1 {
+                println!("{course}: no vessel sent progress of it; name others with --vessel ID");
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `shore course status`.
+pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
+    let db = match cfg.open() {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let rows = match db.retirements(course) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    if json {
+        let v = serde_json::json!({"course": course, "vessels": rows});
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return exit::OK;
+    }
+    if rows.is_empty() {
+        println!("{course}: not retired (run 'vessel-sync shore course retire {course}')");
+        return exit::OK;
+    }
+    println!(
+        "{:<16} {:<22} {:<9} {:>8} {:<22}  state",
+        "VESSEL", "QUEUED", "BY", "RECORDS", "LAST RECORD"
+    );
+    for r in &rows {
+        let state = if r.fetched {
+            "fetched: deleting once its progress is acknowledged ('vessel-sync status' on board)"
+        } else {
+            "queued: not yet fetched"
+        };
+        println!(
+            "{:<16} {:<22} {:<9} {:>8} {:<22}  {state}",
+            r.vessel,
+            format_time(r.queued_at),
+            r.by,
+            r.records,
+            r.last_record_at
+                .map(format_time)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    exit::OK
+}
