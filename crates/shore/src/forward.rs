@@ -94,6 +94,9 @@ impl From<crate::store::ShoreDbError> for Stop {
     }
 }
 
+/// A learner's activity grades in a course: cmid → (raw grade, time graded).
+type Grades = HashMap<i64, (Option<f64>, i64)>;
+
 /// The cloud, with what this pass has learned of it.
 struct Cloud<'a> {
     ws: Ws,
@@ -103,7 +106,7 @@ struct Cloud<'a> {
     courses: HashMap<String, Option<Course>>,
     enrolled: HashMap<i64, Vec<i64>>,
     completion: HashMap<(i64, i64), HashMap<i64, (i64, i64)>>,
-    grades: HashMap<(i64, i64), HashMap<i64, (Option<f64>, i64)>>,
+    grades: HashMap<(i64, i64), Grades>,
     db: &'a mut ShoreStore,
 }
 
@@ -221,7 +224,7 @@ impl Cloud<'_> {
             "gradereport_user_get_grade_items",
             &Params::new().set("courseid", course).set("userid", user),
         )?;
-        let map: HashMap<i64, (Option<f64>, i64)> = r["usergrades"]
+        let map: Grades = r["usergrades"]
             .as_array()
             .into_iter()
             .flatten()
