@@ -24,6 +24,27 @@ pub struct ShoreConfigArg {
     pub config: PathBuf,
 }
 
+/// `shore crew` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CrewCmd {
+    /// Queue for VESSEL an import_progress bundle with USER's activity completions from the
+    /// cloud Moodle, in the courses that vessel has (those it sent progress of, and --course),
+    /// leaving out what the vessel itself sent. Signed with [shore] signing_key.
+    Move {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// The seafarer's idnumber (or username), as in the cloud Moodle.
+        user: String,
+        /// The vessel they join.
+        #[arg(long = "to", value_name = "VESSEL")]
+        to: String,
+        /// A course the vessel has although it sent no progress of it yet.
+        #[arg(long = "course", value_name = "COURSE")]
+        courses: Vec<String>,
+    },
+}
+
 /// `shore course` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CourseCmd {
@@ -140,6 +161,9 @@ pub enum ShoreCmd {
         /// `map`: a key mapping instead of a pass.
         map: Option<ForwardCmd>,
     },
+    /// Crew change: send a seafarer's progress from the cloud Moodle to the vessel they join.
+    #[command(subcommand)]
+    Crew(CrewCmd),
     /// Retire a course fleet-wide, and follow it.
     #[command(subcommand)]
     Course(CourseCmd),
@@ -290,6 +314,15 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
                 None if conflicts => shore::forward::conflicts(&cfg),
                 None => shore::forward::run_once(&cfg, clock.now(), json),
             },
+            Err(code) => code,
+        },
+        ShoreCmd::Crew(CrewCmd::Move {
+            config,
+            user,
+            to,
+            courses,
+        }) => match load_shore(&config.config) {
+            Ok(cfg) => shore::crew::move_to(&cfg, &user, &to, &courses, clock.now()),
             Err(code) => code,
         },
         ShoreCmd::Course(CourseCmd::Retire {

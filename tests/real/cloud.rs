@@ -260,6 +260,67 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
     assert!(ok, "{err}");
     assert_eq!(third["pass"]["outcomes"], serde_json::json!({}), "{third}");
 
+    // Crew change. Back to the same ship: nothing, since what the cloud holds came from it.
+    let who = s.name("L1");
+    let r = shore.run(&["crew", "move", &who, "--to", crate::support::VESSEL]);
+    let said = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        r.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        said.contains("nothing to send"),
+        "no echo to the ship it came from: {said}"
+    );
+    // To another ship that has the course: the cloud's completion goes with the seafarer.
+    let keys = shore.path("keys/ship-b");
+    wire::envelope::SecretKey::from_seed([7u8; 32])
+        .write_pair(&keys, "ship-b")
+        .unwrap();
+    let pubkey = shore.path("keys/ship-b.pub");
+    let token = shore.path("ship-b.token");
+    let r = shore.run(&[
+        "vessel",
+        "add",
+        "ship-b",
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+        "--token-out",
+        token.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = shore.run(&["crew", "move", &who, "--to", "ship-b", "--course", &course]);
+    let said = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        said.contains("queued import_progress for ship-b") && said.contains("1 completion(s)"),
+        "{said}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let queued = shore.db().bundles_for("ship-b", 0).unwrap();
+    assert_eq!(queued.len(), 1);
+    let file = std::fs::File::open(shore.path("state/bundles").join(&queued[0].file)).unwrap();
+    let mut tar = tar::Archive::new(zstd::stream::read::Decoder::new(file).unwrap());
+    let mut csv = String::new();
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("progress.csv")
+        {
+            std::io::Read::read_to_string(&mut e, &mut csv).unwrap();
+        }
+    }
+    assert_eq!(
+        csv,
+        format!(
+            "learner,course,activity,state\n{who},{course},{},1\n",
+            ship_acts[m0].1
+        ),
+        "the cloud's completion, not the one the cloud kept at 0"
+    );
+
     // The course is retired fleet-wide: hidden in the cloud, a guarded deletion queued for
     // the ship that sent progress of it, and the table says where each vessel stands.
     let r = shore.run(&["course", "retire", &course]);
@@ -280,7 +341,11 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
         serde_json::from_slice(&shore.run(&["course", "status", &course, "--json"]).stdout)
             .unwrap();
     let vessels = table["vessels"].as_array().unwrap();
-    assert_eq!(vessels.len(), 1, "{table}");
+    assert_eq!(
+        vessels.len(),
+        1,
+        "only the ship that sent progress of it: {table}"
+    );
     assert_eq!(vessels[0]["fetched"], false, "{table}");
     assert!(vessels[0]["records"].as_u64().unwrap() >= 3, "{table}");
     let again = shore.run(&["course", "retire", &course]);

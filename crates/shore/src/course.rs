@@ -45,6 +45,60 @@ fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, String> {
     ))
 }
 
+/// Signs a one-command bundle with shore's key for `vessel`, next in the stream of the bundles
+/// shore signs for it, and queues it: (bundle id, queue id).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn queue_from_shore(
+    cfg: &ShoreConfig,
+    db: &crate::store::ShoreStore,
+    key: &SecretKey,
+    vessel: &str,
+    id_prefix: &str,
+    kind: &str,
+    args: serde_json::Map<String, serde_json::Value>,
+    files: Vec<(String, envelope::Source)>,
+    now: i64,
+) -> Result<(String, i64), String> {
+    let seq = db.next_ack_bundle_seq(vessel).map_err(|e| e.to_string())?;
+    let draft = Draft {
+        kind: Kind::Commands,
+        sender: SHORE.into(),
+        recipient: vessel.to_string(),
+        sequence: seq,
+        not_before: None,
+        expires: None,
+        commands: vec![CommandEntry {
+            id: format!("{id_prefix}-{vessel}-{seq}"),
+            kind: kind.into(),
+            args,
+            files: files.iter().map(|(n, _)| n.clone()).collect(),
+        }],
+        files,
+        id: None,
+    };
+    let tmp = cfg
+        .shore
+        .state_dir
+        .join("tmp")
+        .join(format!("{id_prefix}-{vessel}-{seq}.vsb"));
+    let m = envelope::write_envelope(&draft, key, now, &tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let name = format!("{}.vsb", m.id);
+    let dest = cfg.shore.state_dir.join("bundles").join(&name);
+    let data = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let q = Queued {
+        id: 0,
+        recipient: vessel.to_string(),
+        bundle_id: m.id.clone(),
+        file: name,
+        size: data.len() as u64,
+        sha256: hex::encode(Sha256::digest(&data)),
+    };
+    let id = db.enqueue_bundle(&q, now).map_err(|e| e.to_string())?;
+    Ok((m.id, id))
+}
+
 /// `shore course retire`.
 pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> i32 {
     let run = || -> Result<Vec<String>, String> {
@@ -80,51 +134,24 @@ pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> i32
             if vessel.revoked_at.is_some() || done.contains(&v) {
                 continue;
             }
-            let seq = db.next_ack_bundle_seq(&v).map_err(|e| e.to_string())?;
             let mut args = serde_json::Map::new();
             args.insert("course".into(), course.into());
             args.insert("keep_backup".into(), true.into());
-            let draft = Draft {
-                kind: Kind::Commands,
-                sender: SHORE.into(),
-                recipient: v.clone(),
-                sequence: seq,
-                not_before: None,
-                expires: None,
-                commands: vec![CommandEntry {
-                    id: format!("retire-{seq}"),
-                    kind: "delete_course".into(),
-                    args,
-                    files: vec![],
-                }],
-                files: vec![],
-                id: None,
-            };
-            let tmp = cfg
-                .shore
-                .state_dir
-                .join("tmp")
-                .join(format!("retire-{v}-{seq}.vsb"));
-            let m = envelope::write_envelope(&draft, &key, now, &tmp)
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            let name = format!("{}.vsb", m.id);
-            let dest = cfg.shore.state_dir.join("bundles").join(&name);
-            let data = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-            let q = Queued {
-                id: 0,
-                recipient: v.clone(),
-                bundle_id: m.id.clone(),
-                file: name,
-                size: data.len() as u64,
-                sha256: hex::encode(Sha256::digest(&data)),
-            };
-            let id = db.enqueue_bundle(&q, now).map_err(|e| e.to_string())?;
-            db.note_retirement(course, &v, &m.id, id, &by, now)
+            let (bundle_id, id) = queue_from_shore(
+                cfg,
+                &db,
+                &key,
+                &v,
+                "retire",
+                "delete_course",
+                args,
+                vec![],
+                now,
+            )?;
+            db.note_retirement(course, &v, &bundle_id, id, &by, now)
                 .map_err(|e| e.to_string())?;
             lines.push(format!(
-                "queued delete_course for {v} (bundle {}): it deletes the course once shore has acknowledged its progress",
-                m.id
+                "queued delete_course for {v} (bundle {bundle_id}): it deletes the course once shore has acknowledged its progress"
             ));
         }
         db.audit(

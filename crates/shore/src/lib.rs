@@ -27,6 +27,7 @@
 mod config;
 pub mod content;
 pub mod course;
+pub mod crew;
 pub mod forward;
 pub mod serve;
 pub mod spec;

@@ -478,3 +478,39 @@ impl ShoreStore {
             .map_err(|e| self.err(e))
     }
 }
+
+impl ShoreStore {
+    /// Courses `vessel` sent progress of.
+    pub fn vessel_courses(&self, vessel: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT course_key FROM records WHERE vessel = ?1 ORDER BY course_key",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![vessel], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Whether `vessel` itself sent a completion of this activity for this learner (what it
+    /// sent is not sent back to it).
+    pub fn sent_completion(
+        &self,
+        vessel: &str,
+        user: &str,
+        course: &str,
+        item: &str,
+    ) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
+                params![vessel, user, course, item],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+}
