@@ -128,21 +128,38 @@ impl ShoreStore {
         self.set_fact("forward_inflight", Some(rowid))
     }
 
-    fn read_forward(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<ToForward>> {
+    /// Records with two more text columns after [`FORWARD_COLUMNS`] (NULL where unused).
+    fn read_forward(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<(ToForward, String, String)>> {
         let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(args, |r| {
-                let rowid: i64 = r.get(0)?;
-                let vessel: String = r.get(1)?;
                 let (_, record, _) = record_row(r, 2)?;
-                Ok(ToForward {
-                    rowid,
-                    vessel,
-                    record,
-                })
+                Ok((
+                    ToForward {
+                        rowid: r.get(0)?,
+                        vessel: r.get(1)?,
+                        record,
+                    },
+                    r.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                    r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+                ))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Distinct text values of a one-column query with one argument.
+    fn strings(&self, sql: &str, arg: &str) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![arg], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
             .map_err(|e| self.err(e))
     }
 
@@ -150,30 +167,19 @@ impl ShoreStore {
     pub fn to_forward(&self, limit: u64) -> Result<Vec<ToForward>> {
         let cursor = self.forward_cursor()?;
         self.read_forward(
-            &format!("SELECT {FORWARD_COLUMNS} FROM records r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"),
+            &format!("SELECT {FORWARD_COLUMNS}, NULL, NULL FROM records r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"),
             params![cursor, i64::try_from(limit).unwrap_or(i64::MAX)],
         )
+        .map(|l| l.into_iter().map(|(t, _, _)| t).collect())
     }
 
     /// Records held back, oldest first, with their reason.
     pub fn held(&self, limit: u64) -> Result<Vec<(ToForward, String)>> {
         let list = self.read_forward(
-            &format!("SELECT {FORWARD_COLUMNS} FROM forward_held h JOIN records r ON r.rowid = h.record_rowid ORDER BY h.record_rowid LIMIT ?1"),
+            &format!("SELECT {FORWARD_COLUMNS}, h.reason, NULL FROM forward_held h JOIN records r ON r.rowid = h.record_rowid ORDER BY h.record_rowid LIMIT ?1"),
             params![i64::try_from(limit).unwrap_or(i64::MAX)],
         )?;
-        let mut out = Vec::with_capacity(list.len());
-        for t in list {
-            let reason: String = self
-                .conn
-                .query_row(
-                    "SELECT reason FROM forward_held WHERE record_rowid = ?1",
-                    params![t.rowid],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.err(e))?;
-            out.push((t, reason));
-        }
-        Ok(out)
+        Ok(list.into_iter().map(|(t, reason, _)| (t, reason)).collect())
     }
 
     fn advance(tx: &rusqlite::Transaction<'_>, rowid: i64) -> rusqlite::Result<()> {
@@ -323,23 +329,10 @@ impl ShoreStore {
     /// Conflicts (`older`, `tie`) settled at or after `since`: (arrival position, vessel,
     /// record, outcome, detail).
     pub fn conflicts(&self, since: i64) -> Result<Vec<(ToForward, String, String)>> {
-        let list = self.read_forward(
-            &format!("SELECT {FORWARD_COLUMNS} FROM forwarded f JOIN records r ON r.rowid = f.record_rowid WHERE f.outcome IN ('older', 'tie') AND f.at >= ?1 ORDER BY f.record_rowid"),
+        self.read_forward(
+            &format!("SELECT {FORWARD_COLUMNS}, f.outcome, f.detail FROM forwarded f JOIN records r ON r.rowid = f.record_rowid WHERE f.outcome IN ('older', 'tie') AND f.at >= ?1 ORDER BY f.record_rowid"),
             params![since],
-        )?;
-        let mut out = Vec::with_capacity(list.len());
-        for t in list {
-            let (o, d): (String, String) = self
-                .conn
-                .query_row(
-                    "SELECT outcome, detail FROM forwarded WHERE record_rowid = ?1",
-                    params![t.rowid],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(|e| self.err(e))?;
-            out.push((t, o, d));
-        }
-        Ok(out)
+        )
     }
 
     /// One line of shore's audit trail: who did what, when.
@@ -418,15 +411,10 @@ CREATE TABLE IF NOT EXISTS retirements (
 impl ShoreStore {
     /// Vessels that sent records of `course`.
     pub fn course_vessels(&self, course: &str) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT DISTINCT vessel FROM records WHERE course_key = ?1 ORDER BY vessel")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![course], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(|e| self.err(e))
+        self.strings(
+            "SELECT DISTINCT vessel FROM records WHERE course_key = ?1 ORDER BY vessel",
+            course,
+        )
     }
 
     /// Notes a vessel's queued `delete_course` for a retired course.
@@ -482,17 +470,10 @@ impl ShoreStore {
 impl ShoreStore {
     /// Courses `vessel` sent progress of.
     pub fn vessel_courses(&self, vessel: &str) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT DISTINCT course_key FROM records WHERE vessel = ?1 ORDER BY course_key",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![vessel], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(|e| self.err(e))
+        self.strings(
+            "SELECT DISTINCT course_key FROM records WHERE vessel = ?1 ORDER BY course_key",
+            vessel,
+        )
     }
 
     /// Whether `vessel` itself sent a completion of this activity for this learner (what it
