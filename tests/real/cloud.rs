@@ -321,6 +321,73 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
         "the cloud's completion, not the one the cloud kept at 0"
     );
 
+    // A crew list pushed for ship-b naming the seafarer is a crew change too: shore queues
+    // the cloud's records for the courses the list enrols him in.
+    let username = format!("{}l1", s.tag.to_lowercase());
+    let list = format!(
+        "username,firstname,lastname,email,idnumber,course1\n{username},Sea,L1,{username}@fleet.example.invalid,{who},{course}\n"
+    );
+    let built = s.v.bundle(
+        "crew-b.vsb",
+        crate::support::draft(
+            "ship-b",
+            1,
+            vec![cmd(
+                "upsert_users",
+                "crew-b",
+                serde_json::json!({}),
+                &["files/users.csv"],
+            )],
+            vec![(
+                "files/users.csv",
+                wire::envelope::Source::Bytes(list.into_bytes()),
+            )],
+        ),
+    );
+    let r = shore.run(&["push", built.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        r.status.success()
+            && said.contains("queued import_progress for ship-b")
+            && said.contains("1 completion(s)"),
+        "{said}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        shore.db().bundles_for("ship-b", 0).unwrap().len(),
+        3,
+        "the list and the import after it"
+    );
+    // Shore's own key signs only what shore makes: an operator bundle signed with it is
+    // refused, even where the key is (by mistake) trusted for pushing.
+    let toml = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
+    std::fs::write(
+        shore.path("shore.toml"),
+        toml.replacen(
+            "trusted = [\"keys/ops.pub\"]",
+            "trusted = [\"keys/ops.pub\", \"keys/shore.pub\"]",
+            1,
+        ),
+    )
+    .unwrap();
+    let own = wire::envelope::SecretKey::load(&shore.path("keys/shore.key")).unwrap();
+    let forged = s.v.bundle_with(
+        "own.vsb",
+        crate::support::draft(
+            "ship-b",
+            9,
+            vec![cmd("set_mapping", "m", serde_json::json!({}), &[])],
+            vec![],
+        ),
+        &own,
+    );
+    let r = shore.run(&["push", forged.to_str().unwrap()]);
+    assert!(
+        !r.status.success() && String::from_utf8_lossy(&r.stderr).contains("shore's own key"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
     // The course is retired fleet-wide: hidden in the cloud, a guarded deletion queued for
     // the ship that sent progress of it, and the table says where each vessel stands.
     let r = shore.run(&["course", "retire", &course]);
@@ -358,6 +425,63 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
     assert!(
         audit["audit"].to_string().contains("course retire"),
         "{audit}"
+    );
+
+    // The ship fetches the deletion and works through its guard, reporting each step in its
+    // next batch; the table ashore follows it to the end.
+    let row = || -> serde_json::Value {
+        let t: serde_json::Value =
+            serde_json::from_slice(&shore.run(&["course", "status", &course, "--json"]).stdout)
+                .unwrap();
+        t["vessels"][0].clone()
+    };
+    let id = format!("retire-{}-1", crate::support::VESSEL);
+    s.sync();
+    s.once();
+    let (state, note) = s.command(&id);
+    assert_eq!(state, CommandState::Waiting, "{note}{}", s.said());
+    s.sync();
+    let waiting = row();
+    assert_eq!(waiting["phase"], "waiting", "{waiting}");
+    assert!(
+        waiting["reported"]["learners"].as_u64().unwrap_or(0) >= 1,
+        "{waiting}"
+    );
+    let mut at = 0;
+    while !s.command(&id).0.is_final() && at < 3600 {
+        assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
+        s.sync();
+        at += 600;
+        s.once_at(at);
+    }
+    let note = s.expect(&id, CommandState::Done);
+    assert!(
+        note.contains("deleted") && note.contains("final backup"),
+        "{note}"
+    );
+    assert!(
+        s.course(&course).is_none(),
+        "the course is gone from the ship"
+    );
+    s.sync();
+    let done = row();
+    assert_eq!(done["phase"], "deleted", "{done}");
+    assert!(
+        done["reported"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("learners"),
+        "{done}"
+    );
+    // The deleted course's rows are not sent home as removed progress: nothing waits on board.
+    assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
+    let left = s.v.store().course_impact(&course).unwrap().0.records;
+    assert_eq!(left, 0, "no record of the deleted course queued after it");
+    let text =
+        String::from_utf8_lossy(&shore.run(&["course", "status", &course]).stdout).to_string();
+    assert!(
+        text.contains("deleted") && text.contains("final backup"),
+        "{text}"
     );
     shore.stop();
 }

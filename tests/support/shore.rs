@@ -39,12 +39,16 @@ impl Shore {
         let ops = SecretKey::from_seed([1u8; 32]);
         std::fs::create_dir_all(dir.path().join("keys")).unwrap();
         ops.write_pair(&dir.path().join("keys/ops"), "ops").unwrap();
+        // Shore's own key, for the bundles shore signs itself (acks, retirements, crew moves).
+        SecretKey::from_seed([3u8; 32])
+            .write_pair(&dir.path().join("keys/shore"), "shore")
+            .unwrap();
         let port = free_port();
         let config = dir.path().join("shore.toml");
         std::fs::write(
             &config,
             format!(
-                "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nsigning_key = \"keys/ops.key\"\ntrusted = [\"keys/ops.pub\"]\n"
+                "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nsigning_key = \"keys/shore.key\"\ntrusted = [\"keys/ops.pub\"]\n"
             ),
         )
         .unwrap();
@@ -110,8 +114,20 @@ impl Shore {
         self.db().record_counts(VESSEL).unwrap()
     }
 
-    /// Registers `v` (its key in `v`'s keys/vessel.pub) and writes its token there.
+    /// Registers `v` (its key in `v`'s keys/vessel.pub), writes its token there, and makes
+    /// `v` trust shore's own key beside the operator's.
     pub fn register(&self, v: &Vessel) {
+        std::fs::copy(self.path("keys/shore.pub"), v.path("keys/shore.pub")).unwrap();
+        let cfg = std::fs::read_to_string(&v.config).unwrap();
+        std::fs::write(
+            &v.config,
+            cfg.replacen(
+                "trusted = [\"keys/ops.pub\"]",
+                "trusted = [\"keys/ops.pub\", \"keys/shore.pub\"]",
+                1,
+            ),
+        )
+        .unwrap();
         let out = self.run(&[
             "vessel",
             "add",

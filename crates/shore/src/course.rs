@@ -14,7 +14,7 @@ use wire::envelope::{self, CommandEntry, Draft, Kind, SecretKey};
 
 use crate::ShoreConfig;
 use crate::forward::{connect, operator};
-use crate::store::Queued;
+use crate::store::{Queued, Retirement};
 
 /// Hides `course` in the cloud; Ok(note) says what was done there.
 fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, String> {
@@ -180,6 +180,33 @@ pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> i32
     }
 }
 
+/// Where a vessel's part in a retirement stands: a one-word phase (`queued`, `fetched`,
+/// `waiting`, `deleted`, `not_held`, `failed`, or the command's own state) and what to tell.
+pub fn phase(r: &Retirement) -> (String, String) {
+    let Some(rep) = &r.reported else {
+        return if r.fetched {
+            (
+                "fetched".into(),
+                "fetched; no report from the vessel yet (it reports in its next batch)".into(),
+            )
+        } else {
+            ("queued".into(), "queued: not yet fetched".into())
+        };
+    };
+    let reason = rep.reason.clone().unwrap_or_default();
+    let at = &rep.at;
+    match rep.state.as_str() {
+        "done" if reason.contains("does not exist on this Moodle") => (
+            "not_held".into(),
+            format!("never had the course, nothing to delete ({at})"),
+        ),
+        "done" => ("deleted".into(), format!("deleted {at}: {reason}")),
+        "waiting" => ("waiting".into(), format!("waiting since {at}: {reason}")),
+        "failed" => ("failed".into(), format!("FAILED {at}: {reason}")),
+        other => (other.to_string(), format!("{other} {at}: {reason}")),
+    }
+}
+
 /// `shore course status`.
 pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
     let db = match cfg.open() {
@@ -197,7 +224,17 @@ pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
         }
     };
     if json {
-        let v = serde_json::json!({"course": course, "vessels": rows});
+        let vessels: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("phase".into(), phase(r).0.into());
+                }
+                v
+            })
+            .collect();
+        let v = serde_json::json!({"course": course, "vessels": vessels});
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return exit::OK;
     }
@@ -205,26 +242,26 @@ pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
         println!("{course}: not retired (run 'vessel-sync shore course retire {course}')");
         return exit::OK;
     }
+    let num = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
     println!(
-        "{:<16} {:<22} {:<9} {:>8} {:<22}  state",
-        "VESSEL", "QUEUED", "BY", "RECORDS", "LAST RECORD"
+        "{:<16} {:<22} {:<9} {:>8} {:>8} {:>8}  STATE",
+        "VESSEL", "QUEUED", "BY", "ASHORE", "ON BOARD", "LEARNERS"
     );
     for r in &rows {
-        let state = if r.fetched {
-            "fetched: deleting once its progress is acknowledged ('vessel-sync status' on board)"
-        } else {
-            "queued: not yet fetched"
-        };
+        let rep = r.reported.as_ref();
         println!(
-            "{:<16} {:<22} {:<9} {:>8} {:<22}  {state}",
+            "{:<16} {:<22} {:<9} {:>8} {:>8} {:>8}  {}",
             r.vessel,
             format_time(r.queued_at),
             r.by,
             r.records,
-            r.last_record_at
-                .map(format_time)
-                .unwrap_or_else(|| "-".into()),
+            num(rep.and_then(|p| p.unacked_records)),
+            num(rep.and_then(|p| p.learners)),
+            phase(r).1,
         );
     }
+    println!(
+        "ASHORE: records of the course shore received from the vessel; ON BOARD: records still waiting there for acknowledgement, as last reported"
+    );
     exit::OK
 }

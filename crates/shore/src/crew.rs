@@ -11,124 +11,16 @@ use wire::envelope::{SecretKey, Source};
 use crate::ShoreConfig;
 use crate::course::queue_from_shore;
 use crate::forward::{connect, operator};
+use crate::store::ShoreStore;
+use moodle::ws::Ws;
 
 /// `shore crew move`.
 pub fn move_to(cfg: &ShoreConfig, user: &str, vessel: &str, also: &[String], now: i64) -> i32 {
     let run = || -> Result<String, String> {
-        let cloud = cfg
-            .cloud
-            .as_ref()
-            .ok_or("no [cloud] section: the seafarer's progress is read from the cloud Moodle")?;
-        let key_path = cfg
-            .shore
-            .signing_key
-            .as_ref()
-            .ok_or("[shore] signing_key is not set: shore signs the import bundle with it")?;
-        let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
+        let (key, ws) = signer_and_cloud(cfg)?;
         let db = cfg.open()?;
-        match db.vessel(vessel).map_err(|e| e.to_string())? {
-            Some(v) if v.revoked_at.is_none() => {}
-            Some(_) => return Err(format!("vessel {vessel} is revoked")),
-            None => {
-                return Err(format!(
-                    "no vessel {vessel} is registered ('shore vessel list')"
-                ));
-            }
-        }
-        let ws = connect(cloud)?;
-        let found = moodle::lookup::users(&ws, &[user], || {}).map_err(|e| e.to_string())?;
-        let Some((uid, _)) = found.get(user).cloned() else {
-            return Err(format!(
-                "no learner {user} in the cloud Moodle (by idnumber or username)"
-            ));
-        };
-        let mut courses = db.vessel_courses(vessel).map_err(|e| e.to_string())?;
-        courses.extend(also.iter().cloned());
-        courses.sort();
-        courses.dedup();
-        let enrolled: Vec<i64> = ws
-            .call(
-                "core_enrol_get_users_courses",
-                &Params::new().set("userid", uid),
-                Safety::Read,
-            )
-            .map_err(|e| e.to_string())?
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["id"].as_i64())
-            .collect();
-        let mut csv = csv::Writer::from_writer(Vec::new());
-        csv.write_record(["learner", "course", "activity", "state"])
-            .map_err(|e| e.to_string())?;
-        let (mut rows, mut theirs) = (0u64, 0u64);
-        for key_of_course in &courses {
-            let Some(c) =
-                moodle::lookup::course(&ws, key_of_course, || {}).map_err(|e| e.to_string())?
-            else {
-                continue;
-            };
-            if !enrolled.contains(&c.id) {
-                continue;
-            }
-            let st = ws
-                .call(
-                    "core_completion_get_activities_completion_status",
-                    &Params::new().set("courseid", c.id).set("userid", uid),
-                    Safety::Read,
-                )
-                .map_err(|e| e.to_string())?;
-            for s in st["statuses"].as_array().into_iter().flatten() {
-                let state = s["state"].as_i64().unwrap_or(0);
-                if state != 1 && state != 2 {
-                    continue;
-                }
-                let cmid = s["cmid"].as_i64().unwrap_or_default();
-                let Some(a) = c.activities.values().find(|a| a.cmid == cmid) else {
-                    continue;
-                };
-                if db
-                    .sent_completion(vessel, user, key_of_course, &a.key)
-                    .map_err(|e| e.to_string())?
-                {
-                    theirs += 1;
-                    continue;
-                }
-                csv.write_record([user, key_of_course.as_str(), a.key.as_str(), "1"])
-                    .map_err(|e| e.to_string())?;
-                rows += 1;
-            }
-        }
-        let by = operator();
-        if rows == 0 {
-            let msg = format!(
-                "nothing to send {vessel} for {user}: the cloud holds no completion of theirs in its courses ({}) that it lacks ({theirs} came from {vessel} itself)",
-                courses.join(", ")
-            );
-            db.audit(&by, "crew move", &msg, now)
-                .map_err(|e| e.to_string())?;
-            return Ok(msg);
-        }
-        let (bundle_id, _) = queue_from_shore(
-            cfg,
-            &db,
-            &key,
-            vessel,
-            "crew",
-            "import_progress",
-            serde_json::Map::new(),
-            vec![(
-                "files/progress.csv".into(),
-                Source::Bytes(csv.into_inner().map_err(|e| e.to_string())?),
-            )],
-            now,
-        )?;
-        let msg = format!(
-            "queued import_progress for {vessel} (bundle {bundle_id}): {rows} completion(s) of {user} from the cloud Moodle ({theirs} left out: they came from {vessel})"
-        );
-        db.audit(&by, "crew move", &msg, now)
-            .map_err(|e| e.to_string())?;
-        Ok(msg)
+        check_vessel(&db, vessel)?;
+        move_one(cfg, &db, &key, &ws, user, vessel, also, now)
     };
     match run() {
         Ok(msg) => {
@@ -140,4 +32,228 @@ pub fn move_to(cfg: &ShoreConfig, user: &str, vessel: &str, also: &[String], now
             exit::FAILURE
         }
     }
+}
+
+/// Shore's signing key and the cloud Moodle, or why not.
+fn signer_and_cloud(cfg: &ShoreConfig) -> Result<(SecretKey, Ws), String> {
+    let cloud = cfg
+        .cloud
+        .as_ref()
+        .ok_or("no [cloud] section: the seafarer's progress is read from the cloud Moodle")?;
+    let key_path = cfg
+        .shore
+        .signing_key
+        .as_ref()
+        .ok_or("[shore] signing_key is not set: shore signs the import bundle with it")?;
+    let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
+    Ok((key, connect(cloud)?))
+}
+
+fn check_vessel(db: &ShoreStore, vessel: &str) -> Result<(), String> {
+    match db.vessel(vessel).map_err(|e| e.to_string())? {
+        Some(v) if v.revoked_at.is_none() => Ok(()),
+        Some(_) => Err(format!("vessel {vessel} is revoked")),
+        None => Err(format!(
+            "no vessel {vessel} is registered ('shore vessel list')"
+        )),
+    }
+}
+
+/// A crew list pushed for `vessel` (`upsert_users`) names `users` (their idnumber, else
+/// username): each of them whose progress reached shore from another vessel has moved, and
+/// their cloud records follow them, for the courses the vessel has and the list enrols them in. One line per seafarer moved, or one saying why none was.
+pub(crate) fn follow_crew_list(
+    cfg: &ShoreConfig,
+    db: &ShoreStore,
+    vessel: &str,
+    users: &[Member],
+    now: i64,
+) -> Vec<String> {
+    let mut movers: Vec<(&String, &[String])> = Vec::new();
+    for (idnumber, username, courses) in users {
+        let key = if idnumber.is_empty() {
+            username
+        } else {
+            idnumber
+        };
+        match db.sailed_elsewhere(key, username, vessel) {
+            Ok(true) => movers.push((key, courses)),
+            Ok(false) => {}
+            Err(e) => return vec![format!("crew change not checked: {e}")],
+        }
+    }
+    if movers.is_empty() {
+        return vec![];
+    }
+    let (key, ws) = match signer_and_cloud(cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            return vec![format!(
+                "{} seafarer(s) on the list sailed on other vessels ({}), but their progress is not sent: {e}; then run 'vessel-sync shore crew move USER --to {vessel}'",
+                movers.len(),
+                movers
+                    .iter()
+                    .map(|m| m.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )];
+        }
+    };
+    movers
+        .iter()
+        .map(|(u, courses)| match move_one(cfg, db, &key, &ws, u, vessel, courses, now) {
+            Ok(line) => line,
+            Err(e) => format!("crew move of {u} to {vessel} failed: {e}; run 'vessel-sync shore crew move {u} --to {vessel}' again"),
+        })
+        .collect()
+}
+
+/// Queues the cloud's completions of `user` for `vessel` (the courses it has and `also`).
+#[allow(clippy::too_many_arguments)]
+fn move_one(
+    cfg: &ShoreConfig,
+    db: &ShoreStore,
+    key: &SecretKey,
+    ws: &Ws,
+    user: &str,
+    vessel: &str,
+    also: &[String],
+    now: i64,
+) -> Result<String, String> {
+    let found = moodle::lookup::users(ws, &[user], || {}).map_err(|e| e.to_string())?;
+    let Some((uid, _)) = found.get(user).cloned() else {
+        return Err(format!(
+            "no learner {user} in the cloud Moodle (by idnumber or username)"
+        ));
+    };
+    let mut courses = db.vessel_courses(vessel).map_err(|e| e.to_string())?;
+    courses.extend(also.iter().cloned());
+    courses.sort();
+    courses.dedup();
+    let enrolled: Vec<i64> = ws
+        .call(
+            "core_enrol_get_users_courses",
+            &Params::new().set("userid", uid),
+            Safety::Read,
+        )
+        .map_err(|e| e.to_string())?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["id"].as_i64())
+        .collect();
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(["learner", "course", "activity", "state"])
+        .map_err(|e| e.to_string())?;
+    let (mut rows, mut theirs) = (0u64, 0u64);
+    for key_of_course in &courses {
+        let Some(c) =
+            moodle::lookup::course(ws, key_of_course, || {}).map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        if !enrolled.contains(&c.id) {
+            continue;
+        }
+        let st = ws
+            .call(
+                "core_completion_get_activities_completion_status",
+                &Params::new().set("courseid", c.id).set("userid", uid),
+                Safety::Read,
+            )
+            .map_err(|e| e.to_string())?;
+        for s in st["statuses"].as_array().into_iter().flatten() {
+            let state = s["state"].as_i64().unwrap_or(0);
+            if state != 1 && state != 2 {
+                continue;
+            }
+            let cmid = s["cmid"].as_i64().unwrap_or_default();
+            let Some(a) = c.activities.values().find(|a| a.cmid == cmid) else {
+                continue;
+            };
+            if db
+                .sent_completion(vessel, user, key_of_course, &a.key)
+                .map_err(|e| e.to_string())?
+            {
+                theirs += 1;
+                continue;
+            }
+            csv.write_record([user, key_of_course.as_str(), a.key.as_str(), "1"])
+                .map_err(|e| e.to_string())?;
+            rows += 1;
+        }
+    }
+    let by = operator();
+    if rows == 0 {
+        let msg = format!(
+            "nothing to send {vessel} for {user}: the cloud holds no completion of theirs in its courses ({}) that it lacks ({theirs} came from {vessel} itself)",
+            courses.join(", ")
+        );
+        db.audit(&by, "crew move", &msg, now)
+            .map_err(|e| e.to_string())?;
+        return Ok(msg);
+    }
+    let (bundle_id, _) = queue_from_shore(
+        cfg,
+        db,
+        key,
+        vessel,
+        "crew",
+        "import_progress",
+        serde_json::Map::new(),
+        vec![(
+            "files/progress.csv".into(),
+            Source::Bytes(csv.into_inner().map_err(|e| e.to_string())?),
+        )],
+        now,
+    )?;
+    let msg = format!(
+        "queued import_progress for {vessel} (bundle {bundle_id}): {rows} completion(s) of {user} from the cloud Moodle ({theirs} left out: they came from {vessel})"
+    );
+    db.audit(&by, "crew move", &msg, now)
+        .map_err(|e| e.to_string())?;
+    Ok(msg)
+}
+
+/// A crew list row: idnumber, username, and the courses it enrols the seafarer in.
+pub(crate) type Member = (String, String, Vec<String>);
+
+/// Every row of a crew list CSV (`upsert_users`); a file that cannot be read gives none (the
+/// vessel's import reports its problems).
+pub(crate) fn list_members(path: &std::path::Path) -> Vec<Member> {
+    let Ok(mut r) = csv::ReaderBuilder::new().flexible(true).from_path(path) else {
+        return vec![];
+    };
+    let Ok(header) = r.headers().cloned() else {
+        return vec![];
+    };
+    let names: Vec<String> = header
+        .iter()
+        .map(|h| h.trim_start_matches('\u{feff}').trim().to_ascii_lowercase())
+        .collect();
+    let col = |name: &str| names.iter().position(|h| h == name);
+    let courses: Vec<usize> = (0..names.len())
+        .filter(|&i| {
+            names[i]
+                .strip_prefix("course")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    let (Some(u), i) = (col("username"), col("idnumber")) else {
+        return vec![];
+    };
+    r.records()
+        .flatten()
+        .filter_map(|row| {
+            let username = row.get(u)?.trim().to_string();
+            let idnumber = i.and_then(|i| row.get(i)).unwrap_or("").trim().to_string();
+            let enrolled = courses
+                .iter()
+                .filter_map(|&c| row.get(c))
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect();
+            (!username.is_empty() || !idnumber.is_empty()).then_some((idnumber, username, enrolled))
+        })
+        .collect()
 }

@@ -303,6 +303,11 @@ fn intake_inner(
     }
     if let Stored::New { new, duplicate } = &stored {
         tracing::info!(vessel = %vessel.id, seq = m.sequence, new, duplicate, acked_seq, via, "batch stored");
+        if !m.command_reports.is_empty() {
+            if let Err(e) = db.note_reports(&vessel.id, m.sequence, &m.command_reports, now) {
+                tracing::error!(vessel = %vessel.id, error = %e, "could not keep a vessel's command reports");
+            }
+        }
         if !m.need_files.is_empty() {
             // The batch is stored: an answer that fails here is asked again by the vessel.
             match content::answer_needs(cfg, db, &vessel.id, &m.need_files, now) {
@@ -595,6 +600,17 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
         if m.kind != Kind::Commands {
             return Err("not a command bundle".into());
         }
+        // Shore numbers the bundles it signs itself (acks, retirements, crew moves) in the
+        // stream of its own key; an operator's bundle in that stream would take their numbers.
+        if let Some(own) = cfg.shore.signing_key.as_deref() {
+            if SecretKey::load(own).is_ok_and(|k| k.id == opened.signer.id) {
+                return Err(format!(
+                    "{}: refused: it is signed with shore's own key ([shore] signing_key {}), whose sequence numbers shore uses for the bundles it signs itself; sign operator bundles with an operator key ('vessel-sync keygen')",
+                    bundle.display(),
+                    own.display()
+                ));
+            }
+        }
         let by_content = m.files.iter().any(|f| f.may_omit);
         let (manifest_bytes, signature) = (opened.manifest_bytes.clone(), opened.signature);
         let bundles_dir = cfg.shore.state_dir.join("bundles");
@@ -602,10 +618,45 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
         if parts.exists() {
             std::fs::remove_dir_all(&parts).map_err(|e| format!("{}: {e}", parts.display()))?;
         }
+        // A crew list for one vessel may name seafarers who sailed on others (a crew change).
+        let lists: Vec<String> = if m.recipient == envelope::manifest::FLEET {
+            vec![]
+        } else {
+            m.commands
+                .iter()
+                .filter(|c| c.kind == "upsert_users")
+                .filter_map(|c| {
+                    c.args
+                        .get("file")
+                        .and_then(|f| f.as_str())
+                        .map(String::from)
+                        .or_else(|| c.files.first().cloned())
+                })
+                .collect()
+        };
+        let lists_dir = if !lists.is_empty() && !by_content {
+            Some(
+                tempfile::tempdir_in(cfg.shore.state_dir.join("tmp"))
+                    .map_err(|e| format!("{}: {e}", cfg.shore.state_dir.display()))?,
+            )
+        } else {
+            None
+        };
         // A bundle with course content is kept in parts, for per-vessel copies.
+        let extracted = match &lists_dir {
+            Some(d) => Some(d.path()),
+            None => by_content.then_some(parts.as_path()),
+        };
         opened
-            .extract(by_content.then_some(parts.as_path()))
+            .extract(extracted)
             .map_err(|e| format!("{}: refused: {e}", bundle.display()))?;
+        let crew: Vec<crew::Member> = match extracted {
+            Some(dir) => lists
+                .iter()
+                .flat_map(|f| crew::list_members(&dir.join(f)))
+                .collect(),
+            None => vec![],
+        };
         let db = cfg.open()?;
         let name = format!("{}.vsb", m.id);
         let dest = cfg.shore.state_dir.join("bundles").join(&name);
@@ -645,8 +696,11 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
             db.set_queue_content(id, &members)
                 .map_err(|e| e.to_string())?;
         }
+        for line in crew::follow_crew_list(cfg, &db, &m.recipient, &crew, now) {
+            note.push_str(&format!("\n{line}"));
+        }
         Ok(format!(
-            "queued bundle {} ({} bytes) for {} as #{id}{note}; it is offered at the vessel's next sync",
+            "queued bundle {} ({} bytes) for {} as #{id}; it is offered at the vessel's next sync{note}",
             m.id,
             data.len(),
             if m.recipient == envelope::manifest::FLEET {

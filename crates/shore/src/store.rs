@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS records (
     received_at   INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS records_received ON records(received_at);
+CREATE INDEX IF NOT EXISTS records_user ON records(user_key);
 CREATE TABLE IF NOT EXISTS queue (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient  TEXT NOT NULL,
@@ -121,7 +122,9 @@ CREATE TABLE IF NOT EXISTS refusals (
 ";
 
 mod forward;
+mod reports;
 pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
+pub use reports::Reported;
 
 /// A record read from `records`, its columns from `at` on: record_id, kind, the keys, the
 /// legacy ids, value, vtime, received_at.
@@ -391,6 +394,7 @@ impl ShoreStore {
         conn.execute_batch(SCHEMA).map_err(e)?;
         conn.execute_batch(forward::SCHEMA).map_err(e)?;
         conn.execute_batch(forward::RETIRE_SCHEMA).map_err(e)?;
+        conn.execute_batch(reports::SCHEMA).map_err(e)?;
         // Columns and rows added after the first release, added to older files in place.
         let has_previous: bool = conn
             .query_row(

@@ -288,9 +288,11 @@ pub fn build_batches(
         // Content a delta bundle lacked is asked for in the next batch, one with no records if
         // need be; asked again if no answer came within NEED_REASK.
         let needs = tx.needs_to_ask(now - NEED_REASK)?;
+        // So are the commands whose state shore has not been told of (`shore course status`).
+        let reports = tx.reports_due()?;
         let (first, last) = match (records.first().map(|r| r.0), records.last().map(|r| r.0)) {
             (Some(first), Some(last)) => (first, last),
-            _ if !needs.is_empty() => (1, 0),
+            _ if !needs.is_empty() || reports.state_changed => (1, 0),
             _ => return Ok(built),
         };
         let seq = tx.next_batch_seq()?;
@@ -304,6 +306,7 @@ pub fn build_batches(
             key_rotation: rotation,
             previous: tx.fact(LAST_BATCH_DIGEST)?,
             need_files: needs.clone(),
+            command_reports: reports.reports.clone(),
         };
         let draft = Draft {
             kind: Kind::Progress,
@@ -336,6 +339,7 @@ pub fn build_batches(
         )?;
         tx.set_fact(LAST_BATCH_DIGEST, &digest)?;
         tx.needs_asked(&needs, seq, now)?;
+        tx.reports_sent(&reports, seq)?;
         tx.commit()?;
         failpoint::hit("batch.after-commit");
         tracing::info!(

@@ -394,6 +394,8 @@ pub struct Retirement {
     pub records: u64,
     /// When the newest of them arrived.
     pub last_record_at: Option<i64>,
+    /// What the vessel last reported of the `delete_course`, if anything yet.
+    pub reported: Option<super::Reported>,
 }
 
 pub(super) const RETIRE_SCHEMA: &str = "
@@ -459,11 +461,17 @@ impl ShoreStore {
                     fetched: r.get(5)?,
                     records: r.get::<_, i64>(6)?.unsigned_abs(),
                     last_record_at: r.get(7)?,
+                    reported: None,
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        let mut out = rows
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err(e))?;
+        for t in &mut out {
+            t.reported = self.reported(&t.vessel, &t.bundle_id)?;
+        }
+        Ok(out)
     }
 }
 
@@ -492,6 +500,20 @@ impl ShoreStore {
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+}
+
+impl ShoreStore {
+    /// Whether shore received progress of this learner (by idnumber or username) from a vessel
+    /// other than `vessel`: a crew list naming them for `vessel` means they moved.
+    pub fn sailed_elsewhere(&self, idnumber: &str, username: &str, vessel: &str) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM records WHERE user_key IN (?1, ?2) AND vessel != ?3)",
+                params![idnumber, username, vessel],
+                |r| r.get(0),
+            )
             .map_err(|e| self.err(e))
     }
 }

@@ -18,6 +18,7 @@ mod journal;
 mod mapping;
 mod outbox;
 mod queries;
+mod reports;
 mod sequence;
 mod transitions;
 mod trust;
@@ -99,6 +100,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_progress.sql"),
     include_str!("migrations/0003_trust.sql"),
     include_str!("migrations/0004_content.sql"),
+    include_str!("migrations/0005_reports.sql"),
 ];
 
 /// An open database.

@@ -204,6 +204,20 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Forgets the captured state of a course deleted on shore's order, so that the next
+    /// capture does not send each of its rows home as `removed` (the learners' records are in
+    /// shore's hands already: the deletion waited for that).
+    pub fn forget_course(&self, course_key: &str) -> Result<u64> {
+        let n = self
+            .tx
+            .execute(
+                "DELETE FROM capture_state WHERE ckey = ?1",
+                params![course_key],
+            )
+            .ctx(self.path)?;
+        Ok(n as u64)
+    }
+
     /// Queues a record; returns false when a record with the same id is already queued.
     pub fn enqueue(&self, rec: &Record, id: &[u8; 16], now: i64) -> Result<bool> {
         let seq = match self.next_outbox_seq.get() {

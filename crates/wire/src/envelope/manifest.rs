@@ -48,6 +48,35 @@ pub struct NeedFiles {
     pub sha256: Vec<String>,
 }
 
+/// A progress batch's report of where one of the vessel's commands stands, so that shore can
+/// show, say, a retired course as deleted on board (`shore course status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandReport {
+    /// The command's id.
+    pub id: String,
+    /// The bundle that carried it.
+    pub bundle: String,
+    /// The command type, e.g. `delete_course`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its journal state: `ready`, `running`, `waiting`, `done`, `failed`, `superseded`,
+    /// `duplicate`.
+    pub state: String,
+    /// Why it waits, what it did, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the state was reached, RFC 3339 UTC.
+    pub at: String,
+    /// For a course deletion or replacement: records of the course still waiting on board for
+    /// shore's acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacked_records: Option<u64>,
+    /// For a course deletion or replacement: learners with progress in the course on board.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learners: Option<u64>,
+}
+
 /// One command: a type, its arguments, and the files it uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +138,9 @@ pub struct Manifest {
     /// A progress batch's requests for omitted content members the vessel does not hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub need_files: Vec<NeedFiles>,
+    /// A progress batch's reports of the vessel's commands whose state changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_reports: Vec<CommandReport>,
 }
 
 /// The recipient value that addresses every vessel.
@@ -160,6 +192,14 @@ impl Manifest {
                 return Err(format!(
                     "need_files for bundle {:?} has a malformed sha256",
                     n.bundle
+                ));
+            }
+        }
+        for c in &self.command_reports {
+            if c.id.is_empty() || base::clock::parse_time(&c.at).is_none() {
+                return Err(format!(
+                    "command report {:?} has an empty id or a time that is not RFC 3339 UTC",
+                    c.id
                 ));
             }
         }

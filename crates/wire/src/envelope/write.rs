@@ -68,6 +68,8 @@ pub struct Extra {
     pub previous: Option<String>,
     /// A progress batch's requests for content members.
     pub need_files: Vec<super::manifest::NeedFiles>,
+    /// A progress batch's command reports.
+    pub command_reports: Vec<super::manifest::CommandReport>,
 }
 
 fn io_ctx(what: &str, path: &Path, e: io::Error) -> io::Error {
@@ -215,6 +217,7 @@ fn write_with(
         key_rotation: extra.key_rotation.clone(),
         previous: extra.previous.clone(),
         need_files: extra.need_files.clone(),
+        command_reports: extra.command_reports.clone(),
     };
     manifest.check().map_err(io::Error::other)?;
     let manifest_bytes = manifest_bytes(&manifest)?;

@@ -151,6 +151,7 @@ pub(super) fn guarded_delete(
         Err(o) => return Ok(Err(o)),
     };
     if gone {
+        tx.forget_course(c.key())?;
         let kept = p
             .backup
             .as_deref()

@@ -1,0 +1,110 @@
+//! Command reports: which commands' states shore has not yet been told of. A progress batch
+//! carries them (`command_reports` in its manifest); a state change of a command that shore
+//! tracks is reason enough for a batch with no records, a changed reason alone is not (a
+//! waiting course deletion rewrites its reason at every attempt, and links are metered).
+//! `ack` commands are never reported: reporting them would ask for another acknowledgement.
+
+use rusqlite::params;
+use wire::envelope::CommandReport;
+
+use super::{Ctx, Result, Tx};
+
+/// Commands reported per batch at most; the rest go in the next ones.
+const PER_BATCH: u64 = 200;
+
+/// Reports due, and whether any of them is a state change (not only a new reason).
+pub struct DueReports {
+    /// Reports to put in the next batch, oldest change first.
+    pub reports: Vec<CommandReport>,
+    /// Their (bundle id, index) keys, to mark as reported.
+    keys: Vec<(String, i64, String, Option<String>)>,
+    /// Whether a state changed since the last report (a batch is sent for that alone).
+    pub state_changed: bool,
+}
+
+impl Tx<'_> {
+    /// Commands whose state or reason shore has not been told of (settled ones and waiting
+    /// ones; a command that is only ready or running is reported when it waits or ends).
+    pub fn reports_due(&self) -> Result<DueReports> {
+        type Row = (
+            String,
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            i64,
+            String,
+            bool,
+        );
+        let rows: Vec<Row> = self.rows(
+            "SELECT c.bundle_id, c.idx, c.cmd_id, c.type, c.state, c.reason, c.updated_at, c.args,
+                    r.state IS NULL OR r.state != c.state
+             FROM commands c LEFT JOIN reported r ON r.bundle_id = c.bundle_id AND r.idx = c.idx
+             WHERE c.type != 'ack' AND c.state NOT IN ('ready', 'running')
+               AND (r.state IS NULL OR r.state != c.state OR r.reason IS NOT c.reason)
+             ORDER BY c.updated_at, c.bundle_id, c.idx LIMIT ?1",
+            params![PER_BATCH as i64],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            },
+        )?;
+        let mut due = DueReports {
+            reports: Vec::with_capacity(rows.len()),
+            keys: Vec::with_capacity(rows.len()),
+            state_changed: false,
+        };
+        for (bundle, idx, id, kind, state, reason, at, args, changed) in rows {
+            let (mut unacked, mut learners) = (None, None);
+            // What a waiting deletion or replacement waits for; once it ended, its note says.
+            if state == "waiting" && matches!(kind.as_str(), "delete_course" | "replace_course") {
+                let course = serde_json::from_str::<serde_json::Value>(&args)
+                    .ok()
+                    .and_then(|a| a.get("course").and_then(|c| c.as_str()).map(String::from));
+                if let Some(course) = course {
+                    let (backlog, n) = self.course_impact(&course)?;
+                    unacked = Some(backlog.records);
+                    learners = Some(n);
+                }
+            }
+            due.state_changed |= changed;
+            due.keys
+                .push((bundle.clone(), idx, state.clone(), reason.clone()));
+            due.reports.push(CommandReport {
+                id,
+                bundle,
+                kind,
+                state,
+                reason,
+                at: base::clock::format_time(at),
+                unacked_records: unacked,
+                learners,
+            });
+        }
+        Ok(due)
+    }
+
+    /// Notes that batch `seq` carries `due`.
+    pub fn reports_sent(&self, due: &DueReports, seq: u64) -> Result<()> {
+        for (bundle, idx, state, reason) in &due.keys {
+            self.tx
+                .execute(
+                    "INSERT INTO reported(bundle_id, idx, state, reason, batch_seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(bundle_id, idx) DO UPDATE SET state = excluded.state, reason = excluded.reason, batch_seq = excluded.batch_seq",
+                    params![bundle, idx, state, reason, i64::try_from(seq).unwrap_or(i64::MAX)],
+                )
+                .ctx(self.path)?;
+        }
+        Ok(())
+    }
+}
