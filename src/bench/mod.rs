@@ -8,10 +8,13 @@
 //! With the `lab` feature (a build from a checkout, not the Debian package, which carries no
 //! stand-in): `users` ([`users`]), `wire`, `outbox` and `dictionary` ([`progress`]), which need
 //! the test kit's stand-in Moodle, fault proxy or throwaway PostgreSQL, and `delta`
-//! ([`delta`]: course updates by content, with the test kit's generated course).
+//! ([`delta`]: course updates by content, with the test kit's generated course), and `forward`
+//! ([`forward`]: shore's forwarding into the test kit's real Moodle).
 
 #[cfg(feature = "lab")]
 pub mod delta;
+#[cfg(feature = "lab")]
+pub mod forward;
 #[cfg(feature = "lab")]
 pub mod progress;
 pub mod rss;
@@ -58,6 +61,8 @@ pub struct Against {
     pub rows: u64,
     /// Leave the benchmark's accounts in Moodle.
     pub keep: bool,
+    /// `bench forward`: the real Moodle's database, `mariadb` or `postgres`.
+    pub moodle_db: String,
 }
 
 /// Runs benchmark `name`.
@@ -118,14 +123,26 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
         "outbox" => report_json(json, progress::outbox()),
         #[cfg(feature = "lab")]
         "users" => report_json(json, users::run()),
+        #[cfg(feature = "lab")]
+        "forward" => {
+            let db = match against.moodle_db.as_str() {
+                "postgres" | "postgresql" | "pg" => testkit::realmoodle::Db::Postgres,
+                "mariadb" | "mysql" => testkit::realmoodle::Db::MariaDb,
+                other => {
+                    eprintln!("vessel-sync: --db {other:?}: give mariadb or postgres");
+                    return exit::USAGE;
+                }
+            };
+            report_json(json, forward::run(against.rows, db))
+        }
         #[cfg(not(feature = "lab"))]
-        "wire" | "dictionary" | "outbox" | "users" | "delta" => {
+        "wire" | "dictionary" | "outbox" | "users" | "delta" | "forward" => {
             eprintln!("{}", LAB_ONLY.replace("NAME", name));
             exit::UNAVAILABLE
         }
         other => {
             eprintln!(
-                "vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox, users"
+                "vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox, users, delta, forward"
             );
             exit::USAGE
         }

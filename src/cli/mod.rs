@@ -190,7 +190,9 @@ pub enum Command {
         /// per 500-user chunk against a stand-in Moodle; with --config: the vessel's import of
         /// --rows new users into that config's real Moodle against Moodle's own upload CLI),
         /// `delta` (a course update of --size-mb MB in 300 files, 2 of them changed: bundle
-        /// bytes whole and by content, and the time to rebuild the backup on board).
+        /// bytes whole and by content, and the time to rebuild the backup on board), `forward`
+        /// (shore forwarding --rows records into a real Moodle it brings up: records/s and the
+        /// share of the time that is Moodle's).
         name: String,
         /// Print one JSON object of figures on stdout.
         #[arg(long)]
@@ -209,6 +211,9 @@ pub enum Command {
         /// `bench users --config`: leave the benchmark's accounts in Moodle.
         #[arg(long)]
         keep: bool,
+        /// `bench forward`: the database of the real Moodle it brings up, mariadb or postgres.
+        #[arg(long = "db", value_name = "DB", default_value = "mariadb")]
+        moodle_db: String,
     },
 }
 
@@ -332,11 +337,17 @@ pub fn run(cli: Cli) -> i32 {
             config,
             rows,
             keep,
+            moodle_db,
         } => crate::bench::run(
             &name,
             json,
             size_mb,
-            &crate::bench::Against { config, rows, keep },
+            &crate::bench::Against {
+                config,
+                rows,
+                keep,
+                moodle_db,
+            },
         ),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

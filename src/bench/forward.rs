@@ -1,0 +1,211 @@
+//! `vessel-sync bench forward [--rows N] [--db mariadb|postgres]` (lab builds): records
+//! forwarded per second into a real Moodle 5.0 acting as the cloud, and the share of that time
+//! spent waiting on Moodle's web services.
+//!
+//! It brings up the test kit's real Moodle (installed from `shared/moodle/src/` on first use and
+//! cached), restores a course from a real backup into it, makes enough learners for N activity
+//! completions, stores N records as if a vessel had sent them, and times one forwarding pass of
+//! shore's forward worker over them ([`shore::forward::pass`]), exactly as `shore serve` runs it.
+
+use std::time::{Duration, Instant};
+
+use base::clock::Clock;
+use moodle::ws::{Params, Token, Ws};
+use testkit::realmoodle::{Db, RealMoodle};
+use wire::progress::{Record, RecordKind};
+
+/// Where the real backups are: the checkout's fixtures, else `shared/moodle/mbz` beside it.
+fn backup(name: &str) -> Result<std::path::PathBuf, String> {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        here.join("tests/fixtures/moodle/mbz"),
+        here.join("../shared/moodle/mbz"),
+    ]
+    .into_iter()
+    .map(|d| d.join(name))
+    .find(|p| p.exists())
+    .ok_or_else(|| format!("no {name} under tests/fixtures/moodle/mbz or ../shared/moodle/mbz"))
+}
+
+fn lines(m: &RealMoodle, sql: &str) -> Result<Vec<String>, String> {
+    Ok(m.sql(sql)?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+/// `bench forward`.
+pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
+    let rows = rows.max(1);
+    let started = Instant::now();
+    let m = RealMoodle::start(db)?;
+    let startup = started.elapsed().as_secs_f64();
+    // The cloud's course, from a real backup.
+    let mbz = backup("course-SAFETY-101-with-users.mbz")?;
+    let out = m.php(&[
+        "admin/cli/restore_backup.php",
+        &format!("--file={}", mbz.display()),
+        "--categoryid=1",
+    ])?;
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let cid: i64 = said
+        .lines()
+        .find_map(|l| l.split("Restored course ID:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches('=').trim().parse().ok())
+        .ok_or_else(|| format!("restoring {} said: {said}", mbz.display()))?;
+    let key = lines(
+        &m,
+        &format!(
+            "SELECT COALESCE(NULLIF(idnumber, ''), shortname) FROM mdl_course WHERE id = {cid}"
+        ),
+    )?
+    .pop()
+    .ok_or("the restored course is not in mdl_course")?;
+    let tracked: Vec<i64> = lines(
+        &m,
+        &format!("SELECT id FROM mdl_course_modules WHERE course = {cid} AND completion > 0"),
+    )?
+    .iter()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect();
+    let token = m.service_token("vessel_sync_shore", shore::forward::CLOUD_FUNCTIONS)?;
+    let ws =
+        Ws::new(&m.url, Token::new(&token)?, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let course = moodle::lookup::course(&ws, &key, || {})
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("the cloud Moodle does not find course {key}"))?;
+    let mut acts: Vec<String> = course
+        .activities
+        .values()
+        .filter(|a| tracked.contains(&a.cmid))
+        .map(|a| a.key.clone())
+        .collect();
+    // The map holds an activity under each key it answers to.
+    acts.sort();
+    acts.dedup();
+    if acts.is_empty() {
+        return Err(format!(
+            "course {key} has no activity with completion tracking"
+        ));
+    }
+    // Learners, enrolled: enough for `rows` completions.
+    let learners = rows.div_ceil(acts.len() as u64);
+    let stamp = std::process::id();
+    let mut users = Vec::new();
+    for chunk_start in (0..learners).step_by(100) {
+        let mut p = Params::new();
+        let end = (chunk_start + 100).min(learners);
+        for (i, n) in (chunk_start..end).enumerate() {
+            let name = format!("vsfwd{stamp}n{n}");
+            p = p
+                .set(&format!("users[{i}][username]"), &name)
+                .set(&format!("users[{i}][firstname]"), "Bench")
+                .set(&format!("users[{i}][lastname]"), n)
+                .set(
+                    &format!("users[{i}][email]"),
+                    format!("{name}@bench.invalid"),
+                )
+                .set(&format!("users[{i}][password]"), "Sailor#2026")
+                .set(&format!("users[{i}][idnumber]"), name.to_uppercase());
+        }
+        let made = m.admin("core_user_create_users", &p)?;
+        let mut e = Params::new();
+        for (i, u) in made.as_array().into_iter().flatten().enumerate() {
+            let id = u["id"].as_i64().unwrap_or_default();
+            e = e
+                .set(&format!("enrolments[{i}][roleid]"), 5)
+                .set(&format!("enrolments[{i}][userid]"), id)
+                .set(&format!("enrolments[{i}][courseid]"), cid);
+            users.push(u["username"].as_str().unwrap_or_default().to_uppercase());
+        }
+        m.admin("enrol_manual_enrol_users", &e)?;
+    }
+    let setup = started.elapsed().as_secs_f64() - startup;
+    // Shore, with the records as a vessel sent them.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::write(dir.path().join("cloud.token"), &token).map_err(|e| e.to_string())?;
+    let cfg_path = dir.path().join("shore.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
+            m.url
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = shore::ShoreConfig::load(&cfg_path)?;
+    let mut store = cfg.open()?;
+    let now = base::clock::SystemClock.now();
+    store
+        .add_vessel("bench-ship", &"0".repeat(64), "", "bench", now)
+        .map_err(|e| e.to_string())?;
+    let records: Vec<Record> = users
+        .iter()
+        .flat_map(|u| acts.iter().map(move |a| (u, a)))
+        .take(rows as usize)
+        .map(|(u, a)| Record {
+            kind: RecordKind::ActivityCompletion,
+            user: u.clone(),
+            course: key.clone(),
+            item: a.clone(),
+            user_legacy: String::new(),
+            course_legacy: String::new(),
+            item_legacy: String::new(),
+            value: "1".into(),
+            time: now - 60,
+        })
+        .collect();
+    let stored = store
+        .store_batch(
+            &shore::store::BatchIn {
+                vessel: "bench-ship",
+                seq: 1,
+                sha256: &"0".repeat(64),
+                envelope_id: "bench",
+                records: &records,
+                previous: None,
+                rotation: None,
+                settled: 0,
+                via: "https",
+            },
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+    if let shore::store::Stored::New { duplicate, .. } = stored {
+        if duplicate > 0 {
+            return Err(format!("{duplicate} generated records were duplicates"));
+        }
+    }
+    let pass = shore::forward::pass(&cfg, &mut store, now)?;
+    let applied = pass.outcomes.get("applied").copied().unwrap_or(0);
+    let per_s = applied as f64 / pass.seconds.max(1e-9);
+    let share = 100.0 * pass.moodle_seconds / pass.seconds.max(1e-9);
+    let v = serde_json::json!({
+        "benchmark": "forward",
+        "moodle_db": db.name(),
+        "records": records.len(),
+        "learners": users.len(),
+        "activities": acts.len(),
+        "outcomes": pass.outcomes,
+        "seconds": pass.seconds,
+        "moodle_seconds": pass.moodle_seconds,
+        "records_per_s": per_s,
+        "moodle_share_percent": share,
+        "ms_per_record": 1000.0 * pass.seconds / (records.len().max(1) as f64),
+        "moodle_start_seconds": startup,
+        "setup_seconds": setup,
+        "left_pending": store.forward_summary().map_err(|e| e.to_string())?.pending,
+    });
+    let text = format!(
+        "forward into a real Moodle 5.0 on {}: {} records ({} learners x {} activities) in {:.2} s: {per_s:.1} records/s, {:.1} ms per record, {share:.0} % of it waiting on Moodle; outcomes {:?} (Moodle started in {startup:.1} s, course and learners made in {setup:.1} s)",
+        db.name(),
+        records.len(),
+        users.len(),
+        acts.len(),
+        pass.seconds,
+        1000.0 * pass.seconds / (records.len().max(1) as f64),
+        pass.outcomes,
+    );
+    Ok((v, text))
+}
