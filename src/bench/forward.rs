@@ -90,7 +90,8 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
         ));
     }
     // Learners, enrolled: enough for `rows` completions.
-    let learners = rows.div_ceil(acts.len() as u64);
+    // (and one more, whose completion on board is timed to the cloud)
+    let learners = rows.div_ceil(acts.len() as u64) + 1;
     let stamp = std::process::id();
     let mut users = Vec::new();
     for chunk_start in (0..learners).step_by(100) {
@@ -140,6 +141,7 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
     store
         .add_vessel("bench-ship", &"0".repeat(64), "", "bench", now)
         .map_err(|e| e.to_string())?;
+    let sailor = users.pop().ok_or("no learner was made")?;
     let records: Vec<Record> = users
         .iter()
         .flat_map(|u| acts.iter().map(move |a| (u, a)))
@@ -181,6 +183,7 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
     let applied = pass.outcomes.get("applied").copied().unwrap_or(0);
     let per_s = applied as f64 / pass.seconds.max(1e-9);
     let share = 100.0 * pass.moodle_seconds / pass.seconds.max(1e-9);
+    let delay = on_board_to_cloud(&m, &token, &key, &acts[0], &sailor, db)?;
     let v = serde_json::json!({
         "benchmark": "forward",
         "moodle_db": db.name(),
@@ -195,10 +198,13 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
         "ms_per_record": 1000.0 * pass.seconds / (records.len().max(1) as f64),
         "moodle_start_seconds": startup,
         "setup_seconds": setup,
+        "on_board_to_cloud_seconds": delay.total,
+        "capture_and_sync_seconds": delay.agent,
         "left_pending": store.forward_summary().map_err(|e| e.to_string())?.pending,
     });
     let text = format!(
-        "forward into a real Moodle 5.0 on {}: {} records ({} learners x {} activities) in {:.2} s: {per_s:.1} records/s, {:.1} ms per record, {share:.0} % of it waiting on Moodle; outcomes {:?} (Moodle started in {startup:.1} s, course and learners made in {setup:.1} s)",
+        "forward into a real Moodle 5.0 on {}: {} records ({} learners x {} activities) in {:.2} s: {per_s:.1} records/s, {:.1} ms per record, {share:.0} % of it waiting on Moodle; outcomes {:?} (Moodle started in {startup:.1} s, course and learners made in {setup:.1} s)\n\
+         one completion on board to the cloud Moodle, over HTTPS on loopback (the agent's capture and sync, then shore's forward worker at [cloud] interval_secs = 1): {:.2} s, of which {:.2} s the agent's pass; in service add up to [capture] interval + [uplink] interval + [cloud] interval_secs",
         db.name(),
         records.len(),
         users.len(),
@@ -206,6 +212,170 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
         pass.seconds,
         1000.0 * pass.seconds / (records.len().max(1) as f64),
         pass.outcomes,
+        delay.total,
+        delay.agent,
     );
     Ok((v, text))
+}
+
+/// The timed path of one completion from the ship to the cloud.
+struct Delay {
+    /// From the completion in the ship's database to its row in the cloud's.
+    total: f64,
+    /// Of which the agent's pass (capture and sync).
+    agent: f64,
+}
+
+/// The demo's link: a ship's Moodle database (a throwaway PostgreSQL with Moodle's progress
+/// tables, as in `vessel-sync demo`), the agent, and `shore serve` on loopback HTTPS with its
+/// forward worker into the real cloud Moodle `m`. `sailor` completes `activity` of `course` on
+/// board; timed until the cloud's database holds it.
+fn on_board_to_cloud(
+    m: &RealMoodle,
+    token: &str,
+    course: &str,
+    activity: &str,
+    sailor: &str,
+    db: Db,
+) -> Result<Delay, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let dir = tempfile::tempdir().map_err(io)?;
+    let d = dir.path();
+    let pg = testkit::pgtemp::TempPg::start()?;
+    pg.create_moodle("moodle")?;
+    let q = |v: &str| v.replace('\'', "''");
+    pg.psql(
+        "moodle",
+        &format!(
+            "INSERT INTO mdl_user (id, username, idnumber) VALUES (3, '{}', '{}');
+             INSERT INTO mdl_course (id, shortname, idnumber) VALUES (2, '{}', '{}');
+             INSERT INTO mdl_page (id, course, name) VALUES (1, 2, 'timed');
+             INSERT INTO mdl_course_modules (id, course, module, instance, idnumber) VALUES (4, 2, 15, 1, '{}');",
+            q(&sailor.to_lowercase()),
+            q(sailor),
+            q(course),
+            q(course),
+            q(activity)
+        ),
+    )?;
+    // Shore, serving on loopback, forwarding every second.
+    let (ca, chain, tls_key) =
+        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
+    for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
+        std::fs::write(d.join(name), body).map_err(io)?;
+    }
+    std::fs::write(d.join("cloud.token"), token).map_err(io)?;
+    let shore_toml = d.join("shore.toml");
+    std::fs::write(
+        &shore_toml,
+        format!(
+            "version = 1\n[shore]\nstate_dir = \"shore\"\nlisten = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\ninterval_secs = 1\n",
+            m.url
+        ),
+    )
+    .map_err(io)?;
+    let shore_cfg = shore::ShoreConfig::load(&shore_toml)?;
+    let vessel_key = wire::envelope::SecretKey::generate().map_err(io)?;
+    let (_, vessel_pub) = vessel_key
+        .write_pair(&d.join("vessel"), "bench-ship")
+        .map_err(|e| e.to_string())?;
+    let pub_text = std::fs::read_to_string(&vessel_pub).map_err(io)?;
+    let vessel_token = shore::new_token()?;
+    base::fsutil::atomic_write(
+        d.join("vessel.token").as_path(),
+        format!("{vessel_token}\n").as_bytes(),
+    )
+    .map_err(io)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            d.join("vessel.token"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .map_err(io)?;
+    }
+    shore_cfg
+        .open()?
+        .add_vessel(
+            "bench-ship",
+            &shore::token_hash(&vessel_token),
+            pub_text.trim(),
+            &vessel_key.id,
+            base::clock::SystemClock.now(),
+        )
+        .map_err(|e| e.to_string())?;
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(base::clock::SystemClock);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let serve_clock = clock.clone();
+    std::thread::spawn(move || {
+        let _ = shore::serve::run(shore_cfg, serve_clock, move |a| {
+            let _ = tx.send(a);
+        });
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .map_err(|_| "the shore receiver did not start".to_string())?;
+    // The ship's agent.
+    let agent_toml = d.join("agent.toml");
+    std::fs::write(
+        &agent_toml,
+        format!(
+            "version = 1\n[vessel]\nid = \"bench-ship\"\n[paths]\nstate_dir = \"state\"\ninbox = \"inbox\"\n[keyring]\ntrusted = [\"vessel.pub\"]\n\
+             [moodle]\ndb_type = \"postgres\"\ndb_host = \"127.0.0.1\"\ndb_port = {}\ndb_name = \"moodle\"\ndb_user = \"postgres\"\n\
+             [uplink]\nmode = \"https\"\nurl = \"https://{addr}\"\ntoken_file = \"vessel.token\"\nsigning_key = \"vessel.key\"\nca_file = \"ca.pem\"\n",
+            pg.port
+        ),
+    )
+    .map_err(io)?;
+    std::fs::create_dir_all(d.join("inbox")).map_err(io)?;
+    let cfg = vessel::config::Config::load(&agent_toml).map_err(|e| e.to_string())?;
+    let mut agent = vessel::agent::Agent::start(cfg, clock.clone()).map_err(|e| e.to_string())?;
+    agent.run_once().map_err(|e| e.to_string())?;
+    // The completion on board, then the clock runs until the cloud holds it.
+    let uid = lines(
+        m,
+        &format!("SELECT id FROM mdl_user WHERE idnumber = '{}'", q(sailor)),
+    )?
+    .pop()
+    .ok_or("the learner is not in the cloud")?;
+    let cm = lines(
+        m,
+        &format!(
+            "SELECT cm.id FROM mdl_course_modules cm JOIN mdl_course c ON c.id = cm.course WHERE cm.idnumber = '{}' AND (c.idnumber = '{1}' OR c.shortname = '{1}')",
+            q(activity),
+            q(course)
+        ),
+    )?
+    .pop()
+    .ok_or("the activity is not in the cloud")?;
+    let at = base::clock::SystemClock.now();
+    let started = Instant::now();
+    pg.psql(
+        "moodle",
+        &format!(
+            "INSERT INTO mdl_course_modules_completion (coursemoduleid, userid, completionstate, overrideby, timemodified) VALUES (4, 3, 1, NULL, {at});"
+        ),
+    )?;
+    agent.run_once().map_err(|e| e.to_string())?;
+    let agent_s = started.elapsed().as_secs_f64();
+    let check = format!(
+        "SELECT COUNT(*) FROM mdl_course_modules_completion WHERE userid = {uid} AND coursemoduleid = {cm} AND completionstate = 1"
+    );
+    loop {
+        if lines(m, &check)?.first().map(|n| n.trim()) == Some("1") {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "the completion did not reach the cloud Moodle on {} within 120 s",
+                db.name()
+            ));
+        }
+        // Polling the cloud's database: the figure is measured to within this step.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Delay {
+        total: started.elapsed().as_secs_f64(),
+        agent: agent_s,
+    })
 }
