@@ -204,7 +204,7 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
     });
     let text = format!(
         "forward into a real Moodle 5.0 on {}: {} records ({} learners x {} activities) in {:.2} s: {per_s:.1} records/s, {:.1} ms per record, {share:.0} % of it waiting on Moodle; outcomes {:?} (Moodle started in {startup:.1} s, course and learners made in {setup:.1} s)\n\
-         one completion on board to the cloud Moodle, over HTTPS on loopback (the agent's capture and sync, then shore's forward worker at [cloud] interval_secs = 1): {:.2} s, of which {:.2} s the agent's pass; in service add up to [capture] interval + [uplink] interval + [cloud] interval_secs",
+         one completion on board to the cloud Moodle, over HTTPS on loopback (the agent's capture and sync, then shore's forward worker at [cloud] interval_secs = 1): {:.2} s, of which {:.2} s the agent's pass; in service add up to [capture] interval + [uplink] interval + [cloud] interval_secs\n",
         db.name(),
         records.len(),
         users.len(),
