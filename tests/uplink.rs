@@ -568,3 +568,44 @@ fn shore_exports_what_it_received_as_formula_safe_csv() {
     assert_eq!(rows_of(&["--since", "0"]), 30, "--since exports again");
     assert_eq!(rows_of(&[]), 0, "and does not move the cursor back");
 }
+
+#[test]
+fn a_vessel_tells_shore_once_how_each_command_ended_and_sends_nothing_more_while_nothing_changes() {
+    let mut shore = Shore::new();
+    shore.start();
+    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "");
+    let bundle = v.bundle(
+        "m.vsb",
+        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
+    );
+    let ops = wire::envelope::PublicKey::load(&v.path("keys/ops.pub")).unwrap();
+    let id = wire::envelope::open(
+        &bundle,
+        &wire::envelope::Keyring::new(vec![ops]),
+        &wire::envelope::Limits::default(),
+    )
+    .unwrap()
+    .manifest
+    .id;
+    v.drop_in(&bundle, "m.vsb");
+    v.once();
+    assert_eq!(v.store().mappings().unwrap().len(), 1);
+    // Nothing was captured: the report alone is reason for a batch with no records.
+    sync(&v);
+    let db = shore.db();
+    let reported = db
+        .reported(VESSEL, &id)
+        .unwrap()
+        .expect("shore holds the vessel's report of the command");
+    assert_eq!(reported.state, "done", "{reported:?}");
+    let acked = db.vessel(VESSEL).unwrap().unwrap().acked_seq;
+    assert!(acked >= 1);
+    // Told once: further passes with nothing new send no batch.
+    v.once();
+    sync(&v);
+    assert_eq!(
+        shore.db().vessel(VESSEL).unwrap().unwrap().acked_seq,
+        acked,
+        "no batch for nothing"
+    );
+}

@@ -265,3 +265,61 @@ pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
     );
     exit::OK
 }
+
+#[cfg(test)]
+mod tests {
+    use super::phase;
+    use crate::store::{Reported, Retirement};
+
+    fn row(fetched: bool, state: Option<(&str, &str)>) -> Retirement {
+        Retirement {
+            vessel: "mv-aurora".into(),
+            bundle_id: "b".into(),
+            queue_id: 1,
+            queued_at: 0,
+            by: "carla".into(),
+            fetched,
+            records: 0,
+            last_record_at: None,
+            reported: state.map(|(s, r)| Reported {
+                state: s.into(),
+                reason: Some(r.into()),
+                at: "2026-12-04T10:00:00Z".into(),
+                unacked_records: None,
+                learners: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_vessel_that_never_had_the_course_is_not_a_failure() {
+        let p = |f, s| phase(&row(f, s)).0;
+        assert_eq!(p(false, None), "queued");
+        assert_eq!(p(true, None), "fetched");
+        assert_eq!(
+            p(
+                true,
+                Some(("waiting", "waiting for shore to acknowledge 3 records"))
+            ),
+            "waiting"
+        );
+        assert_eq!(
+            p(
+                true,
+                Some((
+                    "done",
+                    "course SAFETY-101 does not exist on this Moodle: nothing to delete"
+                ))
+            ),
+            "not_held"
+        );
+        assert_eq!(
+            p(
+                true,
+                Some(("done", "course SAFETY-101 (id 7) deleted after ..."))
+            ),
+            "deleted"
+        );
+        assert_eq!(p(true, Some(("failed", "still there"))), "failed");
+    }
+}

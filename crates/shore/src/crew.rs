@@ -257,3 +257,38 @@ pub(crate) fn list_members(path: &std::path::Path) -> Vec<Member> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::list_members;
+
+    #[test]
+    fn a_crew_list_gives_each_seafarers_keys_and_the_courses_it_enrols_them_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("users.csv");
+        std::fs::write(
+            &f,
+            "\u{feff}Username,firstname,lastname,email,IDNUMBER,course1,course2\r\n\
+             j.hansen,J,Hansen,j@x.invalid,SEAF-1,SAFETY-101,\r\n\
+             m.santos,M,Santos,m@x.invalid,,ERM-110,SAFETY-101\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            list_members(&f),
+            vec![
+                (
+                    "SEAF-1".into(),
+                    "j.hansen".into(),
+                    vec!["SAFETY-101".into()]
+                ),
+                (
+                    String::new(),
+                    "m.santos".into(),
+                    vec!["ERM-110".into(), "SAFETY-101".into()]
+                ),
+            ]
+        );
+        std::fs::write(&f, "not,a,crew,list\n1,2,3,4\n").unwrap();
+        assert!(list_members(&f).is_empty(), "no username column: no one");
+    }
+}

@@ -70,6 +70,7 @@ pub(super) fn guarded_delete(
     let Some(c) = found else {
         let note = match p.course_id {
             Some(id) => format!("course {key} (id {id}) deleted{why}; its absence is verified"),
+            // Shore reads "does not exist on this Moodle" as "never had it" (shore course status).
             None => format!("course {key} does not exist on this Moodle: nothing to delete"),
         };
         return Ok(Ok(job.done(note)));
