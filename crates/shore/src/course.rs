@@ -2,8 +2,9 @@
 //! (kept there for reporting) and queues a guarded `delete_course`, signed with shore's
 //! `signing_key`, for every vessel that sent progress of it (and those named); each vessel
 //! deletes it only once shore has acknowledged every record of it captured on board (law 3).
-//! `shore course status COURSE` shows, per vessel, whether the bundle was fetched and what
-//! shore received of the course.
+//! `shore course status COURSE` shows, per vessel, whether the bundle was fetched, what shore
+//! received of the course, and what the vessel last reported of the deletion in its batches
+//! (waiting for what, records unacknowledged on board, learners, deleted, never had it).
 
 use base::clock::format_time;
 use base::exit;

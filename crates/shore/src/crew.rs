@@ -2,7 +2,9 @@
 //! `import_progress` bundle with the activity completions the cloud Moodle (the master record)
 //! holds for them in the courses that vessel has (those it sent progress of, and `--course`),
 //! signed with shore's `signing_key`. What the vessel itself sent is left out (law 2: nothing
-//! goes back where it came from); on board the import is never captured again.
+//! goes back where it came from); on board the import is never captured again. `shore push` of
+//! an `upsert_users` bundle for one vessel does the same for each seafarer on the list whose
+//! progress came from another vessel ([`follow_crew_list`]).
 
 use base::exit;
 use moodle::ws::{Params, Safety};
@@ -61,7 +63,8 @@ fn check_vessel(db: &ShoreStore, vessel: &str) -> Result<(), String> {
 
 /// A crew list pushed for `vessel` (`upsert_users`) names `users` (their idnumber, else
 /// username): each of them whose progress reached shore from another vessel has moved, and
-/// their cloud records follow them, for the courses the vessel has and the list enrols them in. One line per seafarer moved, or one saying why none was.
+/// their cloud records follow them, for the courses the vessel has and the list enrols them
+/// in. One line per seafarer moved, or one saying why none was.
 pub(crate) fn follow_crew_list(
     cfg: &ShoreConfig,
     db: &ShoreStore,
@@ -84,6 +87,9 @@ pub(crate) fn follow_crew_list(
     }
     if movers.is_empty() {
         return vec![];
+    }
+    if let Err(e) = check_vessel(db, vessel) {
+        return vec![format!("crew change not followed: {e}")];
     }
     let (key, ws) = match signer_and_cloud(cfg) {
         Ok(x) => x,

@@ -1,16 +1,19 @@
 //! The shore service: receives progress batches, stores them durably and acknowledges them,
-//! queues bundles for vessels, and hands progress on (CSV export).
+//! queues bundles for vessels, and hands progress on (the cloud Moodle, CSV export).
 //!
 //! - [`store`]: its own SQLite database (vessel registry, batches, records, bundle queue);
 //! - [`serve`]: the HTTPS API (`POST /v1/sync`, `GET /v1/bundles/ID` with Range, `GET /v1/health`);
 //! - [`content`]: course content kept ashore, per-vessel copies of course bundles, answers to
 //!   `need_files`;
+//! - [`forward`]: progress into the cloud Moodle; [`course`]: retiring a course fleet-wide;
+//!   [`crew`]: a seafarer's progress following them to another vessel;
 //! - [`spec`]: the operator's bundle spec (TOML) for `vessel-sync bundle build`;
 //! - `config`: `shore.toml` ([`ShoreConfig`]);
 //! - this module: batch intake shared by HTTPS and file mode, and the operator
 //!   commands (`shore vessel add|list|revoke`, `push`, `ingest`, `export`, `status`).
 //!
-//! May import: `base`, `wire`. Never `vessel` or `moodle`: shore meets the vessel only in `wire`.
+//! May import: `base`, `wire`, `moodle` (the cloud Moodle's web services). Never `vessel`:
+//! shore meets the vessel only in `wire` (batches, with their `command_reports`; bundles).
 //!
 //! Intake invariants: a batch is verified (the vessel's own key, addressed to shore, sent by the
 //! vessel that authenticated, every member's digest) and decoded completely before anything is
@@ -635,10 +638,9 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
                 .collect()
         };
         let lists_dir = if !lists.is_empty() && !by_content {
-            Some(
-                tempfile::tempdir_in(cfg.shore.state_dir.join("tmp"))
-                    .map_err(|e| format!("{}: {e}", cfg.shore.state_dir.display()))?,
-            )
+            let tmp = cfg.shore.state_dir.join("tmp");
+            std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            Some(tempfile::tempdir_in(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?)
         } else {
             None
         };
