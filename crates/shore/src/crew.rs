@@ -4,7 +4,7 @@
 //! signed with shore's `signing_key`. What the vessel itself sent is left out (law 2: nothing
 //! goes back where it came from); on board the import is never captured again. `shore push` of
 //! an `upsert_users` bundle for one vessel does the same for each seafarer on the list whose
-//! progress came from another vessel ([`follow_crew_list`]).
+//! progress came from another vessel (`follow_crew_list`).
 
 use base::exit;
 use moodle::ws::{Params, Safety};
