@@ -325,3 +325,17 @@ fn man_pages_and_completions_come_from_the_cli_definition() {
         s(&syntax)
     );
 }
+
+#[test]
+fn bench_shore_counts_every_record_of_every_vessel_stored_once_and_acknowledged() {
+    let v = Vessel::new();
+    let out = v.run(&["bench", "shore", "--vessels", "12", "--json"]);
+    let (text, err) = s(&out);
+    assert!(out.status.success(), "{text}\n{err}");
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = &j["runs"][0];
+    assert_eq!(r["vessels"], 12, "{j}");
+    assert_eq!(r["stored_records"], 12_000, "{j}");
+    assert_eq!(r["acknowledged"], 12, "{j}");
+    assert_eq!(r["refused"], 0, "{j}");
+}

@@ -18,6 +18,7 @@ pub mod forward;
 #[cfg(feature = "lab")]
 pub mod progress;
 pub mod rss;
+pub mod shore;
 #[cfg(feature = "lab")]
 pub mod users;
 pub mod users_real;
@@ -63,6 +64,8 @@ pub struct Against {
     pub keep: bool,
     /// `bench forward`: the real Moodle's database, `mariadb` or `postgres`.
     pub moodle_db: String,
+    /// `bench shore`: vessels syncing at once (none: 10, 100 and 1,000).
+    pub vessels: Option<usize>,
 }
 
 /// Runs benchmark `name`.
@@ -119,6 +122,7 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
                 exit::IOERR
             }
         },
+        "shore" => report_json(json, shore::run(against.vessels)),
         #[cfg(feature = "lab")]
         "outbox" => report_json(json, progress::outbox()),
         #[cfg(feature = "lab")]
@@ -142,7 +146,7 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
         }
         other => {
             eprintln!(
-                "vessel-sync: unknown benchmark {other:?}; available: bundle, wire, outbox, users, delta, forward"
+                "vessel-sync: unknown benchmark {other:?}; available: bundle, shore, wire, outbox, users, delta, forward"
             );
             exit::USAGE
         }

@@ -192,7 +192,9 @@ pub enum Command {
         /// `delta` (a course update of --size-mb MB in 300 files, 2 of them changed: bundle
         /// bytes whole and by content, and the time to rebuild the backup on board), `forward`
         /// (shore forwarding --rows records into a real Moodle it brings up: records/s and the
-        /// share of the time that is Moodle's).
+        /// share of the time that is Moodle's), `shore` (--vessels N vessels, default 10, 100
+        /// and 1,000, each sending a 1,000-record batch at once to one shore serve: batches/s,
+        /// records/s, p50/p99 exchange time, the receiver's peak memory, every record stored once).
         name: String,
         /// Print one JSON object of figures on stdout.
         #[arg(long)]
@@ -214,6 +216,9 @@ pub enum Command {
         /// `bench forward`: the database of the real Moodle it brings up, mariadb or postgres.
         #[arg(long = "db", value_name = "DB", default_value = "mariadb")]
         moodle_db: String,
+        /// `bench shore`: vessels syncing at once (default: runs of 10, 100 and 1,000).
+        #[arg(long, value_name = "N")]
+        vessels: Option<usize>,
     },
 }
 
@@ -338,6 +343,7 @@ pub fn run(cli: Cli) -> i32 {
             rows,
             keep,
             moodle_db,
+            vessels,
         } => crate::bench::run(
             &name,
             json,
@@ -347,6 +353,7 @@ pub fn run(cli: Cli) -> i32 {
                 rows,
                 keep,
                 moodle_db,
+                vessels,
             },
         ),
         Command::Completions { shell } => {

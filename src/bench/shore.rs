@@ -1,0 +1,300 @@
+//! `vessel-sync bench shore [--vessels N] [--json]`: N vessels syncing at once against one
+//! `shore serve` (a child process of this binary, SQLite store, TLS on loopback), each sending
+//! one real signed batch of 1,000 records over its own HTTPS connection. Reports batches/s,
+//! records/s, the p50/p99 exchange time, the receiver's peak memory, and checks that every
+//! record was stored exactly once and every batch acknowledged. Without `--vessels`: N = 10,
+//! 100 and 1,000.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base::clock::{Clock, SystemClock};
+use wire::envelope::{Draft, Extra, Kind, SecretKey, Source, write_envelope_with};
+use wire::progress::{Record, RecordKind, codec};
+use wire::{RECORDS_MEMBER, SHORE};
+
+/// Records in each vessel's batch.
+const RECORDS: usize = 1_000;
+/// Client threads: each syncs one vessel after another, a new TLS connection per vessel.
+const CLIENTS: usize = 64;
+
+/// One run's figures.
+#[derive(Debug, serde::Serialize)]
+struct Run {
+    vessels: usize,
+    records_per_batch: usize,
+    client_threads: usize,
+    seconds: f64,
+    batches_per_s: f64,
+    records_per_s: f64,
+    exchange_p50_ms: f64,
+    exchange_p99_ms: f64,
+    receiver_peak_rss_mb: Option<f64>,
+    stored_records: u64,
+    acknowledged: usize,
+    refused: usize,
+}
+
+fn io(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A shore serve child; killed on drop if still running.
+struct Receiver(Child);
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn peak_rss_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(io)
+}
+
+/// A vessel's batch: (vessel id, token, envelope bytes).
+fn batch(dir: &Path, n: usize, key: &SecretKey, now: i64) -> Result<Vec<u8>, String> {
+    let vessel = format!("bench-{n:05}");
+    let records: Vec<Record> = (0..RECORDS)
+        .map(|i| Record {
+            kind: RecordKind::ActivityCompletion,
+            user: format!("SEAF-{n:05}-{:03}", i / 10),
+            course: format!("COURSE-{:02}", i % 10),
+            item: format!("COURSE-{:02}-ACT-{}", i % 10, i % 7),
+            user_legacy: String::new(),
+            course_legacy: String::new(),
+            item_legacy: String::new(),
+            value: "1".into(),
+            time: now - 86_400 + i as i64,
+        })
+        .collect();
+    let draft = Draft {
+        kind: Kind::Progress,
+        sender: vessel.clone(),
+        recipient: SHORE.into(),
+        sequence: 1,
+        not_before: None,
+        expires: None,
+        commands: vec![],
+        files: vec![(
+            RECORDS_MEMBER.into(),
+            Source::Bytes(codec::encode_batch(&records, 0)),
+        )],
+        id: None,
+    };
+    let path = dir.join(format!("{vessel}.vsb"));
+    write_envelope_with(&draft, &Extra::default(), key, now, &path).map_err(io)?;
+    let bytes = std::fs::read(&path).map_err(io)?;
+    std::fs::remove_file(&path).map_err(io)?;
+    Ok(bytes)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn one_run(vessels: usize) -> Result<Run, String> {
+    let dir = tempfile::tempdir().map_err(io)?;
+    let d = dir.path();
+    let (ca, chain, tls_key) =
+        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(io)?;
+    for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
+        std::fs::write(d.join(name), body).map_err(io)?;
+    }
+    let port = free_port()?;
+    let cfg_path = d.join("shore.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+        ),
+    )
+    .map_err(io)?;
+    let cfg = shore::ShoreConfig::load(&cfg_path)?;
+    let now = SystemClock.now();
+    // Every vessel registered, its batch built and signed before the clock starts.
+    let mut fleet = Vec::with_capacity(vessels);
+    {
+        let db = cfg.open()?;
+        for n in 0..vessels {
+            let key = SecretKey::generate().map_err(io)?;
+            let (_, public) = key
+                .write_pair(&d.join(format!("k{n}")), "bench")
+                .map_err(io)?;
+            let pub_text = std::fs::read_to_string(&public).map_err(io)?;
+            let token = shore::new_token()?;
+            let id = format!("bench-{n:05}");
+            db.add_vessel(
+                &id,
+                &shore::token_hash(&token),
+                pub_text.trim(),
+                &key.id,
+                now,
+            )
+            .map_err(io)?;
+            fleet.push((id, token, batch(d, n, &key, now)?));
+        }
+    }
+    let exe = std::env::current_exe().map_err(io)?;
+    let child = Command::new(exe)
+        .args(["shore", "serve", "--config"])
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting shore serve: {e}"))?;
+    let receiver = Receiver(child);
+    let trust = wire::net::Trust {
+        ca_file: Some(d.join("ca.pem")),
+        pins: vec![],
+    };
+    let url = format!("https://127.0.0.1:{port}");
+    let probe = wire::net::http_client(&trust, Duration::from_secs(2), Duration::from_secs(5))
+        .map_err(io)?;
+    let up = Instant::now();
+    while probe
+        .get(format!("{url}/v1/health"))
+        .send()
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true)
+    {
+        if up.elapsed() > Duration::from_secs(30) {
+            return Err("shore serve did not answer /v1/health within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let queue = Mutex::new(fleet.into_iter());
+    let times = Mutex::new(Vec::with_capacity(vessels));
+    let outcome = Mutex::new((0usize, 0usize));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS.min(vessels) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some((id, token, body)) = next else {
+                        return;
+                    };
+                    let t = Instant::now();
+                    // A vessel of its own: a new client, so a new TLS handshake.
+                    let acked = wire::net::http_client(
+                        &trust,
+                        Duration::from_secs(10),
+                        Duration::from_secs(120),
+                    )
+                    .ok()
+                    .and_then(|c| {
+                        c.post(format!("{url}/v1/sync"))
+                            .header("authorization", format!("Bearer {token}"))
+                            .header("x-vessel-id", &id)
+                            .body(body)
+                            .send()
+                            .ok()
+                    })
+                    .filter(|r| r.status().is_success())
+                    .and_then(|r| r.bytes().ok())
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|v| v["acked_seq"] == 1);
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    if let Ok(mut v) = times.lock() {
+                        v.push(ms);
+                    }
+                    if let Ok(mut o) = outcome.lock() {
+                        if acked { o.0 += 1 } else { o.1 += 1 }
+                    }
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let rss = peak_rss_of(receiver.0.id());
+    drop(receiver);
+    let mut times = times.into_inner().map_err(io)?;
+    times.sort_by(f64::total_cmp);
+    let (acknowledged, refused) = outcome.into_inner().map_err(io)?;
+    let db = cfg.open()?;
+    let mut stored = 0;
+    for n in 0..vessels {
+        let (all, distinct) = db.record_counts(&format!("bench-{n:05}")).map_err(io)?;
+        if all != distinct {
+            return Err(format!(
+                "vessel {n}: {all} records stored but {distinct} distinct"
+            ));
+        }
+        stored += all;
+    }
+    let total = (vessels * RECORDS) as f64;
+    Ok(Run {
+        vessels,
+        records_per_batch: RECORDS,
+        client_threads: CLIENTS.min(vessels),
+        seconds,
+        batches_per_s: acknowledged as f64 / seconds,
+        records_per_s: total / seconds,
+        exchange_p50_ms: percentile(&times, 0.50),
+        exchange_p99_ms: percentile(&times, 0.99),
+        receiver_peak_rss_mb: rss,
+        stored_records: stored,
+        acknowledged,
+        refused,
+    })
+}
+
+/// `bench shore`.
+pub fn run(vessels: Option<usize>) -> Result<(serde_json::Value, String), String> {
+    let sizes = match vessels {
+        Some(n) => vec![n.max(1)],
+        None => vec![10, 100, 1_000],
+    };
+    let mut runs = Vec::new();
+    let mut text = String::from(
+        "vessels  seconds  batches/s  records/s  p50 ms  p99 ms  receiver RSS MB  stored once  acked\n",
+    );
+    for n in sizes {
+        let r = one_run(n)?;
+        text.push_str(&format!(
+            "{:>7}  {:>7.2}  {:>9.1}  {:>9.0}  {:>6.0}  {:>6.0}  {:>15}  {:>11}  {:>5}\n",
+            r.vessels,
+            r.seconds,
+            r.batches_per_s,
+            r.records_per_s,
+            r.exchange_p50_ms,
+            r.exchange_p99_ms,
+            r.receiver_peak_rss_mb
+                .map(|m| format!("{m:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            if r.stored_records == (r.vessels * RECORDS) as u64 {
+                "yes".to_string()
+            } else {
+                format!("NO: {}", r.stored_records)
+            },
+            r.acknowledged,
+        ));
+        runs.push(r);
+    }
+    text.push_str(&format!(
+        "each vessel: one signed batch of {RECORDS} records over its own TLS connection; {CLIENTS} vessels at a time; one shore serve (SQLite) on loopback\n"
+    ));
+    Ok((
+        serde_json::json!({"benchmark": "shore", "runs": runs}),
+        text,
+    ))
+}
