@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod courses;
 mod crash;
+mod dashboard;
 mod delta;
 mod imports;
 mod keys;

@@ -17,6 +17,8 @@ pub struct ShoreConfig {
     pub shore: ShoreSettings,
     /// The cloud Moodle that received progress is forwarded into (none: not forwarded).
     pub cloud: Option<CloudSettings>,
+    /// The fleet dashboard on the same listener (none: not served).
+    pub dashboard: Option<DashboardSettings>,
     /// Where the file was (relative paths resolve against its directory).
     #[serde(skip)]
     pub path: PathBuf,
@@ -65,6 +67,21 @@ pub struct CloudSettings {
     /// was unreachable).
     #[serde(default = "default_cloud_interval")]
     pub interval_secs: u64,
+}
+
+/// `[dashboard]`: the read-only fleet page at `/dashboard`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// A file holding the operators' password (first line; mode 0600). Never a vessel's token.
+    pub password_file: PathBuf,
+    /// Hours a login lasts.
+    #[serde(default = "default_session_hours")]
+    pub session_hours: u64,
+}
+
+fn default_session_hours() -> u64 {
+    12
 }
 
 fn default_cloud_timeout() -> u64 {
@@ -118,6 +135,9 @@ impl ShoreConfig {
         }
         if let Some(c) = cfg.cloud.as_mut() {
             fix(&mut c.token_file);
+        }
+        if let Some(d) = cfg.dashboard.as_mut() {
+            fix(&mut d.password_file);
         }
         for p in cfg
             .shore

@@ -7,6 +7,7 @@
 //!   `need_files`;
 //! - [`forward`]: progress into the cloud Moodle; [`course`]: retiring a course fleet-wide;
 //!   [`crew`]: a seafarer's progress following them to another vessel;
+//! - [`dashboard`]: the fleet page and its JSON behind an operator login;
 //! - [`spec`]: the operator's bundle spec (TOML) for `vessel-sync bundle build`;
 //! - `config`: `shore.toml` ([`ShoreConfig`]);
 //! - this module: batch intake shared by HTTPS and file mode, and the operator
@@ -31,6 +32,7 @@ mod config;
 pub mod content;
 pub mod course;
 pub mod crew;
+pub mod dashboard;
 pub mod forward;
 pub mod serve;
 pub mod spec;
@@ -445,13 +447,23 @@ pub fn vessel_revoke(cfg: &ShoreConfig, id: &str, now: i64) -> i32 {
     }
 }
 
+/// One vessel in the fleet view (`shore status`, the dashboard).
 #[derive(serde::Serialize)]
-struct VesselStatus<'a> {
+pub struct VesselStatus {
     #[serde(flatten)]
-    vessel: &'a Vessel,
+    vessel: Vessel,
     last_contact_age: Option<String>,
     oldest_unsent_age: Option<String>,
-    behind: bool,
+    /// Silent for a day, or holding a record unsent for a day (revoked vessels never are).
+    pub behind: bool,
+    /// Records its batches carried in the last 7 days.
+    delivered_7d: u64,
+    /// Its observed link rate: those records per hour, averaged over the 7 days (outages in).
+    link_rate_per_hour: f64,
+    /// Seconds to drain the backlog it last reported at that rate, if it has one and a rate.
+    drain_secs: Option<i64>,
+    /// Course deletions it holds until shore has acknowledged their progress.
+    held_deletions: Vec<store::HeldDeletion>,
     /// Every key the vessel signs or signed with (rotations, rekeys).
     keys: Vec<store::VesselKey>,
     /// Course content files shore believes the vessel holds.
@@ -460,6 +472,88 @@ struct VesselStatus<'a> {
     content_sent: u64,
     /// Content files the vessel asked for that shore does not keep.
     content_owed: u64,
+}
+
+impl VesselStatus {
+    /// The vessel's id.
+    pub fn id(&self) -> &str {
+        &self.vessel.id
+    }
+
+    /// How far behind, for sorting worst first: behind vessels, then by the older of the
+    /// silence and the oldest unsent record.
+    fn lag(&self, now: i64) -> (bool, i64) {
+        let silent = self
+            .vessel
+            .last_contact
+            .map(|t| now - t)
+            .unwrap_or(i64::MAX);
+        (
+            self.behind,
+            silent.max(self.vessel.oldest_unsent.unwrap_or(0)),
+        )
+    }
+}
+
+/// The fleet as the training manager sees it: every vessel, worst first, with the cloud
+/// forwarding summary, the audit trail's tail and recent refusals. `shore status --json` prints
+/// it; the dashboard's `/dashboard/api/fleet` serves it.
+pub fn fleet_view(
+    cfg: &ShoreConfig,
+    db: &ShoreStore,
+    now: i64,
+) -> Result<(Vec<VesselStatus>, serde_json::Value), String> {
+    let (vessels, refusals) = (
+        db.vessels().map_err(|e| e.to_string())?,
+        db.refusals(10).map_err(|e| e.to_string())?,
+    );
+    let week = 7 * 86_400;
+    let mut rows = Vec::with_capacity(vessels.len());
+    for v in vessels {
+        let silent = v.last_contact.map(|t| now - t).unwrap_or(i64::MAX);
+        let content = db.content_state(&v.id).unwrap_or_default();
+        let delivered = db
+            .delivered_since(&v.id, now - week)
+            .map_err(|e| e.to_string())?;
+        let rate = delivered as f64 * 3600.0 / week as f64;
+        let drain = match v.outbox_depth {
+            Some(d) if d > 0 && rate > 0.0 => Some((d as f64 / rate * 3600.0).ceil() as i64),
+            Some(0) => Some(0),
+            _ => None,
+        };
+        rows.push(VesselStatus {
+            last_contact_age: v.last_contact.map(|t| format_age(now - t)),
+            oldest_unsent_age: v.oldest_unsent.map(format_age),
+            behind: v.revoked_at.is_none()
+                && (silent > 86_400 || v.oldest_unsent.unwrap_or(0) > 86_400),
+            delivered_7d: delivered,
+            link_rate_per_hour: (rate * 10.0).round() / 10.0,
+            drain_secs: drain,
+            held_deletions: db.held_deletions(&v.id).map_err(|e| e.to_string())?,
+            keys: db.vessel_keys(&v.id).unwrap_or_default(),
+            content_held: content.0,
+            content_sent: content.1,
+            content_owed: content.2,
+            vessel: v,
+        });
+    }
+    rows.sort_by(|a, b| {
+        b.lag(now)
+            .cmp(&a.lag(now))
+            .then_with(|| a.vessel.id.cmp(&b.vessel.id))
+    });
+    let forward = cfg
+        .cloud
+        .as_ref()
+        .map(|_| db.forward_summary().unwrap_or_default());
+    let out = serde_json::json!({
+        "at": format_time(now),
+        "vessels": rows,
+        "forward": forward,
+        "audit": db.audit_trail(20).unwrap_or_default().iter().map(|(at, who, what, detail)| serde_json::json!({"at": format_time(*at), "who": who, "what": what, "detail": detail})).collect::<Vec<_>>(),
+        "recent_refusals": refusals.iter().map(|(at, v, c, m)| serde_json::json!({"at": format_time(*at), "vessel": v, "code": c, "message": m})).collect::<Vec<_>>(),
+    });
+    Ok((rows, out))
 }
 
 /// `shore vessel list` and `shore status`.
@@ -471,52 +565,32 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
             return exit::FAILURE;
         }
     };
-    let (vessels, refusals) = match (db.vessels(), db.refusals(10)) {
-        (Ok(v), Ok(r)) => (v, r),
-        (Err(e), _) | (_, Err(e)) => {
+    let now = clock.now();
+    let (rows, view) = match fleet_view(cfg, &db, now) {
+        Ok(v) => v,
+        Err(e) => {
             eprintln!("error: {e}");
             return exit::FAILURE;
         }
     };
-    let now = clock.now();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+        return exit::OK;
+    }
+    let refusals = db.refusals(10).unwrap_or_default();
     let forward = cfg
         .cloud
         .as_ref()
         .map(|_| db.forward_summary().unwrap_or_default());
-    let rows: Vec<VesselStatus<'_>> = vessels
-        .iter()
-        .map(|v| {
-            let silent = v.last_contact.map(|t| now - t).unwrap_or(i64::MAX);
-            let content = db.content_state(&v.id).unwrap_or_default();
-            VesselStatus {
-                vessel: v,
-                last_contact_age: v.last_contact.map(|t| format_age(now - t)),
-                oldest_unsent_age: v.oldest_unsent.map(format_age),
-                behind: v.revoked_at.is_none()
-                    && (silent > 86_400 || v.oldest_unsent.unwrap_or(0) > 86_400),
-                keys: db.vessel_keys(&v.id).unwrap_or_default(),
-                content_held: content.0,
-                content_sent: content.1,
-                content_owed: content.2,
-            }
-        })
-        .collect();
-    if json {
-        let out = serde_json::json!({
-            "vessels": rows,
-            "forward": forward,
-            "audit": db.audit_trail(20).unwrap_or_default().iter().map(|(at, who, what, detail)| serde_json::json!({"at": format_time(*at), "who": who, "what": what, "detail": detail})).collect::<Vec<_>>(),
-            "recent_refusals": refusals.iter().map(|(at, v, c, m)| serde_json::json!({"at": format_time(*at), "vessel": v, "code": c, "message": m})).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return exit::OK;
-    }
     println!(
-        "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8}  state",
-        "VESSEL", "ACKED", "RECORDS", "LAST CONTACT", "OLDEST UNSENT", "OUTBOX"
+        "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8} {:>10}  state",
+        "VESSEL", "ACKED", "RECORDS", "LAST CONTACT", "OLDEST UNSENT", "OUTBOX", "DRAIN IN"
     );
     for r in &rows {
-        let v = r.vessel;
+        let v = &r.vessel;
         let state = if v.revoked_at.is_some() {
             "revoked"
         } else if r.behind {
@@ -525,7 +599,7 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
             "ok"
         };
         println!(
-            "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8}  {state}",
+            "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8} {:>10}  {state}",
             v.id,
             v.acked_seq,
             v.records,
@@ -537,9 +611,18 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
             v.outbox_depth
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".into()),
+            r.drain_secs.map(format_age).unwrap_or_else(|| "-".into()),
         );
+        for h in &r.held_deletions {
+            println!(
+                "  {} holds a course deletion ({}): {}",
+                v.id,
+                h.command,
+                h.report.reason.as_deref().unwrap_or("waiting")
+            );
+        }
     }
-    if vessels.is_empty() {
+    if rows.is_empty() {
         println!(
             "(no vessels: add one with 'vessel-sync shore vessel add ID --pubkey FILE --token-out FILE')"
         );

@@ -7,6 +7,7 @@
 //! - `GET /v1/bundles/ID`: a queued bundle, with `Range: bytes=N-[M]` (206) for resumption; one
 //!   response carries at most [`MAX_CHUNK`] bytes, and `Content-Range` says which.
 //! - `GET /v1/health`: `ok`.
+//! - `/dashboard...`: the fleet dashboard behind an operator login ([`crate::dashboard`]).
 //!
 //! Errors are JSON `{"error": CODE, "message": ..., "acked_seq": N}` with 401 (unknown vessel or
 //! token), 403 (revoked), 409 (replayed batch), 413 (too large), 422 (refused batch), 500.
@@ -33,6 +34,7 @@ struct Shared {
     cfg: ShoreConfig,
     db: Mutex<ShoreStore>,
     clock: Arc<dyn Clock>,
+    sessions: crate::dashboard::Sessions,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -110,6 +112,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
     if path == "/v1/health" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
+    if path == "/dashboard" || path.starts_with("/dashboard/") {
+        return Ok(dashboard(shared, req, path).await);
+    }
     // A registry lookup by primary key: quick enough to run here.
     let vessel = match authenticate(&shared, &req) {
         Ok(v) => v,
@@ -141,6 +146,56 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
         "no such endpoint",
         None,
     ))
+}
+
+/// The fleet dashboard's requests (see [`crate::dashboard`]); 404 without `[dashboard]`.
+async fn dashboard(shared: Arc<Shared>, req: Request<Incoming>, path: String) -> Resp {
+    if shared.cfg.dashboard.is_none() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no dashboard here: set [dashboard] password_file in shore.toml",
+            None,
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, 64 << 10).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "dashboard requests are small",
+                None,
+            );
+        }
+    };
+    let out = tokio::task::spawn_blocking(move || {
+        let now = shared.clock.now();
+        match shared.cfg.dashboard.as_ref() {
+            Some(settings) => crate::dashboard::handle(
+                &shared.cfg,
+                settings,
+                &shared.sessions,
+                &shared.db,
+                &parts.method,
+                &path,
+                &parts.headers,
+                &body,
+                now,
+            ),
+            None => error(StatusCode::NOT_FOUND, "not_found", "no dashboard", None),
+        }
+    })
+    .await;
+    out.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "local",
+            &e.to_string(),
+            None,
+        )
+    })
 }
 
 async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Resp {
@@ -381,6 +436,7 @@ pub fn run(
         cfg: cfg.clone(),
         db: Mutex::new(db),
         clock,
+        sessions: crate::dashboard::Sessions::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

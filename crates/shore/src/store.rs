@@ -121,8 +121,10 @@ CREATE TABLE IF NOT EXISTS refusals (
 );
 ";
 
+mod fleet;
 mod forward;
 mod reports;
+pub use fleet::{HISTORY_DAYS, HeldDeletion, Point};
 pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
 pub use reports::Reported;
 
@@ -395,6 +397,7 @@ impl ShoreStore {
         conn.execute_batch(forward::SCHEMA).map_err(e)?;
         conn.execute_batch(forward::RETIRE_SCHEMA).map_err(e)?;
         conn.execute_batch(reports::SCHEMA).map_err(e)?;
+        conn.execute_batch(fleet::SCHEMA).map_err(e)?;
         // Columns and rows added after the first release, added to older files in place.
         let has_previous: bool = conn
             .query_row(
@@ -565,7 +568,7 @@ impl ShoreStore {
                 params![id, now, oldest_unsent, depth],
             )
             .map_err(|e| self.err(e))?;
-        Ok(())
+        self.note_history(id, now, depth, oldest_unsent)
     }
 
     /// Stores a verified batch all-or-nothing, deduplicating records by id, and advances the

@@ -1,0 +1,235 @@
+//! The fleet dashboard, served by `shore serve` on its TLS listener when `[dashboard]` is set:
+//! a read-only page for the training manager at `/dashboard`, behind an operator login (the
+//! password in `[dashboard] password_file`; a vessel's token opens nothing here).
+//!
+//! - `GET /dashboard`, `/dashboard/app.js`, `/dashboard/app.css`: the page, served with a
+//!   Content-Security-Policy that lets its script talk to this origin only;
+//! - `POST /dashboard/login` (`{"password": ...}`): a session cookie (`HttpOnly`, `Secure`,
+//!   `SameSite=Strict`, for `[dashboard] session_hours`); a wrong password is refused (401) and
+//!   logged without the password; `POST /dashboard/logout` ends the session;
+//! - `GET /dashboard/api/fleet`: what `shore status --json` prints (every vessel worst first),
+//!   plus each vessel's backlog and lag hour by hour over the last 30 days, for the chart.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use sha2::{Digest, Sha256};
+
+use crate::config::DashboardSettings;
+use crate::store::{HISTORY_DAYS, ShoreStore};
+use crate::{ShoreConfig, fleet_view};
+
+type Resp = Response<Full<Bytes>>;
+
+const PAGE: &str = include_str!("dashboard/index.html");
+const SCRIPT: &str = include_str!("dashboard/app.js");
+const STYLE: &str = include_str!("dashboard/app.css");
+const COOKIE: &str = "vs_session";
+const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Logged-in sessions: the SHA-256 of each session token and when it expires.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, i64>>);
+
+fn digest(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Sessions {
+    fn open(&self, now: i64, hours: u64) -> Result<String, String> {
+        let token = crate::new_token()?;
+        let mut m = self.0.lock().map_err(|_| "session lock poisoned")?;
+        m.retain(|_, until| *until > now);
+        let hours = i64::try_from(hours.max(1)).unwrap_or(12);
+        m.insert(digest(&token), now + hours * 3600);
+        Ok(token)
+    }
+
+    fn valid(&self, token: &str, now: i64) -> bool {
+        self.0
+            .lock()
+            .map(|m| m.get(&digest(token)).is_some_and(|until| *until > now))
+            .unwrap_or(false)
+    }
+
+    fn close(&self, token: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&digest(token));
+        }
+    }
+}
+
+fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(POLICY),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    r
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    reply(status, "application/json", v.to_string())
+}
+
+fn session_cookie(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == COOKIE).then(|| v.to_string())
+        })
+}
+
+/// Whether `given` is the password in the file (compared by digest, so in constant time over
+/// the password's length).
+fn password_ok(settings: &DashboardSettings, given: &str) -> Result<bool, String> {
+    let text = std::fs::read_to_string(&settings.password_file)
+        .map_err(|e| format!("{}: {e}", settings.password_file.display()))?;
+    let want = text.lines().next().unwrap_or("").trim();
+    if want.is_empty() {
+        return Err(format!(
+            "{} is empty: put the dashboard password on its first line",
+            settings.password_file.display()
+        ));
+    }
+    let (a, b) = (
+        Sha256::digest(want.as_bytes()),
+        Sha256::digest(given.as_bytes()),
+    );
+    Ok(a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0)
+}
+
+/// A request the dashboard answers (any path under `/dashboard`): the response, computed with
+/// the store where needed. Blocking: run it off the async threads.
+#[allow(clippy::too_many_arguments)]
+pub fn handle(
+    cfg: &ShoreConfig,
+    settings: &DashboardSettings,
+    sessions: &Sessions,
+    db: &Mutex<ShoreStore>,
+    method: &hyper::Method,
+    path: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Resp {
+    let err = |status: StatusCode, code: &str, message: &str| {
+        json(
+            status,
+            &serde_json::json!({"error": code, "message": message}),
+        )
+    };
+    let get = method == hyper::Method::GET;
+    let post = method == hyper::Method::POST;
+    match path {
+        "/dashboard" | "/dashboard/" if get => {
+            reply(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+        }
+        "/dashboard/app.js" if get => {
+            reply(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT)
+        }
+        "/dashboard/app.css" if get => reply(StatusCode::OK, "text/css; charset=utf-8", STYLE),
+        "/dashboard/login" if post => {
+            let given = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["password"].as_str().map(String::from))
+                .unwrap_or_default();
+            match password_ok(settings, &given) {
+                Ok(true) => match sessions.open(now, settings.session_hours) {
+                    Ok(token) => {
+                        tracing::info!("dashboard login");
+                        let mut r = json(StatusCode::OK, &serde_json::json!({"result": "ok"}));
+                        let cookie = format!(
+                            "{COOKIE}={token}; Path=/dashboard; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+                            settings.session_hours.max(1) * 3600
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&cookie) {
+                            r.headers_mut().insert(header::SET_COOKIE, v);
+                        }
+                        r
+                    }
+                    Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e),
+                },
+                Ok(false) => {
+                    tracing::warn!("dashboard login refused: wrong password");
+                    err(StatusCode::UNAUTHORIZED, "wrong_password", "wrong password")
+                }
+                Err(e) => {
+                    tracing::error!("dashboard login: {e}");
+                    err(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_password",
+                        "the dashboard's password file cannot be read; see the shore's log",
+                    )
+                }
+            }
+        }
+        "/dashboard/logout" if post => {
+            if let Some(t) = session_cookie(headers) {
+                sessions.close(&t);
+            }
+            let mut r = json(StatusCode::OK, &serde_json::json!({"result": "ok"}));
+            r.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_static(
+                    "vs_session=; Path=/dashboard; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+                ),
+            );
+            r
+        }
+        "/dashboard/api/fleet" if get => {
+            if !session_cookie(headers).is_some_and(|t| sessions.valid(&t, now)) {
+                return err(StatusCode::UNAUTHORIZED, "login", "log in first");
+            }
+            let Ok(db) = db.lock() else {
+                return err(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "local",
+                    "database lock poisoned",
+                );
+            };
+            match fleet_api(cfg, &db, now) {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e),
+            }
+        }
+        _ => err(StatusCode::NOT_FOUND, "not_found", "no such page"),
+    }
+}
+
+/// The fleet view with every vessel's hourly history.
+fn fleet_api(cfg: &ShoreConfig, db: &ShoreStore, now: i64) -> Result<serde_json::Value, String> {
+    let (rows, mut view) = fleet_view(cfg, db, now)?;
+    let since = now - HISTORY_DAYS * 86_400;
+    let mut history = serde_json::Map::new();
+    for r in &rows {
+        let id = r.id();
+        let points = db.history(id, since).map_err(|e| e.to_string())?;
+        history.insert(
+            id.to_string(),
+            serde_json::to_value(points).map_err(|e| e.to_string())?,
+        );
+    }
+    view["history"] = history.into();
+    Ok(view)
+}

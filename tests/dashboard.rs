@@ -1,0 +1,157 @@
+//! The fleet dashboard over the real HTTPS listener: the operator's login (a wrong password and
+//! a vessel's token refused), the fleet JSON with a lagging vessel first and behind, agreeing
+//! with `shore status --json`, and the page's policy keeping its script on its own origin.
+
+use crate::support::VESSEL;
+use crate::support::shore::{Shore, linked_vessel, seed, sync};
+
+fn client(shore: &Shore) -> reqwest::blocking::Client {
+    wire::net::http_client(
+        &wire::net::Trust {
+            ca_file: Some(shore.path("ca.pem")),
+            pins: vec![],
+        },
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(20),
+    )
+    .unwrap()
+}
+
+fn with_dashboard(shore: &Shore) {
+    std::fs::write(shore.path("dashboard.password"), "correct horse battery\n").unwrap();
+    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
+    cfg.push_str("[dashboard]\npassword_file = \"dashboard.password\"\n");
+    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+}
+
+#[test]
+fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wrong_passwords() {
+    let mut shore = Shore::new();
+    with_dashboard(&shore);
+    shore.start();
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    // One vessel syncs as it should.
+    let v = linked_vessel(&shore, &url, "");
+    seed(&v, 30, 0);
+    sync(&v);
+    // Another last reported 5,000 records waiting on board, the oldest three days old.
+    let key = shore.path("keys/mv-lagging");
+    wire::envelope::SecretKey::from_seed([8u8; 32])
+        .write_pair(&key, "mv-lagging")
+        .unwrap();
+    let r = shore.run(&[
+        "vessel",
+        "add",
+        "mv-lagging",
+        "--pubkey",
+        shore.path("keys/mv-lagging.pub").to_str().unwrap(),
+        "--token-out",
+        shore.path("lagging.token").to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let lag_token = std::fs::read_to_string(shore.path("lagging.token")).unwrap();
+    let c = client(&shore);
+    let poll = c
+        .post(format!("{url}/v1/sync"))
+        .header("authorization", format!("Bearer {}", lag_token.trim()))
+        .header("x-vessel-id", "mv-lagging")
+        .header("x-oldest-unsent", "259200")
+        .header("x-outbox-depth", "5000")
+        .send()
+        .unwrap();
+    assert!(poll.status().is_success());
+
+    // No session: nothing. A vessel's token opens nothing either.
+    let api = format!("{url}/dashboard/api/fleet");
+    assert_eq!(c.get(&api).send().unwrap().status(), 401);
+    let r = c
+        .get(&api)
+        .header("authorization", format!("Bearer {}", lag_token.trim()))
+        .header("cookie", format!("vs_session={}", lag_token.trim()))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401, "a vessel's token is no login");
+    let login = |password: &str| {
+        c.post(format!("{url}/dashboard/login"))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "password": password }).to_string())
+            .send()
+            .unwrap()
+    };
+    assert_eq!(login("Correct horse battery").status(), 401);
+    let ok = login("correct horse battery");
+    assert_eq!(ok.status(), 200);
+    let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("Secure")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_string();
+    let fleet: serde_json::Value = serde_json::from_slice(
+        &c.get(&api)
+            .header("cookie", &session)
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    let vessels = fleet["vessels"].as_array().unwrap();
+    assert_eq!(vessels.len(), 2, "{fleet}");
+    assert_eq!(vessels[0]["id"], "mv-lagging", "worst first: {fleet}");
+    assert_eq!(vessels[0]["behind"], true, "{fleet}");
+    assert_eq!(vessels[1]["id"], VESSEL, "{fleet}");
+    assert_eq!(vessels[1]["behind"], false, "{fleet}");
+    assert_eq!(vessels[1]["delivered_7d"], 30, "{fleet}");
+    let points = fleet["history"]["mv-lagging"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "{fleet}");
+    assert_eq!(points[0]["depth"], 5000, "{fleet}");
+
+    // `shore status --json` says the same of every vessel.
+    let status: serde_json::Value =
+        serde_json::from_slice(&shore.run(&["status", "--json"]).stdout).unwrap();
+    let strip = |v: &serde_json::Value| {
+        v["vessels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                let mut x = x.clone();
+                // Ages are rendered at the moment of asking.
+                x.as_object_mut().unwrap().remove("last_contact_age");
+                x
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&status), strip(&fleet));
+
+    // The page: its script may talk to its own origin only.
+    let page = c.get(format!("{url}/dashboard")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        policy.contains("connect-src 'self'") && policy.contains("script-src 'self'"),
+        "{policy}"
+    );
+    assert!(page.text().unwrap().contains("/dashboard/app.js"));
+
+    // Logged out, the session opens nothing.
+    c.post(format!("{url}/dashboard/logout"))
+        .header("cookie", &session)
+        .send()
+        .unwrap();
+    assert_eq!(
+        c.get(&api)
+            .header("cookie", &session)
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    shore.stop();
+}
