@@ -5,7 +5,8 @@
 # doc tests. Each test starts its own throwaway database server on a free loopback port.
 # Installs what the tests need from Debian's packages when it is missing (run as root, or
 # install it yourself): systemd (systemd-analyze verifies the unit file), postgresql and
-# postgresql-client, mariadb-server and mariadb-client, PHP 8.2 and zstd (the real Moodle).
+# postgresql-client, mariadb-server and mariadb-client, PHP 8.2 and zstd (the real Moodle),
+# chromium (the dashboard's browser test).
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash. $CARGO names another cargo:
 # CI runs the suite with Debian's rustc 1.85 in release mode, sharing the amd64 package's build
 # (.ci/run).
@@ -21,6 +22,8 @@ command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 # The real Moodle 5.0 the end-to-end suite installs (tests/real/): Debian's PHP 8.2 with the
 # extensions shared/moodle/README.md lists, and zstd to unpack the source tarball.
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+# The fleet dashboard is tested in a real headless browser.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 for ext in cli pgsql mysql xml mbstring curl zip gd intl soap; do
   dpkg -s "php8.2-$ext" >/dev/null 2>&1 || missing+=("php8.2-$ext")
 done

@@ -24,17 +24,17 @@ fn with_dashboard(shore: &Shore) {
     std::fs::write(shore.path("shore.toml"), cfg).unwrap();
 }
 
-#[test]
-fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wrong_passwords() {
+/// A shore serving the dashboard, with two vessels: the test's, which synced 30 records, and
+/// mv-lagging, which last reported 5,000 records on board, the oldest three days old.
+/// Returns (shore, its URL, mv-lagging's token).
+fn fleet_with_a_lagging_vessel() -> (Shore, String, String) {
     let mut shore = Shore::new();
     with_dashboard(&shore);
     shore.start();
     let url = format!("https://127.0.0.1:{}", shore.port);
-    // One vessel syncs as it should.
     let v = linked_vessel(&shore, &url, "");
     seed(&v, 30, 0);
     sync(&v);
-    // Another last reported 5,000 records waiting on board, the oldest three days old.
     let key = shore.path("keys/mv-lagging");
     wire::envelope::SecretKey::from_seed([8u8; 32])
         .write_pair(&key, "mv-lagging")
@@ -49,25 +49,33 @@ fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wron
         shore.path("lagging.token").to_str().unwrap(),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let lag_token = std::fs::read_to_string(shore.path("lagging.token")).unwrap();
-    let c = client(&shore);
-    let poll = c
+    let lag_token = std::fs::read_to_string(shore.path("lagging.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let poll = client(&shore)
         .post(format!("{url}/v1/sync"))
-        .header("authorization", format!("Bearer {}", lag_token.trim()))
+        .header("authorization", format!("Bearer {lag_token}"))
         .header("x-vessel-id", "mv-lagging")
         .header("x-oldest-unsent", "259200")
         .header("x-outbox-depth", "5000")
         .send()
         .unwrap();
     assert!(poll.status().is_success());
+    (shore, url, lag_token)
+}
 
+#[test]
+fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wrong_passwords() {
+    let (mut shore, url, lag_token) = fleet_with_a_lagging_vessel();
+    let c = client(&shore);
     // No session: nothing. A vessel's token opens nothing either.
     let api = format!("{url}/dashboard/api/fleet");
     assert_eq!(c.get(&api).send().unwrap().status(), 401);
     let r = c
         .get(&api)
-        .header("authorization", format!("Bearer {}", lag_token.trim()))
-        .header("cookie", format!("vs_session={}", lag_token.trim()))
+        .header("authorization", format!("Bearer {lag_token}"))
+        .header("cookie", format!("vs_session={lag_token}"))
         .send()
         .unwrap();
     assert_eq!(r.status(), 401, "a vessel's token is no login");
@@ -153,5 +161,73 @@ fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wron
             .status(),
         401
     );
+    shore.stop();
+}
+
+#[test]
+fn in_a_real_headless_chromium_the_manager_logs_in_and_sees_the_lagging_vessel_first_and_its_chart()
+{
+    let bin = crate::support::browser::chromium()
+        .expect("Debian's chromium is needed (scripts/test.sh installs it)");
+    let (mut shore, url, _) = fleet_with_a_lagging_vessel();
+    let mut b = crate::support::browser::Browser::start(&bin);
+    b.call(
+        "Page.navigate",
+        serde_json::json!({"url": format!("{url}/dashboard")}),
+    );
+    b.until("document.getElementById('login') && !document.getElementById('login').hidden");
+    // A wrong password is refused and shows nothing of the fleet.
+    b.eval("document.getElementById('password').value = 'wrong'; document.getElementById('login').requestSubmit(); true");
+    b.until("document.body.dataset.refused === 'yes'");
+    assert_eq!(
+        b.eval("document.getElementById('login-error').textContent"),
+        "Wrong password."
+    );
+    assert_eq!(b.eval("document.getElementById('fleet').hidden"), true);
+    b.eval("document.getElementById('password').value = 'correct horse battery'; document.getElementById('login').requestSubmit(); true");
+    b.until("document.body.dataset.loaded === 'yes'");
+    let rows = b.eval(
+        "[...document.querySelectorAll('#vessels tbody tr')].map(r => [r.dataset.vessel, r.className, r.querySelector('.state').textContent])",
+    );
+    assert_eq!(
+        rows,
+        serde_json::json!([["mv-lagging", "behind", "BEHIND"], [VESSEL, "", "ok"]]),
+        "the lagging vessel first, marked behind"
+    );
+    // The chart, as the screen shows it: lines drawn, not a blank box.
+    let rect = b.eval(
+        "(() => { const r = document.getElementById('chart').getBoundingClientRect(); window.scrollTo(0, 0); return [r.x, r.y, r.width, r.height]; })()",
+    );
+    let r: Vec<f64> = rect
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(r[2] > 100.0 && r[3] > 100.0, "{rect}");
+    let png = b.screenshot(r[0], r[1], r[2], r[3]);
+    let (w, h, px) = crate::support::browser::decode_png(&png);
+    assert!(w >= 100 && h >= 100, "{w}x{h}");
+    let coloured = px
+        .iter()
+        .filter(|p| {
+            let (max, min) = (p[0].max(p[1]).max(p[2]), p[0].min(p[1]).min(p[2]));
+            max - min > 60
+        })
+        .count();
+    assert!(
+        coloured > 100,
+        "the chart area shows {coloured} coloured pixels of {}",
+        w * h
+    );
+    // Every request the page made went to its own origin.
+    let origin = format!("{url}/");
+    assert!(!b.requests.is_empty());
+    assert!(
+        b.requests.iter().all(|u| u.starts_with(&origin)),
+        "{:?}",
+        b.requests
+    );
+    drop(b);
     shore.stop();
 }
