@@ -183,18 +183,13 @@ pub enum Command {
     Users(users::UsersCmd),
     /// Benchmarks to run on the ship's own hardware.
     Bench {
-        /// Which benchmark: `bundle` (verify-and-extract throughput and peak memory), `wire`
-        /// (bytes per progress record on the link, against JSON+zstd and JSON+gzip, and round
-        /// trips per sync), `outbox` (capture diff and outbox enqueue rate, peak memory), `users`
-        /// (validating an 80,000-row seafarer CSV: time and peak memory; the importer's own time
-        /// per 500-user chunk against a stand-in Moodle; with --config: the vessel's import of
-        /// --rows new users into that config's real Moodle against Moodle's own upload CLI),
-        /// `delta` (a course update of --size-mb MB in 300 files, 2 of them changed: bundle
-        /// bytes whole and by content, and the time to rebuild the backup on board), `forward`
-        /// (shore forwarding --rows records into a real Moodle it brings up: records/s and the
-        /// share of the time that is Moodle's), `shore` (--vessels N vessels, default 10, 100
-        /// and 1,000, each sending a 1,000-record batch at once to one shore serve: batches/s,
-        /// records/s, p50/p99 exchange time, the receiver's peak memory, every record stored once).
+        /// Which benchmark: `bundle` (verify-and-extract throughput, peak memory), `shore` (N
+        /// vessels sending a 1,000-record batch at once to one shore serve: batches/s, records/s,
+        /// p50/p99, receiver memory, every record stored once), `wire` (bytes per record on the
+        /// link, round trips), `outbox` (capture and enqueue rate), `users` (an 80,000-row CSV
+        /// validated, the importer's time per chunk; with --config: --rows new users into that
+        /// real Moodle against its upload CLI), `delta` (a course update by content), `forward`
+        /// (shore forwarding --rows records into a real Moodle it brings up).
         name: String,
         /// Print one JSON object of figures on stdout.
         #[arg(long)]
@@ -207,7 +202,7 @@ pub enum Command {
         /// them afterwards: run it on a site where that is acceptable.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// `bench users --config`: new users per import.
+        /// `bench users --config`: new users per import; `bench forward`: records forwarded.
         #[arg(long, default_value_t = 2000)]
         rows: u64,
         /// `bench users --config`: leave the benchmark's accounts in Moodle.
