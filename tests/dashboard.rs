@@ -148,6 +148,12 @@ fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wron
     );
     assert!(page.text().unwrap().contains("/dashboard/app.js"));
 
+    // Guessing is throttled: after 5 wrong passwords in a minute even the right one waits.
+    for _ in 0..4 {
+        assert_eq!(login("guess").status(), 401);
+    }
+    assert_eq!(login("correct horse battery").status(), 429);
+
     // Logged out, the session opens nothing.
     c.post(format!("{url}/dashboard/logout"))
         .header("cookie", &session)

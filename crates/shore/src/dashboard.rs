@@ -6,7 +6,8 @@
 //!   Content-Security-Policy that lets its script talk to this origin only;
 //! - `POST /dashboard/login` (`{"password": ...}`): a session cookie (`HttpOnly`, `Secure`,
 //!   `SameSite=Strict`, for `[dashboard] session_hours`); a wrong password is refused (401) and
-//!   logged without the password; `POST /dashboard/logout` ends the session;
+//!   logged without the password, and after 5 in a minute every login waits out the minute
+//!   (429); `POST /dashboard/logout` ends the session;
 //! - `GET /dashboard/api/fleet`: what `shore status --json` prints (every vessel worst first),
 //!   plus each vessel's backlog and lag hour by hour over the last 30 days, for the chart.
 
@@ -31,9 +32,13 @@ const STYLE: &str = include_str!("dashboard/app.css");
 const COOKIE: &str = "vs_session";
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Logged-in sessions: the SHA-256 of each session token and when it expires.
+/// Wrong passwords allowed per minute before logins wait out the minute.
+const GUESSES_PER_MINUTE: usize = 5;
+
+/// Logged-in sessions (the SHA-256 of each session token and when it expires), and the times
+/// of recent wrong passwords.
 #[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, i64>>);
+pub struct Sessions(Mutex<HashMap<String, i64>>, Mutex<Vec<i64>>);
 
 fn digest(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -54,6 +59,23 @@ impl Sessions {
             .lock()
             .map(|m| m.get(&digest(token)).is_some_and(|until| *until > now))
             .unwrap_or(false)
+    }
+
+    /// Whether too many wrong passwords came within the last minute.
+    fn throttled(&self, now: i64) -> bool {
+        self.1
+            .lock()
+            .map(|mut w| {
+                w.retain(|t| now - *t < 60);
+                w.len() >= GUESSES_PER_MINUTE
+            })
+            .unwrap_or(true)
+    }
+
+    fn wrong(&self, now: i64) {
+        if let Ok(mut w) = self.1.lock() {
+            w.push(now);
+        }
     }
 
     fn close(&self, token: &str) {
@@ -150,6 +172,14 @@ pub fn handle(
         }
         "/dashboard/app.css" if get => reply(StatusCode::OK, "text/css; charset=utf-8", STYLE),
         "/dashboard/login" if post => {
+            if sessions.throttled(now) {
+                tracing::warn!("dashboard login refused: too many wrong passwords in a minute");
+                return err(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    "too many wrong passwords: try again in a minute",
+                );
+            }
             let given = serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
                 .and_then(|v| v["password"].as_str().map(String::from))
@@ -171,6 +201,7 @@ pub fn handle(
                     Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e),
                 },
                 Ok(false) => {
+                    sessions.wrong(now);
                     tracing::warn!("dashboard login refused: wrong password");
                     err(StatusCode::UNAUTHORIZED, "wrong_password", "wrong password")
                 }
