@@ -2,7 +2,16 @@
 
 /// Peak resident set size of this process in MB (VmHWM), if the kernel tells.
 pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_of("self")
+}
+
+/// Peak resident set size of process `pid` in MB (a child the benchmark started).
+pub fn peak_rss_mb_of(pid: u32) -> Option<f64> {
+    peak_of(&pid.to_string())
+}
+
+fn peak_of(who: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)

@@ -51,13 +51,6 @@ impl Drop for Receiver {
     }
 }
 
-fn peak_rss_of(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -225,7 +218,7 @@ fn one_run(vessels: usize) -> Result<Run, String> {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    let rss = peak_rss_of(receiver.0.id());
+    let rss = super::rss::peak_rss_mb_of(receiver.0.id());
     drop(receiver);
     let mut times = times.into_inner().map_err(io)?;
     times.sort_by(f64::total_cmp);

@@ -250,10 +250,11 @@ pub fn handle(
 
 /// The fleet view with every vessel's hourly history.
 fn fleet_api(cfg: &ShoreConfig, db: &ShoreStore, now: i64) -> Result<serde_json::Value, String> {
-    let (rows, mut view) = fleet_view(cfg, db, now)?;
+    let fleet = fleet_view(cfg, db, now)?;
+    let mut view = fleet.json(db);
     let since = now - HISTORY_DAYS * 86_400;
     let mut history = serde_json::Map::new();
-    for r in &rows {
+    for r in &fleet.vessels {
         let id = r.id();
         let points = db.history(id, since).map_err(|e| e.to_string())?;
         history.insert(

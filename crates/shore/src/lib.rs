@@ -495,14 +495,35 @@ impl VesselStatus {
     }
 }
 
+/// The fleet as the training manager sees it ([`fleet_view`]).
+pub struct Fleet {
+    /// Every vessel, worst first.
+    pub vessels: Vec<VesselStatus>,
+    /// The cloud forwarding summary, when `[cloud]` is set.
+    pub forward: Option<store::ForwardSummary>,
+    /// The latest refusals: (at, vessel, code, message).
+    pub refusals: Vec<(i64, String, String, String)>,
+    /// When it was read.
+    pub at: i64,
+}
+
+impl Fleet {
+    /// What `shore status --json` prints and `/dashboard/api/fleet` serves (with the audit
+    /// trail's tail).
+    pub fn json(&self, db: &ShoreStore) -> serde_json::Value {
+        serde_json::json!({
+            "at": format_time(self.at),
+            "vessels": self.vessels,
+            "forward": self.forward,
+            "audit": db.audit_trail(20).unwrap_or_default().iter().map(|(at, who, what, detail)| serde_json::json!({"at": format_time(*at), "who": who, "what": what, "detail": detail})).collect::<Vec<_>>(),
+            "recent_refusals": self.refusals.iter().map(|(at, v, c, m)| serde_json::json!({"at": format_time(*at), "vessel": v, "code": c, "message": m})).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// The fleet as the training manager sees it: every vessel, worst first, with the cloud
-/// forwarding summary, the audit trail's tail and recent refusals. `shore status --json` prints
-/// it; the dashboard's `/dashboard/api/fleet` serves it.
-pub fn fleet_view(
-    cfg: &ShoreConfig,
-    db: &ShoreStore,
-    now: i64,
-) -> Result<(Vec<VesselStatus>, serde_json::Value), String> {
+/// forwarding summary and recent refusals. `shore status` shows it; the dashboard serves it.
+pub fn fleet_view(cfg: &ShoreConfig, db: &ShoreStore, now: i64) -> Result<Fleet, String> {
     let (vessels, refusals) = (
         db.vessels().map_err(|e| e.to_string())?,
         db.refusals(10).map_err(|e| e.to_string())?,
@@ -546,14 +567,12 @@ pub fn fleet_view(
         .cloud
         .as_ref()
         .map(|_| db.forward_summary().unwrap_or_default());
-    let out = serde_json::json!({
-        "at": format_time(now),
-        "vessels": rows,
-        "forward": forward,
-        "audit": db.audit_trail(20).unwrap_or_default().iter().map(|(at, who, what, detail)| serde_json::json!({"at": format_time(*at), "who": who, "what": what, "detail": detail})).collect::<Vec<_>>(),
-        "recent_refusals": refusals.iter().map(|(at, v, c, m)| serde_json::json!({"at": format_time(*at), "vessel": v, "code": c, "message": m})).collect::<Vec<_>>(),
-    });
-    Ok((rows, out))
+    Ok(Fleet {
+        vessels: rows,
+        forward,
+        refusals,
+        at: now,
+    })
 }
 
 /// `shore vessel list` and `shore status`.
@@ -566,7 +585,7 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
         }
     };
     let now = clock.now();
-    let (rows, view) = match fleet_view(cfg, &db, now) {
+    let fleet = match fleet_view(cfg, &db, now) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -576,15 +595,16 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&view).unwrap_or_default()
+            serde_json::to_string_pretty(&fleet.json(&db)).unwrap_or_default()
         );
         return exit::OK;
     }
-    let refusals = db.refusals(10).unwrap_or_default();
-    let forward = cfg
-        .cloud
-        .as_ref()
-        .map(|_| db.forward_summary().unwrap_or_default());
+    let Fleet {
+        vessels: rows,
+        forward,
+        refusals,
+        ..
+    } = fleet;
     println!(
         "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8} {:>10}  state",
         "VESSEL", "ACKED", "RECORDS", "LAST CONTACT", "OLDEST UNSENT", "OUTBOX", "DRAIN IN"

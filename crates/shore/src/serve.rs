@@ -57,6 +57,18 @@ fn error(status: StatusCode, code: &str, message: &str, acked: Option<u64>) -> R
     json(status, v)
 }
 
+/// The response of a blocking task, or a 500 if it panicked.
+fn joined(out: Result<Resp, tokio::task::JoinError>) -> Resp {
+    out.unwrap_or_else(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "local",
+            &e.to_string(),
+            None,
+        )
+    })
+}
+
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -130,14 +142,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
             let out =
                 tokio::task::spawn_blocking(move || bundle(&shared, &vessel, id, range.as_deref()))
                     .await;
-            return Ok(out.unwrap_or_else(|e| {
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "local",
-                    &e.to_string(),
-                    None,
-                )
-            }));
+            return Ok(joined(out));
         }
     }
     Ok(error(
@@ -188,14 +193,7 @@ async fn dashboard(shared: Arc<Shared>, req: Request<Incoming>, path: String) ->
         }
     })
     .await;
-    out.unwrap_or_else(|e| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "local",
-            &e.to_string(),
-            None,
-        )
-    })
+    joined(out)
 }
 
 async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Resp {
@@ -229,14 +227,7 @@ async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Re
         sync_blocking(&shared, &vessel, &body, cursor, oldest, depth)
     })
     .await;
-    out.unwrap_or_else(|e| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "local",
-            &e.to_string(),
-            None,
-        )
-    })
+    joined(out)
 }
 
 fn sync_blocking(

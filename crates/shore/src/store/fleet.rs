@@ -4,6 +4,7 @@
 
 use rusqlite::params;
 
+use super::reports::{REPORTED_COLUMNS, reported_row};
 use super::{Reported, Result, ShoreStore};
 
 pub(super) const SCHEMA: &str = "
@@ -107,24 +108,18 @@ impl ShoreStore {
     pub fn held_deletions(&self, vessel: &str) -> Result<Vec<HeldDeletion>> {
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT cmd_id, type, state, reason, at, unacked_records, learners FROM vessel_commands
+            .prepare_cached(&format!(
+                "SELECT cmd_id, type, {REPORTED_COLUMNS} FROM vessel_commands
                  WHERE vessel = ?1 AND state = 'waiting' AND type IN ('delete_course', 'replace_course')
-                 ORDER BY at",
-            )
+                 ORDER BY at"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![vessel], |r| {
                 Ok(HeldDeletion {
                     command: r.get(0)?,
                     kind: r.get(1)?,
-                    report: Reported {
-                        state: r.get(2)?,
-                        reason: r.get(3)?,
-                        at: r.get(4)?,
-                        unacked_records: r.get::<_, Option<i64>>(5)?.map(i64::unsigned_abs),
-                        learners: r.get::<_, Option<i64>>(6)?.map(i64::unsigned_abs),
-                    },
+                    report: reported_row(r, 2)?,
                 })
             })
             .map_err(|e| self.err(e))?;

@@ -40,8 +40,19 @@ pub struct Reported {
     pub learners: Option<u64>,
 }
 
-fn count(v: Option<i64>) -> Option<u64> {
-    v.map(i64::unsigned_abs)
+/// The columns [`reported_row`] reads, in order.
+pub(super) const REPORTED_COLUMNS: &str = "state, reason, at, unacked_records, learners";
+
+/// A [`Reported`] from [`REPORTED_COLUMNS`] starting at column `at`.
+pub(super) fn reported_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Reported> {
+    let count = |v: Option<i64>| v.map(i64::unsigned_abs);
+    Ok(Reported {
+        state: r.get(at)?,
+        reason: r.get(at + 1)?,
+        at: r.get(at + 2)?,
+        unacked_records: count(r.get(at + 3)?),
+        learners: count(r.get(at + 4)?),
+    })
 }
 
 impl ShoreStore {
@@ -88,18 +99,12 @@ impl ShoreStore {
     pub fn reported(&self, vessel: &str, bundle: &str) -> Result<Option<Reported>> {
         self.conn
             .query_row(
-                "SELECT state, reason, at, unacked_records, learners FROM vessel_commands
-                 WHERE vessel = ?1 AND bundle_id = ?2 ORDER BY batch_seq DESC, cmd_id LIMIT 1",
+                &format!(
+                    "SELECT {REPORTED_COLUMNS} FROM vessel_commands
+                     WHERE vessel = ?1 AND bundle_id = ?2 ORDER BY batch_seq DESC, cmd_id LIMIT 1"
+                ),
                 params![vessel, bundle],
-                |r| {
-                    Ok(Reported {
-                        state: r.get(0)?,
-                        reason: r.get(1)?,
-                        at: r.get(2)?,
-                        unacked_records: count(r.get(3)?),
-                        learners: count(r.get(4)?),
-                    })
-                },
+                |r| reported_row(r, 0),
             )
             .optional()
             .map_err(|e| self.err(e))
