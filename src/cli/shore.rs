@@ -167,6 +167,24 @@ pub enum ShoreCmd {
     /// Retire a course fleet-wide, and follow it.
     #[command(subcommand)]
     Course(CourseCmd),
+    /// Move this shore from its SQLite file to the PostgreSQL database [store] names (set
+    /// backend = "postgres", url and password_file first). Copies every row in one
+    /// transaction into an empty database, counts each table on both sides, and leaves the
+    /// SQLite file as it was. Stop `shore serve` first; start it again after.
+    Migrate {
+        /// The config file option.
+        #[command(flatten)]
+        config: ShoreConfigArg,
+        /// Where the shore's records are now: `sqlite`.
+        #[arg(long, value_parser = ["sqlite"])]
+        from: String,
+        /// The SQLite file (default STATE_DIR/shore.db).
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per vessel: last contact, acknowledged batch, records received, oldest unsent record as
     /// last reported, and whether it is behind; then recent refusals.
     Status {
@@ -314,6 +332,15 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
                 None if conflicts => shore::forward::conflicts(&cfg),
                 None => shore::forward::run_once(&cfg, clock.now(), json),
             },
+            Err(code) => code,
+        },
+        ShoreCmd::Migrate {
+            config,
+            from: _,
+            path,
+            json,
+        } => match load_shore(&config.config) {
+            Ok(cfg) => shore::migrate::from_sqlite(&cfg, path.as_deref(), json, clock.now()),
             Err(code) => code,
         },
         ShoreCmd::Crew(CrewCmd::Move {

@@ -19,6 +19,9 @@ pub struct ShoreConfig {
     pub cloud: Option<CloudSettings>,
     /// The fleet dashboard on the same listener (none: not served).
     pub dashboard: Option<DashboardSettings>,
+    /// Where shore keeps its records (none: SQLite in `STATE_DIR/shore.db`).
+    #[serde(default)]
+    pub store: StoreSettings,
     /// Where the file was (relative paths resolve against its directory).
     #[serde(skip)]
     pub path: PathBuf,
@@ -67,6 +70,31 @@ pub struct CloudSettings {
     /// was unreachable).
     #[serde(default = "default_cloud_interval")]
     pub interval_secs: u64,
+}
+
+/// `[store]`: SQLite (one receiver) or PostgreSQL (several receivers on one database).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite` (the default) or `postgres`.
+    #[serde(default)]
+    pub backend: StoreBackend,
+    /// PostgreSQL: `postgres://USER@HOST:PORT/DBNAME` (or `host=... user=... dbname=...`),
+    /// without a password.
+    pub url: Option<String>,
+    /// PostgreSQL: a file holding the password (first line; mode 0600), if one is needed.
+    pub password_file: Option<PathBuf>,
+}
+
+/// The store's engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// `STATE_DIR/shore.db`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres,
 }
 
 /// `[dashboard]`: the read-only fleet page at `/dashboard`.
@@ -139,6 +167,12 @@ impl ShoreConfig {
         if let Some(d) = cfg.dashboard.as_mut() {
             fix(&mut d.password_file);
         }
+        if let Some(p) = cfg.store.password_file.as_mut() {
+            fix(p);
+        }
+        if cfg.store.backend == StoreBackend::Postgres {
+            cfg.postgres().map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         for p in cfg
             .shore
             .trusted
@@ -150,18 +184,43 @@ impl ShoreConfig {
         Ok(cfg)
     }
 
-    /// The database path.
+    /// The SQLite database path (the store, or what `shore migrate --from sqlite` reads).
     pub fn database(&self) -> PathBuf {
         self.shore.state_dir.join("shore.db")
     }
 
-    /// Opens the database, creating the state directories.
+    /// `[store]`'s PostgreSQL connection settings, with the password read from its file.
+    pub fn postgres(&self) -> Result<postgres::Config, String> {
+        let url = self.store.url.as_deref().ok_or(
+            "[store] backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DBNAME\"",
+        )?;
+        let mut c: postgres::Config = url
+            .parse()
+            .map_err(|e| format!("[store] url is not a PostgreSQL connection URL: {e}"))?;
+        if c.get_password().is_some() {
+            return Err("[store] url holds a password: put it in [store] password_file (mode 0600) instead, so that it is never shown or logged".into());
+        }
+        if let Some(p) = &self.store.password_file {
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                format!("[store] password_file {}: {e}", p.display())
+            })?;
+            c.password(text.lines().next().unwrap_or("").trim_end());
+        }
+        Ok(c)
+    }
+
+    /// Opens the store, creating the state directories (received files and queued bundles
+    /// stay on disk whichever engine holds the records).
     pub fn open(&self) -> Result<ShoreStore, String> {
         for d in ["", "tmp", "bundles", "received"] {
             let dir = self.shore.state_dir.join(d);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
-        ShoreStore::open(&self.database()).map_err(|e| e.to_string())
+        match self.store.backend {
+            StoreBackend::Sqlite => ShoreStore::open(&self.database()),
+            StoreBackend::Postgres => ShoreStore::connect(&self.postgres()?),
+        }
+        .map_err(|e| e.to_string())
     }
 }

@@ -11,7 +11,6 @@
 //! - `GET /dashboard/api/fleet`: what `shore status --json` prints (every vessel worst first),
 //!   plus each vessel's backlog and lag hour by hour over the last 30 days, for the chart.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -33,56 +32,27 @@ const COOKIE: &str = "vs_session";
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Wrong passwords allowed per minute before logins wait out the minute.
-const GUESSES_PER_MINUTE: usize = 5;
-
-/// Logged-in sessions (the SHA-256 of each session token and when it expires), and the times
-/// of recent wrong passwords.
-#[derive(Default)]
-pub struct Sessions(Mutex<HashMap<String, i64>>, Mutex<Vec<i64>>);
+const GUESSES_PER_MINUTE: u64 = 5;
 
 fn digest(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-impl Sessions {
-    fn open(&self, now: i64, hours: u64) -> Result<String, String> {
-        let token = crate::new_token()?;
-        let mut m = self.0.lock().map_err(|_| "session lock poisoned")?;
-        m.retain(|_, until| *until > now);
-        let hours = i64::try_from(hours.max(1)).unwrap_or(12);
-        m.insert(digest(&token), now + hours * 3600);
-        Ok(token)
-    }
+/// Sessions and wrong passwords live in the store, so that every receiver of one database
+/// honours a login and counts guesses together, and a restart logs nobody out.
+fn open_session(db: &ShoreStore, now: i64, hours: u64) -> Result<String, String> {
+    let token = crate::new_token()?;
+    let hours = i64::try_from(hours.max(1)).unwrap_or(12);
+    db.open_session(&digest(&token), now + hours * 3600, now)
+        .map_err(|e| e.to_string())?;
+    Ok(token)
+}
 
-    fn valid(&self, token: &str, now: i64) -> bool {
-        self.0
-            .lock()
-            .map(|m| m.get(&digest(token)).is_some_and(|until| *until > now))
-            .unwrap_or(false)
-    }
-
-    /// Whether too many wrong passwords came within the last minute.
-    fn throttled(&self, now: i64) -> bool {
-        self.1
-            .lock()
-            .map(|mut w| {
-                w.retain(|t| now - *t < 60);
-                w.len() >= GUESSES_PER_MINUTE
-            })
-            .unwrap_or(true)
-    }
-
-    fn wrong(&self, now: i64) {
-        if let Ok(mut w) = self.1.lock() {
-            w.push(now);
-        }
-    }
-
-    fn close(&self, token: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.remove(&digest(token));
-        }
-    }
+/// Whether too many wrong passwords came within the last minute (through any receiver).
+fn throttled(db: &ShoreStore, now: i64) -> bool {
+    db.wrong_passwords_since(now - 59)
+        .map(|n| n >= GUESSES_PER_MINUTE)
+        .unwrap_or(true)
 }
 
 fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Resp {
@@ -147,7 +117,6 @@ fn password_ok(settings: &DashboardSettings, given: &str) -> Result<bool, String
 pub fn handle(
     cfg: &ShoreConfig,
     settings: &DashboardSettings,
-    sessions: &Sessions,
     db: &Mutex<ShoreStore>,
     method: &hyper::Method,
     path: &str,
@@ -161,6 +130,13 @@ pub fn handle(
             &serde_json::json!({"error": code, "message": message}),
         )
     };
+    let Ok(db) = db.lock() else {
+        return err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "local",
+            "database lock poisoned",
+        );
+    };
     let get = method == hyper::Method::GET;
     let post = method == hyper::Method::POST;
     match path {
@@ -172,7 +148,7 @@ pub fn handle(
         }
         "/dashboard/app.css" if get => reply(StatusCode::OK, "text/css; charset=utf-8", STYLE),
         "/dashboard/login" if post => {
-            if sessions.throttled(now) {
+            if throttled(&db, now) {
                 tracing::warn!("dashboard login refused: too many wrong passwords in a minute");
                 return err(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -185,7 +161,7 @@ pub fn handle(
                 .and_then(|v| v["password"].as_str().map(String::from))
                 .unwrap_or_default();
             match password_ok(settings, &given) {
-                Ok(true) => match sessions.open(now, settings.session_hours) {
+                Ok(true) => match open_session(&db, now, settings.session_hours) {
                     Ok(token) => {
                         tracing::info!("dashboard login");
                         let mut r = json(StatusCode::OK, &serde_json::json!({"result": "ok"}));
@@ -201,7 +177,9 @@ pub fn handle(
                     Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e),
                 },
                 Ok(false) => {
-                    sessions.wrong(now);
+                    if let Err(e) = db.note_wrong_password(now) {
+                        tracing::error!("dashboard login: {e}");
+                    }
                     tracing::warn!("dashboard login refused: wrong password");
                     err(StatusCode::UNAUTHORIZED, "wrong_password", "wrong password")
                 }
@@ -217,7 +195,9 @@ pub fn handle(
         }
         "/dashboard/logout" if post => {
             if let Some(t) = session_cookie(headers) {
-                sessions.close(&t);
+                if let Err(e) = db.close_session(&digest(&t)) {
+                    return err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e.to_string());
+                }
             }
             let mut r = json(StatusCode::OK, &serde_json::json!({"result": "ok"}));
             r.headers_mut().insert(
@@ -229,16 +209,14 @@ pub fn handle(
             r
         }
         "/dashboard/api/fleet" if get => {
-            if !session_cookie(headers).is_some_and(|t| sessions.valid(&t, now)) {
-                return err(StatusCode::UNAUTHORIZED, "login", "log in first");
+            let valid = session_cookie(headers)
+                .map(|t| db.session_valid(&digest(&t), now))
+                .transpose();
+            match valid {
+                Ok(Some(true)) => {}
+                Ok(_) => return err(StatusCode::UNAUTHORIZED, "login", "log in first"),
+                Err(e) => return err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e.to_string()),
             }
-            let Ok(db) = db.lock() else {
-                return err(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "local",
-                    "database lock poisoned",
-                );
-            };
             match fleet_api(cfg, &db, now) {
                 Ok(v) => json(StatusCode::OK, &v),
                 Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e),

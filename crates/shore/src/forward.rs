@@ -66,6 +66,8 @@ pub struct Pass {
     pub released: u64,
     /// Why the pass stopped early (the cloud unreachable or in maintenance), if it did.
     pub stopped: Option<String>,
+    /// Why the pass did not start: another receiver of the same database is forwarding.
+    pub busy: Option<String>,
     /// Wall-clock seconds of the pass.
     pub seconds: f64,
     /// Of which waiting for the cloud Moodle's answers.
@@ -447,6 +449,48 @@ pub fn pass(cfg: &ShoreConfig, db: &mut ShoreStore, now: i64) -> Result<Pass, St
             cfg.path.display()
         ));
     };
+    // One receiver of a database forwards at a time: a lease, renewed with every record, that
+    // a receiver stopped mid-pass leaves to run out.
+    let holder = lease_holder();
+    let lease = i64::try_from(cloud.timeout_secs.saturating_mul(3).max(300)).unwrap_or(300);
+    let held_until = |db: &ShoreStore| -> Result<bool, String> {
+        let t = base::clock::Clock::now(&base::clock::SystemClock);
+        db.take_lease(FORWARD_LEASE, holder, t + lease, t)
+            .map_err(|e| e.to_string())
+    };
+    if !held_until(db)? {
+        return Ok(Pass {
+            busy: Some("another shore receiver of this database is forwarding; this one takes over when it stops".into()),
+            ..Pass::default()
+        });
+    }
+    let out = pass_leased(cloud, db, now, &held_until);
+    let dropped = db.drop_lease(FORWARD_LEASE, holder);
+    let out = out?;
+    dropped.map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The lease name forwarding runs under.
+const FORWARD_LEASE: &str = "forward";
+
+/// This process, as a lease holder: host, pid and a random part.
+fn lease_holder() -> &'static str {
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        format!("{}:{}:{}", host.trim(), std::process::id(), hex::encode(r))
+    })
+}
+
+fn pass_leased(
+    cloud: &crate::config::CloudSettings,
+    db: &mut ShoreStore,
+    now: i64,
+    renew: &dyn Fn(&ShoreStore) -> Result<bool, String>,
+) -> Result<Pass, String> {
     let started = Instant::now();
     let ws = connect(cloud)?;
     let mut out = Pass::default();
@@ -477,6 +521,10 @@ pub fn pass(cfg: &ShoreConfig, db: &mut ShoreStore, now: i64) -> Result<Pass, St
         .enumerate()
         .map(|(i, t)| (i < n_held, t));
     for (was_held, t) in all {
+        if !renew(c.db)? {
+            out.stopped = Some("the forwarding lease ran out and another receiver took it".into());
+            break;
+        }
         let outcome = match one(&mut c, &t) {
             Ok(o) => o,
             Err(Stop::Cloud(why)) => {
@@ -551,6 +599,7 @@ pub fn worker(
                     );
                 }
                 let full = p.stopped.is_none()
+                    && p.busy.is_none()
                     && db.forward_summary().map(|s| s.pending > 0).unwrap_or(false);
                 if full { Duration::ZERO } else { interval }
             }
@@ -590,6 +639,15 @@ pub fn run_once(cfg: &ShoreConfig, now: i64, json: bool) -> i32 {
             return base::exit::CONFIG;
         }
     };
+    if let Some(why) = &p.busy {
+        if json {
+            let v = serde_json::json!({"pass": p});
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        } else {
+            println!("not forwarded now: {why}");
+        }
+        return base::exit::OK;
+    }
     let summary = db.forward_summary().unwrap_or_default();
     let n: u64 = p.outcomes.values().sum();
     let _ = db.audit(

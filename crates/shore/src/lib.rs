@@ -34,6 +34,7 @@ pub mod course;
 pub mod crew;
 pub mod dashboard;
 pub mod forward;
+pub mod migrate;
 pub mod serve;
 pub mod spec;
 pub mod store;

@@ -34,7 +34,6 @@ struct Shared {
     cfg: ShoreConfig,
     db: Mutex<ShoreStore>,
     clock: Arc<dyn Clock>,
-    sessions: crate::dashboard::Sessions,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -181,7 +180,6 @@ async fn dashboard(shared: Arc<Shared>, req: Request<Incoming>, path: String) ->
             Some(settings) => crate::dashboard::handle(
                 &shared.cfg,
                 settings,
-                &shared.sessions,
                 &shared.db,
                 &parts.method,
                 &path,
@@ -427,7 +425,6 @@ pub fn run(
         cfg: cfg.clone(),
         db: Mutex::new(db),
         clock,
-        sessions: crate::dashboard::Sessions::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -4,10 +4,8 @@
 //! copies of a bundle (`variants`) and the content vessels asked for (`needs`). WAL with `synchronous=FULL`: a batch
 //! is on disk before shore acknowledges it.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use rusqlite::{Connection, OptionalExtension, params};
+use std::cell::{RefCell, RefMut};
+use std::path::Path;
 
 use wire::progress::{Record, RecordKind};
 
@@ -123,14 +121,21 @@ CREATE TABLE IF NOT EXISTS refusals (
 
 mod fleet;
 mod forward;
+mod migrate;
 mod reports;
+mod sessions;
+pub mod sql;
 pub use fleet::{HISTORY_DAYS, HeldDeletion, Point};
 pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
+pub use migrate::Copied;
 pub use reports::Reported;
+pub use sql::{Backend, ShoreDbError};
+
+use sql::{Db, Result as DbResult, Row};
 
 /// A record read from `records`, its columns from `at` on: record_id, kind, the keys, the
 /// legacy ids, value, vtime, received_at.
-fn record_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Vec<u8>, Record, i64)> {
+fn record_row(r: &Row, at: usize) -> std::result::Result<(Vec<u8>, Record, i64), String> {
     let code: u8 = r.get(at + 1)?;
     Ok((
         r.get(at)?,
@@ -149,16 +154,8 @@ fn record_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<(Vec<u8>, Re
     ))
 }
 
-/// A shore database error.
-#[derive(Debug, thiserror::Error)]
-#[error("shore database {path}: {source}")]
-pub struct ShoreDbError {
-    path: PathBuf,
-    source: rusqlite::Error,
-}
-
 /// Result alias.
-pub type Result<T> = std::result::Result<T, ShoreDbError>;
+pub type Result<T> = DbResult<T>;
 
 /// A registered vessel.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -277,23 +274,22 @@ fn short(d: &str) -> &str {
 
 /// Checks that batch `seq` (digest `sha`, naming `previous`) continues the chain shore holds.
 fn chain_check(
-    tx: &rusqlite::Transaction<'_>,
+    db: &mut Db,
     vessel: &str,
     seq: u64,
     sha: &str,
     previous: Option<&str>,
-) -> rusqlite::Result<Option<(&'static str, String)>> {
-    let at = |s: i64| -> rusqlite::Result<Option<(String, Option<String>)>> {
-        tx.query_row(
+) -> Result<Option<(&'static str, String)>> {
+    let at = |db: &mut Db, s: i64| -> Result<Option<(String, Option<String>)>> {
+        db.query_opt(
             "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
-            params![vessel, s],
+            &[&vessel, &s],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()
     };
     let s = to_i64(seq);
     if let Some(p) = previous {
-        if let Some((q, _)) = at(s - 1)? {
+        if let Some((q, _)) = at(db, s - 1)? {
             if q != p {
                 return Ok(Some((
                     "chain_fork",
@@ -305,14 +301,11 @@ fn chain_check(
                     ),
                 )));
             }
-        } else if let Some(other) = tx
-            .query_row(
-                "SELECT seq FROM batches WHERE vessel = ?1 AND sha256 = ?2",
-                params![vessel, p],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?
-        {
+        } else if let Some(other) = db.query_opt(
+            "SELECT seq FROM batches WHERE vessel = ?1 AND sha256 = ?2",
+            &[&vessel, &p],
+            |r| r.get::<i64>(0),
+        )? {
             return Ok(Some((
                 "chain_gap",
                 format!(
@@ -323,9 +316,9 @@ fn chain_check(
             )));
         }
     } else if seq > 1 {
-        let chained: Option<i64> = tx.query_row(
+        let chained: Option<i64> = db.query_one(
             "SELECT MAX(seq) FROM batches WHERE vessel = ?1 AND seq < ?2 AND previous IS NOT NULL",
-            params![vessel, s],
+            &[&vessel, &s],
             |r| r.get(0),
         )?;
         if let Some(c) = chained {
@@ -337,7 +330,7 @@ fn chain_check(
             )));
         }
     }
-    if let Some((next_sha, Some(r))) = at(s + 1)? {
+    if let Some((next_sha, Some(r))) = at(db, s + 1)? {
         if r != sha {
             return Ok(Some((
                 "chain_fork",
@@ -354,10 +347,9 @@ fn chain_check(
     Ok(None)
 }
 
-/// The shore database.
+/// The shore database: SQLite by default, PostgreSQL for a fleet with several receivers.
 pub struct ShoreStore {
-    conn: Connection,
-    path: PathBuf,
+    db: RefCell<Db>,
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -366,7 +358,7 @@ fn to_i64(v: u64) -> i64 {
 
 const VESSEL_COLUMNS: &str = "id, token_sha256, pubkey, key_id, added_at, revoked_at, last_contact, acked_seq, records, oldest_unsent, outbox_depth";
 
-fn vessel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vessel> {
+fn vessel_row(r: &Row) -> std::result::Result<Vessel, String> {
     Ok(Vessel {
         id: r.get(0)?,
         token_sha256: r.get(1)?,
@@ -375,59 +367,121 @@ fn vessel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vessel> {
         added_at: r.get(4)?,
         revoked_at: r.get(5)?,
         last_contact: r.get(6)?,
-        acked_seq: r.get::<_, i64>(7)?.unsigned_abs(),
-        records: r.get::<_, i64>(8)?.unsigned_abs(),
+        acked_seq: r.get(7)?,
+        records: r.get(8)?,
         oldest_unsent: r.get(9)?,
         outbox_depth: r.get(10)?,
     })
 }
 
+/// Every table's schema, in SQLite's words (PostgreSQL's are derived from them).
+fn schemas() -> [&'static str; 6] {
+    [
+        SCHEMA,
+        forward::SCHEMA,
+        forward::RETIRE_SCHEMA,
+        reports::SCHEMA,
+        fleet::SCHEMA,
+        sessions::SCHEMA,
+    ]
+}
+
+/// The newest PostgreSQL schema version this build knows.
+const PG_SCHEMA_VERSION: i64 = 1;
+
+/// A SQLite schema in PostgreSQL's types: 64-bit integers, BYTEA, sequences for the
+/// auto-numbered keys.
+fn pg_ddl(sqlite: &str) -> String {
+    sqlite
+        .replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("INTEGER", "BIGINT")
+        .replace("BLOB", "BYTEA")
+}
+
 impl ShoreStore {
-    /// Opens (creating) the database.
+    /// Opens (creating) a SQLite database file.
     pub fn open(path: &Path) -> Result<Self> {
-        let e = |source| ShoreDbError {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(e)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(e)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-        conn.execute_batch(SCHEMA).map_err(e)?;
-        conn.execute_batch(forward::SCHEMA).map_err(e)?;
-        conn.execute_batch(forward::RETIRE_SCHEMA).map_err(e)?;
-        conn.execute_batch(reports::SCHEMA).map_err(e)?;
-        conn.execute_batch(fleet::SCHEMA).map_err(e)?;
-        // Columns and rows added after the first release, added to older files in place.
-        let has_previous: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('batches') WHERE name = 'previous'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(e)?
-            > 0;
-        if !has_previous {
-            conn.execute_batch("ALTER TABLE batches ADD COLUMN previous TEXT")
-                .map_err(e)?;
+        let mut db = Db::sqlite(path)?;
+        for s in schemas() {
+            db.batch(s)?;
         }
-        conn.execute_batch(
-            "INSERT OR IGNORE INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
-             SELECT id, key_id, pubkey, 0, NULL, added_at, 'registered' FROM vessels v
-             WHERE NOT EXISTS (SELECT 1 FROM vessel_keys k WHERE k.vessel = v.id)",
-        )
-        .map_err(e)?;
+        // Columns and rows added after the first release, added to older files in place.
+        let has_previous: bool = db.query_one(
+            "SELECT COUNT(*) FROM pragma_table_info('batches') WHERE name = 'previous'",
+            &[],
+            |r| r.get(0),
+        )?;
+        if !has_previous {
+            db.batch("ALTER TABLE batches ADD COLUMN previous TEXT")?;
+        }
+        Self::backfill_keys(&mut db)?;
         Ok(Self {
-            conn,
-            path: path.to_path_buf(),
+            db: RefCell::new(db),
         })
     }
 
-    fn err(&self, source: rusqlite::Error) -> ShoreDbError {
-        ShoreDbError {
-            path: self.path.clone(),
-            source,
-        }
+    /// Connects to a PostgreSQL database and brings its schema up to date (one receiver at a
+    /// time: the migration runs under an advisory lock).
+    pub fn connect(config: &postgres::Config) -> Result<Self> {
+        let mut db = Db::postgres(config)?;
+        db.transaction(|db| {
+            db.lock("vessel-sync schema")?;
+            db.batch(
+                "CREATE TABLE IF NOT EXISTS vessel_sync_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )?;
+            let have: i64 = db.query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM vessel_sync_schema",
+                &[],
+                |r| r.get(0),
+            )?;
+            if have > PG_SCHEMA_VERSION {
+                return Err(db.error(format!(
+                    "its schema is version {have}, newer than this vessel-sync knows ({PG_SCHEMA_VERSION}): upgrade this receiver to the version the others run"
+                )));
+            }
+            if have < 1 {
+                for s in schemas() {
+                    db.batch(&pg_ddl(s))?;
+                }
+                db.batch(
+                    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS previous TEXT;
+                     ALTER TABLE records ADD COLUMN IF NOT EXISTS rowid BIGSERIAL;
+                     CREATE UNIQUE INDEX IF NOT EXISTS records_rowid ON records(rowid);",
+                )?;
+                db.execute(
+                    "INSERT INTO vessel_sync_schema(version, applied_at) VALUES (1, CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))",
+                    &[],
+                )?;
+            }
+            Self::backfill_keys(db)
+        })?;
+        Ok(Self {
+            db: RefCell::new(db),
+        })
+    }
+
+    /// Vessels registered before keys were kept per sequence get their one key.
+    fn backfill_keys(db: &mut Db) -> Result<()> {
+        db.execute(
+            "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
+             SELECT id, key_id, pubkey, 0, NULL, added_at, 'registered' FROM vessels v
+             WHERE NOT EXISTS (SELECT 1 FROM vessel_keys k WHERE k.vessel = v.id)
+             ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .map(|_| ())
+    }
+
+    /// The connection (one statement or transaction at a time).
+    fn db(&self) -> Result<RefMut<'_, Db>> {
+        self.db.try_borrow_mut().map_err(|_| {
+            sql::ShoreDbError::internal("the shore store was used again while a call was under way")
+        })
+    }
+
+    /// Which engine holds the store.
+    pub fn backend(&self) -> Result<Backend> {
+        Ok(self.db()?.backend())
     }
 
     /// Registers a vessel (or replaces its key and token, un-revoking it).
@@ -439,14 +493,12 @@ impl ShoreStore {
         key_id: &str,
         now: i64,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO vessels(id, token_sha256, pubkey, key_id, added_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256, pubkey = excluded.pubkey,
-                   key_id = excluded.key_id, revoked_at = NULL",
-                params![id, token_sha256, pubkey, key_id, now],
-            )
-            .map_err(|e| self.err(e))?;
+        self.db()?.execute(
+            "INSERT INTO vessels(id, token_sha256, pubkey, key_id, added_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET token_sha256 = excluded.token_sha256, pubkey = excluded.pubkey,
+               key_id = excluded.key_id, revoked_at = NULL",
+            &[&id, &token_sha256, &pubkey, &key_id, &now],
+        )?;
         self.set_only_key(id, pubkey, key_id, "registered", now)
     }
 
@@ -460,33 +512,27 @@ impl ShoreStore {
         how: &str,
         now: i64,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE vessel_keys SET until_seq = 0 WHERE vessel = ?1 AND key_id != ?2",
-                params![id, key_id],
-            )
-            .map_err(|e| self.err(e))?;
-        self.conn
-            .execute(
-                "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
-                 VALUES (?1, ?2, ?3, 0, NULL, ?4, ?5)
-                 ON CONFLICT(vessel, key_id) DO UPDATE SET from_seq = 0, until_seq = NULL, how = excluded.how",
-                params![id, key_id, pubkey, now, how],
-            )
-            .map_err(|e| self.err(e))?;
+        let mut db = self.db()?;
+        db.execute(
+            "UPDATE vessel_keys SET until_seq = 0 WHERE vessel = ?1 AND key_id != ?2",
+            &[&id, &key_id],
+        )?;
+        db.execute(
+            "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
+             VALUES (?1, ?2, ?3, 0, NULL, ?4, ?5)
+             ON CONFLICT(vessel, key_id) DO UPDATE SET from_seq = 0, until_seq = NULL, how = excluded.how",
+            &[&id, &key_id, &pubkey, &now, &how],
+        )?;
         Ok(())
     }
 
     /// An operator forces a vessel's key: from now on only `key_id` is accepted from it.
     /// False when the vessel is unknown.
     pub fn rekey_vessel(&self, id: &str, pubkey: &str, key_id: &str, now: i64) -> Result<bool> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE vessels SET pubkey = ?2, key_id = ?3 WHERE id = ?1",
-                params![id, pubkey, key_id],
-            )
-            .map_err(|e| self.err(e))?;
+        let n = self.db()?.execute(
+            "UPDATE vessels SET pubkey = ?2, key_id = ?3 WHERE id = ?1",
+            &[&id, &pubkey, &key_id],
+        )?;
         if n == 0 {
             return Ok(false);
         }
@@ -496,62 +542,48 @@ impl ShoreStore {
 
     /// Every key a vessel signs or signed with, oldest first.
     pub fn vessel_keys(&self, id: &str) -> Result<Vec<VesselKey>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT key_id, pubkey, from_seq, until_seq, added_at, how FROM vessel_keys
-                 WHERE vessel = ?1 ORDER BY from_seq, added_at",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![id], |r| {
+        self.db()?.query(
+            "SELECT key_id, pubkey, from_seq, until_seq, added_at, how FROM vessel_keys
+             WHERE vessel = ?1 ORDER BY from_seq, added_at",
+            &[&id],
+            |r| {
                 Ok(VesselKey {
                     key_id: r.get(0)?,
                     pubkey: r.get(1)?,
-                    from_seq: r.get::<_, i64>(2)?.unsigned_abs(),
-                    until_seq: r.get::<_, Option<i64>>(3)?.map(i64::unsigned_abs),
+                    from_seq: r.get(2)?,
+                    until_seq: r.get(3)?,
                     added_at: r.get(4)?,
                     how: r.get(5)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+            },
+        )
     }
 
     /// Revokes a vessel; false when unknown.
     pub fn revoke_vessel(&self, id: &str, now: i64) -> Result<bool> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE vessels SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, now],
-            )
-            .map_err(|e| self.err(e))?;
+        let n = self.db()?.execute(
+            "UPDATE vessels SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            &[&id, &now],
+        )?;
         Ok(n > 0)
     }
 
     /// One vessel.
     pub fn vessel(&self, id: &str) -> Result<Option<Vessel>> {
-        self.conn
-            .query_row(
-                &format!("SELECT {VESSEL_COLUMNS} FROM vessels WHERE id = ?1"),
-                params![id],
-                vessel_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.db()?.query_opt(
+            &format!("SELECT {VESSEL_COLUMNS} FROM vessels WHERE id = ?1"),
+            &[&id],
+            vessel_row,
+        )
     }
 
     /// Every vessel, by id.
     pub fn vessels(&self) -> Result<Vec<Vessel>> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {VESSEL_COLUMNS} FROM vessels ORDER BY id"))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], vessel_row).map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.db()?.query(
+            &format!("SELECT {VESSEL_COLUMNS} FROM vessels ORDER BY id"),
+            &[],
+            vessel_row,
+        )
     }
 
     /// Notes a contact and what the vessel reported about its outbox.
@@ -562,18 +594,29 @@ impl ShoreStore {
         oldest_unsent: Option<i64>,
         depth: Option<i64>,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE vessels SET last_contact = ?2, oldest_unsent = ?3, outbox_depth = COALESCE(?4, outbox_depth) WHERE id = ?1",
-                params![id, now, oldest_unsent, depth],
-            )
-            .map_err(|e| self.err(e))?;
+        self.db()?.execute(
+            "UPDATE vessels SET last_contact = ?2, oldest_unsent = ?3, outbox_depth = COALESCE(?4, outbox_depth) WHERE id = ?1",
+            &[&id, &now, &oldest_unsent, &depth],
+        )?;
         self.note_history(id, now, depth, oldest_unsent)
     }
 
     /// Stores a verified batch all-or-nothing, deduplicating records by id, and advances the
-    /// vessel's contiguous acknowledgement watermark.
+    /// vessel's contiguous acknowledgement watermark. Batches are stored one at a time across
+    /// every receiver of the database, so records' arrival positions follow commit order (the
+    /// forwarder's and the export's watermarks never pass a record still being stored).
     pub fn store_batch(&mut self, b: &BatchIn<'_>, now: i64) -> Result<Stored> {
+        let stored = self
+            .db
+            .get_mut()
+            .transaction(|db| Self::store_batch_in(db, b, now))?;
+        if matches!(stored, Stored::New { .. }) {
+            base::failpoint::hit("shore.after-commit");
+        }
+        Ok(stored)
+    }
+
+    fn store_batch_in(db: &mut Db, b: &BatchIn<'_>, now: i64) -> Result<Stored> {
         let BatchIn {
             vessel,
             seq,
@@ -585,23 +628,12 @@ impl ShoreStore {
             settled,
             via,
         } = *b;
-        let path = self.path.clone();
-        let e = |source| ShoreDbError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(e)?;
-        let existing: Option<(String, Option<String>)> = tx
-            .query_row(
-                "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
-                params![vessel, to_i64(seq)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(e)?;
+        db.lock("vessel-sync batches")?;
+        let existing: Option<(String, Option<String>)> = db.query_opt(
+            "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
+            &[&vessel, &to_i64(seq)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         if let Some((existing, their_previous)) = existing {
             return Ok(if existing == sha256 {
                 Stored::Again
@@ -623,108 +655,94 @@ impl ShoreStore {
                 Stored::Replayed
             });
         }
-        if let Some((code, message)) = chain_check(&tx, vessel, seq, sha256, previous).map_err(e)? {
+        if let Some((code, message)) = chain_check(db, vessel, seq, sha256, previous)? {
             return Ok(Stored::Chain { code, message });
         }
         if let Some((new_id, new_pub, from, old_id)) = rotation {
-            let known: bool = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM vessel_keys WHERE vessel = ?1 AND key_id = ?2",
-                    params![vessel, new_id],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(e)?
-                > 0;
+            let known: bool = db.query_one(
+                "SELECT COUNT(*) FROM vessel_keys WHERE vessel = ?1 AND key_id = ?2",
+                &[&vessel, &new_id],
+                |r| r.get(0),
+            )?;
             if !known {
-                tx.execute(
+                db.execute(
                     "UPDATE vessel_keys SET until_seq = ?3 WHERE vessel = ?1 AND key_id = ?2
                        AND (until_seq IS NULL OR until_seq > ?3)",
-                    params![vessel, old_id, to_i64(from)],
-                )
-                .map_err(e)?;
-                tx.execute(
+                    &[&vessel, &old_id, &to_i64(from)],
+                )?;
+                db.execute(
                     "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
                      VALUES (?1, ?2, ?3, ?4, NULL, ?5, 'rotated by the vessel')",
-                    params![vessel, new_id, new_pub, to_i64(from), now],
-                )
-                .map_err(e)?;
-                tx.execute(
+                    &[&vessel, &new_id, &new_pub, &to_i64(from), &now],
+                )?;
+                db.execute(
                     "UPDATE vessels SET pubkey = ?2, key_id = ?3 WHERE id = ?1",
-                    params![vessel, new_pub, new_id],
-                )
-                .map_err(e)?;
+                    &[&vessel, &new_pub, &new_id],
+                )?;
             }
         }
         let mut new = 0u64;
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT OR IGNORE INTO records(record_id, vessel, batch_seq, kind, user_key, course_key, item_key,
-                       user_legacy, course_legacy, item_legacy, value, vtime, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )
-                .map_err(e)?;
-            for r in records {
-                let id = r.id(vessel);
-                new += ins
-                    .execute(params![
-                        &id[..],
-                        vessel,
-                        to_i64(seq),
-                        r.kind.code(),
-                        r.user,
-                        r.course,
-                        r.item,
-                        r.user_legacy,
-                        r.course_legacy,
-                        r.item_legacy,
-                        r.value,
-                        r.time,
-                        now
-                    ])
-                    .map_err(e)? as u64;
-            }
+        for r in records {
+            let id = r.id(vessel);
+            new += db.execute(
+                "INSERT INTO records(record_id, vessel, batch_seq, kind, user_key, course_key, item_key,
+                   user_legacy, course_legacy, item_legacy, value, vtime, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &&id[..],
+                    &vessel,
+                    &to_i64(seq),
+                    &r.kind.code(),
+                    &r.user,
+                    &r.course,
+                    &r.item,
+                    &r.user_legacy,
+                    &r.course_legacy,
+                    &r.item_legacy,
+                    &r.value,
+                    &r.time,
+                    &now,
+                ],
+            )?;
         }
-        tx.execute(
+        db.execute(
             "INSERT INTO batches(vessel, seq, sha256, envelope_id, records, new_records, received_at, via, previous)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![vessel, to_i64(seq), sha256, envelope_id, records.len() as i64, to_i64(new), now, via, previous],
-        )
-        .map_err(e)?;
+            &[
+                &vessel,
+                &to_i64(seq),
+                &sha256,
+                &envelope_id,
+                &(records.len() as i64),
+                &to_i64(new),
+                &now,
+                &via,
+                &previous,
+            ],
+        )?;
         // The watermark covers only contiguous sequences, so a batch that a file carrier
         // delivers out of order is never acknowledged on the strength of a later one.
-        let mut acked: i64 = tx
-            .query_row(
-                "SELECT acked_seq FROM vessels WHERE id = ?1",
-                params![vessel],
-                |r| r.get(0),
-            )
-            .map_err(e)?;
+        let mut acked: i64 = db.query_one(
+            "SELECT acked_seq FROM vessels WHERE id = ?1",
+            &[&vessel],
+            |r| r.get(0),
+        )?;
         // The vessel holds acknowledgements up to `settled` (from this shore, or from an ack
         // bundle): its stream continues after it, whatever this shore saw before.
         acked = acked.max(to_i64(settled));
-        loop {
-            let next: Option<i64> = tx
-                .query_row(
-                    "SELECT seq FROM batches WHERE vessel = ?1 AND seq = ?2",
-                    params![vessel, acked + 1],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(e)?;
-            match next {
-                Some(s) => acked = s,
-                None => break,
-            }
+        while let Some(s) = db.query_opt(
+            "SELECT seq FROM batches WHERE vessel = ?1 AND seq = ?2",
+            &[&vessel, &(acked + 1)],
+            |r| r.get::<i64>(0),
+        )? {
+            acked = s;
         }
-        tx.execute(
+        db.execute(
             "UPDATE vessels SET acked_seq = ?2, records = records + ?3 WHERE id = ?1",
-            params![vessel, acked, to_i64(new)],
-        )
-        .map_err(e)?;
+            &[&vessel, &acked, &to_i64(new)],
+        )?;
         base::failpoint::hit("shore.before-commit");
-        tx.commit().map_err(e)?;
-        base::failpoint::hit("shore.after-commit");
         Ok(Stored::New {
             new,
             duplicate: records.len() as u64 - new,
@@ -733,51 +751,38 @@ impl ShoreStore {
 
     /// Records a refused batch for `shore status`.
     pub fn note_refusal(&self, vessel: &str, code: &str, message: &str, now: i64) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT INTO refusals(at, vessel, code, message) VALUES (?1, ?2, ?3, ?4)",
-                params![now, vessel, code, message],
-            )
-            .map_err(|e| self.err(e))?;
+        self.db()?.execute(
+            "INSERT INTO refusals(at, vessel, code, message) VALUES (?1, ?2, ?3, ?4)",
+            &[&now, &vessel, &code, &message],
+        )?;
         Ok(())
     }
 
     /// Recent refusals: (at, vessel, code, message).
     pub fn refusals(&self, limit: u64) -> Result<Vec<(i64, String, String, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT at, vessel, code, message FROM refusals ORDER BY id DESC LIMIT ?1")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![to_i64(limit)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.db()?.query(
+            "SELECT at, vessel, code, message FROM refusals ORDER BY id DESC LIMIT ?1",
+            &[&to_i64(limit)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
     }
 
     /// Notes a content file kept in `STATE_DIR/content/SHA256`.
     pub fn add_content(&self, sha256: &str, size: u64, now: i64) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT OR IGNORE INTO content(sha256, size, added_at) VALUES (?1, ?2, ?3)",
-                params![sha256, to_i64(size), now],
-            )
-            .map_err(|e| self.err(e))?;
+        self.db()?.execute(
+            "INSERT INTO content(sha256, size, added_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            &[&sha256, &to_i64(size), &now],
+        )?;
         Ok(())
     }
 
     /// Whether shore keeps this content file.
     pub fn has_content(&self, sha256: &str) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM content WHERE sha256 = ?1",
-                params![sha256],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT COUNT(*) FROM content WHERE sha256 = ?1",
+            &[&sha256],
+            |r| r.get(0),
+        )
     }
 
     /// Records the `may_omit` members of a queued bundle: (name, sha256, size).
@@ -786,87 +791,75 @@ impl ShoreStore {
         queue_id: i64,
         members: &[(String, String, u64)],
     ) -> Result<()> {
+        let mut db = self.db()?;
         for (name, sha, size) in members {
-            self.conn
-                .execute(
-                    "INSERT OR REPLACE INTO queue_content(queue_id, name, sha256, size) VALUES (?1, ?2, ?3, ?4)",
-                    params![queue_id, name, sha, to_i64(*size)],
-                )
-                .map_err(|e| self.err(e))?;
+            db.execute(
+                "INSERT INTO queue_content(queue_id, name, sha256, size) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(queue_id, name) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size",
+                &[&queue_id, name, sha, &to_i64(*size)],
+            )?;
         }
         Ok(())
     }
 
     /// The `may_omit` members of a queued bundle: (name, sha256, size).
     pub fn queue_content(&self, queue_id: i64) -> Result<Vec<(String, String, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT name, sha256, size FROM queue_content WHERE queue_id = ?1 ORDER BY name",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![queue_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.unsigned_abs()))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.db()?.query(
+            "SELECT name, sha256, size FROM queue_content WHERE queue_id = ?1 ORDER BY name",
+            &[&queue_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
     }
 
     /// The first queue entry of a bundle that carries content (to answer a need).
     pub fn content_bundle(&self, bundle_id: &str) -> Result<Option<i64>> {
-        self.conn
-            .query_row(
-                "SELECT MIN(q.id) FROM queue q WHERE q.bundle_id = ?1
-                 AND EXISTS (SELECT 1 FROM queue_content c WHERE c.queue_id = q.id)",
-                params![bundle_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT MIN(q.id) FROM queue q WHERE q.bundle_id = ?1
+             AND EXISTS (SELECT 1 FROM queue_content c WHERE c.queue_id = q.id)",
+            &[&bundle_id],
+            |r| r.get(0),
+        )
     }
 
     /// Content a vessel is believed to hold (SHA-256s).
     pub fn holds(&self, vessel: &str) -> Result<std::collections::HashSet<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT sha256 FROM vessel_holds WHERE vessel = ?1")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![vessel], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))
+        let list = self.db()?.query(
+            "SELECT sha256 FROM vessel_holds WHERE vessel = ?1",
+            &[&vessel],
+            |r| r.get(0),
+        )?;
+        Ok(list.into_iter().collect())
     }
 
     /// The vessel's download cursor passed `cursor`: it holds the content of every bundle it
     /// fetched up to there (carried, or already held when shore left it out).
     pub fn note_downloaded(&self, vessel: &str, cursor: i64, now: i64) -> Result<()> {
         // Only bundles the cursor passed since the last time: a need noted since then stands.
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let last: i64 = tx
-            .query_row(
-                "SELECT COALESCE((SELECT cursor FROM holds_cursor WHERE vessel = ?1), 0)",
-                params![vessel],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        if cursor <= last {
-            return Ok(());
-        }
-        tx.execute(
-            "INSERT OR IGNORE INTO vessel_holds(vessel, sha256, since)
-             SELECT ?1, c.sha256, ?4 FROM queue_content c JOIN queue q ON q.id = c.queue_id
-             WHERE q.id > ?2 AND q.id <= ?3 AND (q.recipient = ?1 OR q.recipient = '*')",
-            params![vessel, last, cursor, now],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO holds_cursor(vessel, cursor) VALUES (?1, ?2)",
-            params![vessel, cursor],
-        )
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
+        self.db()?.transaction(|db| {
+            let last: i64 = db
+                .query_opt(
+                    "SELECT cursor FROM holds_cursor WHERE vessel = ?1",
+                    &[&vessel],
+                    |r| r.get(0),
+                )?
+                .unwrap_or(0);
+            if cursor <= last {
+                return Ok(());
+            }
+            db.execute(
+                "INSERT INTO vessel_holds(vessel, sha256, since)
+                 SELECT CAST(?1 AS TEXT), c.sha256, CAST(?4 AS BIGINT) FROM queue_content c JOIN queue q ON q.id = c.queue_id
+                 WHERE q.id > ?2 AND q.id <= ?3 AND (q.recipient = ?1 OR q.recipient = '*')
+                 ON CONFLICT DO NOTHING",
+                &[&vessel, &last, &cursor, &now],
+            )?;
+            db.execute(
+                "INSERT INTO holds_cursor(vessel, cursor) VALUES (?1, ?2)
+                 ON CONFLICT(vessel) DO UPDATE SET cursor = excluded.cursor",
+                &[&vessel, &cursor],
+            )?;
+            Ok(())
+        })
     }
 
     /// The vessel said it lacks these: forget that it holds them, and note the request.
@@ -877,20 +870,17 @@ impl ShoreStore {
         sha256: &[String],
         now: i64,
     ) -> Result<()> {
+        let mut db = self.db()?;
         for h in sha256 {
-            self.conn
-                .execute(
-                    "DELETE FROM vessel_holds WHERE vessel = ?1 AND sha256 = ?2",
-                    params![vessel, h],
-                )
-                .map_err(|e| self.err(e))?;
-            self.conn
-                .execute(
-                    "INSERT INTO needs(vessel, bundle_id, sha256, asked_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(vessel, bundle_id, sha256) DO UPDATE SET asked_at = excluded.asked_at, answered = NULL",
-                    params![vessel, bundle_id, h, now],
-                )
-                .map_err(|e| self.err(e))?;
+            db.execute(
+                "DELETE FROM vessel_holds WHERE vessel = ?1 AND sha256 = ?2",
+                &[&vessel, h],
+            )?;
+            db.execute(
+                "INSERT INTO needs(vessel, bundle_id, sha256, asked_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(vessel, bundle_id, sha256) DO UPDATE SET asked_at = excluded.asked_at, answered = NULL",
+                &[&vessel, &bundle_id, h, &now],
+            )?;
         }
         Ok(())
     }
@@ -903,46 +893,34 @@ impl ShoreStore {
         sha256: &[String],
         queue_id: i64,
     ) -> Result<()> {
+        let mut db = self.db()?;
         for h in sha256 {
-            self.conn
-                .execute(
-                    "UPDATE needs SET answered = ?4 WHERE vessel = ?1 AND bundle_id = ?2 AND sha256 = ?3",
-                    params![vessel, bundle_id, h, queue_id],
-                )
-                .map_err(|e| self.err(e))?;
+            db.execute(
+                "UPDATE needs SET answered = ?4 WHERE vessel = ?1 AND bundle_id = ?2 AND sha256 = ?3",
+                &[&vessel, &bundle_id, h, &queue_id],
+            )?;
         }
         Ok(())
     }
 
     /// Per vessel: content files held, needs answered, needs shore could not answer.
     pub fn content_state(&self, vessel: &str) -> Result<(u64, u64, u64)> {
-        self.conn
-            .query_row(
-                "SELECT (SELECT COUNT(*) FROM vessel_holds WHERE vessel = ?1),
-                        (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NOT NULL),
-                        (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NULL)",
-                params![vessel],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.unsigned_abs(),
-                        r.get::<_, i64>(1)?.unsigned_abs(),
-                        r.get::<_, i64>(2)?.unsigned_abs(),
-                    ))
-                },
-            )
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT (SELECT COUNT(*) FROM vessel_holds WHERE vessel = ?1),
+                    (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NOT NULL),
+                    (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NULL)",
+            &[&vessel],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
     }
 
     /// The per-vessel copy of a queued bundle, if one was made: (file, size, sha256).
     pub fn variant(&self, queue_id: i64, vessel: &str) -> Result<Option<(String, u64, String)>> {
-        self.conn
-            .query_row(
-                "SELECT file, size, sha256 FROM variants WHERE queue_id = ?1 AND vessel = ?2",
-                params![queue_id, vessel],
-                |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.unsigned_abs(), r.get(2)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.db()?.query_opt(
+            "SELECT file, size, sha256 FROM variants WHERE queue_id = ?1 AND vessel = ?2",
+            &[&queue_id, &vessel],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
     }
 
     /// Records the per-vessel copy of a queued bundle (`carried` content members).
@@ -955,49 +933,42 @@ impl ShoreStore {
         sha256: &str,
         carried: u64,
     ) -> Result<()> {
-        self.conn
-            .execute(
-                "INSERT OR REPLACE INTO variants(queue_id, vessel, file, size, sha256, carried) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![queue_id, vessel, file, to_i64(size), sha256, to_i64(carried)],
-            )
-            .map_err(|e| self.err(e))?;
+        self.db()?.execute(
+            "INSERT INTO variants(queue_id, vessel, file, size, sha256, carried) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(queue_id, vessel) DO UPDATE SET file = excluded.file, size = excluded.size,
+               sha256 = excluded.sha256, carried = excluded.carried",
+            &[&queue_id, &vessel, &file, &to_i64(size), &sha256, &to_i64(carried)],
+        )?;
         Ok(())
     }
 
     /// Queues a bundle for `recipient` (a vessel id or `*`).
     pub fn enqueue_bundle(&self, q: &Queued, now: i64) -> Result<i64> {
-        self.conn
-            .execute(
-                "INSERT INTO queue(recipient, bundle_id, file, size, sha256, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![q.recipient, q.bundle_id, q.file, to_i64(q.size), q.sha256, now],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
+        self.db()?.query_one(
+            "INSERT INTO queue(recipient, bundle_id, file, size, sha256, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             RETURNING id",
+            &[&q.recipient, &q.bundle_id, &q.file, &to_i64(q.size), &q.sha256, &now],
+            |r| r.get(0),
+        )
     }
 
     /// Bundles for `vessel` after the vessel's download cursor.
     pub fn bundles_for(&self, vessel: &str, after: i64) -> Result<Vec<Queued>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, recipient, bundle_id, file, size, sha256 FROM queue
-                 WHERE (recipient = ?1 OR recipient = '*') AND id > ?2 ORDER BY id",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![vessel, after], |r| {
+        self.db()?.query(
+            "SELECT id, recipient, bundle_id, file, size, sha256 FROM queue
+             WHERE (recipient = ?1 OR recipient = '*') AND id > ?2 ORDER BY id",
+            &[&vessel, &after],
+            |r| {
                 Ok(Queued {
                     id: r.get(0)?,
                     recipient: r.get(1)?,
                     bundle_id: r.get(2)?,
                     file: r.get(3)?,
-                    size: r.get::<_, i64>(4)?.unsigned_abs(),
+                    size: r.get(4)?,
                     sha256: r.get(5)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+            },
+        )
     }
 
     /// One queued bundle, if `vessel` may fetch it.
@@ -1010,15 +981,11 @@ impl ShoreStore {
 
     /// The next sequence of the shore's ack-bundle stream to `vessel` (file mode).
     pub fn next_ack_bundle_seq(&self, vessel: &str) -> Result<u64> {
-        let seq: i64 = self
-            .conn
-            .query_row(
-                "UPDATE vessels SET ack_bundle_seq = ack_bundle_seq + 1 WHERE id = ?1 RETURNING ack_bundle_seq",
-                params![vessel],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(seq.unsigned_abs())
+        self.db()?.query_one(
+            "UPDATE vessels SET ack_bundle_seq = ack_bundle_seq + 1 WHERE id = ?1 RETURNING ack_bundle_seq",
+            &[&vessel],
+            |r| r.get(0),
+        )
     }
 
     /// Records received since `since` (Unix seconds), oldest first: (vessel, id, record, received).
@@ -1049,27 +1016,24 @@ impl ShoreStore {
         arg: i64,
         mut f: impl FnMut(&str, &[u8], Record, i64, i64),
     ) -> Result<(u64, i64)> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
+        let (mut n, mut top) = (0, arg);
+        self.db()?.each(
+            &format!(
                 "SELECT vessel, record_id, kind, user_key, course_key, item_key, user_legacy, course_legacy,
                         item_legacy, value, vtime, received_at, rowid
                  FROM records WHERE {filter} ORDER BY received_at, vessel, batch_seq, rowid"
-            ))
-            .map_err(|e| self.err(e))?;
-        let mut rows = stmt.query(params![arg]).map_err(|e| self.err(e))?;
-        let (mut n, mut top) = (0, arg);
-        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
-            let get =
-                |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Vec<u8>, Record, i64, i64)> {
-                    let (id, rec, at) = record_row(r, 1)?;
-                    Ok((r.get(0)?, id, rec, at, r.get(12)?))
-                };
-            let (vessel, id, rec, at, rowid) = get(r).map_err(|e| self.err(e))?;
-            f(&vessel, &id, rec, at, rowid);
-            top = top.max(rowid);
-            n += 1;
-        }
+            ),
+            &[&arg],
+            |r| {
+                let (id, rec, at) = record_row(&r, 1)?;
+                let vessel: String = r.get(0)?;
+                let rowid: i64 = r.get(12)?;
+                f(&vessel, &id, rec, at, rowid);
+                top = top.max(rowid);
+                n += 1;
+                Ok(())
+            },
+        )?;
         Ok((n, top))
     }
 
@@ -1085,17 +1049,10 @@ impl ShoreStore {
 
     /// (records, distinct record ids) held for `vessel`: equal by construction, checked in tests.
     pub fn record_counts(&self, vessel: &str) -> Result<(u64, u64)> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), COUNT(DISTINCT record_id) FROM records WHERE vessel = ?1",
-                params![vessel],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.unsigned_abs(),
-                        r.get::<_, i64>(1)?.unsigned_abs(),
-                    ))
-                },
-            )
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT COUNT(*), COUNT(DISTINCT record_id) FROM records WHERE vessel = ?1",
+            &[&vessel],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
     }
 }

@@ -2,8 +2,6 @@
 //! reported it, one point per hour for the last 30 days (the dashboard's chart), the records it
 //! delivered lately (its observed link rate), and its course deletions held by the guard.
 
-use rusqlite::params;
-
 use super::reports::{REPORTED_COLUMNS, reported_row};
 use super::{Reported, Result, ShoreStore};
 
@@ -55,75 +53,59 @@ impl ShoreStore {
         oldest_unsent: Option<i64>,
     ) -> Result<()> {
         let hour = now - now.rem_euclid(3600);
-        self.conn
-            .execute(
-                "INSERT INTO vessel_history(vessel, hour, depth, oldest_unsent) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(vessel, hour) DO UPDATE SET depth = COALESCE(excluded.depth, vessel_history.depth), oldest_unsent = excluded.oldest_unsent",
-                params![vessel, hour, depth, oldest_unsent],
-            )
-            .map_err(|e| self.err(e))?;
-        self.conn
-            .execute(
-                "DELETE FROM vessel_history WHERE vessel = ?1 AND hour < ?2",
-                params![vessel, hour - HISTORY_DAYS * 86_400],
-            )
-            .map_err(|e| self.err(e))?;
+        let mut db = self.db()?;
+        db.execute(
+            "INSERT INTO vessel_history(vessel, hour, depth, oldest_unsent) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(vessel, hour) DO UPDATE SET depth = COALESCE(excluded.depth, vessel_history.depth), oldest_unsent = excluded.oldest_unsent",
+            &[&vessel, &hour, &depth, &oldest_unsent],
+        )?;
+        db.execute(
+            "DELETE FROM vessel_history WHERE vessel = ?1 AND hour < ?2",
+            &[&vessel, &(hour - HISTORY_DAYS * 86_400)],
+        )?;
         Ok(())
     }
 
     /// The vessel's history since `since`, oldest first.
     pub fn history(&self, vessel: &str, since: i64) -> Result<Vec<Point>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT hour, depth, oldest_unsent FROM vessel_history WHERE vessel = ?1 AND hour >= ?2 ORDER BY hour",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![vessel, since], |r| {
+        self.db()?.query(
+            "SELECT hour, depth, oldest_unsent FROM vessel_history WHERE vessel = ?1 AND hour >= ?2 ORDER BY hour",
+            &[&vessel, &since],
+            |r| {
                 Ok(Point {
                     hour: r.get(0)?,
                     depth: r.get(1)?,
                     oldest_unsent: r.get(2)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+            },
+        )
     }
 
     /// Records the vessel's batches carried since `since` (new or not: what its link moved).
     pub fn delivered_since(&self, vessel: &str, since: i64) -> Result<u64> {
-        self.conn
-            .query_row(
-                "SELECT COALESCE(SUM(records), 0) FROM batches WHERE vessel = ?1 AND received_at >= ?2",
-                params![vessel, since],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(i64::unsigned_abs)
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT COALESCE(SUM(records), 0) FROM batches WHERE vessel = ?1 AND received_at >= ?2",
+            &[&vessel, &since],
+            |r| r.get(0),
+        )
     }
 
     /// The vessel's course deletions and replacements it last reported as waiting.
     pub fn held_deletions(&self, vessel: &str) -> Result<Vec<HeldDeletion>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
+        self.db()?.query(
+            &format!(
                 "SELECT cmd_id, type, {REPORTED_COLUMNS} FROM vessel_commands
                  WHERE vessel = ?1 AND state = 'waiting' AND type IN ('delete_course', 'replace_course')
                  ORDER BY at"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![vessel], |r| {
+            ),
+            &[&vessel],
+            |r| {
                 Ok(HeldDeletion {
                     command: r.get(0)?,
                     kind: r.get(1)?,
                     report: reported_row(r, 2)?,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+            },
+        )
     }
 }

@@ -4,8 +4,7 @@
 //! lacks their learner, course or activity, or refused them) with their reason, what shore
 //! last wrote into the cloud per key (the newer-wins check), and the operator's key mappings.
 
-use rusqlite::{OptionalExtension, params};
-
+use super::sql::{Db, Row, ToValue};
 use super::{Result, ShoreStore, record_row};
 use wire::progress::Record;
 
@@ -89,28 +88,23 @@ const FORWARD_COLUMNS: &str = "r.rowid, r.vessel, r.record_id, r.kind, r.user_ke
 
 impl ShoreStore {
     pub(super) fn fact(&self, name: &str) -> Result<Option<i64>> {
-        self.conn
-            .query_row(
-                "SELECT value FROM shore_facts WHERE name = ?1",
-                params![name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.db()?.query_opt(
+            "SELECT value FROM shore_facts WHERE name = ?1",
+            &[&name],
+            |r| r.get(0),
+        )
     }
 
     pub(super) fn set_fact(&self, name: &str, value: Option<i64>) -> Result<()> {
+        let mut db = self.db()?;
         match value {
-            Some(v) => self.conn.execute(
+            Some(v) => db.execute(
                 "INSERT INTO shore_facts(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                params![name, v],
+                &[&name, &v],
             ),
-            None => self
-                .conn
-                .execute("DELETE FROM shore_facts WHERE name = ?1", params![name]),
+            None => db.execute("DELETE FROM shore_facts WHERE name = ?1", &[&name]),
         }
         .map(|_| ())
-        .map_err(|e| self.err(e))
     }
 
     /// The watermark: every record up to this arrival position has its outcome settled.
@@ -132,43 +126,33 @@ impl ShoreStore {
     fn read_forward(
         &self,
         sql: &str,
-        args: impl rusqlite::Params,
+        args: &[&dyn ToValue],
     ) -> Result<Vec<(ToForward, String, String)>> {
-        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(args, |r| {
-                let (_, record, _) = record_row(r, 2)?;
-                Ok((
-                    ToForward {
-                        rowid: r.get(0)?,
-                        vessel: r.get(1)?,
-                        record,
-                    },
-                    r.get::<_, Option<String>>(13)?.unwrap_or_default(),
-                    r.get::<_, Option<String>>(14)?.unwrap_or_default(),
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.db()?.query(sql, args, |r: &Row| {
+            let (_, record, _) = record_row(r, 2)?;
+            Ok((
+                ToForward {
+                    rowid: r.get(0)?,
+                    vessel: r.get(1)?,
+                    record,
+                },
+                r.get::<Option<String>>(13)?.unwrap_or_default(),
+                r.get::<Option<String>>(14)?.unwrap_or_default(),
+            ))
+        })
     }
 
     /// Distinct text values of a one-column query with one argument.
     fn strings(&self, sql: &str, arg: &str) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![arg], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(|e| self.err(e))
+        self.db()?.query(sql, &[&arg], |r| r.get(0))
     }
 
     /// Up to `limit` records past the watermark, in arrival order.
     pub fn to_forward(&self, limit: u64) -> Result<Vec<ToForward>> {
         let cursor = self.forward_cursor()?;
         self.read_forward(
-            &format!("SELECT {FORWARD_COLUMNS}, NULL, NULL FROM records r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"),
-            params![cursor, i64::try_from(limit).unwrap_or(i64::MAX)],
+            &format!("SELECT {FORWARD_COLUMNS}, CAST(NULL AS TEXT), CAST(NULL AS TEXT) FROM records r WHERE r.rowid > ?1 ORDER BY r.rowid LIMIT ?2"),
+            &[&cursor, &i64::try_from(limit).unwrap_or(i64::MAX)],
         )
         .map(|l| l.into_iter().map(|(t, _, _)| t).collect())
     }
@@ -176,21 +160,21 @@ impl ShoreStore {
     /// Records held back, oldest first, with their reason.
     pub fn held(&self, limit: u64) -> Result<Vec<(ToForward, String)>> {
         let list = self.read_forward(
-            &format!("SELECT {FORWARD_COLUMNS}, h.reason, NULL FROM forward_held h JOIN records r ON r.rowid = h.record_rowid ORDER BY h.record_rowid LIMIT ?1"),
-            params![i64::try_from(limit).unwrap_or(i64::MAX)],
+            &format!("SELECT {FORWARD_COLUMNS}, h.reason, CAST(NULL AS TEXT) FROM forward_held h JOIN records r ON r.rowid = h.record_rowid ORDER BY h.record_rowid LIMIT ?1"),
+            &[&i64::try_from(limit).unwrap_or(i64::MAX)],
         )?;
         Ok(list.into_iter().map(|(t, reason, _)| (t, reason)).collect())
     }
 
-    fn advance(tx: &rusqlite::Transaction<'_>, rowid: i64) -> rusqlite::Result<()> {
-        tx.execute(
+    fn advance(db: &mut Db, rowid: i64) -> Result<()> {
+        db.execute(
             "INSERT INTO shore_facts(name, value) VALUES ('forward_cursor', ?1)
-             ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
-            params![rowid],
+             ON CONFLICT(name) DO UPDATE SET value = CASE WHEN excluded.value > shore_facts.value THEN excluded.value ELSE shore_facts.value END",
+            &[&rowid],
         )?;
-        tx.execute(
+        db.execute(
             "DELETE FROM shore_facts WHERE name = 'forward_inflight'",
-            [],
+            &[],
         )?;
         Ok(())
     }
@@ -198,130 +182,102 @@ impl ShoreStore {
     /// Ends a record's forwarding in one transaction: its outcome, what shore wrote for its
     /// key, released from the hold, the watermark past it.
     pub fn settle(&mut self, t: &ToForward, s: &Settled<'_>, now: i64) -> Result<()> {
-        let path = self.path.clone();
-        let e = |source| super::ShoreDbError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO forwarded(record_rowid, outcome, detail, at) VALUES (?1, ?2, ?3, ?4)",
-            params![t.rowid, s.outcome, s.detail, now],
-        )
-        .map_err(e)?;
-        tx.execute(
-            "DELETE FROM forward_held WHERE record_rowid = ?1",
-            params![t.rowid],
-        )
-        .map_err(e)?;
-        if let Some(v) = s.wrote {
-            let r = &t.record;
-            tx.execute(
-                "INSERT OR REPLACE INTO cloud_written(kind, user_key, course_key, item_key, value, vtime, written_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![r.kind.code(), r.user, r.course, r.item, v, r.time, now],
-            )
-            .map_err(e)?;
-        }
-        Self::advance(&tx, t.rowid).map_err(e)?;
-        tx.commit().map_err(e)
+        self.db.get_mut().transaction(|db| {
+            db.execute(
+                "INSERT INTO forwarded(record_rowid, outcome, detail, at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(record_rowid) DO UPDATE SET outcome = excluded.outcome, detail = excluded.detail, at = excluded.at",
+                &[&t.rowid, &s.outcome, &s.detail, &now],
+            )?;
+            db.execute(
+                "DELETE FROM forward_held WHERE record_rowid = ?1",
+                &[&t.rowid],
+            )?;
+            if let Some(v) = s.wrote {
+                let r = &t.record;
+                db.execute(
+                    "INSERT INTO cloud_written(kind, user_key, course_key, item_key, value, vtime, written_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(kind, user_key, course_key, item_key) DO UPDATE SET value = excluded.value,
+                       vtime = excluded.vtime, written_at = excluded.written_at",
+                    &[&r.kind.code(), &r.user, &r.course, &r.item, &v, &r.time, &now],
+                )?;
+            }
+            Self::advance(db, t.rowid)
+        })
     }
 
     /// Holds a record back with its reason (or updates the reason of one held already), and
     /// moves the watermark past it: it is retried from the hold, not from the stream.
     pub fn hold(&mut self, t: &ToForward, reason: &str, now: i64) -> Result<()> {
-        let path = self.path.clone();
-        let e = |source| super::ShoreDbError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
-        tx.execute(
-            "INSERT INTO forward_held(record_rowid, reason, since, tried_at) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT(record_rowid) DO UPDATE SET reason = excluded.reason, tried_at = excluded.tried_at",
-            params![t.rowid, reason, now],
-        )
-        .map_err(e)?;
-        Self::advance(&tx, t.rowid).map_err(e)?;
-        tx.commit().map_err(e)
+        self.db.get_mut().transaction(|db| {
+            db.execute(
+                "INSERT INTO forward_held(record_rowid, reason, since, tried_at) VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT(record_rowid) DO UPDATE SET reason = excluded.reason, tried_at = excluded.tried_at",
+                &[&t.rowid, &reason, &now],
+            )?;
+            Self::advance(db, t.rowid)
+        })
     }
 
     /// What shore last wrote into the cloud for a record's key.
     pub fn written(&self, r: &Record) -> Result<Option<Written>> {
-        self.conn
-            .query_row(
-                "SELECT value, vtime, written_at FROM cloud_written
-                 WHERE kind = ?1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4",
-                params![r.kind.code(), r.user, r.course, r.item],
-                |row| {
-                    Ok(Written {
-                        value: row.get(0)?,
-                        vtime: row.get(1)?,
-                        written_at: row.get(2)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.db()?.query_opt(
+            "SELECT value, vtime, written_at FROM cloud_written
+             WHERE kind = ?1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4",
+            &[&r.kind.code(), &r.user, &r.course, &r.item],
+            |row| {
+                Ok(Written {
+                    value: row.get(0)?,
+                    vtime: row.get(1)?,
+                    written_at: row.get(2)?,
+                })
+            },
+        )
     }
 
     /// Maps a ship's key to the cloud's (`what`: `user`, `course` or `activity`).
     pub fn map_key(&self, what: &str, from: &str, to: &str, now: i64) -> Result<()> {
-        self.conn
+        self.db()?
             .execute(
-                "INSERT OR REPLACE INTO cloud_map(what, from_key, to_key, added_at) VALUES (?1, ?2, ?3, ?4)",
-                params![what, from, to, now],
+                "INSERT INTO cloud_map(what, from_key, to_key, added_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(what, from_key) DO UPDATE SET to_key = excluded.to_key, added_at = excluded.added_at",
+                &[&what, &from, &to, &now],
             )
             .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// The cloud's key for a ship's key, if the operator mapped it.
     pub fn mapped(&self, what: &str, from: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row(
-                "SELECT to_key FROM cloud_map WHERE what = ?1 AND from_key = ?2",
-                params![what, from],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.db()?.query_opt(
+            "SELECT to_key FROM cloud_map WHERE what = ?1 AND from_key = ?2",
+            &[&what, &from],
+            |r| r.get(0),
+        )
     }
 
     /// Outcome counts (outcome, records), the number held and the held reasons with their
     /// counts, most frequent first.
     pub fn forward_summary(&self) -> Result<ForwardSummary> {
-        let q = |sql: &str| -> Result<Vec<(String, u64)>> {
-            let mut stmt = self.conn.prepare(sql).map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
-                })
-                .map_err(|e| self.err(e))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| self.err(e))
-        };
-        let total: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
         let cursor = self.forward_cursor()?;
-        let pending: i64 = self
-            .conn
-            .query_row(
-                "SELECT COUNT(*) FROM records WHERE rowid > ?1",
-                params![cursor],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        let mut db = self.db()?;
+        let pairs = |r: &Row| Ok((r.get::<String>(0)?, r.get::<u64>(1)?));
+        let (records, pending) = db.query_one(
+            "SELECT (SELECT COUNT(*) FROM records), (SELECT COUNT(*) FROM records WHERE rowid > ?1)",
+            &[&cursor],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         Ok(ForwardSummary {
-            records: total.unsigned_abs(),
-            pending: pending.unsigned_abs(),
-            outcomes: q(
+            records,
+            pending,
+            outcomes: db.query(
                 "SELECT outcome, COUNT(*) FROM forwarded GROUP BY outcome ORDER BY outcome",
+                &[],
+                pairs,
             )?,
-            held: q(
+            held: db.query(
                 "SELECT reason, COUNT(*) FROM forward_held GROUP BY reason ORDER BY COUNT(*) DESC, reason LIMIT 20",
+                &[],
+                pairs,
             )?,
         })
     }
@@ -331,34 +287,27 @@ impl ShoreStore {
     pub fn conflicts(&self, since: i64) -> Result<Vec<(ToForward, String, String)>> {
         self.read_forward(
             &format!("SELECT {FORWARD_COLUMNS}, f.outcome, f.detail FROM forwarded f JOIN records r ON r.rowid = f.record_rowid WHERE f.outcome IN ('older', 'tie') AND f.at >= ?1 ORDER BY f.record_rowid"),
-            params![since],
+            &[&since],
         )
     }
 
     /// One line of shore's audit trail: who did what, when.
     pub fn audit(&self, who: &str, what: &str, detail: &str, now: i64) -> Result<()> {
-        self.conn
+        self.db()?
             .execute(
                 "INSERT INTO shore_audit(at, who, what, detail) VALUES (?1, ?2, ?3, ?4)",
-                params![now, who, what, detail],
+                &[&now, &who, &what, &detail],
             )
             .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// The newest `limit` audit lines, newest first: (at, who, what, detail).
     pub fn audit_trail(&self, limit: u64) -> Result<Vec<(i64, String, String, String)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT at, who, what, detail FROM shore_audit ORDER BY id DESC LIMIT ?1")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))
+        self.db()?.query(
+            "SELECT at, who, what, detail FROM shore_audit ORDER BY id DESC LIMIT ?1",
+            &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
     }
 }
 
@@ -429,29 +378,26 @@ impl ShoreStore {
         by: &str,
         now: i64,
     ) -> Result<()> {
-        self.conn
+        self.db()?
             .execute(
-                "INSERT OR REPLACE INTO retirements(course, vessel, bundle_id, queue_id, queued_at, by_whom) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![course, vessel, bundle_id, queue_id, now, by],
+                "INSERT INTO retirements(course, vessel, bundle_id, queue_id, queued_at, by_whom) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(course, vessel) DO UPDATE SET bundle_id = excluded.bundle_id, queue_id = excluded.queue_id,
+                   queued_at = excluded.queued_at, by_whom = excluded.by_whom",
+                &[&course, &vessel, &bundle_id, &queue_id, &now, &by],
             )
             .map(|_| ())
-            .map_err(|e| self.err(e))
     }
 
     /// Every vessel's part in retiring `course`.
     pub fn retirements(&self, course: &str) -> Result<Vec<Retirement>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT t.vessel, t.bundle_id, t.queue_id, t.queued_at, t.by_whom,
-                        COALESCE((SELECT cursor FROM holds_cursor h WHERE h.vessel = t.vessel), 0) >= t.queue_id,
-                        (SELECT COUNT(*) FROM records r WHERE r.vessel = t.vessel AND r.course_key = t.course),
-                        (SELECT MAX(received_at) FROM records r WHERE r.vessel = t.vessel AND r.course_key = t.course)
-                 FROM retirements t WHERE t.course = ?1 ORDER BY t.vessel",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![course], |r| {
+        let mut out = self.db()?.query(
+            "SELECT t.vessel, t.bundle_id, t.queue_id, t.queued_at, t.by_whom,
+                    COALESCE((SELECT cursor FROM holds_cursor h WHERE h.vessel = t.vessel), 0) >= t.queue_id,
+                    (SELECT COUNT(*) FROM records r WHERE r.vessel = t.vessel AND r.course_key = t.course),
+                    (SELECT MAX(received_at) FROM records r WHERE r.vessel = t.vessel AND r.course_key = t.course)
+             FROM retirements t WHERE t.course = ?1 ORDER BY t.vessel",
+            &[&course],
+            |r| {
                 Ok(Retirement {
                     vessel: r.get(0)?,
                     bundle_id: r.get(1)?,
@@ -459,15 +405,12 @@ impl ShoreStore {
                     queued_at: r.get(3)?,
                     by: r.get(4)?,
                     fetched: r.get(5)?,
-                    records: r.get::<_, i64>(6)?.unsigned_abs(),
+                    records: r.get(6)?,
                     last_record_at: r.get(7)?,
                     reported: None,
                 })
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = rows
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(|e| self.err(e))?;
+            },
+        )?;
         for t in &mut out {
             t.reported = self.reported(&t.vessel, &t.bundle_id)?;
         }
@@ -493,14 +436,11 @@ impl ShoreStore {
         course: &str,
         item: &str,
     ) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
-                params![vessel, user, course, item],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
+            &[&vessel, &user, &course, &item],
+            |r| r.get(0),
+        )
     }
 }
 
@@ -508,12 +448,10 @@ impl ShoreStore {
     /// Whether shore received progress of this learner (by idnumber or username) from a vessel
     /// other than `vessel`: a crew list naming them for `vessel` means they moved.
     pub fn sailed_elsewhere(&self, idnumber: &str, username: &str, vessel: &str) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM records WHERE user_key IN (?1, ?2) AND vessel != ?3)",
-                params![idnumber, username, vessel],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))
+        self.db()?.query_one(
+            "SELECT EXISTS(SELECT 1 FROM records WHERE user_key IN (?1, ?2) AND vessel != ?3)",
+            &[&idnumber, &username, &vessel],
+            |r| r.get(0),
+        )
     }
 }

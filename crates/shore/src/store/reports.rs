@@ -2,9 +2,9 @@
 //! state of each command per vessel, kept by the batch sequence that carried it so that an
 //! older batch received late never overwrites a newer report.
 
-use rusqlite::{OptionalExtension, params};
 use wire::envelope::CommandReport;
 
+use super::sql::Row;
 use super::{Result, ShoreStore};
 
 pub(super) const SCHEMA: &str = "
@@ -44,14 +44,13 @@ pub struct Reported {
 pub(super) const REPORTED_COLUMNS: &str = "state, reason, at, unacked_records, learners";
 
 /// A [`Reported`] from [`REPORTED_COLUMNS`] starting at column `at`.
-pub(super) fn reported_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Reported> {
-    let count = |v: Option<i64>| v.map(i64::unsigned_abs);
+pub(super) fn reported_row(r: &Row, at: usize) -> std::result::Result<Reported, String> {
     Ok(Reported {
         state: r.get(at)?,
         reason: r.get(at + 1)?,
         at: r.get(at + 2)?,
-        unacked_records: count(r.get(at + 3)?),
-        learners: count(r.get(at + 4)?),
+        unacked_records: r.get(at + 3)?,
+        learners: r.get(at + 4)?,
     })
 }
 
@@ -66,8 +65,9 @@ impl ShoreStore {
         now: i64,
     ) -> Result<()> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let mut db = self.db()?;
         for r in reports {
-            self.conn
+            db
                 .execute(
                     "INSERT INTO vessel_commands(vessel, cmd_id, bundle_id, type, state, reason, at, unacked_records, learners, batch_seq, received_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -76,37 +76,33 @@ impl ShoreStore {
                         unacked_records = excluded.unacked_records, learners = excluded.learners,
                         batch_seq = excluded.batch_seq, received_at = excluded.received_at
                      WHERE excluded.batch_seq >= vessel_commands.batch_seq",
-                    params![
-                        vessel,
-                        r.id,
-                        r.bundle,
-                        r.kind,
-                        r.state,
-                        r.reason,
-                        r.at,
-                        r.unacked_records.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                        r.learners.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                        seq,
-                        now
+                    &[
+                        &vessel,
+                        &r.id,
+                        &r.bundle,
+                        &r.kind,
+                        &r.state,
+                        &r.reason,
+                        &r.at,
+                        &r.unacked_records.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                        &r.learners.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                        &seq,
+                        &now,
                     ],
-                )
-                .map_err(|e| self.err(e))?;
+                )?;
         }
         Ok(())
     }
 
     /// The vessel's latest report on the command(s) of bundle `bundle` (the last reported).
     pub fn reported(&self, vessel: &str, bundle: &str) -> Result<Option<Reported>> {
-        self.conn
-            .query_row(
-                &format!(
-                    "SELECT {REPORTED_COLUMNS} FROM vessel_commands
-                     WHERE vessel = ?1 AND bundle_id = ?2 ORDER BY batch_seq DESC, cmd_id LIMIT 1"
-                ),
-                params![vessel, bundle],
-                |r| reported_row(r, 0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        self.db()?.query_opt(
+            &format!(
+                "SELECT {REPORTED_COLUMNS} FROM vessel_commands
+                 WHERE vessel = ?1 AND bundle_id = ?2 ORDER BY batch_seq DESC, cmd_id LIMIT 1"
+            ),
+            &[&vessel, &bundle],
+            |r| reported_row(r, 0),
+        )
     }
 }

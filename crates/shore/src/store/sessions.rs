@@ -1,0 +1,100 @@
+//! What every receiver of one database must agree on beyond the fleet's records: the
+//! dashboard's logins (the SHA-256 of each session token and when it expires; a login made
+//! through one receiver opens the page through another, and survives a restart), the recent
+//! wrong passwords that throttle guessing, and leases, which let one receiver at a time do a
+//! job that must not run twice at once (forwarding into the cloud Moodle).
+
+use super::{Result, ShoreStore};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    expires      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dashboard_refusals (
+    at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    expires  INTEGER NOT NULL
+);
+";
+
+impl ShoreStore {
+    /// Keeps a new dashboard session until `expires`, forgetting expired ones.
+    pub fn open_session(&self, token_sha256: &str, expires: i64, now: i64) -> Result<()> {
+        let mut db = self.db()?;
+        db.execute(
+            "DELETE FROM dashboard_sessions WHERE expires <= ?1",
+            &[&now],
+        )?;
+        db.execute(
+            "INSERT INTO dashboard_sessions(token_sha256, expires) VALUES (?1, ?2)
+             ON CONFLICT(token_sha256) DO UPDATE SET expires = excluded.expires",
+            &[&token_sha256, &expires],
+        )?;
+        Ok(())
+    }
+
+    /// Whether the session is open at `now`.
+    pub fn session_valid(&self, token_sha256: &str, now: i64) -> Result<bool> {
+        self.db()?.query_one(
+            "SELECT COUNT(*) FROM dashboard_sessions WHERE token_sha256 = ?1 AND expires > ?2",
+            &[&token_sha256, &now],
+            |r| r.get(0),
+        )
+    }
+
+    /// Ends a session.
+    pub fn close_session(&self, token_sha256: &str) -> Result<()> {
+        self.db()?
+            .execute(
+                "DELETE FROM dashboard_sessions WHERE token_sha256 = ?1",
+                &[&token_sha256],
+            )
+            .map(|_| ())
+    }
+
+    /// Notes a wrong dashboard password.
+    pub fn note_wrong_password(&self, now: i64) -> Result<()> {
+        let mut db = self.db()?;
+        db.execute(
+            "DELETE FROM dashboard_refusals WHERE at < ?1",
+            &[&(now - 3600)],
+        )?;
+        db.execute("INSERT INTO dashboard_refusals(at) VALUES (?1)", &[&now])
+            .map(|_| ())
+    }
+
+    /// Wrong dashboard passwords since `since`, through any receiver.
+    pub fn wrong_passwords_since(&self, since: i64) -> Result<u64> {
+        self.db()?.query_one(
+            "SELECT COUNT(*) FROM dashboard_refusals WHERE at >= ?1",
+            &[&since],
+            |r| r.get(0),
+        )
+    }
+
+    /// Takes or renews lease `name` for `holder` until `expires`; false while another holder's
+    /// lease runs.
+    pub fn take_lease(&self, name: &str, holder: &str, expires: i64, now: i64) -> Result<bool> {
+        let n = self.db()?.execute(
+            "INSERT INTO leases(name, holder, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+             WHERE leases.holder = excluded.holder OR leases.expires <= ?4",
+            &[&name, &holder, &expires, &now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Gives lease `name` up, if `holder` holds it.
+    pub fn drop_lease(&self, name: &str, holder: &str) -> Result<()> {
+        self.db()?
+            .execute(
+                "DELETE FROM leases WHERE name = ?1 AND holder = ?2",
+                &[&name, &holder],
+            )
+            .map(|_| ())
+    }
+}
