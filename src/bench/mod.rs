@@ -53,6 +53,73 @@ throwaway database, which this packaged build does not carry (only 'bench bundle
 Run it from a checkout with 'cargo run --release -- bench NAME', or build the lab binary for \
 this ship with 'packaging/cross-build.sh lab' and copy it on board (README: Benchmarks).";
 
+/// `vessel-sync bench NAME`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark: `bundle` (verify-and-extract throughput, peak memory), `shore` (N
+    /// vessels sending a 1,000-record batch at once to shore serve, one receiver on SQLite and
+    /// on PostgreSQL, and two on PostgreSQL: batches/s, records/s, p50/p99, receiver memory,
+    /// every record stored once), `wire` (bytes per record on the link, round trips), `outbox`
+    /// (capture and enqueue rate), `users` (an 80,000-row CSV validated, the importer's time per
+    /// chunk; with --config: --rows new users into that real Moodle against its upload CLI),
+    /// `delta` (a course update by content), `forward` (shore forwarding --rows records into a
+    /// real Moodle it brings up).
+    pub name: String,
+    /// Print one JSON object of figures on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Size of the generated bundle in MB.
+    #[arg(long, default_value_t = 200)]
+    pub size_mb: u64,
+    /// `bench users` against the real Moodle of this agent config (its [moodle] url,
+    /// token_file and moodle_dir). Creates 3 x --rows accounts named vsbench... and deletes
+    /// them afterwards: run it on a site where that is acceptable.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// `bench users --config`: new users per import; `bench forward`: records forwarded.
+    #[arg(long, default_value_t = 2000)]
+    pub rows: u64,
+    /// `bench users --config`: leave the benchmark's accounts in Moodle.
+    #[arg(long)]
+    pub keep: bool,
+    /// `bench forward`: the database of the real Moodle it brings up, mariadb or postgres.
+    #[arg(long = "db", value_name = "DB", default_value = "mariadb")]
+    pub moodle_db: String,
+    /// `bench shore`: vessels syncing at once (default: runs of 10, 100 and 1,000).
+    #[arg(long, value_name = "N")]
+    pub vessels: Option<usize>,
+    /// `bench shore`: only this store, `sqlite` or `postgres` (default: both).
+    #[arg(long, value_name = "STORE")]
+    pub store: Option<String>,
+    /// `bench shore`: receivers sharing the store, 1 or 2 (default: 1, and 2 on PostgreSQL).
+    #[arg(long, value_name = "N")]
+    pub receivers: Option<usize>,
+    /// `bench shore`: the PostgreSQL server to use (`postgres://USER@HOST/DB`, password in
+    /// $PGPASSWORD); each run works in a schema of its own, dropped afterwards. Without it a
+    /// lab build starts a throwaway server, and the packaged build runs SQLite only.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+}
+
+/// Runs `vessel-sync bench`.
+pub fn run_args(a: BenchArgs) -> i32 {
+    run(
+        &a.name,
+        a.json,
+        a.size_mb,
+        &Against {
+            config: a.config,
+            rows: a.rows,
+            keep: a.keep,
+            moodle_db: a.moodle_db,
+            vessels: a.vessels,
+            store: a.store,
+            receivers: a.receivers,
+            postgres: a.postgres,
+        },
+    )
+}
+
 /// What `bench users` is pointed at.
 #[derive(Debug, Clone, Default)]
 pub struct Against {
@@ -66,6 +133,12 @@ pub struct Against {
     pub moodle_db: String,
     /// `bench shore`: vessels syncing at once (none: 10, 100 and 1,000).
     pub vessels: Option<usize>,
+    /// `bench shore`: only this store.
+    pub store: Option<String>,
+    /// `bench shore`: receivers.
+    pub receivers: Option<usize>,
+    /// `bench shore`: a PostgreSQL server's URL.
+    pub postgres: Option<String>,
 }
 
 /// Runs benchmark `name`.
@@ -122,7 +195,7 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
                 exit::IOERR
             }
         },
-        "shore" => report_json(json, shore::run(against.vessels)),
+        "shore" => report_json(json, shore::run(against)),
         #[cfg(feature = "lab")]
         "outbox" => report_json(json, progress::outbox()),
         #[cfg(feature = "lab")]

@@ -23,6 +23,8 @@ const CLIENTS: usize = 64;
 /// One run's figures.
 #[derive(Debug, serde::Serialize)]
 struct Run {
+    store: &'static str,
+    receivers: usize,
     vessels: usize,
     records_per_batch: usize,
     client_threads: usize,
@@ -103,7 +105,51 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn one_run(vessels: usize) -> Result<Run, String> {
+/// Where a run keeps its records.
+enum Store {
+    /// `STATE_DIR/shore.db`.
+    Sqlite,
+    /// A schema of its own on this PostgreSQL server (URL without the schema option; the
+    /// password, if any, in $PGPASSWORD).
+    Postgres(String),
+}
+
+/// The `[store]` section for a schema of its own on `url`, and that schema's name.
+fn pg_store(d: &Path, url: &str, run: usize) -> Result<(String, String), String> {
+    let schema = format!("vsbench_{}_{run}", std::process::id());
+    let mut admin: postgres::Config = url.parse().map_err(io)?;
+    let password = std::env::var("PGPASSWORD").ok();
+    if let Some(p) = &password {
+        admin.password(p);
+    }
+    let mut c = admin
+        .connect(postgres::NoTls)
+        .map_err(|e| format!("{url}: {e}"))?;
+    c.batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .map_err(io)?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut section = format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"{url}{sep}options=-csearch_path%3D{schema}\"\n"
+    );
+    if let Some(p) = password {
+        std::fs::write(d.join("pg.password"), format!("{p}\n")).map_err(io)?;
+        section.push_str("password_file = \"pg.password\"\n");
+    }
+    Ok((section, schema))
+}
+
+fn drop_schema(url: &str, schema: &str) {
+    if let Ok(mut admin) = url.parse::<postgres::Config>() {
+        if let Ok(p) = std::env::var("PGPASSWORD") {
+            admin.password(p);
+        }
+        if let Ok(mut c) = admin.connect(postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+        }
+    }
+}
+
+fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Result<Run, String> {
     let dir = tempfile::tempdir().map_err(io)?;
     let d = dir.path();
     let (ca, chain, tls_key) =
@@ -111,15 +157,40 @@ fn one_run(vessels: usize) -> Result<Run, String> {
     for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
         std::fs::write(d.join(name), body).map_err(io)?;
     }
-    let port = free_port()?;
-    let cfg_path = d.join("shore.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
-        ),
-    )
-    .map_err(io)?;
+    let (section, schema) = match store {
+        Store::Sqlite => (String::new(), None),
+        Store::Postgres(url) => {
+            let (s, schema) = pg_store(d, url, run)?;
+            (s, Some((url.clone(), schema)))
+        }
+    };
+    // The schema goes when the run ends, however it ends.
+    struct Dropped(Option<(String, String)>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            if let Some((url, schema)) = &self.0 {
+                drop_schema(url, schema);
+            }
+        }
+    }
+    let _dropped = Dropped(schema);
+    // Every receiver shares the state directory and the store; each listens on its own port.
+    let mut ports = Vec::new();
+    let mut configs = Vec::new();
+    for r in 0..receivers.max(1) {
+        let port = free_port()?;
+        let path = d.join(format!("shore-{r}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "version = 1\n{section}[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+            ),
+        )
+        .map_err(io)?;
+        ports.push(port);
+        configs.push(path);
+    }
+    let cfg_path = configs[0].clone();
     let cfg = shore::ShoreConfig::load(&cfg_path)?;
     let now = SystemClock.now();
     // Every vessel registered, its batch built and signed before the clock starts.
@@ -146,35 +217,44 @@ fn one_run(vessels: usize) -> Result<Run, String> {
         }
     }
     let exe = std::env::current_exe().map_err(io)?;
-    let child = Command::new(exe)
-        .args(["shore", "serve", "--config"])
-        .arg(&cfg_path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting shore serve: {e}"))?;
-    let receiver = Receiver(child);
+    let mut running = Vec::new();
+    for path in &configs {
+        let child = Command::new(&exe)
+            .args(["shore", "serve", "--config"])
+            .arg(path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting shore serve: {e}"))?;
+        running.push(Receiver(child));
+    }
     let trust = wire::net::Trust {
         ca_file: Some(d.join("ca.pem")),
         pins: vec![],
     };
-    let url = format!("https://127.0.0.1:{port}");
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .collect();
     let probe = wire::net::http_client(&trust, Duration::from_secs(2), Duration::from_secs(5))
         .map_err(io)?;
     let up = Instant::now();
-    while probe
-        .get(format!("{url}/v1/health"))
-        .send()
-        .map(|r| !r.status().is_success())
-        .unwrap_or(true)
-    {
-        if up.elapsed() > Duration::from_secs(30) {
-            return Err("shore serve did not answer /v1/health within 30 s".into());
+    for url in &urls {
+        while probe
+            .get(format!("{url}/v1/health"))
+            .send()
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+        {
+            if up.elapsed() > Duration::from_secs(30) {
+                return Err("shore serve did not answer /v1/health within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let queue = Mutex::new(fleet.into_iter());
+    // Vessel n syncs with receiver n mod R.
+    let queue = Mutex::new(fleet.into_iter().enumerate());
     let times = Mutex::new(Vec::with_capacity(vessels));
     let outcome = Mutex::new((0usize, 0usize));
     let started = Instant::now();
@@ -183,9 +263,10 @@ fn one_run(vessels: usize) -> Result<Run, String> {
             s.spawn(|| {
                 loop {
                     let next = queue.lock().ok().and_then(|mut q| q.next());
-                    let Some((id, token, body)) = next else {
+                    let Some((n, (id, token, body))) = next else {
                         return;
                     };
+                    let url = &urls[n % urls.len()];
                     let t = Instant::now();
                     // A vessel of its own: a new client, so a new TLS handshake.
                     let acked = wire::net::http_client(
@@ -218,8 +299,11 @@ fn one_run(vessels: usize) -> Result<Run, String> {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    let rss = super::rss::peak_rss_mb_of(receiver.0.id());
-    drop(receiver);
+    let rss = running
+        .iter()
+        .filter_map(|r| super::rss::peak_rss_mb_of(r.0.id()))
+        .reduce(f64::max);
+    drop(running);
     let mut times = times.into_inner().map_err(io)?;
     times.sort_by(f64::total_cmp);
     let (acknowledged, refused) = outcome.into_inner().map_err(io)?;
@@ -235,7 +319,13 @@ fn one_run(vessels: usize) -> Result<Run, String> {
         stored += all;
     }
     let total = (vessels * RECORDS) as f64;
+    drop(db);
     Ok(Run {
+        store: match store {
+            Store::Sqlite => "sqlite",
+            Store::Postgres(_) => "postgres",
+        },
+        receivers: urls.len(),
         vessels,
         records_per_batch: RECORDS,
         client_threads: CLIENTS.min(vessels),
@@ -251,40 +341,94 @@ fn one_run(vessels: usize) -> Result<Run, String> {
     })
 }
 
+/// The PostgreSQL server for the runs: `--postgres URL`, else (lab builds) a throwaway one.
+#[cfg(feature = "lab")]
+fn pg_server(
+    url: Option<&str>,
+) -> Result<(String, Option<&'static testkit::pgtemp::TempPg>), String> {
+    match url {
+        Some(u) => Ok((u.to_string(), None)),
+        None => {
+            let pg = testkit::pgtemp::TempPg::shared()?;
+            Ok((
+                format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port),
+                Some(pg),
+            ))
+        }
+    }
+}
+
+#[cfg(not(feature = "lab"))]
+fn pg_server(url: Option<&str>) -> Result<(String, Option<()>), String> {
+    url.map(|u| (u.to_string(), None)).ok_or_else(|| {
+        "bench shore --store postgres needs --postgres URL in this packaged build (a lab build starts a throwaway server)".to_string()
+    })
+}
+
 /// `bench shore`.
-pub fn run(vessels: Option<usize>) -> Result<(serde_json::Value, String), String> {
-    let sizes = match vessels {
+pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
+    let sizes = match a.vessels {
         Some(n) => vec![n.max(1)],
         None => vec![10, 100, 1_000],
     };
+    let pg_wanted = match a.store.as_deref() {
+        None => a.postgres.is_some() || cfg!(feature = "lab"),
+        Some("postgres") => true,
+        Some("sqlite") => false,
+        Some(other) => return Err(format!("--store {other}: sqlite or postgres")),
+    };
+    let pg = if pg_wanted {
+        Some(pg_server(a.postgres.as_deref())?)
+    } else {
+        None
+    };
+    let mut setups: Vec<(Store, usize)> = Vec::new();
+    if a.store.as_deref() != Some("postgres") {
+        setups.push((Store::Sqlite, a.receivers.unwrap_or(1)));
+    }
+    if let Some((url, _)) = &pg {
+        match a.receivers {
+            Some(r) => setups.push((Store::Postgres(url.clone()), r)),
+            None => {
+                setups.push((Store::Postgres(url.clone()), 1));
+                setups.push((Store::Postgres(url.clone()), 2));
+            }
+        }
+    }
     let mut runs = Vec::new();
     let mut text = String::from(
-        "vessels  seconds  batches/s  records/s  p50 ms  p99 ms  receiver RSS MB  stored once  acked\n",
+        "store     receivers  vessels  seconds  batches/s  records/s  p50 ms  p99 ms  receiver RSS MB  stored once  acked\n",
     );
-    for n in sizes {
-        let r = one_run(n)?;
-        text.push_str(&format!(
-            "{:>7}  {:>7.2}  {:>9.1}  {:>9.0}  {:>6.0}  {:>6.0}  {:>15}  {:>11}  {:>5}\n",
-            r.vessels,
-            r.seconds,
-            r.batches_per_s,
-            r.records_per_s,
-            r.exchange_p50_ms,
-            r.exchange_p99_ms,
-            r.receiver_peak_rss_mb
-                .map(|m| format!("{m:.1}"))
-                .unwrap_or_else(|| "-".into()),
-            if r.stored_records == (r.vessels * RECORDS) as u64 {
-                "yes".to_string()
-            } else {
-                format!("NO: {}", r.stored_records)
-            },
-            r.acknowledged,
-        ));
-        runs.push(r);
+    let mut k = 0;
+    for (store, receivers) in &setups {
+        for n in &sizes {
+            k += 1;
+            let r = one_run(*n, store, *receivers, k)?;
+            text.push_str(&format!(
+                "{:<8}  {:>9}  {:>7}  {:>7.2}  {:>9.1}  {:>9.0}  {:>6.0}  {:>6.0}  {:>15}  {:>11}  {:>5}\n",
+                r.store,
+                r.receivers,
+                r.vessels,
+                r.seconds,
+                r.batches_per_s,
+                r.records_per_s,
+                r.exchange_p50_ms,
+                r.exchange_p99_ms,
+                r.receiver_peak_rss_mb
+                    .map(|m| format!("{m:.1}"))
+                    .unwrap_or_else(|| "-".into()),
+                if r.stored_records == (r.vessels * RECORDS) as u64 {
+                    "yes".to_string()
+                } else {
+                    format!("NO: {}", r.stored_records)
+                },
+                r.acknowledged,
+            ));
+            runs.push(r);
+        }
     }
     text.push_str(&format!(
-        "each vessel: one signed batch of {RECORDS} records over its own TLS connection; {CLIENTS} vessels at a time; one shore serve (SQLite) on loopback\n"
+        "each vessel: one signed batch of {RECORDS} records over its own TLS connection; {CLIENTS} vessels at a time, spread over the receivers; loopback; receiver RSS is the largest receiver's peak\n"
     ));
     Ok((
         serde_json::json!({"benchmark": "shore", "runs": runs}),

@@ -182,39 +182,7 @@ pub enum Command {
     #[command(subcommand)]
     Users(users::UsersCmd),
     /// Benchmarks to run on the ship's own hardware.
-    Bench {
-        /// Which benchmark: `bundle` (verify-and-extract throughput, peak memory), `shore` (N
-        /// vessels sending a 1,000-record batch at once to one shore serve: batches/s, records/s,
-        /// p50/p99, receiver memory, every record stored once), `wire` (bytes per record on the
-        /// link, round trips), `outbox` (capture and enqueue rate), `users` (an 80,000-row CSV
-        /// validated, the importer's time per chunk; with --config: --rows new users into that
-        /// real Moodle against its upload CLI), `delta` (a course update by content), `forward`
-        /// (shore forwarding --rows records into a real Moodle it brings up).
-        name: String,
-        /// Print one JSON object of figures on stdout.
-        #[arg(long)]
-        json: bool,
-        /// Size of the generated bundle in MB.
-        #[arg(long, default_value_t = 200)]
-        size_mb: u64,
-        /// `bench users` against the real Moodle of this agent config (its [moodle] url,
-        /// token_file and moodle_dir). Creates 3 x --rows accounts named vsbench... and deletes
-        /// them afterwards: run it on a site where that is acceptable.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// `bench users --config`: new users per import; `bench forward`: records forwarded.
-        #[arg(long, default_value_t = 2000)]
-        rows: u64,
-        /// `bench users --config`: leave the benchmark's accounts in Moodle.
-        #[arg(long)]
-        keep: bool,
-        /// `bench forward`: the database of the real Moodle it brings up, mariadb or postgres.
-        #[arg(long = "db", value_name = "DB", default_value = "mariadb")]
-        moodle_db: String,
-        /// `bench shore`: vessels syncing at once (default: runs of 10, 100 and 1,000).
-        #[arg(long, value_name = "N")]
-        vessels: Option<usize>,
-    },
+    Bench(crate::bench::BenchArgs),
 }
 
 /// The --config option shared by the agent-side commands.
@@ -330,27 +298,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Sync { config, json } => sync(&config.config, json, clock),
         Command::Shore(cmd) => shore::run(cmd, clock),
         Command::Users(cmd) => users::run(cmd),
-        Command::Bench {
-            name,
-            json,
-            size_mb,
-            config,
-            rows,
-            keep,
-            moodle_db,
-            vessels,
-        } => crate::bench::run(
-            &name,
-            json,
-            size_mb,
-            &crate::bench::Against {
-                config,
-                rows,
-                keep,
-                moodle_db,
-                vessels,
-            },
-        ),
+        Command::Bench(args) => crate::bench::run_args(args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vessel-sync", &mut std::io::stdout());

@@ -28,8 +28,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The store the shore tests run on: `VESSEL_SYNC_TEST_SHORE_STORE=postgres` runs them on a
+/// throwaway PostgreSQL server (scripts/test.sh runs the shore's tests once that way too).
+pub fn test_store() -> &'static str {
+    match std::env::var("VESSEL_SYNC_TEST_SHORE_STORE").as_deref() {
+        Ok("postgres") => "postgres",
+        _ => "sqlite",
+    }
+}
+
+/// A new empty database on the shared throwaway PostgreSQL server: its `[store]` section.
+pub fn pg_store_section() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let pg = testkit::pgtemp::TempPg::shared().expect("a throwaway PostgreSQL server");
+    let name = format!(
+        "shore_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    pg.psql("postgres", &format!("CREATE DATABASE {name}"))
+        .unwrap();
+    format!(
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{}/{name}\"\n",
+        pg.port
+    )
+}
+
 impl Shore {
+    /// A shore on the test run's store ([`test_store`]).
     pub fn new() -> Self {
+        Self::on(test_store())
+    }
+
+    /// A shore on `store` (`sqlite` or `postgres`).
+    pub fn on(store: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (ca, chain, key) =
             wire::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
@@ -48,7 +81,9 @@ impl Shore {
         std::fs::write(
             &config,
             format!(
-                "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nsigning_key = \"keys/shore.key\"\ntrusted = [\"keys/ops.pub\"]\n"
+                "version = 1\n{}[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nsigning_key = \"keys/shore.key\"\ntrusted = [\"keys/ops.pub\"]\n",
+                // Before [shore]: tests append their lines to [shore].
+                if store == "postgres" { pg_store_section() } else { String::new() }
             ),
         )
         .unwrap();
@@ -77,7 +112,7 @@ impl Shore {
         let mut cmd = Command::new(bin());
         cmd.args(["shore", "serve", "--config", self.config.to_str().unwrap()])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.path("serve.log")).unwrap())
             .env_remove("NOTIFY_SOCKET");
         for (k, v) in env {
             cmd.env(k, v);
@@ -105,8 +140,12 @@ impl Shore {
         format!("127.0.0.1:{}", self.port).parse().unwrap()
     }
 
+    /// The shore's store, as its config names it.
     pub fn db(&self) -> ShoreStore {
-        ShoreStore::open(&self.path("state/shore.db")).unwrap()
+        shore::ShoreConfig::load(&self.config)
+            .unwrap()
+            .open()
+            .unwrap()
     }
 
     /// (records, distinct ids) held for the test vessel.

@@ -171,7 +171,8 @@ impl ShoreConfig {
             fix(p);
         }
         if cfg.store.backend == StoreBackend::Postgres {
-            cfg.postgres().map_err(|e| format!("{}: {e}", path.display()))?;
+            cfg.postgres()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
         for p in cfg
             .shore
@@ -201,9 +202,8 @@ impl ShoreConfig {
             return Err("[store] url holds a password: put it in [store] password_file (mode 0600) instead, so that it is never shown or logged".into());
         }
         if let Some(p) = &self.store.password_file {
-            let text = std::fs::read_to_string(p).map_err(|e| {
-                format!("[store] password_file {}: {e}", p.display())
-            })?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("[store] password_file {}: {e}", p.display()))?;
             c.password(text.lines().next().unwrap_or("").trim_end());
         }
         Ok(c)

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use crate::ShoreConfig;
 use crate::config::StoreBackend;
 use crate::store::ShoreStore;
-use crate::ShoreConfig;
 
 /// Copies `from` (default `STATE_DIR/shore.db`) into the configured PostgreSQL store.
 pub fn from_sqlite(cfg: &ShoreConfig, from: Option<&Path>, json: bool, now: i64) -> i32 {

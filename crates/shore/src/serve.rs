@@ -72,11 +72,21 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn authenticate(shared: &Shared, req: &Request<Incoming>) -> Result<Vessel, Box<Resp>> {
-    let id = header(req, "x-vessel-id").unwrap_or("");
+/// Looks the vessel up (a blocking store call: PostgreSQL's client must not run on the async
+/// threads).
+async fn authenticate(shared: &Arc<Shared>, req: &Request<Incoming>) -> Result<Vessel, Box<Resp>> {
+    let id = header(req, "x-vessel-id").unwrap_or("").to_string();
     let token = header(req, "authorization")
         .and_then(|a| a.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_string();
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || authenticate_blocking(&shared, &id, &token))
+        .await
+        .unwrap_or_else(|e| Err(Box::new(joined(Err(e)))))
+}
+
+fn authenticate_blocking(shared: &Shared, id: &str, token: &str) -> Result<Vessel, Box<Resp>> {
     let unauthorized = || {
         Box::new(error(
             StatusCode::UNAUTHORIZED,
@@ -126,8 +136,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
     if path == "/dashboard" || path.starts_with("/dashboard/") {
         return Ok(dashboard(shared, req, path).await);
     }
-    // A registry lookup by primary key: quick enough to run here.
-    let vessel = match authenticate(&shared, &req) {
+    let vessel = match authenticate(&shared, &req).await {
         Ok(v) => v,
         Err(r) => return Ok(*r),
     };

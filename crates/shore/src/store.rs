@@ -352,6 +352,32 @@ pub struct ShoreStore {
     db: RefCell<Db>,
 }
 
+/// Rows per `INSERT INTO records` statement, largest first.
+const INSERT_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// `INSERT INTO records ... VALUES (...), (...)` for `rows` rows, skipping ids held already.
+fn insert_records_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO records(record_id, vessel, batch_seq, kind, user_key, course_key, item_key,
+           user_legacy, course_legacy, item_legacy, value, vtime, received_at) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for col in 0..13 {
+            if col > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", row * 13 + col + 1));
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    sql
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -682,18 +708,29 @@ impl ShoreStore {
             }
         }
         let mut new = 0u64;
-        for r in records {
-            let id = r.id(vessel);
-            new += db.execute(
-                "INSERT INTO records(record_id, vessel, batch_seq, kind, user_key, course_key, item_key,
-                   user_legacy, course_legacy, item_legacy, value, vtime, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-                 ON CONFLICT DO NOTHING",
-                &[
-                    &&id[..],
+        let ids: Vec<[u8; 16]> = records.iter().map(|r| r.id(vessel)).collect();
+        let kinds: Vec<u8> = records.iter().map(|r| r.kind.code()).collect();
+        let seq_i = to_i64(seq);
+        let mut at = 0;
+        while at < records.len() {
+            // Many rows per statement (one round trip to PostgreSQL each), in a few fixed
+            // sizes so that the prepared statements stay few.
+            let n = INSERT_CHUNKS
+                .iter()
+                .copied()
+                .find(|c| *c <= records.len() - at)
+                .unwrap_or(1);
+            let mut params: Vec<&dyn sql::ToValue> = Vec::with_capacity(n * 13);
+            let rows = records[at..at + n]
+                .iter()
+                .zip(&ids[at..at + n])
+                .zip(&kinds[at..at + n]);
+            for ((r, id), kind) in rows {
+                params.extend_from_slice(&[
+                    id as &dyn sql::ToValue,
                     &vessel,
-                    &to_i64(seq),
-                    &r.kind.code(),
+                    &seq_i,
+                    kind,
                     &r.user,
                     &r.course,
                     &r.item,
@@ -703,8 +740,10 @@ impl ShoreStore {
                     &r.value,
                     &r.time,
                     &now,
-                ],
-            )?;
+                ]);
+            }
+            new += db.execute(&insert_records_sql(n), &params)?;
+            at += n;
         }
         db.execute(
             "INSERT INTO batches(vessel, seq, sha256, envelope_id, records, new_records, received_at, via, previous)

@@ -95,6 +95,26 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 impl TempPg {
+    /// The cluster every caller of this process shares, started on first use from a thread
+    /// that lives as long as the process (so the server stops with the process, not with the
+    /// test that happened to start it).
+    pub fn shared() -> Result<&'static TempPg, String> {
+        static CELL: std::sync::OnceLock<Result<TempPg, String>> = std::sync::OnceLock::new();
+        CELL.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(TempPg::start());
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv()
+                .unwrap_or_else(|_| Err("the PostgreSQL starter thread died".into()))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+    }
+
     /// Creates and starts a cluster.
     pub fn start() -> Result<Self, String> {
         Self::start_from(None)

@@ -96,6 +96,11 @@ impl ToValue for [u8] {
         Value::Blob(self.to_vec())
     }
 }
+impl<const N: usize> ToValue for [u8; N] {
+    fn to_value(&self) -> Value {
+        Value::Blob(self.to_vec())
+    }
+}
 impl ToValue for Vec<u8> {
     fn to_value(&self) -> Value {
         Value::Blob(self.clone())
@@ -275,7 +280,9 @@ impl<'a> FromSql<'a> for Any {
         }))
     }
 
-    fn from_sql_null(_: &Type) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+    fn from_sql_null(
+        _: &Type,
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         Ok(Any(Value::Null))
     }
 
@@ -403,12 +410,10 @@ impl Db {
         config
             .application_name("vessel-sync-shore")
             .connect_timeout(Duration::from_secs(10));
-        let client = config
-            .connect(postgres::NoTls)
-            .map_err(|e| ShoreDbError {
-                label: label.clone(),
-                message: format!("cannot connect: {}", pg_message(&e)),
-            })?;
+        let client = config.connect(postgres::NoTls).map_err(|e| ShoreDbError {
+            label: label.clone(),
+            message: format!("cannot connect: {}", pg_message(&e)),
+        })?;
         Ok(Self {
             conn: Conn::Pg(Box::new(client)),
             label,
@@ -442,7 +447,10 @@ impl Db {
         let sql: Vec<&str> = sql.split_whitespace().collect();
         let mut sql = sql.join(" ");
         if sql.len() > 160 {
-            let cut = (0..=160).rev().find(|i| sql.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (0..=160)
+                .rev()
+                .find(|i| sql.is_char_boundary(*i))
+                .unwrap_or(0);
             sql.truncate(cut);
             sql.push_str("...");
         }
@@ -480,7 +488,9 @@ impl Db {
                 };
                 c.prepare_cached(sql)
                     .and_then(|mut s| {
-                        s.execute(rusqlite::params_from_iter(values.into_iter().map(lite_param)))
+                        s.execute(rusqlite::params_from_iter(
+                            values.into_iter().map(lite_param),
+                        ))
                     })
                     .map(|n| n as u64)
                     .map_err(|e| e.to_string())
@@ -514,7 +524,9 @@ impl Db {
                     let mut s = c.prepare_cached(sql).map_err(|e| e.to_string())?;
                     let n = s.column_count();
                     let mut rows = s
-                        .query(rusqlite::params_from_iter(values.into_iter().map(lite_param)))
+                        .query(rusqlite::params_from_iter(
+                            values.into_iter().map(lite_param),
+                        ))
                         .map_err(|e| e.to_string())?;
                     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
                         let mut row = Vec::with_capacity(n);
@@ -531,9 +543,7 @@ impl Db {
                 let Conn::Pg(c) = &mut self.conn else {
                     return Err("not PostgreSQL".into());
                 };
-                let mut it = c
-                    .query_raw(&s, values.iter())
-                    .map_err(|e| pg_message(&e))?;
+                let mut it = c.query_raw(&s, values.iter()).map_err(|e| pg_message(&e))?;
                 while let Some(r) = it.next().map_err(|e| pg_message(&e))? {
                     let mut row = Vec::with_capacity(r.len());
                     for i in 0..r.len() {
