@@ -7,6 +7,8 @@
 # install it yourself): systemd (systemd-analyze verifies the unit file), postgresql and
 # postgresql-client, mariadb-server and mariadb-client, PHP 8.2 and zstd (the real Moodle),
 # chromium (the dashboard's browser test).
+# Then the shore's tests run a second time with the shore on PostgreSQL
+# (VESSEL_SYNC_TEST_SHORE_STORE=postgres; tests/shore_store.rs runs on it in both passes).
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash. $CARGO names another cargo:
 # CI runs the suite with Debian's rustc 1.85 in release mode, sharing the amd64 package's build
 # (.ci/run).
@@ -38,3 +40,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "${CARGO:-cargo}" test --workspace --locked "$@"
+
+# The shore's tests once more with the shore's records in PostgreSQL (a throwaway server),
+# unless a test filter was given (./scripts/test.sh crash runs what was asked for, once).
+if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then
+  case " $* " in *" --no-run "*) exit 0 ;; esac
+  echo "== the shore's tests again, on PostgreSQL =="
+  VESSEL_SYNC_TEST_SHORE_STORE=postgres "${CARGO:-cargo}" test --locked --test integration "$@" -- \
+    uplink:: keys:: delta:: imports::
+fi

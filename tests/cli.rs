@@ -333,9 +333,30 @@ fn bench_shore_counts_every_record_of_every_vessel_stored_once_and_acknowledged(
     let (text, err) = s(&out);
     assert!(out.status.success(), "{text}\n{err}");
     let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let r = &j["runs"][0];
-    assert_eq!(r["vessels"], 12, "{j}");
-    assert_eq!(r["stored_records"], 12_000, "{j}");
-    assert_eq!(r["acknowledged"], 12, "{j}");
-    assert_eq!(r["refused"], 0, "{j}");
+    // One receiver on SQLite, one on PostgreSQL, two on PostgreSQL: each counted.
+    let runs = j["runs"].as_array().unwrap();
+    let setups: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["store"].as_str().unwrap().to_string(),
+                r["receivers"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        setups,
+        [
+            ("sqlite".into(), 1),
+            ("postgres".into(), 1),
+            ("postgres".into(), 2)
+        ],
+        "{j}"
+    );
+    for r in runs {
+        assert_eq!(r["vessels"], 12, "{j}");
+        assert_eq!(r["stored_records"], 12_000, "{j}");
+        assert_eq!(r["acknowledged"], 12, "{j}");
+        assert_eq!(r["refused"], 0, "{j}");
+    }
 }

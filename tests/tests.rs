@@ -15,5 +15,6 @@ mod ordering;
 mod progress;
 mod real;
 mod service;
+mod shore_store;
 mod uplink;
 mod users;
