@@ -274,3 +274,45 @@ fn a_password_in_the_postgres_url_is_refused_and_never_shown() {
     assert!(err.contains("password_file"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn a_receiver_whose_postgres_connection_was_cut_connects_again_and_the_vessel_never_notices() {
+    let mut shore = Shore::on("postgres");
+    shore.start();
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    seed(&v, 20, 0);
+    assert!(sync(&v).status.success());
+    // The server ends every session of the shore's database (as a restart or failover would).
+    let text = std::fs::read_to_string(&shore.config).unwrap();
+    let db = text
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \""))
+        .and_then(|u| u.trim_end_matches('"').rsplit('/').next())
+        .unwrap()
+        .to_string();
+    let pg = testkit::pgtemp::TempPg::shared().unwrap();
+    let ended = pg
+        .query(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+            ),
+        )
+        .unwrap();
+    assert_ne!(ended.trim(), "0", "the receiver held a session");
+    seed(&v, 10, 1);
+    let out = sync(&v);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let counts = shore.counts();
+    assert_eq!(counts.0, counts.1);
+    assert!(counts.0 > 20, "{counts:?} {last}");
+    let log = std::fs::read_to_string(shore.path("serve.log")).unwrap();
+    assert!(log.contains("connected to PostgreSQL again"), "{log}");
+    shore.stop();
+}

@@ -202,7 +202,8 @@ pub enum Backend {
 
 enum Conn {
     Lite(rusqlite::Connection),
-    Pg(Box<postgres::Client>),
+    /// The client and what it connected with (to connect again after the server restarted).
+    Pg(Box<postgres::Client>, Box<postgres::Config>),
 }
 
 /// A connection to either backend.
@@ -415,7 +416,7 @@ impl Db {
             message: format!("cannot connect: {}", pg_message(&e)),
         })?;
         Ok(Self {
-            conn: Conn::Pg(Box::new(client)),
+            conn: Conn::Pg(Box::new(client), Box::new(config)),
             label,
             statements: HashMap::new(),
             in_tx: false,
@@ -426,7 +427,7 @@ impl Db {
     pub fn backend(&self) -> Backend {
         match self.conn {
             Conn::Lite(_) => Backend::Sqlite,
-            Conn::Pg(_) => Backend::Postgres,
+            Conn::Pg(..) => Backend::Postgres,
         }
     }
 
@@ -457,20 +458,45 @@ impl Db {
         self.error(format!("{message}; in: {sql}"))
     }
 
+    /// A PostgreSQL connection the server closed (a restart, a failover) is made again
+    /// before the next statement, outside a transaction; the statements are prepared anew.
+    fn reconnect_if_closed(&mut self) -> std::result::Result<(), String> {
+        let Conn::Pg(client, config) = &mut self.conn else {
+            return Ok(());
+        };
+        if !client.is_closed() || self.in_tx {
+            return Ok(());
+        }
+        let fresh = config.connect(postgres::NoTls).map_err(|e| {
+            format!(
+                "the connection was lost and cannot be made again: {}",
+                pg_message(&e)
+            )
+        })?;
+        **client = fresh;
+        self.statements.clear();
+        tracing::info!(database = %self.label, "connected to PostgreSQL again");
+        Ok(())
+    }
+
     /// Runs several statements without parameters.
     pub fn batch(&mut self, sql: &str) -> Result<()> {
+        if let Err(m) = self.reconnect_if_closed() {
+            return Err(self.fail(sql, m));
+        }
         let r = match &mut self.conn {
             Conn::Lite(c) => c.execute_batch(sql).map_err(|e| e.to_string()),
-            Conn::Pg(c) => c.batch_execute(sql).map_err(|e| pg_message(&e)),
+            Conn::Pg(c, _) => c.batch_execute(sql).map_err(|e| pg_message(&e)),
         };
         r.map_err(|m| self.fail(sql, m))
     }
 
     fn pg_statement(&mut self, sql: &str) -> std::result::Result<postgres::Statement, String> {
+        self.reconnect_if_closed()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let Conn::Pg(c) = &mut self.conn else {
+        let Conn::Pg(c, _) = &mut self.conn else {
             return Err("not PostgreSQL".into());
         };
         let s = c.prepare(&dollar(sql)).map_err(|e| pg_message(&e))?;
@@ -481,10 +507,24 @@ impl Db {
     /// Runs one statement; the number of rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[&dyn ToValue]) -> Result<u64> {
         let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
-        let r = match self.backend() {
+        let mut r = self.execute_once(sql, values.clone());
+        if r.is_err() && self.lost() {
+            r = self.execute_once(sql, values);
+        }
+        r.map_err(|m| self.fail(sql, m))
+    }
+
+    /// Whether the last statement failed because PostgreSQL closed the connection outside a
+    /// transaction (then it is worth one more try, on a new connection).
+    fn lost(&self) -> bool {
+        matches!(&self.conn, Conn::Pg(c, _) if c.is_closed()) && !self.in_tx
+    }
+
+    fn execute_once(&mut self, sql: &str, values: Vec<Value>) -> std::result::Result<u64, String> {
+        match self.backend() {
             Backend::Sqlite => {
                 let Conn::Lite(c) = &self.conn else {
-                    return Err(self.error("not SQLite"));
+                    return Err("not SQLite".into());
                 };
                 c.prepare_cached(sql)
                     .and_then(|mut s| {
@@ -499,12 +539,11 @@ impl Db {
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
                 match &mut self.conn {
-                    Conn::Pg(c) => c.execute(&s, &refs).map_err(|e| pg_message(&e)),
+                    Conn::Pg(c, _) => c.execute(&s, &refs).map_err(|e| pg_message(&e)),
                     Conn::Lite(_) => Err("not PostgreSQL".into()),
                 }
             }),
-        };
-        r.map_err(|m| self.fail(sql, m))
+        }
     }
 
     /// Runs a query and hands each row to `f`, streaming (a large export is never held whole).
@@ -515,24 +554,40 @@ impl Db {
         mut f: impl FnMut(Row) -> std::result::Result<(), String>,
     ) -> Result<()> {
         let values: Vec<Value> = params.iter().map(|p| p.to_value()).collect();
-        let r = match self.backend() {
+        let mut rows = 0u64;
+        let mut r = self.each_once(sql, values.clone(), &mut f, &mut rows);
+        if r.is_err() && rows == 0 && self.lost() {
+            r = self.each_once(sql, values, &mut f, &mut rows);
+        }
+        r.map_err(|m| self.fail(sql, m))
+    }
+
+    fn each_once(
+        &mut self,
+        sql: &str,
+        values: Vec<Value>,
+        f: &mut impl FnMut(Row) -> std::result::Result<(), String>,
+        rows: &mut u64,
+    ) -> std::result::Result<(), String> {
+        match self.backend() {
             Backend::Sqlite => {
                 let Conn::Lite(c) = &self.conn else {
-                    return Err(self.error("not SQLite"));
+                    return Err("not SQLite".into());
                 };
                 (|| -> std::result::Result<(), String> {
                     let mut s = c.prepare_cached(sql).map_err(|e| e.to_string())?;
                     let n = s.column_count();
-                    let mut rows = s
+                    let mut it = s
                         .query(rusqlite::params_from_iter(
                             values.into_iter().map(lite_param),
                         ))
                         .map_err(|e| e.to_string())?;
-                    while let Some(r) = rows.next().map_err(|e| e.to_string())? {
+                    while let Some(r) = it.next().map_err(|e| e.to_string())? {
                         let mut row = Vec::with_capacity(n);
                         for i in 0..n {
                             row.push(lite_value(r.get_ref(i).map_err(|e| e.to_string())?));
                         }
+                        *rows += 1;
                         f(Row(row))?;
                     }
                     Ok(())
@@ -540,7 +595,7 @@ impl Db {
             }
             Backend::Postgres => self.pg_statement(sql).and_then(|s| {
                 use postgres::fallible_iterator::FallibleIterator;
-                let Conn::Pg(c) = &mut self.conn else {
+                let Conn::Pg(c, _) = &mut self.conn else {
                     return Err("not PostgreSQL".into());
                 };
                 let mut it = c.query_raw(&s, values.iter()).map_err(|e| pg_message(&e))?;
@@ -549,12 +604,12 @@ impl Db {
                     for i in 0..r.len() {
                         row.push(r.try_get::<_, Any>(i).map_err(|e| pg_message(&e))?.0);
                     }
+                    *rows += 1;
                     f(Row(row))?;
                 }
                 Ok(())
             }),
-        };
-        r.map_err(|m| self.fail(sql, m))
+        }
     }
 
     /// Every row of a query, each turned into a `T` by `f`.
