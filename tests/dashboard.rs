@@ -5,18 +5,6 @@
 use crate::support::VESSEL;
 use crate::support::shore::{Shore, linked_vessel, seed, sync};
 
-fn client(shore: &Shore) -> reqwest::blocking::Client {
-    wire::net::http_client(
-        &wire::net::Trust {
-            ca_file: Some(shore.path("ca.pem")),
-            pins: vec![],
-        },
-        std::time::Duration::from_secs(5),
-        std::time::Duration::from_secs(20),
-    )
-    .unwrap()
-}
-
 fn with_dashboard(shore: &Shore) {
     std::fs::write(shore.path("dashboard.password"), "correct horse battery\n").unwrap();
     let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
@@ -53,7 +41,8 @@ fn fleet_with_a_lagging_vessel() -> (Shore, String, String) {
         .unwrap()
         .trim()
         .to_string();
-    let poll = client(&shore)
+    let poll = shore
+        .client()
         .post(format!("{url}/v1/sync"))
         .header("authorization", format!("Bearer {lag_token}"))
         .header("x-vessel-id", "mv-lagging")
@@ -68,7 +57,7 @@ fn fleet_with_a_lagging_vessel() -> (Shore, String, String) {
 #[test]
 fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wrong_passwords() {
     let (mut shore, url, lag_token) = fleet_with_a_lagging_vessel();
-    let c = client(&shore);
+    let c = shore.client();
     // No session: nothing. A vessel's token opens nothing either.
     let api = format!("{url}/dashboard/api/fleet");
     assert_eq!(c.get(&api).send().unwrap().status(), 401);

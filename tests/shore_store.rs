@@ -15,18 +15,6 @@ use crate::support::{Daemon, VESSEL, bin};
 use wire::envelope::{Draft, Extra, Kind, SecretKey, Source, write_envelope_with};
 use wire::progress::{Record, RecordKind, codec};
 
-fn client(shore: &Shore) -> reqwest::blocking::Client {
-    wire::net::http_client(
-        &wire::net::Trust {
-            ca_file: Some(shore.path("ca.pem")),
-            pins: vec![],
-        },
-        std::time::Duration::from_secs(5),
-        std::time::Duration::from_secs(60),
-    )
-    .unwrap()
-}
-
 /// A second receiver of the same shore: the same config (state directory, store) on its own
 /// port. Returns it running and its URL.
 fn second_receiver(shore: &Shore) -> (Daemon, String) {
@@ -111,7 +99,7 @@ fn two_receivers_on_one_postgres_database_given_the_same_batch_at_once_store_it_
     shore.start();
     let (_b, url_b) = second_receiver(&shore);
     let url_a = format!("https://127.0.0.1:{}", shore.port);
-    let c = client(&shore);
+    let c = shore.client();
     for k in 0..6u8 {
         let id = format!("mv-twin-{k}");
         let (token, body) = vessel_with_batch(&shore, &id, 500, 40 + k);
@@ -161,7 +149,7 @@ fn a_dashboard_login_through_one_receiver_opens_the_page_through_the_other() {
     std::fs::write(&shore.config, cfg).unwrap();
     shore.start();
     let (_b, url_b) = second_receiver(&shore);
-    let c = client(&shore);
+    let c = shore.client();
     let ok = c
         .post(format!("https://127.0.0.1:{}/dashboard/login", shore.port))
         .header("content-type", "application/json")

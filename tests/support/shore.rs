@@ -99,6 +99,19 @@ impl Shore {
         self.dir.path().join(rel)
     }
 
+    /// An HTTPS client that trusts this shore's CA (as a browser or a vessel would).
+    pub fn client(&self) -> reqwest::blocking::Client {
+        wire::net::http_client(
+            &wire::net::Trust {
+                ca_file: Some(self.path("ca.pem")),
+                pins: vec![],
+            },
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         let cfg = self.config.to_str().unwrap().to_string();
         let mut full = vec!["shore"];
