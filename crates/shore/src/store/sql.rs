@@ -38,11 +38,6 @@ pub struct ShoreDbError {
 }
 
 impl ShoreDbError {
-    /// What went wrong, without the database's name.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
     /// A misuse of the store inside this program.
     pub fn internal(message: &str) -> Self {
         Self {
@@ -429,11 +424,6 @@ impl Db {
             Conn::Lite(_) => Backend::Sqlite,
             Conn::Pg(..) => Backend::Postgres,
         }
-    }
-
-    /// What it is, for messages (a file path or a URL without password).
-    pub fn label(&self) -> &str {
-        &self.label
     }
 
     /// An error of this database.
