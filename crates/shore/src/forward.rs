@@ -458,7 +458,7 @@ pub fn pass(cfg: &ShoreConfig, db: &mut ShoreStore, now: i64) -> Result<Pass, St
         db.take_lease(FORWARD_LEASE, holder, t + lease, t)
             .map_err(|e| e.to_string())
     };
-    if !held_until(db)? {
+    if !held_until(db)? && !took_over_from_dead(db, holder, lease)? {
         return Ok(Pass {
             busy: Some("another shore receiver of this database is forwarding; this one takes over when it stops".into()),
             ..Pass::default()
@@ -474,15 +474,52 @@ pub fn pass(cfg: &ShoreConfig, db: &mut ShoreStore, now: i64) -> Result<Pass, St
 /// The lease name forwarding runs under.
 const FORWARD_LEASE: &str = "forward";
 
-/// This process, as a lease holder: host, pid and a random part.
+/// This process, as a lease holder: `host:pid-namespace:pid:random`.
 fn lease_holder() -> &'static str {
     static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HOLDER.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let mut r = [0u8; 8];
         let _ = getrandom::fill(&mut r);
-        format!("{}:{}:{}", host.trim(), std::process::id(), hex::encode(r))
+        format!("{}:{}:{}", this_host(), std::process::id(), hex::encode(r))
     })
+}
+
+/// The host and pid namespace this process runs in: holders that share it can see each
+/// other's processes in /proc.
+fn this_host() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    format!("{}:{}", host.trim(), ns.trim_start_matches("pid:"))
+}
+
+/// Takes the forwarding lease over from a holder on this host whose process is gone (a
+/// `shore forward` or `shore serve` killed mid-pass), instead of waiting for it to run out.
+/// A holder elsewhere, or one whose pid is alive (or was reused), keeps it until it expires.
+fn took_over_from_dead(db: &ShoreStore, holder: &str, lease: i64) -> Result<bool, String> {
+    let Some(current) = db.lease_holder(FORWARD_LEASE).map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    let mut parts = current.rsplitn(3, ':');
+    let (_random, pid, place) = (parts.next(), parts.next(), parts.next());
+    let (Some(pid), Some(place)) = (pid.and_then(|p| p.parse::<u32>().ok()), place) else {
+        return Ok(false);
+    };
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    if place != this_host() || pid == std::process::id() || alive {
+        return Ok(false);
+    }
+    let t = base::clock::Clock::now(&base::clock::SystemClock);
+    let took = db
+        .take_over_lease(FORWARD_LEASE, &current, holder, t + lease)
+        .map_err(|e| e.to_string())?;
+    if took {
+        tracing::info!(
+            "the forwarding lease's holder on this host (pid {pid}) is gone; this process takes it over"
+        );
+    }
+    Ok(took)
 }
 
 fn pass_leased(
@@ -766,6 +803,41 @@ pub fn map(cfg: &ShoreConfig, what: &str, from: &str, to: &str, now: i64) -> i32
         Err(e) => {
             eprintln!("error: {e}");
             base::exit::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FORWARD_LEASE, lease_holder, this_host, took_over_from_dead};
+    use crate::store::ShoreStore;
+
+    #[test]
+    fn a_forwarding_lease_left_by_a_killed_process_on_this_host_is_taken_over_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ShoreStore::open(&dir.path().join("shore.db")).unwrap();
+        let far = i64::MAX / 2;
+        let me = lease_holder();
+        // pid_max is at most 2^22: this pid never runs.
+        let dead = format!("{}:99999999:00", this_host());
+        assert!(db.take_lease(FORWARD_LEASE, &dead, far, 0).unwrap());
+        assert!(!db.take_lease(FORWARD_LEASE, me, far, 1).unwrap());
+        assert!(took_over_from_dead(&db, me, 300).unwrap());
+        assert_eq!(db.lease_holder(FORWARD_LEASE).unwrap().as_deref(), Some(me));
+        db.drop_lease(FORWARD_LEASE, me).unwrap();
+
+        // A live process on this host (pid 1), or any holder on another host, keeps it.
+        for other in [
+            format!("{}:1:00", this_host()),
+            "other-host:pid:[1]:99999999:00".to_string(),
+        ] {
+            assert!(db.take_lease(FORWARD_LEASE, &other, far, 0).unwrap());
+            assert!(!took_over_from_dead(&db, me, 300).unwrap(), "{other}");
+            assert_eq!(
+                db.lease_holder(FORWARD_LEASE).unwrap().as_deref(),
+                Some(other.as_str())
+            );
+            db.drop_lease(FORWARD_LEASE, &other).unwrap();
         }
     }
 }

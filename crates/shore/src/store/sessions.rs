@@ -88,6 +88,30 @@ impl ShoreStore {
         Ok(n == 1)
     }
 
+    /// Who holds lease `name`, if anyone (an expired lease may still be named).
+    pub fn lease_holder(&self, name: &str) -> Result<Option<String>> {
+        self.db()?
+            .query_opt("SELECT holder FROM leases WHERE name = ?1", &[&name], |r| {
+                r.get(0)
+            })
+    }
+
+    /// Takes lease `name` from `from`, a holder known to be gone, for `holder` until `expires`;
+    /// false if the lease changed hands meanwhile.
+    pub fn take_over_lease(
+        &self,
+        name: &str,
+        from: &str,
+        holder: &str,
+        expires: i64,
+    ) -> Result<bool> {
+        let n = self.db()?.execute(
+            "UPDATE leases SET holder = ?3, expires = ?4 WHERE name = ?1 AND holder = ?2",
+            &[&name, &from, &holder, &expires],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Gives lease `name` up, if `holder` holds it.
     pub fn drop_lease(&self, name: &str, holder: &str) -> Result<()> {
         self.db()?
