@@ -1,8 +1,11 @@
-//! The shore's own SQLite database (`STATE_DIR/shore.db`): the vessel registry, received
-//! batches and records, the per-vessel bundle queue, and course content: what shore keeps
-//! (`content`), each queued bundle's omittable members, what each vessel holds, the per-vessel
-//! copies of a bundle (`variants`) and the content vessels asked for (`needs`). WAL with `synchronous=FULL`: a batch
-//! is on disk before shore acknowledges it.
+//! The shore's store: SQLite (`STATE_DIR/shore.db`, WAL with `synchronous=FULL`, so a batch is
+//! on disk before shore acknowledges it) or PostgreSQL (`[store] backend = "postgres"`), every
+//! statement written once over [`sql`]. This module holds the schema, opening and migrations,
+//! the vessel registry and its keys, refusals, the bundle queue and the export's reads; beside
+//! it: `batches` (storing a batch), `content` (course content ashore and what vessels hold),
+//! `forward` (the cloud forwarding state), `reports` (vessels' command reports), `fleet` (the
+//! dashboard's history), `sessions` (dashboard logins, leases) and `migrate` (SQLite to
+//! PostgreSQL).
 
 use std::cell::{RefCell, RefMut};
 use std::path::Path;
@@ -119,12 +122,15 @@ CREATE TABLE IF NOT EXISTS refusals (
 );
 ";
 
+mod batches;
+mod content;
 mod fleet;
 mod forward;
 mod migrate;
 mod reports;
 mod sessions;
 pub mod sql;
+pub use batches::{BatchIn, Stored};
 pub use fleet::{HISTORY_DAYS, HeldDeletion, Point};
 pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
 pub use migrate::Copied;
@@ -203,53 +209,6 @@ pub struct Queued {
     pub sha256: String,
 }
 
-/// A verified batch to store.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchIn<'a> {
-    /// Sending vessel.
-    pub vessel: &'a str,
-    /// Its batch sequence.
-    pub seq: u64,
-    /// SHA-256 of the signed manifest: identifies the exact content.
-    pub sha256: &'a str,
-    /// Envelope id.
-    pub envelope_id: &'a str,
-    /// The decoded records.
-    pub records: &'a [Record],
-    /// The predecessor's manifest digest the batch names.
-    pub previous: Option<&'a str>,
-    /// A key rotation to register with the batch: (new key id, its public key file text, first
-    /// batch it signs, the old key id).
-    pub rotation: Option<(&'a str, &'a str, u64, &'a str)>,
-    /// Every batch up to this sequence is acknowledged on the vessel's side already.
-    pub settled: u64,
-    /// `https` or `file`.
-    pub via: &'a str,
-}
-
-/// Outcome of storing a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// New batch: records new to shore, records already held.
-    New {
-        /// New records.
-        new: u64,
-        /// Already held (deduplicated by id).
-        duplicate: u64,
-    },
-    /// The very same batch again (a retry whose reply was lost).
-    Again,
-    /// Same sequence, different content: refused, nothing stored.
-    Replayed,
-    /// The batch does not continue the chain shore holds: refused, nothing stored.
-    Chain {
-        /// `chain_fork`, `chain_gap` or `chain_broken`.
-        code: &'static str,
-        /// Words for the operator.
-        message: String,
-    },
-}
-
 /// One key a vessel signs (or signed) with.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VesselKey {
@@ -268,114 +227,9 @@ pub struct VesselKey {
     pub how: String,
 }
 
-fn short(d: &str) -> &str {
-    d.get(..12).unwrap_or(d)
-}
-
-/// Checks that batch `seq` (digest `sha`, naming `previous`) continues the chain shore holds.
-fn chain_check(
-    db: &mut Db,
-    vessel: &str,
-    seq: u64,
-    sha: &str,
-    previous: Option<&str>,
-) -> Result<Option<(&'static str, String)>> {
-    let at = |db: &mut Db, s: i64| -> Result<Option<(String, Option<String>)>> {
-        db.query_opt(
-            "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
-            &[&vessel, &s],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-    };
-    let s = to_i64(seq);
-    if let Some(p) = previous {
-        if let Some((q, _)) = at(db, s - 1)? {
-            if q != p {
-                return Ok(Some((
-                    "chain_fork",
-                    format!(
-                        "batch {seq} names predecessor {}, but shore holds batch {} as {}: two histories of this vessel's progress exist (rewritten on board or in transit); nothing stored",
-                        short(p),
-                        seq - 1,
-                        short(&q)
-                    ),
-                )));
-            }
-        } else if let Some(other) = db.query_opt(
-            "SELECT seq FROM batches WHERE vessel = ?1 AND sha256 = ?2",
-            &[&vessel, &p],
-            |r| r.get::<i64>(0),
-        )? {
-            return Ok(Some((
-                "chain_gap",
-                format!(
-                    "batch {seq} names batch {other} as its predecessor, so batches {} to {} are missing from its chain (removed on board or in transit); nothing stored",
-                    other + 1,
-                    s - 1
-                ),
-            )));
-        }
-    } else if seq > 1 {
-        let chained: Option<i64> = db.query_one(
-            "SELECT MAX(seq) FROM batches WHERE vessel = ?1 AND seq < ?2 AND previous IS NOT NULL",
-            &[&vessel, &s],
-            |r| r.get(0),
-        )?;
-        if let Some(c) = chained {
-            return Ok(Some((
-                "chain_broken",
-                format!(
-                    "batch {seq} names no predecessor, but batch {c} before it did: the chain was cut (a vessel state restored from an old backup, or a forged batch); nothing stored"
-                ),
-            )));
-        }
-    }
-    if let Some((next_sha, Some(r))) = at(db, s + 1)? {
-        if r != sha {
-            return Ok(Some((
-                "chain_fork",
-                format!(
-                    "batch {}, received earlier as {}, names predecessor {}, but this batch {seq} is {}: two histories of this vessel's progress exist; nothing stored",
-                    seq + 1,
-                    short(&next_sha),
-                    short(&r),
-                    short(sha)
-                ),
-            )));
-        }
-    }
-    Ok(None)
-}
-
 /// The shore database: SQLite by default, PostgreSQL for a fleet with several receivers.
 pub struct ShoreStore {
     db: RefCell<Db>,
-}
-
-/// Rows per `INSERT INTO records` statement, largest first.
-const INSERT_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
-
-/// `INSERT INTO records ... VALUES (...), (...)` for `rows` rows, skipping ids held already.
-fn insert_records_sql(rows: usize) -> String {
-    let mut sql = String::from(
-        "INSERT INTO records(record_id, vessel, batch_seq, kind, user_key, course_key, item_key,
-           user_legacy, course_legacy, item_legacy, value, vtime, received_at) VALUES ",
-    );
-    for row in 0..rows {
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for col in 0..13 {
-            if col > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("?{}", row * 13 + col + 1));
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT DO NOTHING");
-    sql
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -627,167 +481,6 @@ impl ShoreStore {
         self.note_history(id, now, depth, oldest_unsent)
     }
 
-    /// Stores a verified batch all-or-nothing, deduplicating records by id, and advances the
-    /// vessel's contiguous acknowledgement watermark. Batches are stored one at a time across
-    /// every receiver of the database, so records' arrival positions follow commit order (the
-    /// forwarder's and the export's watermarks never pass a record still being stored).
-    pub fn store_batch(&mut self, b: &BatchIn<'_>, now: i64) -> Result<Stored> {
-        let stored = self
-            .db
-            .get_mut()
-            .transaction(|db| Self::store_batch_in(db, b, now))?;
-        if matches!(stored, Stored::New { .. }) {
-            base::failpoint::hit("shore.after-commit");
-        }
-        Ok(stored)
-    }
-
-    fn store_batch_in(db: &mut Db, b: &BatchIn<'_>, now: i64) -> Result<Stored> {
-        let BatchIn {
-            vessel,
-            seq,
-            sha256,
-            envelope_id,
-            records,
-            previous,
-            rotation,
-            settled,
-            via,
-        } = *b;
-        db.lock("vessel-sync batches")?;
-        let existing: Option<(String, Option<String>)> = db.query_opt(
-            "SELECT sha256, previous FROM batches WHERE vessel = ?1 AND seq = ?2",
-            &[&vessel, &to_i64(seq)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if let Some((existing, their_previous)) = existing {
-            return Ok(if existing == sha256 {
-                Stored::Again
-            } else if let (Some(p), Some(q)) = (previous, their_previous.as_deref()) {
-                if p == q {
-                    Stored::Chain {
-                        code: "chain_fork",
-                        message: format!(
-                            "two different batches {seq} claim the same predecessor {}: shore keeps the one it received first ({}); this one ({}) is refused",
-                            short(p),
-                            short(&existing),
-                            short(sha256)
-                        ),
-                    }
-                } else {
-                    Stored::Replayed
-                }
-            } else {
-                Stored::Replayed
-            });
-        }
-        if let Some((code, message)) = chain_check(db, vessel, seq, sha256, previous)? {
-            return Ok(Stored::Chain { code, message });
-        }
-        if let Some((new_id, new_pub, from, old_id)) = rotation {
-            let known: bool = db.query_one(
-                "SELECT COUNT(*) FROM vessel_keys WHERE vessel = ?1 AND key_id = ?2",
-                &[&vessel, &new_id],
-                |r| r.get(0),
-            )?;
-            if !known {
-                db.execute(
-                    "UPDATE vessel_keys SET until_seq = ?3 WHERE vessel = ?1 AND key_id = ?2
-                       AND (until_seq IS NULL OR until_seq > ?3)",
-                    &[&vessel, &old_id, &to_i64(from)],
-                )?;
-                db.execute(
-                    "INSERT INTO vessel_keys(vessel, key_id, pubkey, from_seq, until_seq, added_at, how)
-                     VALUES (?1, ?2, ?3, ?4, NULL, ?5, 'rotated by the vessel')",
-                    &[&vessel, &new_id, &new_pub, &to_i64(from), &now],
-                )?;
-                db.execute(
-                    "UPDATE vessels SET pubkey = ?2, key_id = ?3 WHERE id = ?1",
-                    &[&vessel, &new_pub, &new_id],
-                )?;
-            }
-        }
-        let mut new = 0u64;
-        let ids: Vec<[u8; 16]> = records.iter().map(|r| r.id(vessel)).collect();
-        let kinds: Vec<u8> = records.iter().map(|r| r.kind.code()).collect();
-        let seq_i = to_i64(seq);
-        let mut at = 0;
-        while at < records.len() {
-            // Many rows per statement (one round trip to PostgreSQL each), in a few fixed
-            // sizes so that the prepared statements stay few.
-            let n = INSERT_CHUNKS
-                .iter()
-                .copied()
-                .find(|c| *c <= records.len() - at)
-                .unwrap_or(1);
-            let mut params: Vec<&dyn sql::ToValue> = Vec::with_capacity(n * 13);
-            let rows = records[at..at + n]
-                .iter()
-                .zip(&ids[at..at + n])
-                .zip(&kinds[at..at + n]);
-            for ((r, id), kind) in rows {
-                params.extend_from_slice(&[
-                    id as &dyn sql::ToValue,
-                    &vessel,
-                    &seq_i,
-                    kind,
-                    &r.user,
-                    &r.course,
-                    &r.item,
-                    &r.user_legacy,
-                    &r.course_legacy,
-                    &r.item_legacy,
-                    &r.value,
-                    &r.time,
-                    &now,
-                ]);
-            }
-            new += db.execute(&insert_records_sql(n), &params)?;
-            at += n;
-        }
-        db.execute(
-            "INSERT INTO batches(vessel, seq, sha256, envelope_id, records, new_records, received_at, via, previous)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            &[
-                &vessel,
-                &to_i64(seq),
-                &sha256,
-                &envelope_id,
-                &(records.len() as i64),
-                &to_i64(new),
-                &now,
-                &via,
-                &previous,
-            ],
-        )?;
-        // The watermark covers only contiguous sequences, so a batch that a file carrier
-        // delivers out of order is never acknowledged on the strength of a later one.
-        let mut acked: i64 = db.query_one(
-            "SELECT acked_seq FROM vessels WHERE id = ?1",
-            &[&vessel],
-            |r| r.get(0),
-        )?;
-        // The vessel holds acknowledgements up to `settled` (from this shore, or from an ack
-        // bundle): its stream continues after it, whatever this shore saw before.
-        acked = acked.max(to_i64(settled));
-        while let Some(s) = db.query_opt(
-            "SELECT seq FROM batches WHERE vessel = ?1 AND seq = ?2",
-            &[&vessel, &(acked + 1)],
-            |r| r.get::<i64>(0),
-        )? {
-            acked = s;
-        }
-        db.execute(
-            "UPDATE vessels SET acked_seq = ?2, records = records + ?3 WHERE id = ?1",
-            &[&vessel, &acked, &to_i64(new)],
-        )?;
-        base::failpoint::hit("shore.before-commit");
-        Ok(Stored::New {
-            new,
-            duplicate: records.len() as u64 - new,
-        })
-    }
-
     /// Records a refused batch for `shore status`.
     pub fn note_refusal(&self, vessel: &str, code: &str, message: &str, now: i64) -> Result<()> {
         self.db()?.execute(
@@ -804,181 +497,6 @@ impl ShoreStore {
             &[&to_i64(limit)],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
-    }
-
-    /// Notes a content file kept in `STATE_DIR/content/SHA256`.
-    pub fn add_content(&self, sha256: &str, size: u64, now: i64) -> Result<()> {
-        self.db()?.execute(
-            "INSERT INTO content(sha256, size, added_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            &[&sha256, &to_i64(size), &now],
-        )?;
-        Ok(())
-    }
-
-    /// Whether shore keeps this content file.
-    pub fn has_content(&self, sha256: &str) -> Result<bool> {
-        self.db()?.query_one(
-            "SELECT COUNT(*) FROM content WHERE sha256 = ?1",
-            &[&sha256],
-            |r| r.get(0),
-        )
-    }
-
-    /// Records the `may_omit` members of a queued bundle: (name, sha256, size).
-    pub fn set_queue_content(
-        &self,
-        queue_id: i64,
-        members: &[(String, String, u64)],
-    ) -> Result<()> {
-        let mut db = self.db()?;
-        for (name, sha, size) in members {
-            db.execute(
-                "INSERT INTO queue_content(queue_id, name, sha256, size) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(queue_id, name) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size",
-                &[&queue_id, name, sha, &to_i64(*size)],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The `may_omit` members of a queued bundle: (name, sha256, size).
-    pub fn queue_content(&self, queue_id: i64) -> Result<Vec<(String, String, u64)>> {
-        self.db()?.query(
-            "SELECT name, sha256, size FROM queue_content WHERE queue_id = ?1 ORDER BY name",
-            &[&queue_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-    }
-
-    /// The first queue entry of a bundle that carries content (to answer a need).
-    pub fn content_bundle(&self, bundle_id: &str) -> Result<Option<i64>> {
-        self.db()?.query_one(
-            "SELECT MIN(q.id) FROM queue q WHERE q.bundle_id = ?1
-             AND EXISTS (SELECT 1 FROM queue_content c WHERE c.queue_id = q.id)",
-            &[&bundle_id],
-            |r| r.get(0),
-        )
-    }
-
-    /// Content a vessel is believed to hold (SHA-256s).
-    pub fn holds(&self, vessel: &str) -> Result<std::collections::HashSet<String>> {
-        let list = self.db()?.query(
-            "SELECT sha256 FROM vessel_holds WHERE vessel = ?1",
-            &[&vessel],
-            |r| r.get(0),
-        )?;
-        Ok(list.into_iter().collect())
-    }
-
-    /// The vessel's download cursor passed `cursor`: it holds the content of every bundle it
-    /// fetched up to there (carried, or already held when shore left it out).
-    pub fn note_downloaded(&self, vessel: &str, cursor: i64, now: i64) -> Result<()> {
-        // Only bundles the cursor passed since the last time: a need noted since then stands.
-        self.db()?.transaction(|db| {
-            let last: i64 = db
-                .query_opt(
-                    "SELECT cursor FROM holds_cursor WHERE vessel = ?1",
-                    &[&vessel],
-                    |r| r.get(0),
-                )?
-                .unwrap_or(0);
-            if cursor <= last {
-                return Ok(());
-            }
-            db.execute(
-                "INSERT INTO vessel_holds(vessel, sha256, since)
-                 SELECT CAST(?1 AS TEXT), c.sha256, CAST(?4 AS BIGINT) FROM queue_content c JOIN queue q ON q.id = c.queue_id
-                 WHERE q.id > ?2 AND q.id <= ?3 AND (q.recipient = ?1 OR q.recipient = '*')
-                 ON CONFLICT DO NOTHING",
-                &[&vessel, &last, &cursor, &now],
-            )?;
-            db.execute(
-                "INSERT INTO holds_cursor(vessel, cursor) VALUES (?1, ?2)
-                 ON CONFLICT(vessel) DO UPDATE SET cursor = excluded.cursor",
-                &[&vessel, &cursor],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// The vessel said it lacks these: forget that it holds them, and note the request.
-    pub fn note_needs(
-        &self,
-        vessel: &str,
-        bundle_id: &str,
-        sha256: &[String],
-        now: i64,
-    ) -> Result<()> {
-        let mut db = self.db()?;
-        for h in sha256 {
-            db.execute(
-                "DELETE FROM vessel_holds WHERE vessel = ?1 AND sha256 = ?2",
-                &[&vessel, h],
-            )?;
-            db.execute(
-                "INSERT INTO needs(vessel, bundle_id, sha256, asked_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(vessel, bundle_id, sha256) DO UPDATE SET asked_at = excluded.asked_at, answered = NULL",
-                &[&vessel, &bundle_id, h, &now],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Marks needs answered by queue entry `queue_id`.
-    pub fn answer_needs(
-        &self,
-        vessel: &str,
-        bundle_id: &str,
-        sha256: &[String],
-        queue_id: i64,
-    ) -> Result<()> {
-        let mut db = self.db()?;
-        for h in sha256 {
-            db.execute(
-                "UPDATE needs SET answered = ?4 WHERE vessel = ?1 AND bundle_id = ?2 AND sha256 = ?3",
-                &[&vessel, &bundle_id, h, &queue_id],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Per vessel: content files held, needs answered, needs shore could not answer.
-    pub fn content_state(&self, vessel: &str) -> Result<(u64, u64, u64)> {
-        self.db()?.query_one(
-            "SELECT (SELECT COUNT(*) FROM vessel_holds WHERE vessel = ?1),
-                    (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NOT NULL),
-                    (SELECT COUNT(*) FROM needs WHERE vessel = ?1 AND answered IS NULL)",
-            &[&vessel],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-    }
-
-    /// The per-vessel copy of a queued bundle, if one was made: (file, size, sha256).
-    pub fn variant(&self, queue_id: i64, vessel: &str) -> Result<Option<(String, u64, String)>> {
-        self.db()?.query_opt(
-            "SELECT file, size, sha256 FROM variants WHERE queue_id = ?1 AND vessel = ?2",
-            &[&queue_id, &vessel],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-    }
-
-    /// Records the per-vessel copy of a queued bundle (`carried` content members).
-    pub fn set_variant(
-        &self,
-        queue_id: i64,
-        vessel: &str,
-        file: &str,
-        size: u64,
-        sha256: &str,
-        carried: u64,
-    ) -> Result<()> {
-        self.db()?.execute(
-            "INSERT INTO variants(queue_id, vessel, file, size, sha256, carried) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(queue_id, vessel) DO UPDATE SET file = excluded.file, size = excluded.size,
-               sha256 = excluded.sha256, carried = excluded.carried",
-            &[&queue_id, &vessel, &file, &to_i64(size), &sha256, &to_i64(carried)],
-        )?;
-        Ok(())
     }
 
     /// Queues a bundle for `recipient` (a vessel id or `*`).
