@@ -5,6 +5,7 @@
 //! - [`fsutil`]: atomic writes and moves (write `.NAME.part`, fsync, rename, fsync the directory).
 //! - [`failpoint`]: named crash points for the crash scenarios (`VESSEL_SYNC_FAILPOINT`).
 //! - [`exit`]: the process exit codes (sysexits) every command uses.
+//! - [`retry`]: the one retry rule (capped, jittered exponential backoff).
 //! - [`csvrow`]: one CSV problem `{row, field, value, message}`, header reading, formula-safe cells.
 //! - [`service`]: systemd notify (READY, WATCHDOG, STATUS, STOPPING) and logging set-up.
 //! - [`tomlcheck`]: checking a TOML config against a schema, every problem at once with its line.
@@ -22,5 +23,6 @@ pub mod csvrow;
 pub mod exit;
 pub mod failpoint;
 pub mod fsutil;
+pub mod retry;
 pub mod service;
 pub mod tomlcheck;

@@ -22,8 +22,9 @@
 //! A record whose learner, course or activity the cloud lacks, whose learner is not enrolled
 //! there, or that the cloud refused, is held with its reason (`shore status`) and retried at
 //! every pass, so it is released when the account or a mapping (`shore forward map`) appears.
-//! A cloud that cannot be reached ends the pass: nothing is settled, and the next pass (after
-//! `[cloud] interval_secs` under `shore serve`) starts where this one stopped.
+//! A cloud that cannot be reached ends the pass: nothing is settled, and the next pass starts
+//! where this one stopped; under `shore serve` it comes after `[cloud] interval_secs`, doubled
+//! per failed pass in a row up to an hour and jittered (`base::retry`, the uplink's rule).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -622,6 +623,10 @@ pub fn worker(
             return;
         }
     };
+    // A cloud that cannot be reached is tried again under the one retry rule: the interval
+    // doubled per failure in a row, up to an hour, jittered.
+    let cap = Duration::from_secs(3600).max(interval);
+    let mut failures = 0u32;
     loop {
         let wait = match pass(&cfg, &mut db, clock.now()) {
             Ok(p) => {
@@ -635,6 +640,7 @@ pub fn worker(
                         p.outcomes
                     );
                 }
+                failures = if p.stopped.is_some() { failures + 1 } else { 0 };
                 let full = p.stopped.is_none()
                     && p.busy.is_none()
                     && db.forward_summary().map(|s| s.pending > 0).unwrap_or(false);
@@ -642,8 +648,25 @@ pub fn worker(
             }
             Err(e) => {
                 tracing::error!("forwarding to the cloud Moodle: {e}");
+                failures += 1;
                 interval
             }
+        };
+        let wait = if failures > 0 {
+            let secs = base::retry::backoff(
+                failures,
+                i64::try_from(interval.as_secs()).unwrap_or(60),
+                i64::try_from(cap.as_secs()).unwrap_or(3600),
+            );
+            let wait = Duration::from_secs(u64::try_from(secs).unwrap_or(60));
+            tracing::warn!(
+                failures,
+                "forwarding to the cloud Moodle stopped; next pass in {}s",
+                wait.as_secs()
+            );
+            wait
+        } else {
+            wait
         };
         match stop.recv_timeout(wait) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

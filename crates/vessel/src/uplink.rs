@@ -98,15 +98,6 @@ fn day_of(t: i64) -> String {
     format_time(t).get(..10).unwrap_or("1970-01-01").to_string()
 }
 
-fn jitter(secs: i64) -> i64 {
-    let mut b = [0u8; 2];
-    let r = getrandom::fill(&mut b)
-        .map(|_| u16::from_le_bytes(b))
-        .unwrap_or(32768);
-    // Between half and the full wait, so a fleet that lost shore at once does not return at once.
-    secs / 2 + (secs / 2) * i64::from(r) / 65_535
-}
-
 /// Whether `now` falls in one of the windows (UTC minutes of day); no windows: always.
 pub fn in_window(windows: &[(u32, u32)], now: i64) -> bool {
     if windows.is_empty() {
@@ -695,9 +686,9 @@ impl Uplink {
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
                     let cap = i64::try_from(self.cfg.backoff_max).unwrap_or(3600);
-                    let base = 5i64.saturating_mul(1i64 << failures.min(20)).min(cap);
                     // Shore's Retry-After wins over a shorter backoff.
-                    let wait = jitter(base).max(retry_after.unwrap_or(0)).max(1);
+                    let wait = base::retry::backoff(failures.saturating_add(1), 5, cap)
+                        .max(retry_after.unwrap_or(0));
                     let at = now + wait;
                     if let Some(b) = &batch {
                         store.write(|tx| tx.note_batch_attempt(b.seq, Some(&why)))?;
@@ -884,13 +875,5 @@ mod tests {
         assert!(!in_window(&w, day + 12 * 3600));
         assert_eq!(next_window_start(&w, day + 12 * 3600), day + 22 * 3600);
         assert!(in_window(&[], day));
-    }
-
-    #[test]
-    fn backoff_jitter_stays_between_half_and_full() {
-        for _ in 0..100 {
-            let j = jitter(600);
-            assert!((300..=600).contains(&j), "{j}");
-        }
     }
 }
