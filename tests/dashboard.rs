@@ -200,9 +200,23 @@ fn in_a_real_headless_chromium_the_manager_logs_in_and_sees_the_lagging_vessel_f
         b.eval("document.getElementById('login-error').textContent"),
         "Wrong password."
     );
-    assert_eq!(b.eval("document.getElementById('fleet').hidden"), true);
+    // What the screen shows, not only the attributes: the page's own CSS must not override
+    // `hidden` (a login form left on screen beside the fleet, as once happened).
+    let shown = |b: &mut crate::support::browser::Browser, id: &str| {
+        b.eval(&format!(
+            "document.getElementById('{id}').getClientRects().length > 0"
+        ))
+    };
+    assert_eq!(shown(&mut b, "fleet"), false, "no fleet before login");
+    assert_eq!(shown(&mut b, "login"), true);
     b.eval("document.getElementById('password').value = 'correct horse battery'; document.getElementById('login').requestSubmit(); true");
     b.until("document.body.dataset.loaded === 'yes'");
+    assert_eq!(
+        shown(&mut b, "login"),
+        false,
+        "the login form is gone once logged in"
+    );
+    assert_eq!(shown(&mut b, "fleet"), true);
     let rows = b.eval(
         "[...document.querySelectorAll('#vessels tbody tr')].map(r => [r.dataset.vessel, r.className, r.querySelector('.state').textContent])",
     );
