@@ -327,6 +327,30 @@ fn man_pages_and_completions_come_from_the_cli_definition() {
 }
 
 #[test]
+fn a_report_piped_into_head_ends_quietly_when_head_has_read_enough() {
+    // `status`, `audit`, `shore status`, `shore course status` and `completions` share this;
+    // completions print 100 kB, more than a pipe holds, so the write after `head` left fails.
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" completions bash | head -c 100 >/dev/null; echo "${PIPESTATUS[0]}""#,
+        ])
+        .arg(crate::support::bin())
+        .output()
+        .unwrap();
+    let (code, err) = s(&out);
+    assert_eq!(
+        code.trim(),
+        "141",
+        "ended by SIGPIPE, like any Unix tool: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "no panic on a closed pipe: {err}"
+    );
+}
+
+#[test]
 fn bench_shore_counts_every_record_of_every_vessel_stored_once_and_acknowledged() {
     let v = Vessel::new();
     let out = v.run(&["bench", "shore", "--vessels", "12", "--json"]);

@@ -278,7 +278,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Agent { config, once } => agent(&config.config, once, clock),
         Command::CheckConfig { config } => check_config(&config.config),
         Command::Status { config, json } => match load_config(&config.config) {
-            Ok(cfg) => vessel::report::status(&cfg, clock.as_ref(), json),
+            Ok(cfg) => {
+                exit::quiet_on_closed_pipe();
+                vessel::report::status(&cfg, clock.as_ref(), json)
+            }
             Err(code) => code,
         },
         Command::Audit {
@@ -287,7 +290,10 @@ pub fn run(cli: Cli) -> i32 {
             csv,
             since_id,
         } => match load_config(&config.config) {
-            Ok(cfg) => vessel::report::audit(&cfg, json, csv, since_id),
+            Ok(cfg) => {
+                exit::quiet_on_closed_pipe();
+                vessel::report::audit(&cfg, json, csv, since_id)
+            }
             Err(code) => code,
         },
         #[cfg(feature = "lab")]
@@ -300,6 +306,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Users(cmd) => users::run(cmd),
         Command::Bench(args) => crate::bench::run_args(args),
         Command::Completions { shell } => {
+            exit::quiet_on_closed_pipe();
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vessel-sync", &mut std::io::stdout());
             exit::OK

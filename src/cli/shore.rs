@@ -62,8 +62,10 @@ pub enum CourseCmd {
         #[arg(long = "vessel", value_name = "ID")]
         vessels: Vec<String>,
     },
-    /// Per vessel asked to delete COURSE: when, by whom, whether it fetched the bundle, what
-    /// shore received of the course from it.
+    /// Per vessel asked to delete COURSE: when and by whom, whether it fetched the bundle, and
+    /// where it stands by its own last report: waiting for shore's acknowledgement (with the
+    /// learners whose records are still unacknowledged), backed up, deleted, or never had the
+    /// course; then what shore received of the course from it.
     Status {
         /// The config file option.
         #[command(flatten)]
@@ -185,8 +187,11 @@ pub enum ShoreCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Per vessel: last contact, acknowledged batch, records received, oldest unsent record as
-    /// last reported, and whether it is behind; then recent refusals.
+    /// Every vessel, worst first: last contact, acknowledged batch, records received, oldest
+    /// unsent record and backlog as last reported, time to drain it at the vessel's observed
+    /// link rate, whether it is behind, course deletions it holds; then the cloud forwarding
+    /// summary (with held records and why) and recent refusals. --json prints what the fleet
+    /// dashboard serves.
     Status {
         /// The config file option.
         #[command(flatten)]
@@ -290,7 +295,10 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
         },
         ShoreCmd::Vessel(VesselCmd::List { config, json }) | ShoreCmd::Status { config, json } => {
             match load_shore(&config.config) {
-                Ok(cfg) => shore::status(&cfg, clock.as_ref(), json),
+                Ok(cfg) => {
+                    exit::quiet_on_closed_pipe();
+                    shore::status(&cfg, clock.as_ref(), json)
+                }
                 Err(code) => code,
             }
         }
@@ -365,7 +373,10 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
             course,
             json,
         }) => match load_shore(&config.config) {
-            Ok(cfg) => shore::course::status(&cfg, &course, json),
+            Ok(cfg) => {
+                exit::quiet_on_closed_pipe();
+                shore::course::status(&cfg, &course, json)
+            }
             Err(code) => code,
         },
         ShoreCmd::GenCert { out, names } => gen_cert(&out, &names),

@@ -28,3 +28,14 @@ pub fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
     eprintln!("vessel-sync: {msg}");
     code
 }
+
+/// Lets a report piped into `head` or `less` end quietly when the reader closes the pipe (the
+/// default action of SIGPIPE, as for any Unix tool) instead of failing on its next write. Only
+/// for commands that read and print: never for the agent, the receiver or a command that feeds
+/// a child process through a pipe, which must see the error instead of dying.
+pub fn quiet_on_closed_pipe() {
+    // SAFETY: resets one signal's disposition to the default; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
