@@ -353,7 +353,19 @@ fn a_report_piped_into_head_ends_quietly_when_head_has_read_enough() {
 #[test]
 fn bench_shore_counts_every_record_of_every_vessel_stored_once_and_acknowledged() {
     let v = Vessel::new();
-    let out = v.run(&["bench", "shore", "--vessels", "12", "--json"]);
+    // The test run's own PostgreSQL server, named as a ship's IT officer would name theirs: the
+    // packaged build (the suite under qemu) starts none of its own.
+    let pg = testkit::pgtemp::TempPg::shared().expect("a throwaway PostgreSQL server");
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let out = v.run(&[
+        "bench",
+        "shore",
+        "--vessels",
+        "12",
+        "--postgres",
+        &url,
+        "--json",
+    ]);
     let (text, err) = s(&out);
     assert!(out.status.success(), "{text}\n{err}");
     let j: serde_json::Value = serde_json::from_str(&text).unwrap();
