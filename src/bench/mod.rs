@@ -49,9 +49,10 @@ struct BundleFigures {
 /// What the packaged binary says for a benchmark that needs the test kit.
 #[cfg(not(feature = "lab"))]
 pub const LAB_ONLY: &str = "vessel-sync: bench NAME needs a stand-in Moodle, a fault proxy or a \
-throwaway database, which this packaged build does not carry (only 'bench bundle' is in it). \
-Run it from a checkout with 'cargo run --release -- bench NAME', or build the lab binary for \
-this ship with 'packaging/cross-build.sh lab' and copy it on board (README: Benchmarks).";
+throwaway database, which this packaged build does not carry (it has 'bench bundle', \
+'bench shore' and 'bench users --config FILE'). Run it from a checkout with \
+'cargo run --release -- bench NAME', or build the lab binary for this ship with \
+'packaging/cross-build.sh lab' and copy it on board (README: Benchmarks).";
 
 /// `vessel-sync bench NAME`'s arguments.
 #[derive(Debug, clap::Args)]
