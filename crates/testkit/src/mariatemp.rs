@@ -85,7 +85,6 @@ impl TempMaria {
             .arg(format!("--port={port}"))
             .args([
                 "--bind-address=127.0.0.1",
-                "--user=mysql",
                 "--skip-name-resolve",
                 "--innodb-flush-log-at-trx-commit=0",
                 "--innodb-buffer-pool-size=128M",
@@ -100,7 +99,9 @@ impl TempMaria {
             ))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        die_with_parent(&mut cmd, None, libc::SIGTERM);
+        // Started as `mysql` already: mariadbd's own switch (`--user`) would clear the
+        // parent-death signal, and every test process would leave its server running.
+        die_with_parent(&mut cmd, ids, libc::SIGTERM);
         let child = cmd
             .spawn()
             .map_err(|e| format!("mariadbd: {e} (apt-get install mariadb-server)"))?;
