@@ -109,7 +109,8 @@ pub fn fleet_view(cfg: &ShoreConfig, db: &ShoreStore, now: i64) -> Result<Fleet,
             behind: v.revoked_at.is_none()
                 && (silent > 86_400 || v.oldest_unsent.unwrap_or(0) > 86_400),
             delivered_7d: delivered,
-            link_rate_per_hour: (rate * 10.0).round() / 10.0,
+            // Two decimals: a vessel sending a few records a week is slow, not silent.
+            link_rate_per_hour: (rate * 100.0).round() / 100.0,
             drain_secs: drain,
             held_deletions: db.held_deletions(&v.id).map_err(|e| e.to_string())?,
             keys: db.vessel_keys(&v.id).unwrap_or_default(),
