@@ -628,7 +628,7 @@ pub fn worker(
     let cap = Duration::from_secs(3600).max(interval);
     let mut failures = 0u32;
     loop {
-        let wait = match pass(&cfg, &mut db, clock.now()) {
+        let stopped = match pass(&cfg, &mut db, clock.now()) {
             Ok(p) => {
                 let n: u64 = p.outcomes.values().sum();
                 if n > 0 || p.released > 0 {
@@ -640,33 +640,34 @@ pub fn worker(
                         p.outcomes
                     );
                 }
-                failures = if p.stopped.is_some() { failures + 1 } else { 0 };
-                let full = p.stopped.is_none()
-                    && p.busy.is_none()
-                    && db.forward_summary().map(|s| s.pending > 0).unwrap_or(false);
-                if full { Duration::ZERO } else { interval }
+                match p.stopped {
+                    Some(why) => Err(why),
+                    None => Ok(p.busy.is_none()
+                        && db.forward_summary().map(|s| s.pending > 0).unwrap_or(false)),
+                }
             }
-            Err(e) => {
-                tracing::error!("forwarding to the cloud Moodle: {e}");
-                failures += 1;
-                interval
-            }
+            Err(e) => Err(e),
         };
-        let wait = if failures > 0 {
-            let secs = base::retry::backoff(
-                failures,
-                i64::try_from(interval.as_secs()).unwrap_or(60),
-                i64::try_from(cap.as_secs()).unwrap_or(3600),
-            );
-            let wait = Duration::from_secs(u64::try_from(secs).unwrap_or(60));
-            tracing::warn!(
-                failures,
-                "forwarding to the cloud Moodle stopped; next pass in {}s",
-                wait.as_secs()
-            );
-            wait
-        } else {
-            wait
+        let wait = match stopped {
+            Ok(more) => {
+                failures = 0;
+                if more { Duration::ZERO } else { interval }
+            }
+            Err(why) => {
+                failures += 1;
+                let secs = base::retry::backoff(
+                    failures,
+                    i64::try_from(interval.as_secs()).unwrap_or(60),
+                    i64::try_from(cap.as_secs()).unwrap_or(3600),
+                );
+                let wait = Duration::from_secs(u64::try_from(secs).unwrap_or(60));
+                tracing::warn!(
+                    failures,
+                    "forwarding to the cloud Moodle stopped ({why}); next pass in {}s",
+                    wait.as_secs()
+                );
+                wait
+            }
         };
         match stop.recv_timeout(wait) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
