@@ -8,6 +8,7 @@ mod cli;
 mod courses;
 mod crash;
 mod dashboard;
+mod hostile;
 mod delta;
 mod imports;
 mod keys;

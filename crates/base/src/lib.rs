@@ -8,6 +8,7 @@
 //! - [`retry`]: the one retry rule (capped, jittered exponential backoff).
 //! - [`csvrow`]: one CSV problem `{row, field, value, message}`, header reading, formula-safe cells.
 //! - [`service`]: systemd notify (READY, WATCHDOG, STATUS, STOPPING) and logging set-up.
+//! - [`text`]: untrusted text made safe to show (control characters escaped, length bounded).
 //! - [`tomlcheck`]: checking a TOML config against a schema, every problem at once with its line.
 //!
 //! May import: nothing of the workspace.
@@ -25,4 +26,5 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod retry;
 pub mod service;
+pub mod text;
 pub mod tomlcheck;

@@ -179,9 +179,27 @@ fn new_bundle(m: &Manifest, sha: &str, source: &str) -> NewBundle {
     }
 }
 
-/// The work directory of a bundle.
+/// The work directory of a bundle: the one place a bundle id names a path on board (with
+/// [`archive_path`]). Admission refuses ids that are not one plain component
+/// ([`wire::ids::check_id`]); a journal row from before that check with such an id gets a name
+/// that stays inside `work/` and holds nothing.
 pub fn work_dir(cfg: &Config, bundle_id: &str) -> PathBuf {
-    cfg.paths.work.join(bundle_id)
+    cfg.paths.work.join(safe_component(bundle_id))
+}
+
+/// Where a bundle's file is kept once journaled.
+pub fn archive_path(cfg: &Config, bundle_id: &str) -> PathBuf {
+    cfg.paths
+        .archive
+        .join(format!("{}.{BUNDLE_EXT}", safe_component(bundle_id)))
+}
+
+fn safe_component(id: &str) -> &str {
+    if wire::ids::check_id("bundle id", id).is_ok() {
+        id
+    } else {
+        ".refused-id"
+    }
 }
 
 /// Verifies and journals one settled inbox file; `progress` is called while members stream.
@@ -292,12 +310,24 @@ pub fn admit(
             }
             return Ok(Admitted::Duplicate(m.id));
         }
+        Admission::Early { missing }
+            if m.sequence - missing > cfg.inbox.max_sequence_gap =>
+        {
+            let r = Rejection::SequenceGap {
+                issuer: m.issuer.clone(),
+                sequence: m.sequence,
+                next: missing,
+                gap: m.sequence - missing,
+                max: cfg.inbox.max_sequence_gap,
+            };
+            return quarantine(store, cfg, path, &r, Some(&m), now);
+        }
         Admission::Late | Admission::InOrder | Admission::Early { .. } => {}
     }
 
     // Extract into a fresh private directory, then rename into place.
     let final_dir = work_dir(cfg, &m.id);
-    let tmp_dir = cfg.paths.work.join(format!(".{}.part", m.id));
+    let tmp_dir = cfg.paths.work.join(format!(".{}.part", safe_component(&m.id)));
     for d in [&tmp_dir, &final_dir] {
         if d.exists() {
             if let Err(e) = fs::remove_dir_all(d) {
@@ -377,7 +407,10 @@ fn supplement(
     if !dir.is_dir() || lacking.is_empty() {
         return Ok(0);
     }
-    let tmp = cfg.paths.work.join(format!(".{}.supplement", m.id));
+    let tmp = cfg
+        .paths
+        .work
+        .join(format!(".{}.supplement", safe_component(&m.id)));
     let local = |e: std::io::Error| VerifyError::Local(format!("{}: {e}", tmp.display()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(local)?;
@@ -403,7 +436,7 @@ fn supplement(
 }
 
 fn archive(store: &mut Store, cfg: &Config, path: &Path, id: &str) -> Result<()> {
-    let dest = cfg.paths.archive.join(format!("{id}.{BUNDLE_EXT}"));
+    let dest = archive_path(cfg, id);
     match fsutil::move_file(path, &dest) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -13,6 +13,7 @@ use crate::store::{
     AckState, AuditEntry, AuditEvent, OutboxSummary, Overview, QuarantinedProgress, Store,
 };
 use base::clock::{Clock, format_age, format_time};
+use base::text::clean;
 use base::exit;
 use wire::envelope::{Manifest, manifest};
 
@@ -392,10 +393,17 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
             format_age(now - g.since)
         );
     }
-    for (issuer, recipient, seq, at) in &s.journal.skipped {
+    for g in &s.journal.skipped {
+        let which = if g.first == g.last {
+            format!("sequence {}", g.first)
+        } else {
+            format!("sequences {} to {}", g.first, g.last)
+        };
         println!(
-            "skipped:   sequence {seq} from {issuer} for {recipient:?} never arrived (given up {})",
-            format_time(*at)
+            "skipped:   {which} from {} for {:?} never arrived (given up {})",
+            clean(&g.issuer),
+            clean(&g.recipient),
+            format_time(g.at)
         );
     }
     for c in &s.journal.held {

@@ -5,6 +5,7 @@
 //!   and progress batches to shore: keys, manifest, strict tar reader, bounded reader, writer.
 //! - [`progress`]: progress records, their ids, and the `records.bin` codec with its dictionary.
 //! - [`net`]: the HTTP client and both TLS configurations (rustls with ring, CA file, pins).
+//! - [`ids`]: the one rule for ids that name files.
 //! - the names both sides use: [`SHORE`], [`RECORDS_MEMBER`], [`valid_vessel_id`].
 //!
 //! May import: `base`. Knows nothing of journals, stores or Moodle.
@@ -16,6 +17,7 @@
 )]
 
 pub mod envelope;
+pub mod ids;
 pub mod net;
 pub mod progress;
 
@@ -27,11 +29,7 @@ pub const SHORE: &str = "shore";
 /// A vessel id: 1-64 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or digit, and not
 /// [`SHORE`].
 pub fn valid_vessel_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    ids::check_id("vessel id", id).is_ok()
+        && id.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
         && id != SHORE
 }

@@ -1,5 +1,6 @@
 //! `[inbox]`: how often the inbox is scanned, how long a file must settle before it is read, how
-//! long an early bundle waits for a missing sequence, and the clock skew tolerated.
+//! long an early bundle waits for a missing sequence (and how far ahead one may be), and the
+//! clock skew tolerated.
 
 use base::tomlcheck::Walker;
 use toml_edit::Table;
@@ -15,6 +16,8 @@ pub struct InboxSettings {
     pub gap_timeout: u64,
     /// Tolerance for not-before/expiry against a drifting clock.
     pub clock_skew: u64,
+    /// A bundle more than this many sequences ahead of the next expected is quarantined.
+    pub max_sequence_gap: u64,
 }
 
 /// Reads this section of `root`.
@@ -24,7 +27,13 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> InboxSettings {
         w.only(
             t,
             "[inbox]",
-            &["scan_interval", "settle", "gap_timeout", "clock_skew"],
+            &[
+                "scan_interval",
+                "settle",
+                "gap_timeout",
+                "clock_skew",
+                "max_sequence_gap",
+            ],
         );
     }
     InboxSettings {
@@ -32,5 +41,8 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> InboxSettings {
         settle: w.seconds(inbox_t, "inbox", "settle", 5),
         gap_timeout: w.seconds(inbox_t, "inbox", "gap_timeout", 2 * 86_400),
         clock_skew: w.seconds(inbox_t, "inbox", "clock_skew", 300),
+        max_sequence_gap: w
+            .count(inbox_t, "inbox", "max_sequence_gap", 10_000)
+            .max(1),
     }
 }

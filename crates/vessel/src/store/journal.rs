@@ -231,8 +231,23 @@ pub struct Overview {
     pub gaps: Vec<StreamGap>,
     /// Commands waiting, running or failed, with reasons.
     pub held: Vec<CommandRow>,
-    /// Sequences skipped and not (yet) arrived late: (issuer, recipient, sequence, skipped_at).
-    pub skipped: Vec<(String, String, u64, i64)>,
+    /// Gaps given up whose sequences have not all arrived late.
+    pub skipped: Vec<SkippedRange>,
+}
+
+/// A gap the agent gave up waiting for: sequences `first..=last` of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedRange {
+    /// The stream's issuer.
+    pub issuer: String,
+    /// The stream's recipient.
+    pub recipient: String,
+    /// First missing sequence.
+    pub first: u64,
+    /// Last missing sequence.
+    pub last: u64,
+    /// When it was given up.
+    pub at: i64,
 }
 
 pub(super) const COMMAND_COLUMNS: &str = "c.bundle_id, c.idx, c.cmd_id, c.type, c.args, c.files, c.state, c.reason, \
@@ -391,6 +406,40 @@ mod tests {
                 prop_assert!(store.overview().unwrap().skipped.is_empty(), "every skipped slot resolved");
                 let next = store.write(|tx| tx.classify("new", "x", "k", "v", 7)).unwrap();
                 prop_assert_eq!(next, Admission::InOrder, "the stream ends at sequence 7");
+            }
+
+            /// Bundles that reuse command ids (each of bundles 1..=5 carries command "c{s % 3}"),
+            /// delivered in any order by a carrier: the id is held by the bundle with the lowest
+            /// sequence, exactly as when they arrive in order, so every vessel given the same
+            /// bundles ends in the same state.
+            #[test]
+            fn reused_command_ids_are_settled_by_sequence_not_arrival(
+                order in Just((1..=5u64).collect::<Vec<_>>()).prop_shuffle(),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store = Store::open(&dir.path().join("j.db"), "v").unwrap();
+                for s in &order {
+                    let mut b = bundle(&format!("b{s}"), *s, None);
+                    b.commands[0].cmd_id = format!("c{}", s % 3);
+                    admit(&mut store, &b, 1_000);
+                }
+                let mut holders: Vec<(String, String)> = store
+                    .commands()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|c| c.state != CommandState::Duplicate)
+                    .map(|c| (c.cmd_id, c.bundle_id))
+                    .collect();
+                holders.sort();
+                prop_assert_eq!(
+                    holders,
+                    vec![
+                        ("c0".to_string(), "b3".to_string()),
+                        ("c1".to_string(), "b1".to_string()),
+                        ("c2".to_string(), "b2".to_string()),
+                    ]
+                );
+                prop_assert_eq!(store.commands().unwrap().len(), 5);
             }
         }
     }

@@ -27,7 +27,7 @@ pub use audit::{AuditEntry, AuditEvent};
 pub use content::Held;
 pub use journal::{
     Admission, BundleRow, BundleState, CommandOutcome, CommandRow, CommandState, NewBundle,
-    NewCommand, Overview, StreamGap,
+    NewCommand, Overview, SkippedRange, StreamGap,
 };
 pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
 pub use outbox::{
@@ -101,6 +101,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_trust.sql"),
     include_str!("migrations/0004_content.sql"),
     include_str!("migrations/0005_reports.sql"),
+    include_str!("migrations/0006_skipped_ranges.sql"),
 ];
 
 /// An open database.

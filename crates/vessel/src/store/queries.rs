@@ -4,7 +4,8 @@
 use rusqlite::params;
 
 use super::journal::{
-    BundleRow, BundleState, COMMAND_COLUMNS, CommandRow, Overview, StreamGap, command_row,
+    BundleRow, BundleState, COMMAND_COLUMNS, CommandRow, Overview, SkippedRange, StreamGap,
+    command_row,
 };
 use super::{Ctx, Result, Store};
 
@@ -121,13 +122,15 @@ impl Store {
              WHERE c.state IN ('running','waiting','failed') ORDER BY c.updated_at DESC LIMIT 50"
         );
         o.held = self.rows(&sql, [], command_row)?;
-        o.skipped = self.rows("SELECT issuer, recipient, sequence, skipped_at FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at", [], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)?.unsigned_abs(),
-                    r.get(3)?,
-                ))
+        o.skipped = self.rows("SELECT issuer, recipient, sequence, COALESCE(last_sequence, sequence), skipped_at
+                 FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at", [], |r| {
+                Ok(SkippedRange {
+                    issuer: r.get(0)?,
+                    recipient: r.get(1)?,
+                    first: r.get::<_, i64>(2)?.unsigned_abs(),
+                    last: r.get::<_, i64>(3)?.unsigned_abs(),
+                    at: r.get(4)?,
+                })
             })?;
         Ok(o)
     }

@@ -36,10 +36,14 @@ impl Tx<'_> {
                 previous: format!("by bundle {other}, received {}", format_time(at)),
             });
         }
-        let skipped: Option<Option<String>> = self.row("SELECT resolved_bundle FROM skipped WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
-                params![issuer, recipient, seq(sequence)],
-                |r| r.get(0))?;
-        if let Some(None) = skipped {
+        // A sequence inside a gap given up (no bundle holds it: that was checked above).
+        let skipped: Option<i64> = self.row(
+            "SELECT 1 FROM skipped WHERE issuer = ?1 AND recipient = ?2
+                 AND sequence <= ?3 AND COALESCE(last_sequence, sequence) >= ?3",
+            params![issuer, recipient, seq(sequence)],
+            |r| r.get(0),
+        )?;
+        if skipped.is_some() {
             return Ok(Admission::Late);
         }
         let next = self.next_seq(issuer, recipient)?;
@@ -137,21 +141,7 @@ impl Tx<'_> {
             )
             .ctx(self.path)?;
         for (idx, c) in b.commands.iter().enumerate() {
-            let dup: Option<String> = self.row(
-                "SELECT bundle_id FROM commands WHERE cmd_id = ?1 AND state != 'duplicate'",
-                params![c.cmd_id],
-                |r| r.get(0),
-            )?;
-            let (cstate, creason) = match &dup {
-                Some(other) => (
-                    CommandState::Duplicate,
-                    Some(format!(
-                        "command id {} was already taken from bundle {other}; not applied again",
-                        c.cmd_id
-                    )),
-                ),
-                None => (CommandState::Ready, None),
-            };
+            let (cstate, creason) = self.claim_command_id(b, idx, &c.cmd_id, now)?;
             self.tx
                 .execute(
                     "INSERT INTO commands(bundle_id, idx, cmd_id, type, args, files, state, reason, updated_at)
@@ -201,19 +191,99 @@ impl Tx<'_> {
                 self.set_next_seq(&b.issuer, &b.recipient, b.sequence + 1)?;
                 self.release_in_order(&b.issuer, &b.recipient, now)?;
             }
-            Admission::Late => {
-                self.tx
-                    .execute(
-                        "UPDATE skipped SET resolved_bundle = ?4, resolved_at = ?5
-                         WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
-                        params![b.issuer, b.recipient, seq(b.sequence), b.id, now],
-                    )
-                    .ctx(self.path)?;
-            }
+            Admission::Late => self.resolve_skipped(b, now)?,
             _ => {}
         }
         self.finish_bundle_if_done(&b.id, now)?;
         Ok(state)
+    }
+
+    /// Which command holds a command id reused across bundles: the one whose bundle comes first
+    /// in (issuer, sequence, position), whatever the arrival order, so every vessel given the
+    /// same bundles ends in the same state. A later holder that has not started yet gives the id
+    /// up (it becomes the duplicate); one that already ran keeps it (its effect is taken).
+    fn claim_command_id(
+        &self,
+        b: &NewBundle,
+        idx: usize,
+        cmd_id: &str,
+        now: i64,
+    ) -> Result<(CommandState, Option<String>)> {
+        let holder: Option<(String, i64, String, String, i64)> = self.row(
+            "SELECT c.bundle_id, c.idx, c.state, b.issuer, b.sequence FROM commands c
+                 JOIN bundles b ON b.id = c.bundle_id
+                 WHERE c.cmd_id = ?1 AND c.state != 'duplicate'",
+            params![cmd_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
+        let Some((other, other_idx, other_state, other_issuer, other_seq)) = holder else {
+            return Ok((CommandState::Ready, None));
+        };
+        let mine = (b.issuer.as_str(), seq(b.sequence), idx as i64);
+        let theirs = (other_issuer.as_str(), other_seq, other_idx);
+        let not_started = other_state == CommandState::Ready.as_str() && {
+            let attempts: i64 = self.row(
+                "SELECT attempts FROM commands WHERE bundle_id = ?1 AND idx = ?2",
+                params![other, other_idx],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0);
+            attempts == 0
+        };
+        if mine < theirs && not_started {
+            let reason = format!(
+                "command id {cmd_id} belongs to bundle {} (sequence {} of issuer {}), which comes first; not applied",
+                b.id, b.sequence, b.issuer
+            );
+            self.tx
+                .execute(
+                    "UPDATE commands SET state = 'duplicate', reason = ?3, updated_at = ?4
+                     WHERE bundle_id = ?1 AND idx = ?2",
+                    params![other, other_idx, reason, now],
+                )
+                .ctx(self.path)?;
+            self.audit(now, &other_issuer, Some(&other), Some(cmd_id), "command_duplicate", "skipped", &reason)?;
+            return Ok((CommandState::Ready, None));
+        }
+        Ok((
+            CommandState::Duplicate,
+            Some(format!(
+                "command id {cmd_id} was already taken from bundle {other}; not applied again"
+            )),
+        ))
+    }
+
+    /// A late bundle filled a sequence of a gap given up: the gap is resolved once every
+    /// sequence in it has arrived.
+    fn resolve_skipped(&self, b: &NewBundle, now: i64) -> Result<()> {
+        let range: Option<(i64, i64)> = self.row(
+            "SELECT sequence, COALESCE(last_sequence, sequence) FROM skipped
+                 WHERE issuer = ?1 AND recipient = ?2 AND sequence <= ?3
+                 AND COALESCE(last_sequence, sequence) >= ?3",
+            params![b.issuer, b.recipient, seq(b.sequence)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let Some((first, last)) = range else {
+            return Ok(());
+        };
+        let arrived: i64 = self
+            .row(
+                "SELECT COUNT(*) FROM bundles WHERE issuer = ?1 AND recipient = ?2
+                     AND sequence BETWEEN ?3 AND ?4",
+                params![b.issuer, b.recipient, first, last],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0);
+        if arrived > last - first {
+            self.tx
+                .execute(
+                    "UPDATE skipped SET resolved_bundle = ?4, resolved_at = ?5
+                     WHERE issuer = ?1 AND recipient = ?2 AND sequence = ?3",
+                    params![b.issuer, b.recipient, first, b.id, now],
+                )
+                .ctx(self.path)?;
+        }
+        Ok(())
     }
 
     /// Releases waiting bundles of a stream that are now next in order.
@@ -248,7 +318,7 @@ impl Tx<'_> {
 
     /// Gives up on missing sequences whose followers have waited `gap_timeout` seconds: the
     /// missing ones are recorded as skipped and the waiting bundles proceed in order.
-    /// Returns a line per skipped sequence.
+    /// Returns a line per gap given up.
     pub fn release_gaps(&self, now: i64, gap_timeout: i64) -> Result<Vec<String>> {
         let streams: Vec<(String, String, i64, i64)> = self.rows(
             "SELECT issuer, recipient, MIN(sequence), MIN(received_at) FROM bundles
@@ -263,28 +333,29 @@ impl Tx<'_> {
             }
             let next = self.next_seq(&issuer, &recipient)?;
             let first_waiting = first_waiting.unsigned_abs();
-            for missing in next..first_waiting {
-                self.tx
-                    .execute(
-                        "INSERT OR IGNORE INTO skipped(issuer, recipient, sequence, skipped_at) VALUES (?1, ?2, ?3, ?4)",
-                        params![issuer, recipient, seq(missing), now],
-                    )
-                    .ctx(self.path)?;
-                let line = format!(
-                    "sequence {missing} from issuer {issuer} for {recipient:?} never arrived within {}; later bundles proceed without it (it will still be applied if it turns up)",
-                    format_age(gap_timeout)
-                );
-                self.audit(
-                    now,
-                    &issuer,
-                    None,
-                    None,
-                    "sequence_skipped",
-                    "skipped",
-                    &line,
-                )?;
-                lines.push(line);
+            if first_waiting <= next {
+                continue;
             }
+            // One row and one audit line per gap, however many sequences it spans.
+            let last = first_waiting - 1;
+            self.tx
+                .execute(
+                    "INSERT OR IGNORE INTO skipped(issuer, recipient, sequence, last_sequence, skipped_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![issuer, recipient, seq(next), seq(last), now],
+                )
+                .ctx(self.path)?;
+            let which = if next == last {
+                format!("sequence {next}")
+            } else {
+                format!("sequences {next} to {last} ({} in all)", last - next + 1)
+            };
+            let line = format!(
+                "{which} from issuer {issuer} for {recipient:?} never arrived within {}; later bundles proceed without them (each is still applied if it turns up)",
+                format_age(gap_timeout)
+            );
+            self.audit(now, &issuer, None, None, "sequence_skipped", "skipped", &line)?;
+            lines.push(line);
             self.set_next_seq(&issuer, &recipient, first_waiting)?;
             self.release_in_order(&issuer, &recipient, now)?;
         }

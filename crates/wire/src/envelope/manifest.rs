@@ -146,6 +146,15 @@ pub struct Manifest {
 /// The recipient value that addresses every vessel.
 pub const FLEET: &str = "*";
 
+/// Highest sequence number: sequences are kept as SQLite integers (signed 64-bit).
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+/// Most `need_files` entries (bundles) one batch may carry.
+pub const MAX_NEED_BUNDLES: usize = 256;
+/// Most content hashes all `need_files` entries of one batch may name together.
+pub const MAX_NEED_FILES: usize = 16_384;
+/// Most command reports one batch may carry.
+pub const MAX_COMMAND_REPORTS: usize = 4_096;
+
 impl Manifest {
     /// Checks the manifest's own consistency (not its policy): version, names, references.
     pub fn check(&self) -> Result<(), String> {
@@ -157,6 +166,27 @@ impl Manifest {
         }
         if self.sequence == 0 {
             return Err("sequence 0 (sequences start at 1)".into());
+        }
+        if self.sequence > MAX_SEQUENCE {
+            return Err(format!(
+                "sequence {} is out of range (sequences go from 1 to {MAX_SEQUENCE})",
+                self.sequence
+            ));
+        }
+        let id = |r: Result<(), crate::ids::IdError>| r.map_err(|e| e.to_string());
+        id(crate::ids::check_id("bundle id", &self.id))?;
+        id(crate::ids::check_id("issuer", &self.issuer))?;
+        if self.recipient != FLEET
+            && self.recipient != crate::SHORE
+            && !crate::valid_vessel_id(&self.recipient)
+        {
+            return Err(format!(
+                "recipient {:?} is neither a vessel id, '*' nor 'shore'",
+                base::text::clip(&self.recipient, 80)
+            ));
+        }
+        if self.sender.len() > 128 || self.sender.chars().any(char::is_control) {
+            return Err("'sender' is longer than 128 bytes or holds control characters".into());
         }
         if base::clock::parse_time(&self.created).is_none() {
             return Err(format!(
@@ -184,7 +214,26 @@ impl Manifest {
                 return Err(format!("file {:?} has a malformed sha256", f.name));
             }
         }
+        // Directory members would make one name a file and a directory at once.
+        let mut sorted: Vec<&str> = names.iter().copied().collect();
+        sorted.sort_unstable();
+        for pair in sorted.windows(2) {
+            if pair[1].strip_prefix(pair[0]).is_some_and(|rest| rest.starts_with('/')) {
+                return Err(format!(
+                    "file {:?} is also the directory of file {:?}",
+                    pair[0], pair[1]
+                ));
+            }
+        }
+        if self.need_files.len() > MAX_NEED_BUNDLES
+            || self.need_files.iter().map(|n| n.sha256.len()).sum::<usize>() > MAX_NEED_FILES
+        {
+            return Err(format!(
+                "need_files asks for more than {MAX_NEED_BUNDLES} bundles or {MAX_NEED_FILES} files"
+            ));
+        }
         for n in &self.need_files {
+            id(crate::ids::check_id("need_files bundle", &n.bundle))?;
             if n.sha256
                 .iter()
                 .any(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -195,8 +244,21 @@ impl Manifest {
                 ));
             }
         }
+        if self.command_reports.len() > MAX_COMMAND_REPORTS {
+            return Err(format!(
+                "more than {MAX_COMMAND_REPORTS} command reports in one batch"
+            ));
+        }
         for c in &self.command_reports {
-            if c.id.is_empty() || base::clock::parse_time(&c.at).is_none() {
+            id(crate::ids::check_command_id(&c.id))?;
+            id(crate::ids::check_id("report bundle", &c.bundle))?;
+            if c.kind.len() > 64 || c.state.len() > 32 || c.reason.as_ref().is_some_and(|r| r.len() > 4096) {
+                return Err(format!(
+                    "command report {:?} has a type, state or reason that is too long",
+                    c.id
+                ));
+            }
+            if base::clock::parse_time(&c.at).is_none() {
                 return Err(format!(
                     "command report {:?} has an empty id or a time that is not RFC 3339 UTC",
                     c.id
@@ -210,8 +272,9 @@ impl Manifest {
         }
         let mut ids = std::collections::HashSet::new();
         for c in &self.commands {
-            if c.id.is_empty() || !ids.insert(c.id.as_str()) {
-                return Err(format!("command id {:?} is empty or used twice", c.id));
+            id(crate::ids::check_command_id(&c.id))?;
+            if !ids.insert(c.id.as_str()) {
+                return Err(format!("command id {:?} is used twice", c.id));
             }
             for f in &c.files {
                 if !names.contains(f.as_str()) {

@@ -138,6 +138,22 @@ pub enum Rejection {
         /// What had it.
         previous: String,
     },
+    /// Too far ahead of the stream: a typo or a hostile sequence, never waited for.
+    #[error(
+        "sequence {sequence} from issuer {issuer} is {gap} ahead of the next expected ({next}), more than the {max} this vessel waits across ([inbox] max_sequence_gap); rebuild the bundle with the next sequence"
+    )]
+    SequenceGap {
+        /// Issuer key id.
+        issuer: String,
+        /// The bundle's sequence.
+        sequence: u64,
+        /// The sequence the stream expects next.
+        next: u64,
+        /// How far ahead it is.
+        gap: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The same bundle id with other content.
     #[error("bundle id {0} was already received with different content; refusing the altered copy")]
     IdReused(String),
@@ -277,6 +293,7 @@ impl Rejection {
             Self::WrongKind(_) => "wrong_kind",
             Self::WrongVessel { .. } => "wrong_vessel",
             Self::Replay { .. } => "replay",
+            Self::SequenceGap { .. } => "sequence_gap",
             Self::IdReused(_) => "id_reused",
             Self::Expired { .. } => "expired",
             Self::NotYetValid { .. } => "not_yet_valid",

@@ -244,15 +244,19 @@ pub fn open_with(
 
     let keyring = keys(&manifest_bytes)?;
     let Some(signer) = keyring.verify_any(&manifest_bytes, &signature).cloned() else {
-        // Untrusted bytes, read only to word the refusal.
+        // Untrusted bytes, read only to word the refusal: the claimed issuer is kept only if it
+        // has the shape of a key id, so what a refusal stores and shows is short and plain.
         let claimed = serde_json::from_slice::<serde_json::Value>(&manifest_bytes)
             .ok()
-            .and_then(|v| v.get("issuer").and_then(|i| i.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| "(unreadable)".into());
-        return Err(if keyring.get(&claimed).is_some() {
-            Rejection::BadSignature(claimed).into()
-        } else {
-            Rejection::UnknownKey(claimed).into()
+            .and_then(|v| v.get("issuer").and_then(|i| i.as_str()).map(str::to_owned));
+        return Err(match claimed {
+            Some(c) if keyring.get(&c).is_some() => Rejection::BadSignature(c).into(),
+            Some(c) if crate::ids::check_id("issuer", &c).is_ok() => {
+                Rejection::UnknownKey(c).into()
+            }
+            // A manifest that no longer parses, or names no plausible key, was damaged or forged:
+            // not a matter of adding a key.
+            _ => Rejection::BadSignature("unreadable".into()).into(),
         });
     };
 
