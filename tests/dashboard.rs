@@ -137,11 +137,24 @@ fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wron
     );
     assert!(page.text().unwrap().contains("/dashboard/app.js"));
 
-    // Guessing is throttled: after 5 wrong passwords in a minute even the right one waits.
+    // Guessing is throttled per address: after 5 wrong passwords this address waits, even
+    // with the right one, and says how long.
     for _ in 0..4 {
         assert_eq!(login("guess").status(), 401);
     }
-    assert_eq!(login("correct horse battery").status(), 429);
+    let held = login("correct horse battery");
+    assert_eq!(held.status(), 429);
+    assert_eq!(held.headers()["retry-after"], "60");
+    // The training manager at another address is not locked out by those guesses, and a
+    // plain HTML form's login works as the JSON one does.
+    let other = shore.client_from("127.0.0.2");
+    let form = other
+        .post(format!("{url}/dashboard/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("password=correct+horse+battery")
+        .send()
+        .unwrap();
+    assert_eq!(form.status(), 200, "{:?}", form.text());
 
     // Logged out, the session opens nothing.
     c.post(format!("{url}/dashboard/logout"))

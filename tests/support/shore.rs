@@ -112,6 +112,22 @@ impl Shore {
         .unwrap()
     }
 
+    /// The same client, connecting from another loopback address (127.0.0.0/8 is all
+    /// loopback): a second client as the shore's per-address rules see it.
+    pub fn client_from(&self, ip: &str) -> reqwest::blocking::Client {
+        let tls = wire::net::client_tls(&wire::net::Trust {
+            ca_file: Some(self.path("ca.pem")),
+            pins: vec![],
+        })
+        .unwrap();
+        reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls)
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .timeout(std::time::Duration::from_secs(60))
+            .build()
+            .unwrap()
+    }
+
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         let cfg = self.config.to_str().unwrap().to_string();
         let mut full = vec!["shore"];

@@ -50,9 +50,23 @@ pub struct ShoreSettings {
     /// operators it certified (within their certificates).
     #[serde(default)]
     pub root: Vec<PathBuf>,
-    /// Largest batch accepted (bytes).
+    /// Largest batch accepted (bytes, compressed, as sent).
     #[serde(default = "default_max_batch")]
     pub max_batch_bytes: u64,
+    /// Most records one batch may carry (a vessel sends at most `[uplink] batch_records`,
+    /// 20,000 by default).
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: u64,
+    /// Most connections open at once, in all.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
+    /// Most connections open at once from one client address.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: u64,
+    /// Most bytes of batch bodies being received at once, in all (each body is written to a
+    /// temporary file under `STATE_DIR/tmp` as it arrives).
+    #[serde(default = "default_uploads_in_flight")]
+    pub uploads_in_flight_bytes: u64,
 }
 
 /// `[cloud]`: the master Moodle ashore.
@@ -127,6 +141,18 @@ fn default_listen() -> String {
 }
 fn default_max_batch() -> u64 {
     64 << 20
+}
+fn default_max_batch_records() -> u64 {
+    50_000
+}
+fn default_max_connections() -> u64 {
+    4_096
+}
+fn default_max_connections_per_address() -> u64 {
+    256
+}
+fn default_uploads_in_flight() -> u64 {
+    512 << 20
 }
 
 impl ShoreConfig {

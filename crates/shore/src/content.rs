@@ -37,6 +37,9 @@ fn file_safe(vessel: &str) -> String {
         .collect()
 }
 
+/// Most copies shore writes a day to answer one vessel's needs of one bundle.
+pub const MAX_NEED_COPIES_A_DAY: u64 = 4;
+
 /// What [`keep_pushed`] found.
 #[derive(Debug, Default)]
 pub struct Kept {
@@ -144,11 +147,16 @@ fn write_copy(
 /// same bytes); any other bundle as queued.
 pub fn offer(
     cfg: &ShoreConfig,
-    db: &ShoreStore,
+    db: &std::sync::Mutex<ShoreStore>,
     vessel: &str,
     q: &Queued,
 ) -> Result<Queued, String> {
-    let members = db.queue_content(q.id).map_err(|e| e.to_string())?;
+    // The store's lock is taken per call: writing the copy runs without it.
+    let store = || {
+        db.lock()
+            .map_err(|_| "the shore store's lock is poisoned; restart shore".to_string())
+    };
+    let members = store()?.queue_content(q.id).map_err(|e| e.to_string())?;
     if members.is_empty() {
         return Ok(q.clone());
     }
@@ -158,16 +166,17 @@ pub fn offer(
         sha256,
         ..q.clone()
     };
-    if let Some((file, size, sha)) = db.variant(q.id, vessel).map_err(|e| e.to_string())? {
+    if let Some((file, size, sha)) = store()?.variant(q.id, vessel).map_err(|e| e.to_string())? {
         return Ok(with(file, size, sha));
     }
-    let holds = db.holds(vessel).map_err(|e| e.to_string())?;
+    let holds = store()?.holds(vessel).map_err(|e| e.to_string())?;
     let safe = file_safe(vessel);
     let name = format!("{}.{safe}.vsb", q.bundle_id);
     let (size, sha, carried) =
         write_copy(cfg, &q.bundle_id, &|f| !holds.contains(&f.sha256), &name)?;
     tracing::info!(vessel, bundle = %q.bundle_id, bytes = size, carried, held = members.len() as u64 - carried, "per-vessel copy of a course bundle");
-    db.set_variant(q.id, vessel, &name, size, &sha, carried)
+    store()?
+        .set_variant(q.id, vessel, &name, size, &sha, carried)
         .map_err(|e| e.to_string())?;
     Ok(with(name, size, sha))
 }
@@ -177,21 +186,49 @@ pub fn offer(
 /// and what shore could not send.
 pub fn answer_needs(
     cfg: &ShoreConfig,
-    db: &ShoreStore,
+    db: &std::sync::Mutex<ShoreStore>,
     vessel: &str,
     needs: &[NeedFiles],
     now: i64,
 ) -> Result<(u64, u64), String> {
+    // The store's lock is taken per call: writing a copy (repacking) runs without it.
+    let store = || {
+        db.lock()
+            .map_err(|_| "the shore store's lock is poisoned; restart shore".to_string())
+    };
     let (mut sent, mut missing) = (0, 0);
     for n in needs {
-        db.note_needs(vessel, &n.bundle, &n.sha256, now)
-            .map_err(|e| e.to_string())?;
-        let Some(qid) = db.content_bundle(&n.bundle).map_err(|e| e.to_string())? else {
-            tracing::warn!(vessel, bundle = %n.bundle, "a vessel asked for content of a bundle shore never queued");
+        // Only a bundle addressed to this vessel (or the fleet) is ever copied for it.
+        let Some(qid) = store()?
+            .content_bundle(&n.bundle, vessel)
+            .map_err(|e| e.to_string())?
+        else {
+            tracing::warn!(vessel, bundle = %base::text::clip(&n.bundle, 64), "a vessel asked for content of a bundle shore never queued for it");
             missing += n.sha256.len() as u64;
             continue;
         };
-        let members = db.queue_content(qid).map_err(|e| e.to_string())?;
+        // The same request again while its answer waits to be fetched: that answer stands.
+        if let Some(q) = store()?
+            .pending_answer(vessel, &n.bundle, &n.sha256)
+            .map_err(|e| e.to_string())?
+        {
+            tracing::info!(vessel, bundle = %n.bundle, queue_id = q, "content asked for again; the copy queued before still waits for the vessel");
+            continue;
+        }
+        if store()?
+            .need_copies_since(vessel, &n.bundle, now - 86_400)
+            .map_err(|e| e.to_string())?
+            >= MAX_NEED_COPIES_A_DAY
+        {
+            tracing::warn!(vessel, bundle = %n.bundle, "a vessel asked for content more than {MAX_NEED_COPIES_A_DAY} times in a day; not answered until tomorrow");
+            missing += n.sha256.len() as u64;
+            continue;
+        }
+        store()?
+            .note_needs(vessel, &n.bundle, &n.sha256, now)
+            .map_err(|e| e.to_string())?;
+        let members = store()?
+            .queue_content(qid).map_err(|e| e.to_string())?;
         let mut have = Vec::new();
         for (_, sha, _) in members.iter().filter(|(_, s, _)| n.sha256.contains(s)) {
             if content_path(cfg, sha).is_file() {
@@ -207,7 +244,7 @@ pub fn answer_needs(
         let name = format!("{}.{safe}.need-{now}.vsb", n.bundle);
         let (size, sha256, carried) =
             write_copy(cfg, &n.bundle, &|f| have.contains(&f.sha256), &name)?;
-        let id = db
+        let id = store()?
             .enqueue_bundle(
                 &Queued {
                     id: 0,
@@ -220,7 +257,8 @@ pub fn answer_needs(
                 now,
             )
             .map_err(|e| e.to_string())?;
-        db.answer_needs(vessel, &n.bundle, &have, id)
+        store()?
+            .answer_needs(vessel, &n.bundle, &have, id)
             .map_err(|e| e.to_string())?;
         tracing::info!(vessel, bundle = %n.bundle, files = carried, bytes = size, queue_id = id, "queued the content a vessel asked for");
         sent += carried;

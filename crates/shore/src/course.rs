@@ -254,11 +254,11 @@ pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
             "{:<16} {:<22} {:<9} {:>8} {:>8} {:>8}  {}",
             r.vessel,
             format_time(r.queued_at),
-            r.by,
+            base::text::clean(&r.by),
             r.records,
             num(rep.and_then(|p| p.unacked_records)),
             num(rep.and_then(|p| p.learners)),
-            phase(r).1,
+            base::text::clean(&phase(r).1),
         );
     }
     println!(

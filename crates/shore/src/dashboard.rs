@@ -4,10 +4,12 @@
 //!
 //! - `GET /dashboard`, `/dashboard/app.js`, `/dashboard/app.css`: the page, served with a
 //!   Content-Security-Policy that lets its script talk to this origin only;
-//! - `POST /dashboard/login` (`{"password": ...}`): a session cookie (`HttpOnly`, `Secure`,
-//!   `SameSite=Strict`, for `[dashboard] session_hours`); a wrong password is refused (401) and
-//!   logged without the password, and after 5 in a minute every login waits out the minute
-//!   (429); `POST /dashboard/logout` ends the session;
+//! - `POST /dashboard/login` (JSON `{"password": ...}` or a form's `password=...`): a session
+//!   cookie (`HttpOnly`, `Secure`, `SameSite=Strict`, for `[dashboard] session_hours`); a wrong
+//!   password is refused (401) and logged with the client's address, never the password. After
+//!   5 wrong passwords from one address within an hour, that address waits a minute, then 2, 4
+//!   ... up to an hour after each further wrong one (429 with `Retry-After`); guesses from one
+//!   address never lock out another. `POST /dashboard/logout` ends the session;
 //! - `GET /dashboard/api/fleet`: what `shore status --json` prints (every vessel worst first),
 //!   plus each vessel's backlog and lag hour by hour over the last 30 days, for the chart.
 
@@ -31,8 +33,10 @@ const STYLE: &str = include_str!("dashboard/app.css");
 const COOKIE: &str = "vs_session";
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Wrong passwords allowed per minute before logins wait out the minute.
-const GUESSES_PER_MINUTE: u64 = 5;
+/// Wrong passwords one address may try within an hour before it must wait.
+const FREE_GUESSES: u64 = 5;
+/// The longest wait.
+const MAX_WAIT: i64 = 3600;
 
 fn digest(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
@@ -48,11 +52,63 @@ fn open_session(db: &ShoreStore, now: i64, hours: u64) -> Result<String, String>
     Ok(token)
 }
 
-/// Whether too many wrong passwords came within the last minute (through any receiver).
-fn throttled(db: &ShoreStore, now: i64) -> bool {
-    db.wrong_passwords_since(now - 59)
-        .map(|n| n >= GUESSES_PER_MINUTE)
-        .unwrap_or(true)
+/// How long `address` must still wait before its next login (through any receiver): none
+/// for the first 5 wrong passwords of the last hour, then a minute after the latest, doubling
+/// with each further wrong one, up to an hour.
+fn wait_before_login(db: &ShoreStore, address: &str, now: i64) -> i64 {
+    let Ok((wrong, latest)) = db.wrong_passwords_since(address, now - 3600) else {
+        return 60;
+    };
+    if wrong < FREE_GUESSES {
+        return 0;
+    }
+    let doublings = u32::try_from(wrong - FREE_GUESSES).unwrap_or(u32::MAX).min(6);
+    let wait = (60i64 << doublings).min(MAX_WAIT);
+    (latest + wait - now).max(0)
+}
+
+/// The password of a login request: JSON `{"password": ...}` or a form's `password=...`.
+fn given_password(headers: &hyper::HeaderMap, body: &[u8]) -> String {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["password"].as_str().map(String::from))
+            .unwrap_or_default();
+    }
+    body.split(|b| *b == b'&')
+        .find_map(|pair| pair.strip_prefix(b"password="))
+        .map(form_decode)
+        .unwrap_or_default()
+}
+
+/// `application/x-www-form-urlencoded` value decoding (`+` is a space, `%XX` a byte).
+fn form_decode(v: &[u8]) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < v.len() => {
+                match std::str::from_utf8(&v[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn reply(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Resp {
@@ -118,6 +174,7 @@ pub fn handle(
     cfg: &ShoreConfig,
     settings: &DashboardSettings,
     db: &Mutex<ShoreStore>,
+    client: std::net::IpAddr,
     method: &hyper::Method,
     path: &str,
     headers: &hyper::HeaderMap,
@@ -148,22 +205,24 @@ pub fn handle(
         }
         "/dashboard/app.css" if get => reply(StatusCode::OK, "text/css; charset=utf-8", STYLE),
         "/dashboard/login" if post => {
-            if throttled(&db, now) {
-                tracing::warn!("dashboard login refused: too many wrong passwords in a minute");
-                return err(
+            let address = client.to_string();
+            let wait = wait_before_login(&db, &address, now);
+            if wait > 0 {
+                tracing::warn!(client = %address, wait_secs = wait, "dashboard login refused: too many wrong passwords from this address");
+                let mut r = err(
                     StatusCode::TOO_MANY_REQUESTS,
                     "throttled",
-                    "too many wrong passwords: try again in a minute",
+                    &format!("too many wrong passwords from this address: try again in {wait} s"),
                 );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+                return r;
             }
-            let given = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v["password"].as_str().map(String::from))
-                .unwrap_or_default();
+            let given = given_password(headers, body);
             match password_ok(settings, &given) {
                 Ok(true) => match open_session(&db, now, settings.session_hours) {
                     Ok(token) => {
-                        tracing::info!("dashboard login");
+                        tracing::info!(client = %address, "dashboard login");
                         let mut r = json(StatusCode::OK, &serde_json::json!({"result": "ok"}));
                         let cookie = format!(
                             "{COOKIE}={token}; Path=/dashboard; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
@@ -177,10 +236,10 @@ pub fn handle(
                     Err(e) => err(StatusCode::INTERNAL_SERVER_ERROR, "local", &e),
                 },
                 Ok(false) => {
-                    if let Err(e) = db.note_wrong_password(now) {
+                    if let Err(e) = db.note_wrong_password(&address, now) {
                         tracing::error!("dashboard login: {e}");
                     }
-                    tracing::warn!("dashboard login refused: wrong password");
+                    tracing::warn!(client = %address, "dashboard login refused: wrong password");
                     err(StatusCode::UNAUTHORIZED, "wrong_password", "wrong password")
                 }
                 Err(e) => {
@@ -242,4 +301,46 @@ fn fleet_api(cfg: &ShoreConfig, db: &ShoreStore, now: i64) -> Result<serde_json:
     }
     view["history"] = history.into();
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_from_one_address_never_lock_out_another_and_waits_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = ShoreStore::open(&dir.path().join("shore.db")).unwrap();
+        let now = 1_000_000;
+        for i in 0..5 {
+            assert_eq!(wait_before_login(&db, "203.0.113.9", now + i), 0);
+            db.note_wrong_password("203.0.113.9", now + i).unwrap();
+        }
+        assert_eq!(wait_before_login(&db, "203.0.113.9", now + 4), 60);
+        assert_eq!(wait_before_login(&db, "198.51.100.7", now + 4), 0, "another address is free");
+        db.note_wrong_password("203.0.113.9", now + 70).unwrap();
+        assert_eq!(wait_before_login(&db, "203.0.113.9", now + 70), 120, "the wait doubles");
+        for i in 0..20 {
+            db.note_wrong_password("203.0.113.9", now + 80 + i).unwrap();
+        }
+        assert_eq!(wait_before_login(&db, "203.0.113.9", now + 99), MAX_WAIT, "capped at an hour");
+    }
+
+    #[test]
+    fn a_form_login_reads_the_same_password_as_a_json_one() {
+        let mut form = hyper::HeaderMap::new();
+        form.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(
+            given_password(&form, b"user=x&password=c%C3%A4pt+n%26%3D1%"),
+            "cäpt n&=1%"
+        );
+        let json = hyper::HeaderMap::new();
+        assert_eq!(
+            given_password(&json, r#"{"password":"cäpt n&=1%"}"#.as_bytes()),
+            "cäpt n&=1%"
+        );
+    }
 }

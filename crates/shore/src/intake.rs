@@ -1,10 +1,18 @@
 //! Batch intake, shared by the HTTPS receiver and file mode (`shore ingest`): a batch is
 //! verified and decoded completely, then stored in one transaction; refusals are recorded.
+//!
+//! The store's lock is taken only for store calls: verification, decompression, decoding and
+//! the repacking of content copies run without it, so one slow or hostile batch never stalls
+//! the other vessels or the dashboard. What a batch may make shore allocate is bounded before
+//! it is allocated: `records.bin` at [`MAX_RECORDS_BYTES`], the manifest at
+//! [`MAX_MANIFEST_BYTES`], the decoded records at `[shore] max_batch_records` and
+//! [`MAX_DECODED_BYTES`] (see `wire::progress::codec`).
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use wire::envelope::{self, Keyring, Kind, Limits, PublicKey, VerifyError};
-use wire::progress::codec;
+use wire::progress::codec::{self, DecodeLimits};
 
 use crate::store::{self, ShoreStore, Stored, Vessel};
 use crate::{RECORDS_MEMBER, SHORE, ShoreConfig, content};
@@ -31,6 +39,18 @@ pub struct Intake {
     pub acked_seq: u64,
 }
 
+/// Most bytes of a batch's `records.bin` once decompressed.
+pub const MAX_RECORDS_BYTES: u64 = 32 << 20;
+/// Most bytes of a batch's manifest.
+pub const MAX_MANIFEST_BYTES: u64 = 2 << 20;
+/// Most bytes the decoded records of one batch may hold.
+pub const MAX_DECODED_BYTES: usize = 64 << 20;
+
+fn lock(db: &Mutex<ShoreStore>) -> Result<MutexGuard<'_, ShoreStore>, Refusal> {
+    db.lock()
+        .map_err(|_| refuse(500, "local", "the shore store's lock is poisoned; restart shore"))
+}
+
 pub(crate) fn refuse(status: u16, code: &str, message: impl Into<String>) -> Refusal {
     Refusal {
         status,
@@ -42,7 +62,7 @@ pub(crate) fn refuse(status: u16, code: &str, message: impl Into<String>) -> Ref
 /// Verifies, decodes and stores the batch in `file` from `vessel`. Refusals are recorded.
 pub fn intake(
     cfg: &ShoreConfig,
-    db: &mut ShoreStore,
+    db: &Mutex<ShoreStore>,
     vessel: &Vessel,
     file: &Path,
     via: &str,
@@ -51,8 +71,11 @@ pub fn intake(
     let out = intake_inner(cfg, db, vessel, file, via, now);
     if let Err(r) = &out {
         if r.status != 500 {
-            tracing::warn!(vessel = %vessel.id, code = %r.code, "batch refused: {}", r.message);
-            let _ = db.note_refusal(&vessel.id, &r.code, &r.message, now);
+            let shown = base::text::clip(&r.message, crate::store::REFUSAL_CHARS);
+            tracing::warn!(vessel = %vessel.id, code = %r.code, "batch refused: {shown}");
+            if let Ok(db) = lock(db) {
+                let _ = db.note_refusal(&vessel.id, &r.code, &r.message, now);
+            }
         }
     }
     out
@@ -60,13 +83,13 @@ pub fn intake(
 
 fn intake_inner(
     cfg: &ShoreConfig,
-    db: &mut ShoreStore,
+    db: &Mutex<ShoreStore>,
     vessel: &Vessel,
     file: &Path,
     via: &str,
     now: i64,
 ) -> Result<Intake, Refusal> {
-    let registered = db
+    let registered = lock(db)?
         .vessel_keys(&vessel.id)
         .map_err(|e| refuse(500, "local", e.to_string()))?;
     let mut keys = Vec::new();
@@ -78,9 +101,10 @@ fn intake_inner(
     }
     let keyring = Keyring::new(keys);
     let limits = Limits {
-        max_total_bytes: cfg.shore.max_batch_bytes.saturating_mul(8),
+        max_total_bytes: MAX_RECORDS_BYTES + MAX_MANIFEST_BYTES + 4096,
         max_members: 4,
-        max_member_bytes: cfg.shore.max_batch_bytes.saturating_mul(8),
+        max_member_bytes: MAX_RECORDS_BYTES,
+        max_manifest_bytes: MAX_MANIFEST_BYTES,
         ..Limits::default()
     };
     let verify = |e: VerifyError| match e {
@@ -204,9 +228,16 @@ fn intake_inner(
     opened.extract(Some(tmp.path())).map_err(verify)?;
     let bytes = std::fs::read(tmp.path().join(RECORDS_MEMBER))
         .map_err(|e| refuse(500, "local", e.to_string()))?;
-    let (settled, records) =
-        codec::decode_batch(&bytes).map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
-    let stored = db
+    let decode_limits = DecodeLimits::capped(
+        bytes.len(),
+        usize::try_from(cfg.shore.max_batch_records).unwrap_or(usize::MAX),
+        MAX_DECODED_BYTES,
+    );
+    let (settled, records) = codec::decode_batch_limited(&bytes, &decode_limits)
+        .map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
+    drop(bytes);
+    let mut store = lock(db)?;
+    let stored = store
         .store_batch(
             &store::BatchIn {
                 vessel: &vessel.id,
@@ -224,7 +255,7 @@ fn intake_inner(
             now,
         )
         .map_err(|e| refuse(500, "local", e.to_string()))?;
-    let acked_seq = db
+    let acked_seq = store
         .vessel(&vessel.id)
         .map_err(|e| refuse(500, "local", e.to_string()))?
         .map(|v| v.acked_seq)
@@ -248,10 +279,11 @@ fn intake_inner(
     if let Stored::New { new, duplicate } = &stored {
         tracing::info!(vessel = %vessel.id, seq = m.sequence, new, duplicate, acked_seq, via, "batch stored");
         if !m.command_reports.is_empty() {
-            if let Err(e) = db.note_reports(&vessel.id, m.sequence, &m.command_reports, now) {
+            if let Err(e) = store.note_reports(&vessel.id, m.sequence, &m.command_reports, now) {
                 tracing::error!(vessel = %vessel.id, error = %e, "could not keep a vessel's command reports");
             }
         }
+        drop(store);
         if !m.need_files.is_empty() {
             // The batch is stored: an answer that fails here is asked again by the vessel.
             match content::answer_needs(cfg, db, &vessel.id, &m.need_files, now) {

@@ -140,6 +140,14 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
                 })
                 .collect()
         };
+        // A crew list is read from the extracted members only: `args.file` must name one.
+        if let Some(f) = lists.iter().find(|f| !m.files.iter().any(|e| &e.name == *f)) {
+            return Err(format!(
+                "{}: refused: upsert_users names file {:?}, which is not a member of the bundle",
+                bundle.display(),
+                base::text::clip(f, 100)
+            ));
+        }
         let lists_dir = if !lists.is_empty() && !by_content {
             let tmp = cfg.shore.state_dir.join("tmp");
             std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -237,7 +245,8 @@ pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i
                     "[shore] signing_key is required for ingest: it signs the ack bundles",
                 )?;
             let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
-            let mut db = cfg.open()?;
+            let db = std::sync::Mutex::new(cfg.open()?);
+            let store = || db.lock().map_err(|_| "the shore store's lock is poisoned".to_string());
             std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
             let done = dir.join("done");
             let refused = dir.join("refused");
@@ -251,7 +260,7 @@ pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i
                 .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "vsb"))
                 .collect();
             names.sort();
-            let vessels = db.vessels().map_err(|e| e.to_string())?;
+            let vessels = store()?.vessels().map_err(|e| e.to_string())?;
             let mut touched = std::collections::BTreeSet::new();
             let (mut ok, mut bad) = (0, 0);
             for path in names {
@@ -274,7 +283,7 @@ pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i
                         "unknown_key",
                         "not signed by any registered, active vessel",
                     )),
-                    Some(v) => intake(cfg, &mut db, v, &path, "file", clock.now())
+                    Some(v) => intake(cfg, &db, v, &path, "file", clock.now())
                         .map(|i| (v.id.clone(), i)),
                 };
                 match result {
@@ -301,6 +310,7 @@ pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i
                 }
             }
             for vid in touched {
+                let db = store()?;
                 let v = db
                     .vessel(&vid)
                     .map_err(|e| e.to_string())?

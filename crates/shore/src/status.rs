@@ -2,6 +2,7 @@
 //! summary and recent refusals ([`fleet_view`]), printed by `shore status` and served by the
 //! dashboard.
 
+use base::text::clean;
 use base::clock::{Clock, format_age, format_time};
 use base::exit;
 
@@ -199,8 +200,8 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
             println!(
                 "  {} holds a course deletion ({}): {}",
                 v.id,
-                h.command,
-                h.report.reason.as_deref().unwrap_or("waiting")
+                clean(&h.command),
+                clean(h.report.reason.as_deref().unwrap_or("waiting"))
             );
         }
     }
@@ -229,11 +230,16 @@ pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
             f.held.iter().map(|(_, n)| n).sum::<u64>()
         );
         for (why, n) in &f.held {
-            println!("  held: {n} record(s): {why}");
+            println!("  held: {n} record(s): {}", clean(why));
         }
     }
     for (at, v, c, m) in &refusals {
-        println!("refused {} from {v}: {c}: {m}", format_time(*at));
+        println!(
+            "refused {} from {v}: {}: {}",
+            format_time(*at),
+            clean(c),
+            clean(m)
+        );
     }
     exit::OK
 }

@@ -232,6 +232,13 @@ pub struct ShoreStore {
     db: RefCell<Db>,
 }
 
+/// Characters of a refusal's message that are kept.
+pub const REFUSAL_CHARS: usize = 200;
+/// Refusals kept per vessel.
+pub const REFUSALS_KEPT: u64 = 100;
+/// Days a refusal is kept.
+pub const REFUSAL_DAYS: i64 = 30;
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -482,10 +489,24 @@ impl ShoreStore {
     }
 
     /// Records a refused batch for `shore status`.
+    ///
+    /// What is kept is bounded: the message at [`REFUSAL_CHARS`] characters with control
+    /// characters escaped, and per vessel the last [`REFUSALS_KEPT`] refusals of the last
+    /// [`REFUSAL_DAYS`] days (older ones are pruned here).
     pub fn note_refusal(&self, vessel: &str, code: &str, message: &str, now: i64) -> Result<()> {
-        self.db()?.execute(
+        let code = base::text::clip(code, 40);
+        let message = base::text::clip(message, REFUSAL_CHARS);
+        let mut db = self.db()?;
+        db.execute(
             "INSERT INTO refusals(at, vessel, code, message) VALUES (?1, ?2, ?3, ?4)",
             &[&now, &vessel, &code, &message],
+        )?;
+        let oldest = now - REFUSAL_DAYS * 86_400;
+        let kept = to_i64(REFUSALS_KEPT);
+        db.execute(
+            "DELETE FROM refusals WHERE vessel = ?1 AND (at < ?2 OR id <= (
+                 SELECT id FROM refusals WHERE vessel = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?3))",
+            &[&vessel, &oldest, &kept],
         )?;
         Ok(())
     }
@@ -531,7 +552,7 @@ impl ShoreStore {
     /// One queued bundle, if `vessel` may fetch it.
     pub fn queued(&self, vessel: &str, id: i64) -> Result<Option<Queued>> {
         Ok(self
-            .bundles_for(vessel, id - 1)?
+            .bundles_for(vessel, id.saturating_sub(1))?
             .into_iter()
             .find(|q| q.id == id))
     }

@@ -414,11 +414,11 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         println!(
             "{:<10} {} {} (bundle {}, attempt {}{when}): {}",
             format!("{}:", c.state.as_str().to_uppercase()),
-            c.kind,
-            c.cmd_id,
-            c.bundle_id,
+            clean(&c.kind),
+            clean(&c.cmd_id),
+            clean(&c.bundle_id),
             c.attempts,
-            c.reason.as_deref().unwrap_or("")
+            clean(c.reason.as_deref().unwrap_or(""))
         );
         if let Some(i) = s.learner_impact.iter().find(|i| i.command_id == c.cmd_id) {
             let oldest = i
@@ -435,7 +435,7 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         println!(
             "inbox:     {} file(s) not yet taken: {}",
             s.inbox_pending.len(),
-            s.inbox_pending.join(", ")
+            clean(&s.inbox_pending.join(", "))
         );
     }
     println!(
@@ -445,7 +445,12 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
         s.duplicates_ignored
     );
     for r in &s.recent_rejections {
-        println!("  {}  {}: {}", format_time(r.at), r.outcome, r.detail);
+        println!(
+            "  {}  {}: {}",
+            format_time(r.at),
+            r.outcome,
+            clean(&r.detail)
+        );
     }
     print_trust(&s.trust);
     println!(
@@ -620,9 +625,11 @@ pub fn audit(cfg: &Config, json: bool, csv: bool, since_id: i64) -> i32 {
                     format_time(e.at),
                     e.event,
                     e.outcome,
-                    e.actor,
-                    e.bundle_id.map(|b| format!("[{b}] ")).unwrap_or_default(),
-                    e.detail
+                    clean(&e.actor),
+                    e.bundle_id
+                        .map(|b| format!("[{}] ", clean(&b)))
+                        .unwrap_or_default(),
+                    clean(&e.detail)
                 )
             }
         })
@@ -693,10 +700,10 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
     }
     println!(
         "bundle     {}  (NOT verified: use 'vessel-sync bundle verify' for that)",
-        m.id
+        clean(&m.id)
     );
     println!("format     {} ({:?})", m.format, m.kind);
-    println!("issuer     {} (sender {:?})", m.issuer, m.sender);
+    println!("issuer     {} (sender {:?})", clean(&m.issuer), m.sender);
     if let Some(c) = &m.certificate {
         println!("certified  {}", c.body.summary());
     }
@@ -710,7 +717,7 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
         );
     }
     println!("recipient  {:?}   sequence {}", m.recipient, m.sequence);
-    println!("created    {}", m.created);
+    println!("created    {}", clean(&m.created));
     if let Some(nb) = &m.not_before {
         println!("not before {nb}");
     }
@@ -722,7 +729,10 @@ pub fn inspect(path: &Path, json: bool) -> i32 {
         let args = serde_json::Value::Object(c.args.clone());
         println!(
             "  - {} {}  args {}  files {:?}",
-            c.kind, c.id, args, c.files
+            clean(&c.kind),
+            clean(&c.id),
+            args,
+            c.files
         );
     }
     println!("files      {}", m.files.len());
@@ -752,7 +762,7 @@ pub fn print_pass(r: &Report) {
                 "QUARANTINED  {name} ({code}); reason in {}.reason.txt",
                 to.display()
             ),
-            Admitted::LeftForLater(e) => println!("left         {name}: {e}"),
+            Admitted::LeftForLater(e) => println!("left         {}: {}", clean(name), clean(e)),
         }
     }
     for line in &r.skipped {

@@ -49,13 +49,59 @@ impl ShoreStore {
         )
     }
 
-    /// The first queue entry of a bundle that carries content (to answer a need).
-    pub fn content_bundle(&self, bundle_id: &str) -> Result<Option<i64>> {
+    /// The first queue entry of a bundle that carries content and is addressed to `vessel`
+    /// (or the fleet), to answer that vessel's need. Another vessel's bundle is never found.
+    pub fn content_bundle(&self, bundle_id: &str, vessel: &str) -> Result<Option<i64>> {
         self.db()?.query_one(
             "SELECT MIN(q.id) FROM queue q WHERE q.bundle_id = ?1
+             AND (q.recipient = ?2 OR q.recipient = '*')
              AND EXISTS (SELECT 1 FROM queue_content c WHERE c.queue_id = q.id)",
-            &[&bundle_id],
+            &[&bundle_id, &vessel],
             |r| r.get(0),
+        )
+    }
+
+    /// A copy already queued for `vessel` that answers exactly these needs of `bundle_id` and
+    /// that the vessel has not fetched yet: asking again is answered by it, not by a new copy.
+    pub fn pending_answer(
+        &self,
+        vessel: &str,
+        bundle_id: &str,
+        sha256: &[String],
+    ) -> Result<Option<i64>> {
+        let mut db = self.db()?;
+        let cursor: i64 = db
+            .query_opt(
+                "SELECT cursor FROM holds_cursor WHERE vessel = ?1",
+                &[&vessel],
+                |r| r.get(0),
+            )?
+            .unwrap_or(0);
+        let mut found: Option<i64> = None;
+        for h in sha256 {
+            let answered: Option<i64> = db
+                .query_opt(
+                    "SELECT answered FROM needs WHERE vessel = ?1 AND bundle_id = ?2 AND sha256 = ?3",
+                    &[&vessel, &bundle_id, h],
+                    |r| r.get(0),
+                )?
+                .flatten();
+            match (answered, found) {
+                (Some(q), None) if q > cursor => found = Some(q),
+                (Some(q), Some(f)) if q == f => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Copies written for `vessel`'s needs of `bundle_id` since `since`.
+    pub fn need_copies_since(&self, vessel: &str, bundle_id: &str, since: i64) -> Result<u64> {
+        self.db()?.query_one(
+            "SELECT COUNT(*) FROM queue WHERE recipient = ?1 AND bundle_id = ?2
+             AND file LIKE '%.need-%' AND queued_at >= ?3",
+            &[&vessel, &bundle_id, &since],
+            |r| r.get::<i64>(0).map(i64::unsigned_abs),
         )
     }
 

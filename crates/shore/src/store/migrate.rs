@@ -30,7 +30,7 @@ const TABLES: &[&str] = &[
     "vessel_commands",
     "vessel_history",
     "dashboard_sessions",
-    "dashboard_refusals",
+    "login_refusals",
 ];
 
 /// Auto-numbered columns whose sequences continue after the copied rows.

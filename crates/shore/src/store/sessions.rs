@@ -1,7 +1,7 @@
 //! What every receiver of one database must agree on beyond the fleet's records: the
 //! dashboard's logins (the SHA-256 of each session token and when it expires; a login made
 //! through one receiver opens the page through another, and survives a restart), the recent
-//! wrong passwords that throttle guessing, and leases, which let one receiver at a time do a
+//! wrong passwords that throttle guessing (per client address), and leases, which let one receiver at a time do a
 //! job that must not run twice at once (forwarding into the cloud Moodle).
 
 use super::{Result, ShoreStore};
@@ -11,9 +11,11 @@ CREATE TABLE IF NOT EXISTS dashboard_sessions (
     token_sha256 TEXT PRIMARY KEY,
     expires      INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS dashboard_refusals (
-    at INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS login_refusals (
+    address TEXT NOT NULL,
+    at      INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS login_refusals_by_address ON login_refusals(address, at);
 CREATE TABLE IF NOT EXISTS leases (
     name     TEXT PRIMARY KEY,
     holder   TEXT NOT NULL,
@@ -56,23 +58,27 @@ impl ShoreStore {
             .map(|_| ())
     }
 
-    /// Notes a wrong dashboard password.
-    pub fn note_wrong_password(&self, now: i64) -> Result<()> {
+    /// Notes a wrong dashboard password from `address` (forgetting those over a day old).
+    pub fn note_wrong_password(&self, address: &str, now: i64) -> Result<()> {
         let mut db = self.db()?;
         db.execute(
-            "DELETE FROM dashboard_refusals WHERE at < ?1",
-            &[&(now - 3600)],
+            "DELETE FROM login_refusals WHERE at < ?1",
+            &[&(now - 86_400)],
         )?;
-        db.execute("INSERT INTO dashboard_refusals(at) VALUES (?1)", &[&now])
-            .map(|_| ())
+        db.execute(
+            "INSERT INTO login_refusals(address, at) VALUES (?1, ?2)",
+            &[&address, &now],
+        )
+        .map(|_| ())
     }
 
-    /// Wrong dashboard passwords since `since`, through any receiver.
-    pub fn wrong_passwords_since(&self, since: i64) -> Result<u64> {
+    /// Wrong dashboard passwords from `address` since `since`, through any receiver, and the
+    /// time of the latest.
+    pub fn wrong_passwords_since(&self, address: &str, since: i64) -> Result<(u64, i64)> {
         self.db()?.query_one(
-            "SELECT COUNT(*) FROM dashboard_refusals WHERE at >= ?1",
-            &[&since],
-            |r| r.get(0),
+            "SELECT COUNT(*), COALESCE(MAX(at), 0) FROM login_refusals WHERE address = ?1 AND at >= ?2",
+            &[&address, &since],
+            |r| Ok((r.get::<i64>(0)?.unsigned_abs(), r.get(1)?)),
         )
     }
 

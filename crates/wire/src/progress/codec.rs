@@ -27,8 +27,11 @@
 //!   a group, the delta from the previous record)
 //! ```
 //!
-//! The decoder bounds every count and length by the bytes actually present, so a hostile
-//! payload cannot make it allocate more than a small multiple of its own size.
+//! The decoder bounds every count and length by the bytes actually present, and counts every
+//! byte it will hold (each table string, each record with the strings it copies) against a
+//! [`DecodeLimits`] budget *before* allocating it: by default 256 × the payload's size (at
+//! least 1 MiB), so a hostile payload cannot make it allocate more than that, however its
+//! records reuse long table strings. A string is at most 4 KiB, front coding included.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +39,54 @@ use super::record::{Record, RecordKind};
 
 const MAGIC: &[u8; 4] = b"VSP3";
 const MAX_STRING: usize = 4096;
+
+/// What decoding one payload may allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Most records.
+    pub max_records: usize,
+    /// Most bytes the decoded tables and records may hold (each record counted as its struct
+    /// plus the bytes of the seven strings it carries).
+    pub max_decoded_bytes: usize,
+}
+
+/// Decoded bytes allowed per payload byte by [`DecodeLimits::for_input`].
+pub const DECODED_PER_INPUT_BYTE: usize = 256;
+/// The budget of a small payload (so a handful of records with long names always decodes).
+pub const MIN_DECODED_BYTES: usize = 1 << 20;
+
+impl DecodeLimits {
+    /// The default budget for a payload of `len` bytes: 256 × `len`, at least 1 MiB.
+    pub fn for_input(len: usize) -> Self {
+        Self {
+            max_records: usize::MAX,
+            max_decoded_bytes: len
+                .saturating_mul(DECODED_PER_INPUT_BYTE)
+                .max(MIN_DECODED_BYTES),
+        }
+    }
+
+    /// At most `max_records` records and `cap` bytes, within the default budget.
+    pub fn capped(len: usize, max_records: usize, cap: usize) -> Self {
+        let d = Self::for_input(len);
+        Self {
+            max_records,
+            max_decoded_bytes: d.max_decoded_bytes.min(cap),
+        }
+    }
+}
+
+/// What one decoded record holds: its struct and its strings.
+pub fn decoded_size(r: &Record) -> usize {
+    std::mem::size_of::<Record>()
+        + r.user.len()
+        + r.course.len()
+        + r.item.len()
+        + r.user_legacy.len()
+        + r.course_legacy.len()
+        + r.item_legacy.len()
+        + r.value.len()
+}
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,9 +127,14 @@ impl Front {
     fn get(&mut self, r: &mut Reader<'_>) -> Result<String, DecodeError> {
         let common = usize::try_from(r.uvar()?).unwrap_or(usize::MAX);
         let n = usize::try_from(r.uvar()?).unwrap_or(usize::MAX);
-        if common > self.prev.len() || n > MAX_STRING || r.pos + n > r.buf.len() {
+        if common > self.prev.len()
+            || n > MAX_STRING
+            || common + n > MAX_STRING
+            || r.pos + n > r.buf.len()
+        {
             return Err(r.err("string length out of range"));
         }
+        r.spend(common + n + std::mem::size_of::<String>())?;
         self.prev.truncate(common);
         self.prev.extend_from_slice(&r.buf[r.pos..r.pos + n]);
         r.pos += n;
@@ -193,9 +249,20 @@ pub fn encode_batch(records: &[Record], settled: u64) -> Vec<u8> {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Decoded bytes still allowed.
+    budget: usize,
 }
 
 impl<'a> Reader<'a> {
+    fn spend(&mut self, bytes: usize) -> Result<(), DecodeError> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            DecodeError(format!(
+                "it would decode to more than its budget (at byte {}); a batch that large must be split",
+                self.pos
+            ))
+        })?;
+        Ok(())
+    }
     fn err(&self, what: &str) -> DecodeError {
         DecodeError(format!("{what} at byte {}", self.pos))
     }
@@ -260,12 +327,25 @@ pub fn decode(buf: &[u8]) -> Result<Vec<Record>, DecodeError> {
     decode_batch(buf).map(|(_, r)| r)
 }
 
-/// Decodes a payload: (settled sequence, records).
+/// Decodes a payload within the default budget ([`DecodeLimits::for_input`]): (settled
+/// sequence, records).
 pub fn decode_batch(buf: &[u8]) -> Result<(u64, Vec<Record>), DecodeError> {
+    decode_batch_limited(buf, &DecodeLimits::for_input(buf.len()))
+}
+
+/// Decodes a payload within `limits`: (settled sequence, records).
+pub fn decode_batch_limited(
+    buf: &[u8],
+    limits: &DecodeLimits,
+) -> Result<(u64, Vec<Record>), DecodeError> {
     if buf.len() < 4 || &buf[..4] != MAGIC {
         return Err(DecodeError("missing the VSP3 header".into()));
     }
-    let mut r = Reader { buf, pos: 4 };
+    let mut r = Reader {
+        buf,
+        pos: 4,
+        budget: limits.max_decoded_bytes,
+    };
     let settled = r.uvar()?;
     let users = r.pairs()?;
     let courses = r.pairs()?;
@@ -291,6 +371,14 @@ pub fn decode_batch(buf: &[u8]) -> Result<(u64, Vec<Record>), DecodeError> {
     let base = r.ivar()?;
     // Every record takes at least 4 bytes (one per column).
     let n = r.count(4)?;
+    if n > limits.max_records {
+        return Err(DecodeError(format!(
+            "{n} records, over the limit of {} a batch",
+            limits.max_records
+        )));
+    }
+    // The three index columns and the records themselves, before they are allocated.
+    r.spend(n.saturating_mul(3 * 8 + std::mem::size_of::<Record>()))?;
     let mut cols: [Vec<u64>; 3] = [
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -314,6 +402,15 @@ pub fn decode_batch(buf: &[u8]) -> Result<(u64, Vec<Record>), DecodeError> {
         let (course, course_legacy) = &courses[*c];
         let (user, user_legacy) = pick(&users, *u, "learner")?;
         let value = pick(&values, *v, "value")?;
+        r.spend(
+            course.len()
+                + course_legacy.len()
+                + item.len()
+                + item_legacy.len()
+                + user.len()
+                + user_legacy.len()
+                + value.len(),
+        )?;
         let t = r.uvar()? as i64;
         let time = match out.last() {
             Some(p)
@@ -387,6 +484,100 @@ mod tests {
             let mut b = MAGIC.to_vec();
             b.extend(bytes);
             let _ = decode(&b);
+        }
+    }
+
+    /// A payload whose tables hold strings of `len` bytes and whose `records` records all
+    /// point at them: 4 bytes of input each, up to seven long strings of output each.
+    fn bomb(len: usize, records: usize) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        put_uvar(&mut b, 0);
+        let long = vec![b'x'; len];
+        let string = |b: &mut Vec<u8>, s: &[u8]| {
+            put_uvar(b, 0);
+            put_uvar(b, s.len() as u64);
+            b.extend_from_slice(s);
+        };
+        for _ in 0..2 {
+            put_uvar(&mut b, 1);
+            string(&mut b, &long);
+            string(&mut b, &long);
+        }
+        put_uvar(&mut b, 1);
+        b.push(RecordKind::ALL[0].code());
+        put_uvar(&mut b, 0);
+        string(&mut b, &long);
+        string(&mut b, &long);
+        put_uvar(&mut b, 1);
+        string(&mut b, &long);
+        put_ivar(&mut b, 0);
+        put_uvar(&mut b, records as u64);
+        b.extend(std::iter::repeat_n(0u8, records * 4));
+        b
+    }
+
+    fn decoded_bytes(records: &[Record]) -> usize {
+        records.iter().map(decoded_size).sum()
+    }
+
+    #[test]
+    fn a_532_byte_batch_cannot_blow_up_the_decoder() {
+        // The review's payload shape: 4 KiB strings and 4-byte records pointing at them.
+        let b = bomb(4096, 5_000);
+        let out = decode_batch(&b);
+        let err = out.expect_err("over budget");
+        assert!(err.to_string().contains("budget"), "{err}");
+        // Front coding cannot grow a string past 4 KiB either.
+        let mut b = MAGIC.to_vec();
+        put_uvar(&mut b, 0);
+        put_uvar(&mut b, 20_000);
+        for i in 0..20_000u64 {
+            put_uvar(&mut b, i);
+            put_uvar(&mut b, 1);
+            b.push(b'y');
+            put_uvar(&mut b, 0);
+            put_uvar(&mut b, 0);
+        }
+        let err = decode_batch(&b).expect_err("refused");
+        assert!(err.to_string().contains("string length out of range"), "{err}");
+        // A cap on records holds whatever the budget.
+        let honest = encode(&vec![
+            Record {
+                kind: RecordKind::Grade,
+                user: "u".into(),
+                course: "c".into(),
+                item: "i".into(),
+                user_legacy: String::new(),
+                course_legacy: String::new(),
+                item_legacy: String::new(),
+                value: "1".into(),
+                time: 5,
+            };
+            3
+        ]);
+        let limits = DecodeLimits::capped(honest.len(), 2, usize::MAX);
+        assert!(decode_batch_limited(&honest, &limits).is_err());
+    }
+
+    proptest! {
+        /// Whatever the payload (random bytes after the header, or tables of long strings
+        /// pointed at by many small records), what decodes fits the budget: at most 256 times
+        /// the input, or 1 MiB for a small one.
+        #[test]
+        fn decoded_bytes_stay_within_a_multiple_of_the_input(
+            garbage in proptest::collection::vec(any::<u8>(), 0..2000),
+            len in 0usize..4097,
+            records in 0usize..20_000,
+        ) {
+            for b in [
+                [MAGIC.as_slice(), garbage.as_slice()].concat(),
+                bomb(len, records),
+            ] {
+                if let Ok((_, out)) = decode_batch(&b) {
+                    let budget = (b.len() * DECODED_PER_INPUT_BYTE).max(MIN_DECODED_BYTES);
+                    prop_assert!(decoded_bytes(&out) <= budget, "{} > {budget}", decoded_bytes(&out));
+                }
+            }
         }
     }
 

@@ -10,18 +10,28 @@
 //! - `/dashboard...`: the fleet dashboard behind an operator login ([`crate::dashboard`]).
 //!
 //! Errors are JSON `{"error": CODE, "message": ..., "acked_seq": N}` with 401 (unknown vessel or
-//! token), 403 (revoked), 409 (replayed batch), 413 (too large), 422 (refused batch), 500.
+//! token), 403 (revoked), 409 (replayed batch), 413 (too large), 422 (refused batch), 429 (an
+//! upload from this vessel is under way), 503 (busy: retry after `Retry-After`), 500.
+//!
+//! What one client may hold is bounded ([`conn`]: connections in all and per address, TLS,
+//! header and idle deadlines, accept back-off; [`upload`]: bodies streamed to disk, one upload
+//! per vessel, a byte budget); at most [`INTAKE_SLOTS`] batches are verified and decoded at
+//! once, and the store's lock is held only for its calls.
+
+pub mod conn;
+pub mod upload;
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::store::{ShoreStore, Stored, Vessel};
 use super::{ShoreConfig, intake, token_hash};
@@ -30,10 +40,15 @@ use base::clock::Clock;
 /// Most bytes one bundle response carries.
 pub const MAX_CHUNK: u64 = 16 << 20;
 
+/// Batches verified and decoded at once (each may hold up to its decode budget in memory).
+pub const INTAKE_SLOTS: usize = 2;
+
 struct Shared {
     cfg: ShoreConfig,
     db: Mutex<ShoreStore>,
     clock: Arc<dyn Clock>,
+    uploads: Arc<upload::Uploads>,
+    intake_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -128,13 +143,17 @@ fn authenticate_blocking(shared: &Shared, id: &str, token: &str) -> Result<Vesse
     Ok(v)
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    peer: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/v1/health" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
     if path == "/dashboard" || path.starts_with("/dashboard/") {
-        return Ok(dashboard(shared, req, path).await);
+        return Ok(dashboard(shared, peer, req, path).await);
     }
     let vessel = match authenticate(&shared, &req).await {
         Ok(v) => v,
@@ -162,7 +181,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Inf
 }
 
 /// The fleet dashboard's requests (see [`crate::dashboard`]); 404 without `[dashboard]`.
-async fn dashboard(shared: Arc<Shared>, req: Request<Incoming>, path: String) -> Resp {
+async fn dashboard(
+    shared: Arc<Shared>,
+    peer: std::net::IpAddr,
+    req: Request<Incoming>,
+    path: String,
+) -> Resp {
     if shared.cfg.dashboard.is_none() {
         return error(
             StatusCode::NOT_FOUND,
@@ -190,6 +214,7 @@ async fn dashboard(shared: Arc<Shared>, req: Request<Incoming>, path: String) ->
                 &shared.cfg,
                 settings,
                 &shared.db,
+                peer,
                 &parts.method,
                 &path,
                 &parts.headers,
@@ -203,35 +228,107 @@ async fn dashboard(shared: Arc<Shared>, req: Request<Incoming>, path: String) ->
     joined(out)
 }
 
+fn busy(code: &str, message: &str, retry_after: u64) -> Resp {
+    let status = if code == "busy_vessel" {
+        StatusCode::TOO_MANY_REQUESTS
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut r = error(status, code, message, None);
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(retry_after),
+    );
+    r
+}
+
 async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Resp {
     let cursor: i64 = header(&req, "x-bundle-cursor")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let oldest: Option<i64> = header(&req, "x-oldest-unsent").and_then(|v| v.parse().ok());
     let depth: Option<i64> = header(&req, "x-outbox-depth").and_then(|v| v.parse().ok());
-    let max = usize::try_from(shared.cfg.shore.max_batch_bytes).unwrap_or(usize::MAX);
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return if e.is::<http_body_util::LengthLimitError>() {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    &format!("batches are limited to {max} bytes"),
+    let max = shared.cfg.shore.max_batch_bytes;
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("batches are limited to {max} bytes"),
+            None,
+        )
+    };
+    let announced: Option<u64> = header(&req, "content-length").and_then(|v| v.parse().ok());
+    if announced.is_some_and(|n| n > max) {
+        return too_large();
+    }
+    let chunked = header(&req, "transfer-encoding").is_some();
+    let mut body_file = None;
+    let mut _upload = None;
+    if announced.unwrap_or(0) > 0 || chunked {
+        let expected = announced.unwrap_or(max);
+        _upload = match shared.uploads.begin(&vessel.id, expected) {
+            Ok(u) => Some(u),
+            Err(upload::Busy::Vessel) => {
+                return busy(
+                    "busy_vessel",
+                    "an upload from this vessel is already under way; one at a time",
+                    30,
+                );
+            }
+            Err(upload::Busy::Budget) => {
+                return busy(
+                    "busy",
+                    "the receiver is taking in as much as it allows at once; retry shortly",
+                    30,
+                );
+            }
+        };
+        let internal = |m: String| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None);
+        let tmp = match tempfile::NamedTempFile::new_in(shared.cfg.shore.state_dir.join("tmp")) {
+            Ok(t) => t,
+            Err(e) => return internal(e.to_string()),
+        };
+        let mut f = match tmp.reopen() {
+            Ok(f) => f,
+            Err(e) => return internal(e.to_string()),
+        };
+        match upload::receive(req.into_body(), max, expected, &mut f).await {
+            Ok(0) => {}
+            Ok(_) => body_file = Some(tmp),
+            Err(upload::BodyError::TooLarge) => return too_large(),
+            Err(upload::BodyError::TooSlow) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "too_slow",
+                    "the batch did not arrive in time",
                     None,
-                )
-            } else {
-                error(
+                );
+            }
+            Err(upload::BodyError::Read(e)) => {
+                return error(
                     StatusCode::BAD_REQUEST,
                     "body",
                     &format!("reading the request body failed: {e}"),
                     None,
-                )
-            };
+                );
+            }
+            Err(upload::BodyError::Local(e)) => return internal(e),
         }
+    }
+    // Verification and decoding take memory and CPU: a few at a time.
+    let _slot = match shared.intake_slots.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(_) => return busy("busy", "the receiver is stopping", 30),
     };
     let out = tokio::task::spawn_blocking(move || {
-        sync_blocking(&shared, &vessel, &body, cursor, oldest, depth)
+        sync_blocking(
+            &shared,
+            &vessel,
+            body_file.as_ref().map(|t| t.path()),
+            cursor,
+            oldest,
+            depth,
+        )
     })
     .await;
     joined(out)
@@ -240,33 +337,33 @@ async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Re
 fn sync_blocking(
     shared: &Shared,
     vessel: &Vessel,
-    body: &[u8],
+    body: Option<&Path>,
     cursor: i64,
     oldest: Option<i64>,
     depth: Option<i64>,
 ) -> Resp {
     let now = shared.clock.now();
     let internal = |m: String| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None);
-    let mut db = match shared.db.lock() {
-        Ok(db) => db,
-        Err(_) => return internal("database lock poisoned".into()),
+    let lock = || {
+        shared
+            .db
+            .lock()
+            .map_err(|_| internal("database lock poisoned".into()))
     };
-    if let Err(e) = db.note_contact(&vessel.id, now, oldest, depth) {
-        return internal(e.to_string());
+    let noted = lock().and_then(|db| {
+        db.note_contact(&vessel.id, now, oldest, depth)
+            .map_err(|e| internal(e.to_string()))
+    });
+    if let Err(r) = noted {
+        return r;
     }
     let mut reply = serde_json::json!({"vessel": vessel.id});
-    if body.is_empty() {
-        reply["result"] = "no_batch".into();
-        reply["acked_seq"] = vessel.acked_seq.into();
-    } else {
-        let tmp = match tempfile::NamedTempFile::new_in(shared.cfg.shore.state_dir.join("tmp")) {
-            Ok(t) => t,
-            Err(e) => return internal(e.to_string()),
-        };
-        if let Err(e) = std::fs::write(tmp.path(), body) {
-            return internal(e.to_string());
+    match body {
+        None => {
+            reply["result"] = "no_batch".into();
+            reply["acked_seq"] = vessel.acked_seq.into();
         }
-        match intake(&shared.cfg, &mut db, vessel, tmp.path(), "https", now) {
+        Some(path) => match intake(&shared.cfg, &shared.db, vessel, path, "https", now) {
             Ok(i) => {
                 reply["acked_seq"] = i.acked_seq.into();
                 reply["batch_seq"] = i.seq.into();
@@ -280,24 +377,30 @@ fn sync_blocking(
                 }
             }
             Err(r) => {
-                let acked = db.vessel(&vessel.id).ok().flatten().map(|v| v.acked_seq);
+                let acked = lock()
+                    .ok()
+                    .and_then(|db| db.vessel(&vessel.id).ok().flatten())
+                    .map(|v| v.acked_seq);
                 let status =
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
                 return error(status, &r.code, &r.message, acked);
             }
-        }
+        },
     }
-    if let Err(e) = db.note_downloaded(&vessel.id, cursor, now) {
-        return internal(e.to_string());
-    }
-    match db
-        .bundles_for(&vessel.id, cursor)
-        .map_err(|e| e.to_string())
-        .and_then(|list| {
-            list.iter()
-                .map(|q| crate::content::offer(&shared.cfg, &db, &vessel.id, q))
-                .collect::<Result<Vec<_>, String>>()
-        }) {
+    let listed = lock().and_then(|db| {
+        db.note_downloaded(&vessel.id, cursor, now)
+            .and_then(|()| db.bundles_for(&vessel.id, cursor))
+            .map_err(|e| internal(e.to_string()))
+    });
+    let list = match listed {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    match list
+        .iter()
+        .map(|q| crate::content::offer(&shared.cfg, &shared.db, &vessel.id, q))
+        .collect::<Result<Vec<_>, String>>()
+    {
         Ok(list) => {
             reply["bundles"] = list
                 .iter()
@@ -434,7 +537,13 @@ pub fn run(
         cfg: cfg.clone(),
         db: Mutex::new(db),
         clock,
+        uploads: upload::Uploads::new(cfg.shore.uploads_in_flight_bytes),
+        intake_slots: Arc::new(tokio::sync::Semaphore::new(INTAKE_SLOTS)),
     });
+    let caps = conn::Caps::new(
+        usize::try_from(cfg.shore.max_connections).unwrap_or(usize::MAX),
+        usize::try_from(cfg.shore.max_connections_per_address).unwrap_or(usize::MAX),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -451,28 +560,53 @@ pub fn run(
         ready(addr);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let mut backoff = conn::AcceptBackoff::default();
+        let mut refused = conn::AcceptBackoff::default();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 accepted = listener.accept() => {
                     let (tcp, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                        Ok(x) => { backoff.succeeded(); x }
+                        Err(e) => {
+                            // Out of file descriptors, say: wait (growing) instead of spinning,
+                            // and say so at a bounded rate.
+                            let (wait, log) = backoff.failed(std::time::Instant::now());
+                            if let Some(n) = log {
+                                tracing::warn!(error = %e, failures = n, open = caps.open(), "accepting connections fails; backing off");
+                            }
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                    };
+                    let slot = match caps.admit(peer.ip()) {
+                        Ok(s) => s,
+                        Err(why) => {
+                            if let (_, Some(n)) = refused.failed(std::time::Instant::now()) {
+                                tracing::warn!(%peer, refused = n, reason = ?why, open = caps.open(), "connections refused: over the connection caps ([shore] max_connections, max_connections_per_address)");
+                            }
+                            drop(tcp);
+                            continue;
+                        }
                     };
                     let _ = tcp.set_nodelay(true);
                     let acceptor = acceptor.clone();
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(std::time::Duration::from_secs(30), acceptor.accept(tcp)).await {
+                        let _slot = slot;
+                        let tls = match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => { tracing::debug!(%peer, error = %e, "TLS handshake failed"); return; }
                             Err(_) => { tracing::debug!(%peer, "TLS handshake timed out"); return; }
                         };
-                        let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+                        let io = conn::Idle::new(tls, conn::IDLE_TIMEOUT);
+                        let svc = hyper::service::service_fn(move |req| handle(shared.clone(), peer.ip(), req));
                         if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(conn::HEADER_TIMEOUT)
                             .keep_alive(true)
-                            .serve_connection(TokioIo::new(tls), svc)
+                            .serve_connection(TokioIo::new(io), svc)
                             .await
                         {
                             tracing::debug!(%peer, error = %e, "connection ended");
