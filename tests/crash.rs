@@ -193,3 +193,69 @@ fn same_bundle_twice_or_while_the_agent_is_down_is_applied_once() {
         "one audit line per duplicate"
     );
 }
+
+/// Law 4 with at-least-once: a command the agent keeps dying under is resumed while it makes
+/// progress (a power blip storm during a long import), given up only after dying again and
+/// again with none, and then retried on board without a new bundle from shore.
+#[test]
+fn interrupted_is_not_failed_and_a_given_up_command_is_retried_on_board() {
+    let kill = |v: &Vessel| {
+        let out = v.run_env(
+            &["agent", "--once", "--config", v.config.to_str().unwrap()],
+            &[("VESSEL_SYNC_FAILPOINT", "command.after-start")],
+        );
+        assert!(!out.status.success(), "the failpoint killed the agent");
+    };
+    let csv = "kind,legacy_id,moodle_key,course\ncourse,L-1,ERM-110,\n";
+
+    // Twelve deaths, each after the command checkpointed a little further: resumed every time.
+    let v = Vessel::new();
+    v.drop_in(&v.bundle("m.vsb", mapping(1, csv)), "m.vsb");
+    for i in 0..12 {
+        kill(&v);
+        let cmd = &v.store().commands().unwrap()[0];
+        let safe = cmd.cmd_id.replace(':', "_");
+        v.file(
+            &format!("state/reports/{safe}.import-progress.json"),
+            format!("{{\"rows_done\": {}}}", (i + 1) * 500).as_bytes(),
+        );
+    }
+    v.once();
+    let cmd = &v.store().commands().unwrap()[0];
+    assert_eq!(cmd.state.as_str(), "done", "{:?}", cmd.reason);
+    assert_eq!(v.store().mappings().unwrap().len(), 1);
+
+    // Ten deaths with no progress at all: given up, with what to do; the rest proceeds.
+    let v = Vessel::new();
+    v.drop_in(&v.bundle("m.vsb", mapping(1, csv)), "m.vsb");
+    for _ in 0..10 {
+        kill(&v);
+    }
+    v.drop_in(&v.bundle("a.vsb", ack(2, 7)), "a.vsb");
+    v.once();
+    let mapping_cmd = |v: &Vessel| {
+        v.store()
+            .commands()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.kind == "set_mapping")
+            .unwrap()
+    };
+    let cmd = mapping_cmd(&v);
+    assert_eq!(cmd.state.as_str(), "failed");
+    let reason = cmd.reason.clone().unwrap_or_default();
+    assert!(reason.contains("given up") && reason.contains("vessel-sync retry"), "{reason}");
+    assert_eq!(v.store().ack("outbox").unwrap().unwrap().acked_seq, 7, "the next bundle ran");
+    assert!(v.store().mappings().unwrap().is_empty());
+
+    // The IT officer retries it on board: it runs from the archived bundle, once.
+    let out = v.run(&["retry", &cmd.cmd_id, "--config", v.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    v.once();
+    let after = mapping_cmd(&v);
+    assert_eq!(after.state.as_str(), "done", "{:?}", after.reason);
+    assert_eq!(v.store().mappings().unwrap().len(), 1);
+    assert_eq!(v.audit("command_retried").len(), 1);
+    let unknown = v.run(&["retry", "no-such", "--config", v.config.to_str().unwrap()]);
+    assert_eq!(unknown.status.code(), Some(66));
+}

@@ -164,6 +164,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a failed command again, on board, without a new bundle from shore: for one the agent
+    /// gave up on after dying under it repeatedly (a power cut storm, a full disk since freed).
+    ///
+    /// The command becomes ready with fresh counts and runs at the agent's next pass; its
+    /// files come from the bundle's work directory or, if that was cleaned up, from the
+    /// bundle's archived copy (verified again). `vessel-sync status` lists failed commands.
+    /// Run it as the agent's user (`sudo -u www-data vessel-sync retry ID`).
+    Retry {
+        /// The command's id (as `status` and `audit` show it).
+        command: String,
+        /// The config file option.
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run one sync cycle now: send waiting progress batches to shore (or write them for the
     /// file carrier), take the acknowledgement, and fetch waiting bundles into the inbox.
     Sync {
@@ -248,6 +262,33 @@ pub enum BundleCmd {
     },
 }
 
+/// `vessel-sync retry COMMAND`.
+fn retry(path: &Path, command: &str, clock: &dyn base::clock::Clock) -> i32 {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let done = vessel::store::Store::open(&cfg.paths.database(), &cfg.vessel_id)
+        .and_then(|mut store| store.write(|tx| tx.retry_command(command, "on-board", clock.now())));
+    match done {
+        Ok(Some(bundle)) => {
+            println!(
+                "command {} of bundle {bundle} is ready again; the agent runs it at its next pass (within [inbox] scan_interval)",
+                base::text::clean(command)
+            );
+            exit::OK
+        }
+        Ok(None) => fail(
+            exit::NOINPUT,
+            format!(
+                "no failed command has id {:?}; 'vessel-sync status' lists the failed ones",
+                base::text::clip(command, 80)
+            ),
+        ),
+        Err(e) => fail(exit::FAILURE, e),
+    }
+}
+
 /// Parses the process arguments and runs; returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -302,6 +343,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Demo { .. } => fail(exit::UNAVAILABLE, NO_DEMO),
         Command::Capture { config, json } => capture(&config.config, json, clock),
         Command::Sync { config, json } => sync(&config.config, json, clock),
+        Command::Retry { command, config } => retry(&config.config, &command, clock.as_ref()),
         Command::Shore(cmd) => shore::run(cmd, clock),
         Command::Users(cmd) => users::run(cmd),
         Command::Bench(args) => crate::bench::run_args(args),

@@ -27,8 +27,11 @@ use base::clock::Clock;
 use base::failpoint;
 use base::service::Notifier;
 
-/// A command that was running when the agent died this many times is failed instead of retried.
-pub const MAX_CRASH_RESUMES: i64 = 5;
+/// A command that was running when the agent died this many times in a row, within
+/// [`crate::store::DEATH_WINDOW`] and with no progress in between, is given up (failed; the IT
+/// officer can `vessel-sync retry` it). Power blips during a long import, which let it advance,
+/// never reach this.
+pub const MAX_DEATHS_WITHOUT_PROGRESS: i64 = 10;
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -336,12 +339,20 @@ impl Agent {
         let Some(cmd) = self.store.next_command(now)? else {
             return Ok(None);
         };
-        if cmd.state == CommandState::Running && cmd.attempts >= MAX_CRASH_RESUMES {
-            let outcome = CommandOutcome::Failed(format!(
-                "the agent stopped {} times while running this command; giving up on it so the rest can proceed",
-                cmd.attempts
-            ));
-            return self.finish(&cmd, outcome, now).map(Some);
+        if cmd.state == CommandState::Running {
+            // The agent died under this command: resumed, unless it keeps dying without
+            // progress (its checkpoint files unchanged).
+            let checkpoint = self.checkpoint(&cmd);
+            let deaths = self
+                .store
+                .write(|tx| tx.note_death(&cmd, &checkpoint, now))?;
+            if deaths >= MAX_DEATHS_WITHOUT_PROGRESS {
+                let outcome = CommandOutcome::Failed(format!(
+                    "given up: the agent died {deaths} times in a row while running this command, within an hour and with no progress; find the cause (journalctl -u vessel-sync), then run 'vessel-sync retry {}'",
+                    cmd.cmd_id
+                ));
+                return self.finish(&cmd, outcome, now).map(Some);
+            }
         }
         let revoked = {
             let tx = self.store.begin()?;
@@ -377,6 +388,12 @@ impl Agent {
         let dir = inbox::work_dir(&self.cfg, &cmd.bundle_id);
         let args = serde_json::from_str(&cmd.args).unwrap_or_default();
         let files: Vec<String> = serde_json::from_str(&cmd.files).unwrap_or_default();
+        if !files.is_empty() && !dir.is_dir() {
+            // A retried command whose bundle was finished and cleaned up: its files again.
+            if let Err(e) = inbox::restore_work_dir(&mut self.store, &self.cfg, &cmd.bundle_id) {
+                return self.finish(&cmd, CommandOutcome::Failed(e), now).map(Some);
+            }
+        }
         let reports_dir = self.cfg.paths.state_dir.join("reports");
         let ctx = commands::Ctx {
             cmd: &cmd,
@@ -449,6 +466,31 @@ impl Agent {
             self.cleanup(&cmd.bundle_id);
         }
         Ok(describe(cmd, &outcome))
+    }
+
+    /// A fingerprint of a command's progress: the names, sizes and modification times of its
+    /// files in `STATE_DIR/reports/` (long commands write their checkpoints there).
+    fn checkpoint(&self, cmd: &CommandRow) -> String {
+        let prefix = format!("{}.", commands::safe_id_of(&cmd.cmd_id));
+        let dir = self.cfg.paths.state_dir.join("reports");
+        let mut parts: Vec<String> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let meta = e.metadata().ok()?;
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                name.starts_with(&prefix)
+                    .then(|| format!("{name}:{}:{modified}", meta.len()))
+            })
+            .collect();
+        parts.sort();
+        parts.join("|")
     }
 
     fn cleanup(&self, bundle_id: &str) {

@@ -435,6 +435,41 @@ fn supplement(
     result
 }
 
+/// Makes a journaled bundle's work directory again from its archived file (verified again,
+/// as at admission), for a command the IT officer retried after its bundle was cleaned up.
+/// The error says what is missing.
+pub fn restore_work_dir(store: &mut Store, cfg: &Config, bundle_id: &str) -> std::result::Result<(), String> {
+    let file = archive_path(cfg, bundle_id);
+    let trust = store
+        .begin()
+        .map_err(|e| e.to_string())
+        .and_then(|tx| Trust::load(cfg, &tx).map_err(|e| e.to_string()))?;
+    let opened = envelope::open_with(&file, &|b| trust.keyring_for(b), &cfg.limits).map_err(|e| {
+        format!(
+            "the bundle's files are gone and its archived copy {} cannot be used ({e}); ask shore to send the bundle again",
+            file.display()
+        )
+    })?;
+    if opened.manifest.id != bundle_id {
+        return Err(format!("{} holds another bundle", file.display()));
+    }
+    let final_dir = work_dir(cfg, bundle_id);
+    let tmp_dir = cfg
+        .paths
+        .work
+        .join(format!(".{}.part", safe_component(bundle_id)));
+    let local = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir).map_err(|e| local(&tmp_dir, e))?;
+    }
+    fs::create_dir_all(&tmp_dir).map_err(|e| local(&tmp_dir, e))?;
+    if let Err(e) = opened.extract(Some(&tmp_dir)) {
+        let _ = fs::remove_dir_all(&tmp_dir);
+        return Err(format!("{}: {e}", file.display()));
+    }
+    fsutil::commit_temp(&tmp_dir, &final_dir).map_err(|e| local(&final_dir, e))
+}
+
 fn archive(store: &mut Store, cfg: &Config, path: &Path, id: &str) -> Result<()> {
     let dest = archive_path(cfg, id);
     match fsutil::move_file(path, &dest) {

@@ -69,18 +69,22 @@ impl Ctx<'_> {
 
     /// The command id made safe as a file name (reports are `reports_dir/SAFE_ID.WHAT.json`).
     pub fn safe_id(&self) -> String {
-        self.cmd
-            .cmd_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
+        safe_id_of(&self.cmd.cmd_id)
     }
+}
+
+/// A command id made safe as a file name: every character but `A-Z a-z 0-9 -` becomes `_`.
+pub fn safe_id_of(cmd_id: &str) -> String {
+    cmd_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A command type.

@@ -33,6 +33,7 @@ pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
 pub use outbox::{
     Batch, CapturedState, CourseBacklog, LocalKey, NewBatch, OutboxSummary, QuarantinedProgress,
 };
+pub use transitions::DEATH_WINDOW;
 pub use trust::{Revocation, StoredCert, VesselKey};
 
 use std::path::{Path, PathBuf};
@@ -102,6 +103,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_content.sql"),
     include_str!("migrations/0005_reports.sql"),
     include_str!("migrations/0006_skipped_ranges.sql"),
+    include_str!("migrations/0007_deaths.sql"),
 ];
 
 /// An open database.

@@ -6,6 +6,9 @@ use rusqlite::params;
 use super::journal::{BundleState, CommandOutcome, CommandRow, CommandState};
 use super::{Ctx, Result, Tx};
 
+/// Seconds within which deaths without progress are counted together.
+pub const DEATH_WINDOW: i64 = 3600;
+
 impl Tx<'_> {
     /// Marks a command as started (attempt + 1). Commit this before the command's effect.
     pub fn start_command(&self, cmd: &CommandRow, now: i64) -> Result<i64> {
@@ -31,6 +34,75 @@ impl Tx<'_> {
             &format!("{} attempt {attempt}{resumed}", cmd.kind),
         )?;
         Ok(attempt)
+    }
+
+    /// A command found running at start: the agent died under it. Returns how many times it
+    /// died in a row without progress: the count starts again when `checkpoint` (a
+    /// fingerprint of its progress) changed or when the last count began over
+    /// [`DEATH_WINDOW`] seconds ago.
+    pub fn note_death(&self, cmd: &CommandRow, checkpoint: &str, now: i64) -> Result<i64> {
+        let (deaths, since, last): (i64, Option<i64>, Option<String>) = self
+            .tx
+            .query_row(
+                "SELECT deaths, deaths_since, checkpoint FROM commands WHERE bundle_id = ?1 AND idx = ?2",
+                params![cmd.bundle_id, cmd.idx],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .ctx(self.path)?;
+        let fresh = last.as_deref() != Some(checkpoint)
+            || since.is_none_or(|s| now.saturating_sub(s) > DEATH_WINDOW);
+        let (deaths, since) = if fresh {
+            (1, now)
+        } else {
+            (deaths + 1, since.unwrap_or(now))
+        };
+        self.tx
+            .execute(
+                "UPDATE commands SET deaths = ?3, deaths_since = ?4, checkpoint = ?5
+                 WHERE bundle_id = ?1 AND idx = ?2",
+                params![cmd.bundle_id, cmd.idx, deaths, since, checkpoint],
+            )
+            .ctx(self.path)?;
+        Ok(deaths)
+    }
+
+    /// The IT officer's retry of a failed command (`vessel-sync retry`): it becomes ready
+    /// again, with a fresh count of attempts and deaths, and its bundle is open again.
+    /// Returns the command's bundle id, or `None` when no failed command has this id.
+    pub fn retry_command(&self, cmd_id: &str, actor: &str, now: i64) -> Result<Option<String>> {
+        let found: Option<(String, i64)> = self.row(
+            "SELECT bundle_id, idx FROM commands WHERE cmd_id = ?1 AND state = 'failed'",
+            params![cmd_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let Some((bundle, idx)) = found else {
+            return Ok(None);
+        };
+        self.tx
+            .execute(
+                "UPDATE commands SET state = 'ready', reason = NULL, attempts = 0, deaths = 0,
+                   deaths_since = NULL, checkpoint = NULL, next_attempt_at = NULL, updated_at = ?3
+                 WHERE bundle_id = ?1 AND idx = ?2",
+                params![bundle, idx, now],
+            )
+            .ctx(self.path)?;
+        self.tx
+            .execute(
+                "UPDATE bundles SET state = 'ready', finished_at = NULL
+                 WHERE id = ?1 AND state IN ('failed', 'done')",
+                params![bundle],
+            )
+            .ctx(self.path)?;
+        self.audit(
+            now,
+            actor,
+            Some(&bundle),
+            Some(cmd_id),
+            "command_retried",
+            "ready",
+            "retried on board ('vessel-sync retry'): it runs again at the agent's next pass",
+        )?;
+        Ok(Some(bundle))
     }
 
     /// Records how a command attempt ended; finishes its bundle when it was the last one.
