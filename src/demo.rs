@@ -295,7 +295,7 @@ fn progress(
         ("shore-cert.pem", &chain),
         ("shore-key.pem", &key),
     ] {
-        std::fs::write(dir.join(name), body).map_err(e)?;
+        base::fsutil::write_private(&dir.join(name), body.as_bytes()).map_err(e)?;
     }
     let shore_cfg_path = dir.join("shore.toml");
     std::fs::write(

@@ -125,7 +125,8 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
     let setup = started.elapsed().as_secs_f64() - startup;
     // Shore, with the records as a vessel sent them.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    std::fs::write(dir.path().join("cloud.token"), &token).map_err(|e| e.to_string())?;
+    base::fsutil::write_private(&dir.path().join("cloud.token"), token.as_bytes())
+        .map_err(|e| e.to_string())?;
     let cfg_path = dir.path().join("shore.toml");
     std::fs::write(
         &cfg_path,
@@ -262,9 +263,9 @@ fn on_board_to_cloud(
     let (ca, chain, tls_key) =
         wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
     for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
-        std::fs::write(d.join(name), body).map_err(io)?;
+        base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
     }
-    std::fs::write(d.join("cloud.token"), token).map_err(io)?;
+    base::fsutil::write_private(&d.join("cloud.token"), token.as_bytes()).map_err(io)?;
     let shore_toml = d.join("shore.toml");
     std::fs::write(
         &shore_toml,

@@ -207,7 +207,7 @@ fn round_trips(dir: &std::path::Path, vessel_key: &SecretKey) -> Result<(u64, u6
     let (ca, chain, tls_key) =
         wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
     for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
-        std::fs::write(dir.join(name), body).map_err(|e| e.to_string())?;
+        base::fsutil::write_private(&dir.join(name), body.as_bytes()).map_err(|e| e.to_string())?;
     }
     let cfg_path = dir.join("shore.toml");
     std::fs::write(

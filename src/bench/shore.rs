@@ -132,7 +132,8 @@ fn pg_store(d: &Path, url: &str, run: usize) -> Result<(String, String), String>
         "[store]\nbackend = \"postgres\"\nurl = \"{url}{sep}options=-csearch_path%3D{schema}\"\n"
     );
     if let Some(p) = password {
-        std::fs::write(d.join("pg.password"), format!("{p}\n")).map_err(io)?;
+        base::fsutil::write_private(&d.join("pg.password"), format!("{p}\n").as_bytes())
+            .map_err(io)?;
         section.push_str("password_file = \"pg.password\"\n");
     }
     Ok((section, schema))
@@ -155,7 +156,7 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
     let (ca, chain, tls_key) =
         wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(io)?;
     for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
-        std::fs::write(d.join(name), body).map_err(io)?;
+        base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
     }
     let (section, schema) = match store {
         Store::Sqlite => (String::new(), None),

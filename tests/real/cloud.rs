@@ -143,7 +143,7 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
         .m
         .service_token("vessel_sync_shore", shore::forward::CLOUD_FUNCTIONS)
         .unwrap();
-    std::fs::write(shore.path("cloud.token"), &token).unwrap();
+    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
     let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
     cfg.push_str(&format!(
         "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",

@@ -68,7 +68,7 @@ impl Shore {
             wire::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
         std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
-        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        base::fsutil::write_private(&dir.path().join("key.pem"), key.as_bytes()).unwrap();
         let ops = SecretKey::from_seed([1u8; 32]);
         std::fs::create_dir_all(dir.path().join("keys")).unwrap();
         ops.write_pair(&dir.path().join("keys/ops"), "ops").unwrap();

@@ -44,11 +44,34 @@ pub fn header_names(header: &csv::ByteRecord) -> Vec<String> {
         .collect()
 }
 
-/// Makes a CSV cell safe for spreadsheets: a leading `=`, `+`, `-`, `@`, tab or CR is escaped
-/// with a quote so the cell is shown as text and never run as a formula.
+/// Makes a CSV cell safe for spreadsheets: a cell whose first character is a tab, CR or LF, or
+/// whose first non-blank character starts a formula (`=`, `+`, `-`, `@`, or their full-width
+/// forms `＝ ＋ － ＠`, which spreadsheets also read as formulas), is escaped with a leading
+/// quote so it is shown as text and never run.
 pub fn csv_safe(cell: &str) -> String {
-    match cell.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{cell}"),
-        _ => cell.to_string(),
+    let starts_formula = |c: char| matches!(c, '=' | '+' | '-' | '@' | '＝' | '＋' | '－' | '＠');
+    let risky = cell.starts_with(['\t', '\r', '\n'])
+        || cell
+            .trim_start_matches(|c: char| c.is_whitespace())
+            .starts_with(starts_formula);
+    if risky {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
+#[cfg(test)]
+mod safe_tests {
+    use super::csv_safe;
+
+    #[test]
+    fn formulas_are_escaped_however_they_are_dressed() {
+        for risky in ["=1+1", "+1", "-1", "@SUM(A1)", " =1+1", "\n=1+1", "\t1", "＝1+1", " ＠x", "\r"] {
+            assert!(csv_safe(risky).starts_with('\''), "{risky:?}");
+        }
+        for plain in ["SEAF-031", "a=b", "", "complete", "12.5"] {
+            assert_eq!(csv_safe(plain), plain);
+        }
     }
 }

@@ -26,6 +26,41 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// Writes a secret (a key, a token, a password) readable by its owner only (mode 0600),
+/// replacing what was there.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
+}
+
+/// Refuses a secret file that other users can read or write, or its group write: `what` names
+/// it in the error, which says how to fix it. (Readable by the owner's group is allowed: a
+/// root-owned key with mode 0640 and the service's group is a common way to hand it over.)
+pub fn check_private(what: &str, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o037 != 0 {
+        return Err(format!(
+            "{what} {} can be read or written by other users (mode {:o}); run: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `data` to `path` atomically: readers see the old file or the whole new one.
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = temp_path(path);
@@ -78,4 +113,24 @@ pub fn free_name(dir: &Path, name: &str) -> PathBuf {
         .map(|n| dir.join(format!("{name}.{n}")))
         .find(|p| !p.exists())
         .unwrap_or(first)
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_secret_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key.pem");
+        write_private(&p, b"secret").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(check_private("[shore] tls_key", &p).is_ok());
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(check_private("[shore] tls_key", &p).is_ok(), "group-readable is allowed");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_private("[shore] tls_key", &p).unwrap_err();
+        assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+    }
 }

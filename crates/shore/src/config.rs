@@ -156,6 +156,31 @@ fn default_uploads_in_flight() -> u64 {
 }
 
 impl ShoreConfig {
+    /// The secret files this config names (TLS key, shore's signing key, the cloud token, the
+    /// dashboard and PostgreSQL passwords) must be readable by their owner only.
+    pub fn check_secret_modes(&self) -> Result<(), String> {
+        let mut secrets: Vec<(&str, &Path)> = Vec::new();
+        if let Some(p) = &self.shore.tls_key {
+            secrets.push(("[shore] tls_key", p));
+        }
+        if let Some(p) = &self.shore.signing_key {
+            secrets.push(("[shore] signing_key", p));
+        }
+        if let Some(c) = &self.cloud {
+            secrets.push(("[cloud] token_file", &c.token_file));
+        }
+        if let Some(d) = &self.dashboard {
+            secrets.push(("[dashboard] password_file", &d.password_file));
+        }
+        if let Some(p) = &self.store.password_file {
+            secrets.push(("[store] password_file", p));
+        }
+        secrets
+            .into_iter()
+            .filter(|(_, p)| p.exists())
+            .try_for_each(|(what, p)| base::fsutil::check_private(what, p))
+    }
+
     /// Loads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| {

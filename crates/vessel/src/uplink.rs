@@ -762,7 +762,18 @@ impl Uplink {
                 let _ = std::fs::remove_file(&part);
                 have = 0;
             }
-            let url = format!("{}{}", self.cfg.url, o.path);
+            // The download URL is built here from the queue id; shore's `path` must say the
+            // same, or the offer is not followed anywhere else.
+            let path = format!("/v1/bundles/{}", o.queue_id);
+            if o.path != path || o.queue_id < 1 {
+                report.held = Some(format!(
+                    "shore offered bundle {} at {:?}, not at {path}; not downloaded",
+                    base::text::clip(&o.bundle_id, 64),
+                    base::text::clip(&o.path, 80)
+                ));
+                break;
+            }
+            let url = format!("{}{path}", self.cfg.url);
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -789,8 +800,9 @@ impl Uplink {
                         return Ok(());
                     }
                 };
+                // At most what was asked for (and a byte more, to see a reply that overran).
                 let mut buf = Vec::new();
-                if let Err(e) = resp.read_to_end(&mut buf) {
+                if let Err(e) = resp.by_ref().take(end + 2 - have).read_to_end(&mut buf) {
                     report.held = Some(format!(
                         "download of bundle {} cut at {have} bytes: {e}",
                         o.bundle_id

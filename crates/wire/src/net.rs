@@ -234,9 +234,30 @@ pub fn server_tls(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerCon
     Ok(cfg)
 }
 
+/// Years a generated CA certificate is valid, from a day before it was made.
+pub const CA_YEARS: i32 = 20;
+/// Years a generated server certificate is valid (make a new one with `shore gen-cert` and the
+/// same CA trust before then).
+pub const SERVER_YEARS: i32 = 10;
+
+/// The (year, month, day) a day before `now` (day clamped to 28, so that the same day some
+/// years later always exists).
+fn day_before(now: i64) -> (i32, u8, u8) {
+    let text = base::clock::format_time(now.saturating_sub(86_400));
+    let num = |r: std::ops::Range<usize>| text.get(r).and_then(|t| t.parse::<i32>().ok());
+    match (num(0..4), num(5..7), num(8..10)) {
+        (Some(y), Some(m), Some(d)) => (y, m.clamp(1, 12) as u8, d.clamp(1, 28) as u8),
+        _ => (2026, 1, 1),
+    }
+}
+
 /// Generates a private CA and a server certificate for `names` (shore without a PKI, the demo
 /// and the tests). Returns PEM texts: (CA certificate, server certificate chain, server key).
+/// The CA is valid for [`CA_YEARS`], the server certificate for [`SERVER_YEARS`], both from a
+/// day before now (a vessel's clock may lag).
 pub fn generate_server_cert(names: &[String]) -> Result<(String, String, String), TlsError> {
+    use base::clock::Clock as _;
+    let (y, m, d) = day_before(base::clock::SystemClock.now());
     let err = |e: rcgen::Error| TlsError::Config(e.to_string());
     let ca_key = rcgen::KeyPair::generate().map_err(err)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
@@ -248,6 +269,8 @@ pub fn generate_server_cert(names: &[String]) -> Result<(String, String, String)
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
+    ca_params.not_before = rcgen::date_time_ymd(y, m, d);
+    ca_params.not_after = rcgen::date_time_ymd(y + CA_YEARS, m, d);
     let ca = ca_params.self_signed(&ca_key).map_err(err)?;
     let key = rcgen::KeyPair::generate().map_err(err)?;
     let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(err)?;
@@ -255,10 +278,54 @@ pub fn generate_server_cert(names: &[String]) -> Result<(String, String, String)
         rcgen::DnType::CommonName,
         names.first().cloned().unwrap_or_default(),
     );
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    params.not_after = rcgen::date_time_ymd(y + SERVER_YEARS, m, d);
     let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
     Ok((
         ca.pem(),
         format!("{}{}", cert.pem(), ca.pem()),
         key.serialize_pem(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
+
+    /// `shore gen-cert`'s certificates are valid from a day ago for ten years: not from 1975 to
+    /// 4096 (rcgen's default), which no operator would notice to renew or revoke.
+    #[test]
+    fn a_generated_server_certificate_is_valid_for_ten_years_from_yesterday() {
+        let (ca, chain, _) = generate_server_cert(&["shore.example".into()]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap();
+        let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let name = ServerName::try_from("shore.example").unwrap();
+        use base::clock::Clock as _;
+        let now = base::clock::SystemClock.now() as u64;
+        let at = |t: u64| {
+            verifier.verify_server_cert(
+                &leaf,
+                &[],
+                &name,
+                &[],
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)),
+            )
+        };
+        assert!(at(now).is_ok());
+        assert!(at(now + 9 * 365 * 86_400).is_ok());
+        assert!(at(now + 11 * 365 * 86_400).is_err(), "expired after ten years");
+        assert!(at(now - 3 * 86_400).is_err(), "not valid long before it was made");
+    }
 }

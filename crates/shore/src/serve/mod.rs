@@ -521,6 +521,7 @@ pub fn run(
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => return Err("[shore] tls_cert and tls_key are required to serve (make a pair with 'vessel-sync shore gen-cert')".into()),
     };
+    cfg.check_secret_modes()?;
     let tls = wire::net::server_tls(&cert, &key).map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let db = cfg.open()?;
