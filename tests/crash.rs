@@ -244,13 +244,24 @@ fn interrupted_is_not_failed_and_a_given_up_command_is_retried_on_board() {
     let cmd = mapping_cmd(&v);
     assert_eq!(cmd.state.as_str(), "failed");
     let reason = cmd.reason.clone().unwrap_or_default();
-    assert!(reason.contains("given up") && reason.contains("vessel-sync retry"), "{reason}");
-    assert_eq!(v.store().ack("outbox").unwrap().unwrap().acked_seq, 7, "the next bundle ran");
+    assert!(
+        reason.contains("given up") && reason.contains("vessel-sync retry"),
+        "{reason}"
+    );
+    assert_eq!(
+        v.store().ack("outbox").unwrap().unwrap().acked_seq,
+        7,
+        "the next bundle ran"
+    );
     assert!(v.store().mappings().unwrap().is_empty());
 
     // The IT officer retries it on board: it runs from the archived bundle, once.
     let out = v.run(&["retry", &cmd.cmd_id, "--config", v.config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     v.once();
     let after = mapping_cmd(&v);
     assert_eq!(after.state.as_str(), "done", "{:?}", after.reason);

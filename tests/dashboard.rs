@@ -6,7 +6,11 @@ use crate::support::VESSEL;
 use crate::support::shore::{Shore, linked_vessel, seed, sync};
 
 fn with_dashboard(shore: &Shore) {
-    base::fsutil::write_private(&shore.path("dashboard.password"), b"correct horse battery\n").unwrap();
+    base::fsutil::write_private(
+        &shore.path("dashboard.password"),
+        b"correct horse battery\n",
+    )
+    .unwrap();
     let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
     cfg.push_str("[dashboard]\npassword_file = \"dashboard.password\"\n");
     std::fs::write(shore.path("shore.toml"), cfg).unwrap();

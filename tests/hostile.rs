@@ -36,7 +36,10 @@ fn a_bundle_whose_id_climbs_out_of_the_work_dir_is_refused_and_touches_nothing()
     std::fs::write(victim.join("precious.txt"), b"journal backups").unwrap();
     let cases = [
         ("up.vsb", "../../victim"),
-        ("abs.vsb", v.path("victim").to_str().unwrap().to_string().leak() as &str),
+        (
+            "abs.vsb",
+            v.path("victim").to_str().unwrap().to_string().leak() as &str,
+        ),
         ("dot.vsb", ".."),
         ("slash.vsb", "a/b"),
     ];
@@ -58,7 +61,9 @@ fn a_bundle_whose_id_climbs_out_of_the_work_dir_is_refused_and_touches_nothing()
     }
     v.once();
     for (name, _) in cases {
-        let reason = v.reason(name).unwrap_or_else(|| panic!("{name} not quarantined"));
+        let reason = v
+            .reason(name)
+            .unwrap_or_else(|| panic!("{name} not quarantined"));
         assert!(reason.contains("manifest_invalid"), "{reason}");
         assert!(reason.contains("is not a valid id"), "{reason}");
     }
@@ -67,7 +72,10 @@ fn a_bundle_whose_id_climbs_out_of_the_work_dir_is_refused_and_touches_nothing()
         b"journal backups"
     );
     assert!(!v.path("victim.vsb").exists() && !v.path("state/victim.vsb").exists());
-    assert!(v.store().commands().unwrap().is_empty(), "nothing journaled");
+    assert!(
+        v.store().commands().unwrap().is_empty(),
+        "nothing journaled"
+    );
     // The next honest bundle is applied.
     let good = v.bundle("ok.vsb", ack(1, 1));
     v.drop_in(&good, "ok.vsb");
@@ -148,7 +156,9 @@ fn members_that_are_a_file_and_a_directory_are_quarantined_not_retried() {
     });
     v.drop_in(&bad, "nested.vsb");
     v.once();
-    let reason = v.reason("nested.vsb").expect("quarantined, not left in the inbox");
+    let reason = v
+        .reason("nested.vsb")
+        .expect("quarantined, not left in the inbox");
     assert!(reason.contains("also the directory of"), "{reason}");
     assert!(v.inbox_names().is_empty(), "{:?}", v.inbox_names());
 }
@@ -181,7 +191,12 @@ fn a_reused_command_id_is_held_by_the_earlier_sequence_whatever_arrives_first() 
         draft(
             VESSEL,
             seq,
-            vec![cmd("ack", "c-shared", serde_json::json!({"acked_seq": acked}), &[])],
+            vec![cmd(
+                "ack",
+                "c-shared",
+                serde_json::json!({"acked_seq": acked}),
+                &[],
+            )],
             vec![],
         )
     };

@@ -143,7 +143,11 @@ fn two_receivers_on_one_postgres_database_given_the_same_batch_at_once_store_it_
 #[test]
 fn a_dashboard_login_through_one_receiver_opens_the_page_through_the_other() {
     let mut shore = Shore::on("postgres");
-    base::fsutil::write_private(&shore.path("dashboard.password"), b"correct horse battery\n").unwrap();
+    base::fsutil::write_private(
+        &shore.path("dashboard.password"),
+        b"correct horse battery\n",
+    )
+    .unwrap();
     let mut cfg = std::fs::read_to_string(&shore.config).unwrap();
     cfg.push_str("[dashboard]\npassword_file = \"dashboard.password\"\n");
     std::fs::write(&shore.config, cfg).unwrap();

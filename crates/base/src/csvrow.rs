@@ -67,7 +67,9 @@ mod safe_tests {
 
     #[test]
     fn formulas_are_escaped_however_they_are_dressed() {
-        for risky in ["=1+1", "+1", "-1", "@SUM(A1)", " =1+1", "\n=1+1", "\t1", "＝1+1", " ＠x", "\r"] {
+        for risky in [
+            "=1+1", "+1", "-1", "@SUM(A1)", " =1+1", "\n=1+1", "\t1", "＝1+1", " ＠x", "\r",
+        ] {
             assert!(csv_safe(risky).starts_with('\''), "{risky:?}");
         }
         for plain in ["SEAF-031", "a=b", "", "complete", "12.5"] {

@@ -125,12 +125,21 @@ mod private_tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("key.pem");
         write_private(&p, b"secret").unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(check_private("[shore] tls_key", &p).is_ok());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(check_private("[shore] tls_key", &p).is_ok(), "group-readable is allowed");
+        assert!(
+            check_private("[shore] tls_key", &p).is_ok(),
+            "group-readable is allowed"
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = check_private("[shore] tls_key", &p).unwrap_err();
-        assert!(err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("mode 644") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 }

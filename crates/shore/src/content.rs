@@ -227,8 +227,7 @@ pub fn answer_needs(
         store()?
             .note_needs(vessel, &n.bundle, &n.sha256, now)
             .map_err(|e| e.to_string())?;
-        let members = store()?
-            .queue_content(qid).map_err(|e| e.to_string())?;
+        let members = store()?.queue_content(qid).map_err(|e| e.to_string())?;
         let mut have = Vec::new();
         for (_, sha, _) in members.iter().filter(|(_, s, _)| n.sha256.contains(s)) {
             if content_path(cfg, sha).is_file() {

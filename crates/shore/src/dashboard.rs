@@ -62,7 +62,9 @@ fn wait_before_login(db: &ShoreStore, address: &str, now: i64) -> i64 {
     if wrong < FREE_GUESSES {
         return 0;
     }
-    let doublings = u32::try_from(wrong - FREE_GUESSES).unwrap_or(u32::MAX).min(6);
+    let doublings = u32::try_from(wrong - FREE_GUESSES)
+        .unwrap_or(u32::MAX)
+        .min(6);
     let wait = (60i64 << doublings).min(MAX_WAIT);
     (latest + wait - now).max(0)
 }
@@ -317,13 +319,25 @@ mod tests {
             db.note_wrong_password("203.0.113.9", now + i).unwrap();
         }
         assert_eq!(wait_before_login(&db, "203.0.113.9", now + 4), 60);
-        assert_eq!(wait_before_login(&db, "198.51.100.7", now + 4), 0, "another address is free");
+        assert_eq!(
+            wait_before_login(&db, "198.51.100.7", now + 4),
+            0,
+            "another address is free"
+        );
         db.note_wrong_password("203.0.113.9", now + 70).unwrap();
-        assert_eq!(wait_before_login(&db, "203.0.113.9", now + 70), 120, "the wait doubles");
+        assert_eq!(
+            wait_before_login(&db, "203.0.113.9", now + 70),
+            120,
+            "the wait doubles"
+        );
         for i in 0..20 {
             db.note_wrong_password("203.0.113.9", now + 80 + i).unwrap();
         }
-        assert_eq!(wait_before_login(&db, "203.0.113.9", now + 99), MAX_WAIT, "capped at an hour");
+        assert_eq!(
+            wait_before_login(&db, "203.0.113.9", now + 99),
+            MAX_WAIT,
+            "capped at an hour"
+        );
     }
 
     #[test]

@@ -47,8 +47,13 @@ pub const MAX_MANIFEST_BYTES: u64 = 2 << 20;
 pub const MAX_DECODED_BYTES: usize = 64 << 20;
 
 fn lock(db: &Mutex<ShoreStore>) -> Result<MutexGuard<'_, ShoreStore>, Refusal> {
-    db.lock()
-        .map_err(|_| refuse(500, "local", "the shore store's lock is poisoned; restart shore"))
+    db.lock().map_err(|_| {
+        refuse(
+            500,
+            "local",
+            "the shore store's lock is poisoned; restart shore",
+        )
+    })
 }
 
 pub(crate) fn refuse(status: u16, code: &str, message: impl Into<String>) -> Refusal {

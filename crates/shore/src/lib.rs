@@ -141,7 +141,10 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
                 .collect()
         };
         // A crew list is read from the extracted members only: `args.file` must name one.
-        if let Some(f) = lists.iter().find(|f| !m.files.iter().any(|e| &e.name == *f)) {
+        if let Some(f) = lists
+            .iter()
+            .find(|f| !m.files.iter().any(|e| &e.name == *f))
+        {
             return Err(format!(
                 "{}: refused: upsert_users names file {:?}, which is not a member of the bundle",
                 bundle.display(),
@@ -238,113 +241,117 @@ pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> i32 {
 /// `shore ingest DIR`: takes batch files a carrier delivered, stores them, and writes a signed
 /// `ack` bundle per vessel into `out` for the carrier to take back.
 pub fn ingest(cfg: &ShoreConfig, dir: &Path, out: &Path, clock: &dyn Clock) -> i32 {
-    let run =
-        || -> Result<(u64, u64), String> {
-            let key_path =
-                cfg.shore.signing_key.as_ref().ok_or(
-                    "[shore] signing_key is required for ingest: it signs the ack bundles",
-                )?;
-            let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
-            let db = std::sync::Mutex::new(cfg.open()?);
-            let store = || db.lock().map_err(|_| "the shore store's lock is poisoned".to_string());
-            std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let done = dir.join("done");
-            let refused = dir.join("refused");
-            for d in [&done, &refused] {
-                std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-            }
-            let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "vsb"))
-                .collect();
-            names.sort();
-            let vessels = store()?.vessels().map_err(|e| e.to_string())?;
-            let mut touched = std::collections::BTreeSet::new();
-            let (mut ok, mut bad) = (0, 0);
-            for path in names {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                // The sender's key decides; the manifest is read under every active vessel's key.
-                let vessel = vessels.iter().filter(|v| v.revoked_at.is_none()).find(|v| {
-                    PublicKey::parse(&v.pubkey, Path::new("registry"))
-                        .ok()
-                        .and_then(|k| {
-                            envelope::open(&path, &Keyring::new([k]), &Limits::default()).ok()
-                        })
-                        .is_some_and(|o| o.manifest.sender == v.id)
-                });
-                let result = match vessel {
-                    None => Err(refuse(
-                        422,
-                        "unknown_key",
-                        "not signed by any registered, active vessel",
-                    )),
-                    Some(v) => intake(cfg, &db, v, &path, "file", clock.now())
-                        .map(|i| (v.id.clone(), i)),
-                };
-                match result {
-                    Ok((vid, i)) => {
-                        println!(
-                            "{name}: vessel {vid} batch {} stored ({:?}); acknowledged up to {}",
-                            i.seq, i.stored, i.acked_seq
-                        );
-                        touched.insert(vid);
-                        ok += 1;
-                        base::fsutil::move_file(&path, &base::fsutil::free_name(&done, &name))
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Err(r) => {
-                        println!("{name}: refused ({}): {}", r.code, r.message);
-                        bad += 1;
-                        let dest = base::fsutil::free_name(&refused, &name);
-                        base::fsutil::move_file(&path, &dest).map_err(|e| e.to_string())?;
-                        let _ = std::fs::write(
-                            dest.with_extension("reason.txt"),
-                            format!("{}: {}\n", r.code, r.message),
-                        );
-                    }
+    let run = || -> Result<(u64, u64), String> {
+        let key_path = cfg
+            .shore
+            .signing_key
+            .as_ref()
+            .ok_or("[shore] signing_key is required for ingest: it signs the ack bundles")?;
+        let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
+        let db = std::sync::Mutex::new(cfg.open()?);
+        let store = || {
+            db.lock()
+                .map_err(|_| "the shore store's lock is poisoned".to_string())
+        };
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let done = dir.join("done");
+        let refused = dir.join("refused");
+        for d in [&done, &refused] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "vsb"))
+            .collect();
+        names.sort();
+        let vessels = store()?.vessels().map_err(|e| e.to_string())?;
+        let mut touched = std::collections::BTreeSet::new();
+        let (mut ok, mut bad) = (0, 0);
+        for path in names {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // The sender's key decides; the manifest is read under every active vessel's key.
+            let vessel = vessels.iter().filter(|v| v.revoked_at.is_none()).find(|v| {
+                PublicKey::parse(&v.pubkey, Path::new("registry"))
+                    .ok()
+                    .and_then(|k| {
+                        envelope::open(&path, &Keyring::new([k]), &Limits::default()).ok()
+                    })
+                    .is_some_and(|o| o.manifest.sender == v.id)
+            });
+            let result = match vessel {
+                None => Err(refuse(
+                    422,
+                    "unknown_key",
+                    "not signed by any registered, active vessel",
+                )),
+                Some(v) => {
+                    intake(cfg, &db, v, &path, "file", clock.now()).map(|i| (v.id.clone(), i))
+                }
+            };
+            match result {
+                Ok((vid, i)) => {
+                    println!(
+                        "{name}: vessel {vid} batch {} stored ({:?}); acknowledged up to {}",
+                        i.seq, i.stored, i.acked_seq
+                    );
+                    touched.insert(vid);
+                    ok += 1;
+                    base::fsutil::move_file(&path, &base::fsutil::free_name(&done, &name))
+                        .map_err(|e| e.to_string())?;
+                }
+                Err(r) => {
+                    println!("{name}: refused ({}): {}", r.code, r.message);
+                    bad += 1;
+                    let dest = base::fsutil::free_name(&refused, &name);
+                    base::fsutil::move_file(&path, &dest).map_err(|e| e.to_string())?;
+                    let _ = std::fs::write(
+                        dest.with_extension("reason.txt"),
+                        format!("{}: {}\n", r.code, r.message),
+                    );
                 }
             }
-            for vid in touched {
-                let db = store()?;
-                let v = db
-                    .vessel(&vid)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("vessel vanished")?;
-                let seq = db.next_ack_bundle_seq(&vid).map_err(|e| e.to_string())?;
-                let mut args = serde_json::Map::new();
-                args.insert("acked_seq".into(), v.acked_seq.into());
-                let draft = Draft {
-                    kind: Kind::Commands,
-                    sender: SHORE.into(),
-                    recipient: vid.clone(),
-                    sequence: seq,
-                    not_before: None,
-                    expires: None,
-                    commands: vec![CommandEntry {
-                        id: String::new(),
-                        kind: "ack".into(),
-                        args,
-                        files: vec![],
-                    }],
+        }
+        for vid in touched {
+            let db = store()?;
+            let v = db
+                .vessel(&vid)
+                .map_err(|e| e.to_string())?
+                .ok_or("vessel vanished")?;
+            let seq = db.next_ack_bundle_seq(&vid).map_err(|e| e.to_string())?;
+            let mut args = serde_json::Map::new();
+            args.insert("acked_seq".into(), v.acked_seq.into());
+            let draft = Draft {
+                kind: Kind::Commands,
+                sender: SHORE.into(),
+                recipient: vid.clone(),
+                sequence: seq,
+                not_before: None,
+                expires: None,
+                commands: vec![CommandEntry {
+                    id: String::new(),
+                    kind: "ack".into(),
+                    args,
                     files: vec![],
-                    id: None,
-                };
-                let file = out.join(format!("{vid}-ack-{seq}.vsb"));
-                envelope::write_envelope(&draft, &key, clock.now(), &file)
-                    .map_err(|e| format!("{}: {e}", file.display()))?;
-                println!(
-                    "wrote {} (ack up to batch {} for {vid})",
-                    file.display(),
-                    v.acked_seq
-                );
-            }
-            Ok((ok, bad))
-        };
+                }],
+                files: vec![],
+                id: None,
+            };
+            let file = out.join(format!("{vid}-ack-{seq}.vsb"));
+            envelope::write_envelope(&draft, &key, clock.now(), &file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            println!(
+                "wrote {} (ack up to batch {} for {vid})",
+                file.display(),
+                v.acked_seq
+            );
+        }
+        Ok((ok, bad))
+    };
     match run() {
         Ok((_, 0)) => exit::OK,
         Ok(_) => exit::DATAERR,

@@ -2,9 +2,9 @@
 //! summary and recent refusals ([`fleet_view`]), printed by `shore status` and served by the
 //! dashboard.
 
-use base::text::clean;
 use base::clock::{Clock, format_age, format_time};
 use base::exit;
+use base::text::clean;
 
 use crate::ShoreConfig;
 use crate::store::{self, ShoreStore, Vessel};

@@ -310,9 +310,7 @@ pub fn admit(
             }
             return Ok(Admitted::Duplicate(m.id));
         }
-        Admission::Early { missing }
-            if m.sequence - missing > cfg.inbox.max_sequence_gap =>
-        {
+        Admission::Early { missing } if m.sequence - missing > cfg.inbox.max_sequence_gap => {
             let r = Rejection::SequenceGap {
                 issuer: m.issuer.clone(),
                 sequence: m.sequence,
@@ -327,7 +325,10 @@ pub fn admit(
 
     // Extract into a fresh private directory, then rename into place.
     let final_dir = work_dir(cfg, &m.id);
-    let tmp_dir = cfg.paths.work.join(format!(".{}.part", safe_component(&m.id)));
+    let tmp_dir = cfg
+        .paths
+        .work
+        .join(format!(".{}.part", safe_component(&m.id)));
     for d in [&tmp_dir, &final_dir] {
         if d.exists() {
             if let Err(e) = fs::remove_dir_all(d) {
@@ -438,7 +439,11 @@ fn supplement(
 /// Makes a journaled bundle's work directory again from its archived file (verified again,
 /// as at admission), for a command the IT officer retried after its bundle was cleaned up.
 /// The error says what is missing.
-pub fn restore_work_dir(store: &mut Store, cfg: &Config, bundle_id: &str) -> std::result::Result<(), String> {
+pub fn restore_work_dir(
+    store: &mut Store,
+    cfg: &Config,
+    bundle_id: &str,
+) -> std::result::Result<(), String> {
     let file = archive_path(cfg, bundle_id);
     let trust = store
         .begin()

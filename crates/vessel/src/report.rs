@@ -13,8 +13,8 @@ use crate::store::{
     AckState, AuditEntry, AuditEvent, OutboxSummary, Overview, QuarantinedProgress, Store,
 };
 use base::clock::{Clock, format_age, format_time};
-use base::text::clean;
 use base::exit;
+use base::text::clean;
 use wire::envelope::{Manifest, manifest};
 
 #[derive(Serialize)]

@@ -60,7 +60,9 @@ fn check(what: &'static str, id: &str, max: usize, colon: bool) -> Result<(), Id
     if id == "." || id == ".." {
         return Err(refuse(what, id, "'.' and '..' name directories"));
     }
-    let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (colon && b == b':');
+    let ok = |b: u8| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (colon && b == b':')
+    };
     if !id.bytes().all(ok) {
         return Err(refuse(
             what,
@@ -82,10 +84,28 @@ mod tests {
 
     #[test]
     fn ids_that_would_leave_a_directory_are_refused() {
-        for bad in ["", ".", "..", "../x", "/etc", "a/b", "a\\b", "a b", "a\0b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc",
+            "a/b",
+            "a\\b",
+            "a b",
+            "a\0b",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(check_id("bundle id", bad).is_err(), "{bad:?} passed");
         }
-        for good in ["a", "9f3c0d7e-3b1a-4c55-9d0e-1f2a3b4c5d6e", "erm-110_v4.2", "..a", &"x".repeat(64)] {
+        for good in [
+            "a",
+            "9f3c0d7e-3b1a-4c55-9d0e-1f2a3b4c5d6e",
+            "erm-110_v4.2",
+            "..a",
+            &"x".repeat(64),
+        ] {
             assert!(check_id("bundle id", good).is_ok(), "{good:?} refused");
         }
         assert!(check_command_id("b-1:2").is_ok());

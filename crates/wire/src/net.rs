@@ -303,10 +303,12 @@ mod tests {
         for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
         let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
             .next()
             .unwrap()
@@ -325,7 +327,13 @@ mod tests {
         };
         assert!(at(now).is_ok());
         assert!(at(now + 9 * 365 * 86_400).is_ok());
-        assert!(at(now + 11 * 365 * 86_400).is_err(), "expired after ten years");
-        assert!(at(now - 3 * 86_400).is_err(), "not valid long before it was made");
+        assert!(
+            at(now + 11 * 365 * 86_400).is_err(),
+            "expired after ten years"
+        );
+        assert!(
+            at(now - 3 * 86_400).is_err(),
+            "not valid long before it was made"
+        );
     }
 }

@@ -342,21 +342,29 @@ fn sync_blocking(
     oldest: Option<i64>,
     depth: Option<i64>,
 ) -> Resp {
+    sync_steps(shared, vessel, body, cursor, oldest, depth)
+        .unwrap_or_else(|m| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None))
+}
+
+/// The sync exchange; the store's lock is taken for each store call only.
+fn sync_steps(
+    shared: &Shared,
+    vessel: &Vessel,
+    body: Option<&Path>,
+    cursor: i64,
+    oldest: Option<i64>,
+    depth: Option<i64>,
+) -> Result<Resp, String> {
     let now = shared.clock.now();
-    let internal = |m: String| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None);
     let lock = || {
         shared
             .db
             .lock()
-            .map_err(|_| internal("database lock poisoned".into()))
+            .map_err(|_| "database lock poisoned".to_string())
     };
-    let noted = lock().and_then(|db| {
-        db.note_contact(&vessel.id, now, oldest, depth)
-            .map_err(|e| internal(e.to_string()))
-    });
-    if let Err(r) = noted {
-        return r;
-    }
+    lock()?
+        .note_contact(&vessel.id, now, oldest, depth)
+        .map_err(|e| e.to_string())?;
     let mut reply = serde_json::json!({"vessel": vessel.id});
     match body {
         None => {
@@ -383,34 +391,26 @@ fn sync_blocking(
                     .map(|v| v.acked_seq);
                 let status =
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-                return error(status, &r.code, &r.message, acked);
+                return Ok(error(status, &r.code, &r.message, acked));
             }
         },
     }
-    let listed = lock().and_then(|db| {
+    let list = {
+        let db = lock()?;
         db.note_downloaded(&vessel.id, cursor, now)
             .and_then(|()| db.bundles_for(&vessel.id, cursor))
-            .map_err(|e| internal(e.to_string()))
-    });
-    let list = match listed {
-        Ok(l) => l,
-        Err(r) => return r,
+            .map_err(|e| e.to_string())?
     };
-    match list
+    let list = list
         .iter()
         .map(|q| crate::content::offer(&shared.cfg, &shared.db, &vessel.id, q))
-        .collect::<Result<Vec<_>, String>>()
-    {
-        Ok(list) => {
-            reply["bundles"] = list
-                .iter()
-                .map(|q| serde_json::json!({"queue_id": q.id, "bundle_id": q.bundle_id, "size": q.size, "sha256": q.sha256, "path": format!("/v1/bundles/{}", q.id)}))
-                .collect::<Vec<_>>()
-                .into();
-        }
-        Err(e) => return internal(e),
-    }
-    json(StatusCode::OK, reply)
+        .collect::<Result<Vec<_>, String>>()?;
+    reply["bundles"] = list
+        .iter()
+        .map(|q| serde_json::json!({"queue_id": q.id, "bundle_id": q.bundle_id, "size": q.size, "sha256": q.sha256, "path": format!("/v1/bundles/{}", q.id)}))
+        .collect::<Vec<_>>()
+        .into();
+    Ok(json(StatusCode::OK, reply))
 }
 
 fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {

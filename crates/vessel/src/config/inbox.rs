@@ -41,8 +41,6 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> InboxSettings {
         settle: w.seconds(inbox_t, "inbox", "settle", 5),
         gap_timeout: w.seconds(inbox_t, "inbox", "gap_timeout", 2 * 86_400),
         clock_skew: w.seconds(inbox_t, "inbox", "clock_skew", 300),
-        max_sequence_gap: w
-            .count(inbox_t, "inbox", "max_sequence_gap", 10_000)
-            .max(1),
+        max_sequence_gap: w.count(inbox_t, "inbox", "max_sequence_gap", 10_000).max(1),
     }
 }

@@ -122,8 +122,11 @@ impl Store {
              WHERE c.state IN ('running','waiting','failed') ORDER BY c.updated_at DESC LIMIT 50"
         );
         o.held = self.rows(&sql, [], command_row)?;
-        o.skipped = self.rows("SELECT issuer, recipient, sequence, COALESCE(last_sequence, sequence), skipped_at
-                 FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at", [], |r| {
+        o.skipped = self.rows(
+            "SELECT issuer, recipient, sequence, COALESCE(last_sequence, sequence), skipped_at
+                 FROM skipped WHERE resolved_bundle IS NULL ORDER BY skipped_at",
+            [],
+            |r| {
                 Ok(SkippedRange {
                     issuer: r.get(0)?,
                     recipient: r.get(1)?,
@@ -131,7 +134,8 @@ impl Store {
                     last: r.get::<_, i64>(3)?.unsigned_abs(),
                     at: r.get(4)?,
                 })
-            })?;
+            },
+        )?;
         Ok(o)
     }
 }

@@ -222,12 +222,13 @@ impl Tx<'_> {
         let mine = (b.issuer.as_str(), seq(b.sequence), idx as i64);
         let theirs = (other_issuer.as_str(), other_seq, other_idx);
         let not_started = other_state == CommandState::Ready.as_str() && {
-            let attempts: i64 = self.row(
-                "SELECT attempts FROM commands WHERE bundle_id = ?1 AND idx = ?2",
-                params![other, other_idx],
-                |r| r.get(0),
-            )?
-            .unwrap_or(0);
+            let attempts: i64 = self
+                .row(
+                    "SELECT attempts FROM commands WHERE bundle_id = ?1 AND idx = ?2",
+                    params![other, other_idx],
+                    |r| r.get(0),
+                )?
+                .unwrap_or(0);
             attempts == 0
         };
         if mine < theirs && not_started {
@@ -242,7 +243,15 @@ impl Tx<'_> {
                     params![other, other_idx, reason, now],
                 )
                 .ctx(self.path)?;
-            self.audit(now, &other_issuer, Some(&other), Some(cmd_id), "command_duplicate", "skipped", &reason)?;
+            self.audit(
+                now,
+                &other_issuer,
+                Some(&other),
+                Some(cmd_id),
+                "command_duplicate",
+                "skipped",
+                &reason,
+            )?;
             return Ok((CommandState::Ready, None));
         }
         Ok((
@@ -354,7 +363,15 @@ impl Tx<'_> {
                 "{which} from issuer {issuer} for {recipient:?} never arrived within {}; later bundles proceed without them (each is still applied if it turns up)",
                 format_age(gap_timeout)
             );
-            self.audit(now, &issuer, None, None, "sequence_skipped", "skipped", &line)?;
+            self.audit(
+                now,
+                &issuer,
+                None,
+                None,
+                "sequence_skipped",
+                "skipped",
+                &line,
+            )?;
             lines.push(line);
             self.set_next_seq(&issuer, &recipient, first_waiting)?;
             self.release_in_order(&issuer, &recipient, now)?;

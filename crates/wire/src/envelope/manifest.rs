@@ -218,7 +218,10 @@ impl Manifest {
         let mut sorted: Vec<&str> = names.iter().copied().collect();
         sorted.sort_unstable();
         for pair in sorted.windows(2) {
-            if pair[1].strip_prefix(pair[0]).is_some_and(|rest| rest.starts_with('/')) {
+            if pair[1]
+                .strip_prefix(pair[0])
+                .is_some_and(|rest| rest.starts_with('/'))
+            {
                 return Err(format!(
                     "file {:?} is also the directory of file {:?}",
                     pair[0], pair[1]
@@ -226,7 +229,12 @@ impl Manifest {
             }
         }
         if self.need_files.len() > MAX_NEED_BUNDLES
-            || self.need_files.iter().map(|n| n.sha256.len()).sum::<usize>() > MAX_NEED_FILES
+            || self
+                .need_files
+                .iter()
+                .map(|n| n.sha256.len())
+                .sum::<usize>()
+                > MAX_NEED_FILES
         {
             return Err(format!(
                 "need_files asks for more than {MAX_NEED_BUNDLES} bundles or {MAX_NEED_FILES} files"
@@ -252,7 +260,10 @@ impl Manifest {
         for c in &self.command_reports {
             id(crate::ids::check_command_id(&c.id))?;
             id(crate::ids::check_id("report bundle", &c.bundle))?;
-            if c.kind.len() > 64 || c.state.len() > 32 || c.reason.as_ref().is_some_and(|r| r.len() > 4096) {
+            if c.kind.len() > 64
+                || c.state.len() > 32
+                || c.reason.as_ref().is_some_and(|r| r.len() > 4096)
+            {
                 return Err(format!(
                     "command report {:?} has a type, state or reason that is too long",
                     c.id

@@ -539,7 +539,10 @@ mod tests {
             put_uvar(&mut b, 0);
         }
         let err = decode_batch(&b).expect_err("refused");
-        assert!(err.to_string().contains("string length out of range"), "{err}");
+        assert!(
+            err.to_string().contains("string length out of range"),
+            "{err}"
+        );
         // A cap on records holds whatever the budget.
         let honest = encode(&vec![
             Record {

@@ -1,0 +1,329 @@
+//! Law 8 (contained), ashore: what one vessel's token and key, or an anonymous client on the
+//! shore's port, can do to the receiver and to the other vessels. Each scenario is one finding
+//! of the hostile-parties review, against the real `shore serve`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use testkit::course::{GenFile, course_with_files};
+use wire::envelope::{self, Draft, Extra, NeedFiles, SecretKey, Source};
+
+use crate::support::shore::{Shore, linked_vessel, post_batch};
+use crate::support::*;
+
+/// A progress batch of vessel `VESSEL` (key seed 5, as `linked_vessel` registers it) with
+/// `records_bin` as its payload and `extra` in its manifest.
+fn batch(seq: u64, records_bin: Vec<u8>, extra: Extra) -> Vec<u8> {
+    let d = Draft {
+        kind: wire::envelope::Kind::Progress,
+        sender: VESSEL.into(),
+        recipient: "shore".into(),
+        sequence: seq,
+        not_before: None,
+        expires: None,
+        commands: vec![],
+        files: vec![("records.bin".into(), Source::Bytes(records_bin))],
+        id: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.vsb");
+    envelope::write_envelope_with(&d, &extra, &SecretKey::from_seed([5u8; 32]), now(), &f).unwrap();
+    std::fs::read(f).unwrap()
+}
+
+fn empty_records() -> Vec<u8> {
+    wire::progress::codec::encode_batch(&[], 0)
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn shore_with(extra_shore: &str) -> Shore {
+    let mut shore = Shore::new();
+    let cfg = std::fs::read_to_string(&shore.config).unwrap();
+    std::fs::write(
+        &shore.config,
+        cfg.replacen("[shore]\n", &format!("[shore]\n{extra_shore}"), 1),
+    )
+    .unwrap();
+    shore.start();
+    shore
+}
+
+#[test]
+fn a_vessel_cannot_obtain_another_vessels_bundle_through_need_files() {
+    let shore = shore_with("");
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    // A course bundle by content for another vessel: its crew's course, its content.
+    let other = Vessel::new();
+    SecretKey::from_seed([6u8; 32])
+        .write_pair(&other.path("keys/vessel"), "mv-other")
+        .unwrap();
+    let add = shore.run(&[
+        "vessel",
+        "add",
+        "mv-other",
+        "--pubkey",
+        other.path("keys/vessel.pub").to_str().unwrap(),
+        "--token-out",
+        other.path("token").to_str().unwrap(),
+    ]);
+    assert!(add.status.success());
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base =
+        std::fs::read(here.join("tests/fixtures/moodle/mbz/course-SAFETY-101-with-users.mbz"))
+            .or_else(|_| {
+                std::fs::read(here.join("../shared/moodle/mbz/course-SAFETY-101-with-users.mbz"))
+            })
+            .unwrap();
+    let mbz = shore.path("course.mbz");
+    let files: Vec<GenFile> = (0..3)
+        .map(|i| GenFile {
+            name: format!("secret-{i}.pdf"),
+            size: 4096,
+            seed: i + 1,
+        })
+        .collect();
+    course_with_files(&base, &files, 1, &mbz).unwrap();
+    let spec = shore.path("b.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "recipient = \"mv-other\"\nsequence = 1\n[[command]]\ntype = \"restore_course\"\nid = \"for-other\"\nfiles = [\"{}\"]\nargs = {{ shortname = \"SEC-1\", category = \"DECK\" }}\n",
+            mbz.display()
+        ),
+    )
+    .unwrap();
+    let out = shore.path("b.vsb");
+    let built = Vessel::new().run(&[
+        "bundle",
+        "build",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--key",
+        shore.path("keys/ops.key").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(shore.run(&["push", out.to_str().unwrap()]).status.success());
+    let m: serde_json::Value = serde_json::from_slice(&members(&out)[0].2).unwrap();
+    let bundle_id = m["id"].as_str().unwrap().to_string();
+    let wanted: Vec<String> = m["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["may_omit"] == true)
+        .map(|f| f["sha256"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!wanted.is_empty(), "the bundle carries content by hash");
+
+    // Vessel mv-aurora names the other vessel's bundle and its content in its own batch.
+    let extra = Extra {
+        need_files: vec![NeedFiles {
+            bundle: bundle_id.clone(),
+            sha256: wanted,
+        }],
+        ..Default::default()
+    };
+    let (code, body) = post_batch(&shore, &v, batch(1, empty_records(), extra));
+    assert_eq!(code, 200, "{body}");
+    let offered = body["bundles"].as_array().cloned().unwrap_or_default();
+    assert!(
+        offered.is_empty(),
+        "nothing offered to the asking vessel: {body}"
+    );
+    let mine = shore.db().bundles_for(VESSEL, 0).unwrap();
+    assert!(
+        mine.iter().all(|q| q.bundle_id != bundle_id),
+        "no copy of mv-other's bundle queued for {VESSEL}: {mine:?}"
+    );
+    let copies: Vec<_> = std::fs::read_dir(shore.path("state/bundles"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(VESSEL))
+        .collect();
+    assert!(copies.is_empty(), "{copies:?}");
+}
+
+#[test]
+fn a_decoder_bomb_batch_is_refused_and_the_receiver_stays_small() {
+    let shore = shore_with("");
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    let pid = shore.daemon.as_ref().unwrap().0.id();
+    let before = peak_rss_kib(pid);
+    // 4 KiB table strings and 200,000 records of 4 bytes pointing at them: 800 KB that would
+    // decode to 5.7 GB. Compressed, a few kilobytes.
+    let mut bomb = b"VSP3\0".to_vec();
+    let long = vec![b'x'; 4096];
+    let string = |b: &mut Vec<u8>, s: &[u8]| {
+        b.push(0);
+        b.extend_from_slice(&[0x80, 0x20]); // 4096 as LEB128
+        b.extend_from_slice(s);
+    };
+    for _ in 0..2 {
+        bomb.push(1);
+        string(&mut bomb, &long);
+        string(&mut bomb, &long);
+    }
+    bomb.extend_from_slice(&[1, wire::progress::RecordKind::ALL[0].code(), 0]);
+    string(&mut bomb, &long);
+    string(&mut bomb, &long);
+    bomb.push(1);
+    string(&mut bomb, &long);
+    bomb.push(0);
+    bomb.extend_from_slice(&[0xc0, 0x9a, 0x0c]); // 200,000 records
+    bomb.extend(std::iter::repeat_n(0u8, 800_000));
+    let body = batch(1, bomb, Extra::default());
+    assert!(body.len() < 16 << 10, "{} bytes", body.len());
+    let (code, reply) = post_batch(&shore, &v, body);
+    assert_eq!(code, 422, "{reply}");
+    assert_eq!(reply["error"], "bad_payload", "{reply}");
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    assert!(grown < 96 << 10, "the receiver grew by {grown} KiB");
+    // The same vessel's honest batch is still taken.
+    let (code, reply) = post_batch(&shore, &v, batch(1, empty_records(), Extra::default()));
+    assert_eq!(code, 200, "{reply}");
+}
+
+/// A TLS connection to the shore, from `from`, for requests no well-behaved client writes.
+fn raw_tls(shore: &Shore, from: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let cfg = wire::net::client_tls(&wire::net::Trust {
+        ca_file: Some(shore.path("ca.pem")),
+        pins: vec![],
+    })
+    .unwrap();
+    let sock = socket_from(from, shore.addr());
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn socket_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = socket2_connect(from, to);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// A TCP connection from a chosen loopback address (bind, then connect) with libc, so the
+/// test needs no extra crate.
+fn socket2_connect(from: &str, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let ip: std::net::Ipv4Addr = from.parse().unwrap();
+    let SocketAddr::V4(to) = to else { panic!() };
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        local.sin_family = libc::AF_INET as u16;
+        local.sin_addr.s_addr = u32::from(ip).to_be();
+        assert_eq!(
+            libc::bind(
+                fd,
+                (&raw const local).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0
+        );
+        let mut remote: libc::sockaddr_in = std::mem::zeroed();
+        remote.sin_family = libc::AF_INET as u16;
+        remote.sin_port = to.port().to_be();
+        remote.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+        assert_eq!(
+            libc::connect(
+                fd,
+                (&raw const remote).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32
+            ),
+            0
+        );
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn an_oversized_body_is_refused_before_it_is_read() {
+    let shore = shore_with("");
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    let token = std::fs::read_to_string(v.path("token")).unwrap();
+    let mut s = raw_tls(&shore, "127.0.0.1");
+    // A terabyte announced, not one byte of it sent: the answer comes at once.
+    write!(
+        s,
+        "POST /v1/sync HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\nx-vessel-id: {VESSEL}\r\ncontent-length: 1000000000000\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    s.flush().unwrap();
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap();
+    let text = String::from_utf8_lossy(&head[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}
+
+#[test]
+fn connections_over_the_per_address_cap_are_closed_and_other_vessels_still_sync() {
+    let shore = shore_with("max_connections_per_address = 3\n");
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    // One client holds connections it never uses: the first three are kept (until the TLS
+    // deadline), the next are closed at once.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| socket_from("127.0.0.7", shore.addr()))
+        .collect();
+    for _ in 0..3 {
+        let mut extra = socket_from("127.0.0.7", shore.addr());
+        let mut b = [0u8; 1];
+        let n = extra.read(&mut b).unwrap_or(0);
+        assert_eq!(n, 0, "a connection over the cap is closed");
+    }
+    // A vessel from another address syncs as usual.
+    let (code, reply) = post_batch(&shore, &v, batch(1, empty_records(), Extra::default()));
+    assert_eq!(code, 200, "{reply}");
+    drop(held);
+    let log = std::fs::read_to_string(shore.path("serve.log")).unwrap();
+    assert!(log.contains("connection caps"), "{log}");
+}
+
+#[test]
+fn refusals_keep_a_short_clean_message_and_are_pruned() {
+    let shore = shore_with("");
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    // Batches whose refusal would quote what the vessel sent: escape sequences and bulk.
+    let hostile = format!("\x1b[2J\x1b[HALL VESSELS OK{}", "\x07".repeat(1 << 20));
+    for _ in 0..110 {
+        let (code, _) = post_batch(&shore, &v, hostile.as_bytes().to_vec());
+        assert_eq!(code, 422);
+    }
+    let refusals = shore.db().refusals(1000).unwrap();
+    assert_eq!(refusals.len(), 100, "pruned to the last 100 per vessel");
+    for (_, _, code, message) in &refusals {
+        assert!(message.chars().count() <= 200, "{message}");
+        assert!(
+            !message.contains('\x1b') && !code.contains('\x1b'),
+            "{message:?}"
+        );
+    }
+    let status = shore.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(text.contains("refused"), "{text}");
+}
