@@ -47,5 +47,5 @@ if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then
   case " $* " in *" --no-run "*) exit 0 ;; esac
   echo "== the shore's tests again, on PostgreSQL =="
   VESSEL_SYNC_TEST_SHORE_STORE=postgres "${CARGO:-cargo}" test --locked --test integration "$@" -- \
-    uplink:: keys:: delta:: imports::
+    uplink:: keys:: delta:: imports:: hostile_shore::
 fi
