@@ -15,6 +15,7 @@
 pub mod delta;
 #[cfg(feature = "lab")]
 pub mod forward;
+pub mod hostile;
 #[cfg(feature = "lab")]
 pub mod progress;
 pub mod rss;
@@ -100,6 +101,11 @@ pub struct BenchArgs {
     /// lab build starts a throwaway server, and the packaged build runs SQLite only.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// `bench shore --hostile`: the same fleet (default 1,000 vessels) on SQLite while 1,000
+    /// slow connections are held open and one vessel sends decoder bombs and oversized bodies;
+    /// fails unless every vessel is acknowledged within 60 s with the receiver under 256 MB.
+    #[arg(long)]
+    pub hostile: bool,
 }
 
 /// Runs `vessel-sync bench`.
@@ -117,6 +123,7 @@ pub fn run_args(a: BenchArgs) -> i32 {
             store: a.store,
             receivers: a.receivers,
             postgres: a.postgres,
+            hostile: a.hostile,
         },
     )
 }
@@ -140,6 +147,8 @@ pub struct Against {
     pub receivers: Option<usize>,
     /// `bench shore`: a PostgreSQL server's URL.
     pub postgres: Option<String>,
+    /// `bench shore --hostile`.
+    pub hostile: bool,
 }
 
 /// Runs benchmark `name`.
@@ -196,6 +205,7 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
                 exit::IOERR
             }
         },
+        "shore" if against.hostile => report_json(json, hostile::run(against)),
         "shore" => report_json(json, shore::run(against)),
         #[cfg(feature = "lab")]
         "outbox" => report_json(json, progress::outbox()),

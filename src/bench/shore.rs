@@ -16,7 +16,7 @@ use wire::progress::{Record, RecordKind, codec};
 use wire::{RECORDS_MEMBER, SHORE};
 
 /// Records in each vessel's batch.
-const RECORDS: usize = 1_000;
+pub(super) const RECORDS: usize = 1_000;
 /// Client threads: each syncs one vessel after another, a new TLS connection per vessel.
 const CLIENTS: usize = 64;
 
@@ -39,12 +39,12 @@ struct Run {
     refused: usize,
 }
 
-fn io(e: impl std::fmt::Display) -> String {
+pub(super) fn io(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
 /// A shore serve child; killed on drop if still running.
-struct Receiver(Child);
+pub(super) struct Receiver(pub Child);
 
 impl Drop for Receiver {
     fn drop(&mut self) {
@@ -53,7 +53,7 @@ impl Drop for Receiver {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -61,7 +61,7 @@ fn free_port() -> Result<u16, String> {
 }
 
 /// A vessel's batch: (vessel id, token, envelope bytes).
-fn batch(dir: &Path, n: usize, key: &SecretKey, now: i64) -> Result<Vec<u8>, String> {
+pub(super) fn batch(dir: &Path, n: usize, key: &SecretKey, now: i64) -> Result<Vec<u8>, String> {
     let vessel = format!("bench-{n:05}");
     let records: Vec<Record> = (0..RECORDS)
         .map(|i| Record {
@@ -97,7 +97,83 @@ fn batch(dir: &Path, n: usize, key: &SecretKey, now: i64) -> Result<Vec<u8>, Str
     Ok(bytes)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// What [`sync_all`] saw.
+pub(super) struct Synced {
+    /// Exchange times in ms, sorted.
+    pub times: Vec<f64>,
+    /// Batches acknowledged.
+    pub acknowledged: usize,
+    /// Batches not acknowledged.
+    pub refused: usize,
+    /// Seconds from the first exchange to the last.
+    pub seconds: f64,
+}
+
+/// Every vessel of `fleet` (id, token, batch) sends its batch, [`CLIENTS`] at a time, vessel n
+/// to receiver n mod R, each over a new TLS connection.
+pub(super) fn sync_all(
+    fleet: Vec<(String, String, Vec<u8>)>,
+    urls: &[String],
+    trust: &wire::net::Trust,
+) -> Synced {
+    let vessels = fleet.len();
+    let queue = Mutex::new(fleet.into_iter().enumerate());
+    let times = Mutex::new(Vec::with_capacity(vessels));
+    let outcome = Mutex::new((0usize, 0usize));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..CLIENTS.min(vessels) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some((n, (id, token, body))) = next else {
+                        return;
+                    };
+                    let url = &urls[n % urls.len()];
+                    let t = Instant::now();
+                    // A vessel of its own: a new client, so a new TLS handshake.
+                    let acked = wire::net::http_client(
+                        trust,
+                        Duration::from_secs(10),
+                        Duration::from_secs(120),
+                    )
+                    .ok()
+                    .and_then(|c| {
+                        c.post(format!("{url}/v1/sync"))
+                            .header("authorization", format!("Bearer {token}"))
+                            .header("x-vessel-id", &id)
+                            .body(body)
+                            .send()
+                            .ok()
+                    })
+                    .filter(|r| r.status().is_success())
+                    .and_then(|r| r.bytes().ok())
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|v| v["acked_seq"] == 1);
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    if let Ok(mut v) = times.lock() {
+                        v.push(ms);
+                    }
+                    if let Ok(mut o) = outcome.lock() {
+                        if acked { o.0 += 1 } else { o.1 += 1 }
+                    }
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let mut times = times.into_inner().unwrap_or_default();
+    times.sort_by(f64::total_cmp);
+    let (acknowledged, refused) = outcome.into_inner().unwrap_or_default();
+    Synced {
+        times,
+        acknowledged,
+        refused,
+        seconds,
+    }
+}
+
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -255,59 +331,19 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
         }
     }
     // Vessel n syncs with receiver n mod R.
-    let queue = Mutex::new(fleet.into_iter().enumerate());
-    let times = Mutex::new(Vec::with_capacity(vessels));
-    let outcome = Mutex::new((0usize, 0usize));
-    let started = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..CLIENTS.min(vessels) {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().ok().and_then(|mut q| q.next());
-                    let Some((n, (id, token, body))) = next else {
-                        return;
-                    };
-                    let url = &urls[n % urls.len()];
-                    let t = Instant::now();
-                    // A vessel of its own: a new client, so a new TLS handshake.
-                    let acked = wire::net::http_client(
-                        &trust,
-                        Duration::from_secs(10),
-                        Duration::from_secs(120),
-                    )
-                    .ok()
-                    .and_then(|c| {
-                        c.post(format!("{url}/v1/sync"))
-                            .header("authorization", format!("Bearer {token}"))
-                            .header("x-vessel-id", &id)
-                            .body(body)
-                            .send()
-                            .ok()
-                    })
-                    .filter(|r| r.status().is_success())
-                    .and_then(|r| r.bytes().ok())
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .is_some_and(|v| v["acked_seq"] == 1);
-                    let ms = t.elapsed().as_secs_f64() * 1000.0;
-                    if let Ok(mut v) = times.lock() {
-                        v.push(ms);
-                    }
-                    if let Ok(mut o) = outcome.lock() {
-                        if acked { o.0 += 1 } else { o.1 += 1 }
-                    }
-                }
-            });
-        }
-    });
-    let seconds = started.elapsed().as_secs_f64();
+    let synced = sync_all(fleet, &urls, &trust);
+    let seconds = synced.seconds;
     let rss = running
         .iter()
         .filter_map(|r| super::rss::peak_rss_mb_of(r.0.id()))
         .reduce(f64::max);
     drop(running);
-    let mut times = times.into_inner().map_err(io)?;
-    times.sort_by(f64::total_cmp);
-    let (acknowledged, refused) = outcome.into_inner().map_err(io)?;
+    let Synced {
+        times,
+        acknowledged,
+        refused,
+        ..
+    } = synced;
     let db = cfg.open()?;
     let mut stored = 0;
     for n in 0..vessels {
