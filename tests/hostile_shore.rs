@@ -327,3 +327,22 @@ fn refusals_keep_a_short_clean_message_and_are_pruned() {
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
     assert!(text.contains("refused"), "{text}");
 }
+
+#[test]
+fn bench_shore_hostile_acknowledges_every_honest_vessel_under_attack() {
+    let v = Vessel::new();
+    let out = v.run(&["bench", "shore", "--hostile", "--vessels", "20", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let r = &j["run"];
+    assert_eq!(r["acknowledged"], 20, "{j}");
+    assert_eq!(r["stored_once"], true, "{j}");
+    assert_eq!(r["slow_connections_held"], 1000, "{j}");
+    assert!(r["bombs_refused"].as_u64().unwrap() >= 1, "{j}");
+    assert_eq!(r["rss_under_256_mb"], true, "{j}");
+}

@@ -55,7 +55,12 @@ fn bomb() -> Vec<u8> {
     b
 }
 
-fn signed_bomb(dir: &std::path::Path, vessel: &str, key: &SecretKey, now: i64) -> Result<Vec<u8>, String> {
+fn signed_bomb(
+    dir: &std::path::Path,
+    vessel: &str,
+    key: &SecretKey,
+    now: i64,
+) -> Result<Vec<u8>, String> {
     let draft = Draft {
         kind: Kind::Progress,
         sender: vessel.into(),
@@ -114,6 +119,13 @@ struct Hostile {
 /// `bench shore --hostile`.
 pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
     let vessels = a.vessels.unwrap_or(1_000).max(1);
+    // 1,000 slow connections here and as many in the receiver (which inherits the limit).
+    let files = base::service::raise_open_files_limit();
+    if files < (SLOW as u64) + 512 {
+        return Err(format!(
+            "bench shore --hostile holds {SLOW} connections open but may open only {files} files; raise the limit (ulimit -n)"
+        ));
+    }
     let dir = tempfile::tempdir().map_err(io)?;
     let d = dir.path();
     let (ca, chain, tls_key) =
@@ -139,11 +151,19 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
         let db = cfg.open()?;
         let add = |id: &str, n: usize| -> Result<(String, SecretKey), String> {
             let key = SecretKey::generate().map_err(io)?;
-            let (_, public) = key.write_pair(&d.join(format!("k{n}")), "bench").map_err(io)?;
+            let (_, public) = key
+                .write_pair(&d.join(format!("k{n}")), "bench")
+                .map_err(io)?;
             let pub_text = std::fs::read_to_string(&public).map_err(io)?;
             let token = shore::new_token()?;
-            db.add_vessel(id, &shore::token_hash(&token), pub_text.trim(), &key.id, now)
-                .map_err(io)?;
+            db.add_vessel(
+                id,
+                &shore::token_hash(&token),
+                pub_text.trim(),
+                &key.id,
+                now,
+            )
+            .map_err(io)?;
             Ok((token, key))
         };
         for n in 0..vessels {
@@ -189,11 +209,16 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
     let done = AtomicBool::new(false);
     let held = AtomicUsize::new(0);
     let reopened = AtomicUsize::new(0);
-    let (bombs, oversized, other) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let (bombs, oversized, other) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
     let synced: Synced = std::thread::scope(|s| {
         // The slow connections, kept at 1,000 open.
         s.spawn(|| {
-            let mut conns: Vec<TcpStream> = (0..SLOW).filter_map(|_| slow_connection(&addr)).collect();
+            let mut conns: Vec<TcpStream> =
+                (0..SLOW).filter_map(|_| slow_connection(&addr)).collect();
             held.store(conns.len(), Ordering::SeqCst);
             while !done.load(Ordering::SeqCst) {
                 for c in conns.iter_mut() {
@@ -218,7 +243,8 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
                 return;
             };
             let oversized_body = vec![0u8; usize::try_from(MAX_BATCH).unwrap_or(0) + 1];
-            while !done.load(Ordering::SeqCst) {
+            // At least one round, however quickly the fleet is done.
+            loop {
                 for (body, counter, want) in [
                     (bomb_bytes.clone(), &bombs, 422u16),
                     (oversized_body.clone(), &oversized, 413u16),
@@ -234,6 +260,9 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
                         Ok(s) if s == want => counter.fetch_add(1, Ordering::Relaxed),
                         _ => other.fetch_add(1, Ordering::Relaxed),
                     };
+                }
+                if done.load(Ordering::SeqCst) {
+                    break;
                 }
             }
         });

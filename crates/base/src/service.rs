@@ -3,7 +3,8 @@
 //! [`Notifier`] sends `READY=1`, `STATUS=`, `WATCHDOG=1` and `STOPPING=1` to `$NOTIFY_SOCKET`
 //! (a no-op when the variable is unset, i.e. outside systemd). [`init_logging`] sends logs to
 //! journald with structured fields (`BUNDLE_ID`, `COMMAND_ID`, ...) when stderr is connected to
-//! the journal (`$JOURNAL_STREAM`), and to stderr otherwise.
+//! the journal (`$JOURNAL_STREAM`), and to stderr otherwise. [`raise_open_files_limit`] lets a
+//! server use the open-files limit systemd granted it.
 
 use std::time::Duration;
 
@@ -140,4 +141,32 @@ pub fn init_logging(level: &str) {
                 .compact(),
         )
         .try_init();
+}
+
+/// Raises this process's soft limit of open files to its hard limit (systemd's `LimitNOFILE=`,
+/// or the shell's `ulimit -Hn`), as a server that holds a connection per client needs; returns
+/// the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    // rlim_t is 32 bits wide on armhf.
+    #[allow(clippy::useless_conversion)]
+    u64::try_from(lim.rlim_cur).unwrap_or(u64::MAX)
 }

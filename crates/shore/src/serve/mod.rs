@@ -522,6 +522,14 @@ pub fn run(
         _ => return Err("[shore] tls_cert and tls_key are required to serve (make a pair with 'vessel-sync shore gen-cert')".into()),
     };
     cfg.check_secret_modes()?;
+    let files = base::service::raise_open_files_limit();
+    if files < cfg.shore.max_connections.saturating_add(64) {
+        tracing::warn!(
+            open_files = files,
+            max_connections = cfg.shore.max_connections,
+            "the open-files limit is below [shore] max_connections; raise LimitNOFILE= (the packaged unit sets 16384) or lower max_connections"
+        );
+    }
     let tls = wire::net::server_tls(&cert, &key).map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let db = cfg.open()?;
