@@ -19,10 +19,10 @@
 //! once, and the store's lock is held only for its calls.
 
 pub mod conn;
+mod download;
 pub mod upload;
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,8 +37,7 @@ use super::store::{ShoreStore, Stored, Vessel};
 use super::{ShoreConfig, intake, token_hash};
 use base::clock::Clock;
 
-/// Most bytes one bundle response carries.
-pub const MAX_CHUNK: u64 = 16 << 20;
+pub use download::MAX_CHUNK;
 
 /// Batches verified and decoded at once (each may hold up to its decode budget in memory).
 pub const INTAKE_SLOTS: usize = 2;
@@ -166,9 +165,10 @@ async fn handle(
         if let Some(id) = path.strip_prefix("/v1/bundles/") {
             let range = header(&req, "range").map(str::to_string);
             let id = id.parse::<i64>().unwrap_or(-1);
-            let out =
-                tokio::task::spawn_blocking(move || bundle(&shared, &vessel, id, range.as_deref()))
-                    .await;
+            let out = tokio::task::spawn_blocking(move || {
+                download::bundle(&shared, &vessel, id, range.as_deref())
+            })
+            .await;
             return Ok(joined(out));
         }
     }
@@ -411,103 +411,6 @@ fn sync_steps(
         .collect::<Vec<_>>()
         .into();
     Ok(json(StatusCode::OK, reply))
-}
-
-fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = h.trim().strip_prefix("bytes=")?;
-    let (a, b) = spec.split_once('-')?;
-    let start: u64 = a.trim().parse().ok()?;
-    let end: u64 = if b.trim().is_empty() {
-        size.checked_sub(1)?
-    } else {
-        b.trim().parse().ok()?
-    };
-    (start <= end && start < size).then_some((start, end.min(size - 1)))
-}
-
-fn bundle(shared: &Shared, vessel: &Vessel, id: i64, range: Option<&str>) -> Resp {
-    let q = match shared.db.lock().ok().and_then(|db| {
-        let q = db.queued(&vessel.id, id).ok().flatten()?;
-        // A course bundle is served as this vessel's copy (made when it was offered).
-        Some(match db.variant(id, &vessel.id).ok().flatten() {
-            Some((file, size, sha256)) => crate::store::Queued {
-                file,
-                size,
-                sha256,
-                ..q
-            },
-            None => q,
-        })
-    }) {
-        Some(q) => q,
-        None => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such bundle for this vessel",
-                None,
-            );
-        }
-    };
-    let path = shared.cfg.shore.state_dir.join("bundles").join(&q.file);
-    let mut f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "local",
-                &e.to_string(),
-                None,
-            );
-        }
-    };
-    let size = q.size;
-    let (start, end, partial) = match range {
-        None => (0, size.saturating_sub(1), size > MAX_CHUNK),
-        Some(h) => match parse_range(h, size) {
-            Some((s, e)) => (s, e, true),
-            None => {
-                let mut r = error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range",
-                    "range not satisfiable",
-                    None,
-                );
-                if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("bytes */{size}")) {
-                    r.headers_mut().insert(hyper::header::CONTENT_RANGE, v);
-                }
-                return r;
-            }
-        },
-    };
-    let end = end.min(start + MAX_CHUNK - 1);
-    let mut buf = vec![0u8; usize::try_from(end + 1 - start).unwrap_or(0)];
-    if size > 0 {
-        if let Err(e) = f
-            .seek(SeekFrom::Start(start))
-            .and_then(|_| f.read_exact(&mut buf))
-        {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "local",
-                &e.to_string(),
-                None,
-            );
-        }
-    }
-    let mut r = Response::new(Full::new(Bytes::from(buf)));
-    if partial {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("bytes {start}-{end}/{size}"))
-        {
-            r.headers_mut().insert(hyper::header::CONTENT_RANGE, v);
-        }
-    }
-    r.headers_mut().insert(
-        hyper::header::ACCEPT_RANGES,
-        hyper::header::HeaderValue::from_static("bytes"),
-    );
-    r
 }
 
 /// Runs the server until SIGTERM or SIGINT. `ready` is called with the bound address once the
