@@ -333,16 +333,85 @@ fn bench_shore_hostile_acknowledges_every_honest_vessel_under_attack() {
     let v = Vessel::new();
     let out = v.run(&["bench", "shore", "--hostile", "--vessels", "20", "--json"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("{text}\n{}", String::from_utf8_lossy(&out.stderr)));
     let r = &j["run"];
     assert_eq!(r["acknowledged"], 20, "{j}");
     assert_eq!(r["stored_once"], true, "{j}");
     assert_eq!(r["slow_connections_held"], 1000, "{j}");
     assert!(r["bombs_refused"].as_u64().unwrap() >= 1, "{j}");
-    assert_eq!(r["rss_under_256_mb"], true, "{j}");
+    assert!(r["oversized_refused"].as_u64().unwrap() >= 1, "{j}");
+    // Memory is a native figure: under qemu-user (the ARM suite) the emulator's own pages
+    // count too, so the RSS target and the exit status it decides are checked on x86_64.
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(r["rss_under_256_mb"], true, "{j}");
+        assert!(out.status.success(), "{j}");
+    }
+}
+
+#[test]
+fn out_of_file_descriptors_the_receiver_backs_off_logs_rarely_and_recovers() {
+    let mut shore = Shore::new();
+    let url = format!("https://127.0.0.1:{}", shore.port);
+    let v = linked_vessel(&shore, &url, "");
+    // shore serve with a hard limit of 128 open files: 150 connections exhaust it (qemu-user,
+    // under which the ARM suite runs, takes some files too; the rest wait in the backlog).
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n 128 && exec '{}' shore serve --config '{}'",
+            bin(),
+            shore.config.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(shore.path("serve.log")).unwrap())
+        .env_remove("NOTIFY_SOCKET");
+    let mut d = Daemon(cmd.spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(d.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on"), "{line}");
+    shore.daemon = Some(d);
+    let started = std::time::Instant::now();
+    let held: Vec<TcpStream> = (0..150)
+        .map(|_| TcpStream::connect(shore.addr()).unwrap())
+        .collect();
+    let log = || std::fs::read_to_string(shore.path("serve.log")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !log().contains("accepting connections fails") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no EMFILE seen: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    // Once the connections are gone, a vessel syncs again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _) = post_batch(&shore, &v, batch(1, empty_records(), Extra::default()));
+        if code == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = log();
+    let warnings = text.matches("accepting connections fails").count();
+    // At most one line per 10 s (the loop used to log ~190,000 a second).
+    let allowed = 2 + started.elapsed().as_secs() / 10;
+    assert!(
+        warnings as u64 <= allowed,
+        "{warnings} warnings in {:?}: {text}",
+        started.elapsed()
+    );
+    assert!(text.len() < 64 << 10, "{} bytes of log", text.len());
 }

@@ -116,8 +116,8 @@ struct Hostile {
     rss_under_256_mb: bool,
 }
 
-/// `bench shore --hostile`.
-pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
+/// `bench shore --hostile`: (figures as JSON, as text, whether every target was met).
+pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), String> {
     let vessels = a.vessels.unwrap_or(1_000).max(1);
     // 1,000 slow connections here and as many in the receiver (which inherits the limit).
     let files = base::service::raise_open_files_limit();
@@ -322,11 +322,7 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String), String> {
         yes(h.within_60_s),
         yes(h.rss_under_256_mb),
     );
-    let ok = h.within_60_s && h.rss_under_256_mb && h.stored_once;
-    let json = serde_json::json!({"benchmark": "shore --hostile", "run": h});
-    if ok {
-        Ok((json, text))
-    } else {
-        Err(format!("the hostile run missed a target:\n{text}"))
-    }
+    let met = h.within_60_s && h.rss_under_256_mb && h.stored_once;
+    let json = serde_json::json!({"benchmark": "shore --hostile", "targets_met": met, "run": h});
+    Ok((json, text, met))
 }

@@ -205,7 +205,14 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
                 exit::IOERR
             }
         },
-        "shore" if against.hostile => report_json(json, hostile::run(against)),
+        "shore" if against.hostile => match hostile::run(against) {
+            // Figures are printed either way; a missed target is exit status 1.
+            Ok((v, text, met)) => {
+                let code = report_json(json, Ok((v, text)));
+                if met { code } else { exit::FAILURE }
+            }
+            Err(e) => report_json(json, Err(e)),
+        },
         "shore" => report_json(json, shore::run(against)),
         #[cfg(feature = "lab")]
         "outbox" => report_json(json, progress::outbox()),
