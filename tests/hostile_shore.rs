@@ -196,7 +196,14 @@ fn a_decoder_bomb_batch_is_refused_and_the_receiver_stays_small() {
     assert_eq!(code, 422, "{reply}");
     assert_eq!(reply["error"], "bad_payload", "{reply}");
     let grown = peak_rss_kib(pid).saturating_sub(before);
-    assert!(grown < 96 << 10, "the receiver grew by {grown} KiB");
+    // Undefended, it grew by gigabytes and aborted; qemu-user (the ARM suite) adds its own
+    // translated code to the figure.
+    let limit: u64 = if cfg!(target_arch = "x86_64") {
+        96
+    } else {
+        256
+    } << 10;
+    assert!(grown < limit, "the receiver grew by {grown} KiB");
     // The same vessel's honest batch is still taken.
     let (code, reply) = post_batch(&shore, &v, batch(1, empty_records(), Extra::default()));
     assert_eq!(code, 200, "{reply}");
