@@ -170,26 +170,7 @@ fn a_decoder_bomb_batch_is_refused_and_the_receiver_stays_small() {
     let before = peak_rss_kib(pid);
     // 4 KiB table strings and 200,000 records of 4 bytes pointing at them: 800 KB that would
     // decode to 5.7 GB. Compressed, a few kilobytes.
-    let mut bomb = b"VSP3\0".to_vec();
-    let long = vec![b'x'; 4096];
-    let string = |b: &mut Vec<u8>, s: &[u8]| {
-        b.push(0);
-        b.extend_from_slice(&[0x80, 0x20]); // 4096 as LEB128
-        b.extend_from_slice(s);
-    };
-    for _ in 0..2 {
-        bomb.push(1);
-        string(&mut bomb, &long);
-        string(&mut bomb, &long);
-    }
-    bomb.extend_from_slice(&[1, wire::progress::RecordKind::ALL[0].code(), 0]);
-    string(&mut bomb, &long);
-    string(&mut bomb, &long);
-    bomb.push(1);
-    string(&mut bomb, &long);
-    bomb.push(0);
-    bomb.extend_from_slice(&[0xc0, 0x9a, 0x0c]); // 200,000 records
-    bomb.extend(std::iter::repeat_n(0u8, 800_000));
+    let bomb = vessel_sync::bench::hostile::bomb();
     let body = batch(1, bomb, Extra::default());
     assert!(body.len() < 16 << 10, "{} bytes", body.len());
     let (code, reply) = post_batch(&shore, &v, body);

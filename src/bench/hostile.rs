@@ -12,7 +12,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,9 @@ use base::clock::{Clock, SystemClock};
 use wire::envelope::{Draft, Extra, Kind, SecretKey, Source, write_envelope_with};
 use wire::{RECORDS_MEMBER, SHORE};
 
-use super::shore::{RECORDS, Receiver, Synced, batch, free_port, io, percentile, sync_all};
+use super::shore::{
+    RECORDS, Synced, batch, free_port, io, percentile, start_receiver, sync_all, wait_healthy,
+};
 
 /// Slow connections held open.
 const SLOW: usize = 1_000;
@@ -30,8 +31,9 @@ const MAX_BATCH: u64 = 4 << 20;
 const TARGET_SECONDS: f64 = 60.0;
 const TARGET_RSS_MB: f64 = 256.0;
 
-/// A `records.bin` of 4 KiB table strings and 200,000 four-byte records pointing at them.
-fn bomb() -> Vec<u8> {
+/// A decoder bomb: a `records.bin` of 4 KiB table strings and 200,000 four-byte records
+/// pointing at them (800 KB that would decode to 5.7 GB; the tests send it too).
+pub fn bomb() -> Vec<u8> {
     let mut b = b"VSP3\0".to_vec();
     let long = vec![b'x'; 4096];
     let string = |b: &mut Vec<u8>, s: &[u8]| {
@@ -174,37 +176,15 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
         let (token, key) = add("bench-hostile", vessels)?;
         (token, signed_bomb(d, "bench-hostile", &key, now)?)
     };
-    let exe = std::env::current_exe().map_err(io)?;
-    let receiver = Receiver(
-        Command::new(&exe)
-            .args(["shore", "serve", "--config"])
-            .arg(&cfg_path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting shore serve: {e}"))?,
-    );
+    let receiver = start_receiver(&cfg_path)?;
     let trust = wire::net::Trust {
         ca_file: Some(d.join("ca.pem")),
         pins: vec![],
     };
     let url = format!("https://127.0.0.1:{port}");
     let addr = format!("127.0.0.1:{port}");
-    let probe = wire::net::http_client(&trust, Duration::from_secs(2), Duration::from_secs(5))
-        .map_err(io)?;
+    wait_healthy(std::slice::from_ref(&url), &trust)?;
     let up = Instant::now();
-    while probe
-        .get(format!("{url}/v1/health"))
-        .send()
-        .map(|r| !r.status().is_success())
-        .unwrap_or(true)
-    {
-        if up.elapsed() > Duration::from_secs(30) {
-            return Err("shore serve did not answer /v1/health within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     let done = AtomicBool::new(false);
     let held = AtomicUsize::new(0);

@@ -53,6 +53,41 @@ impl Drop for Receiver {
     }
 }
 
+/// `shore serve --config PATH` as a child of this binary.
+pub(super) fn start_receiver(config: &Path) -> Result<Receiver, String> {
+    let exe = std::env::current_exe().map_err(io)?;
+    Command::new(&exe)
+        .args(["shore", "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Receiver)
+        .map_err(|e| format!("starting shore serve: {e}"))
+}
+
+/// Waits (at most 30 s) until every receiver answers `/v1/health`.
+pub(super) fn wait_healthy(urls: &[String], trust: &wire::net::Trust) -> Result<(), String> {
+    let probe = wire::net::http_client(trust, Duration::from_secs(2), Duration::from_secs(5))
+        .map_err(io)?;
+    let up = Instant::now();
+    for url in urls {
+        while probe
+            .get(format!("{url}/v1/health"))
+            .send()
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true)
+        {
+            if up.elapsed() > Duration::from_secs(30) {
+                return Err("shore serve did not answer /v1/health within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -293,19 +328,10 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
             fleet.push((id, token, batch(d, n, &key, now)?));
         }
     }
-    let exe = std::env::current_exe().map_err(io)?;
-    let mut running = Vec::new();
-    for path in &configs {
-        let child = Command::new(&exe)
-            .args(["shore", "serve", "--config"])
-            .arg(path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting shore serve: {e}"))?;
-        running.push(Receiver(child));
-    }
+    let running = configs
+        .iter()
+        .map(|p| start_receiver(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let trust = wire::net::Trust {
         ca_file: Some(d.join("ca.pem")),
         pins: vec![],
@@ -314,22 +340,7 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
         .iter()
         .map(|p| format!("https://127.0.0.1:{p}"))
         .collect();
-    let probe = wire::net::http_client(&trust, Duration::from_secs(2), Duration::from_secs(5))
-        .map_err(io)?;
-    let up = Instant::now();
-    for url in &urls {
-        while probe
-            .get(format!("{url}/v1/health"))
-            .send()
-            .map(|r| !r.status().is_success())
-            .unwrap_or(true)
-        {
-            if up.elapsed() > Duration::from_secs(30) {
-                return Err("shore serve did not answer /v1/health within 30 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    wait_healthy(&urls, &trust)?;
     // Vessel n syncs with receiver n mod R.
     let synced = sync_all(fleet, &urls, &trust);
     let seconds = synced.seconds;

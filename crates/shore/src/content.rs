@@ -23,20 +23,6 @@ fn parts_dir(cfg: &ShoreConfig, bundle_id: &str) -> PathBuf {
         .join(format!("{bundle_id}.d"))
 }
 
-/// A vessel id as part of a file name.
-fn file_safe(vessel: &str) -> String {
-    vessel
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 /// Most copies shore writes a day to answer one vessel's needs of one bundle.
 pub const MAX_NEED_COPIES_A_DAY: u64 = 4;
 
@@ -170,7 +156,7 @@ pub fn offer(
         return Ok(with(file, size, sha));
     }
     let holds = store()?.holds(vessel).map_err(|e| e.to_string())?;
-    let safe = file_safe(vessel);
+    let safe = wire::ids::file_safe(vessel);
     let name = format!("{}.{safe}.vsb", q.bundle_id);
     let (size, sha, carried) =
         write_copy(cfg, &q.bundle_id, &|f| !holds.contains(&f.sha256), &name)?;
@@ -239,7 +225,7 @@ pub fn answer_needs(
             tracing::warn!(vessel, bundle = %n.bundle, wanted = n.sha256.len(), "a vessel needs content shore does not keep; push a bundle carrying it");
             continue;
         }
-        let safe = file_safe(vessel);
+        let safe = wire::ids::file_safe(vessel);
         let name = format!("{}.{safe}.need-{now}.vsb", n.bundle);
         let (size, sha256, carried) =
             write_copy(cfg, &n.bundle, &|f| have.contains(&f.sha256), &name)?;

@@ -77,6 +77,20 @@ fn check(what: &'static str, id: &str, max: usize, colon: bool) -> Result<(), Id
     Ok(())
 }
 
+/// Any id made into one safe file-name component, for ids that predate [`check_id`] or may hold
+/// `:` (command ids): every character but `A-Z a-z 0-9 -` becomes `_`.
+pub fn file_safe(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

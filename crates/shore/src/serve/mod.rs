@@ -321,29 +321,12 @@ async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Re
         Err(_) => return busy("busy", "the receiver is stopping", 30),
     };
     let out = tokio::task::spawn_blocking(move || {
-        sync_blocking(
-            &shared,
-            &vessel,
-            body_file.as_ref().map(|t| t.path()),
-            cursor,
-            oldest,
-            depth,
-        )
+        let body = body_file.as_ref().map(|t| t.path());
+        sync_steps(&shared, &vessel, body, cursor, oldest, depth)
+            .unwrap_or_else(|m| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None))
     })
     .await;
     joined(out)
-}
-
-fn sync_blocking(
-    shared: &Shared,
-    vessel: &Vessel,
-    body: Option<&Path>,
-    cursor: i64,
-    oldest: Option<i64>,
-    depth: Option<i64>,
-) -> Resp {
-    sync_steps(shared, vessel, body, cursor, oldest, depth)
-        .unwrap_or_else(|m| error(StatusCode::INTERNAL_SERVER_ERROR, "local", &m, None))
 }
 
 /// The sync exchange; the store's lock is taken for each store call only.

@@ -73,18 +73,9 @@ impl Ctx<'_> {
     }
 }
 
-/// A command id made safe as a file name: every character but `A-Z a-z 0-9 -` becomes `_`.
+/// A command id made safe as a file name ([`wire::ids::file_safe`]).
 pub fn safe_id_of(cmd_id: &str) -> String {
-    cmd_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    wire::ids::file_safe(cmd_id)
 }
 
 /// A command type.
