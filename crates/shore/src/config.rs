@@ -143,7 +143,7 @@ fn default_max_batch() -> u64 {
     64 << 20
 }
 fn default_max_batch_records() -> u64 {
-    50_000
+    wire::MAX_BATCH_RECORDS
 }
 fn default_max_connections() -> u64 {
     4_096

@@ -21,6 +21,11 @@ pub mod ids;
 pub mod net;
 pub mod progress;
 
+/// Most records a vessel puts in one batch, and shore's default `max_batch_records`: a
+/// vessel's `[uplink] batch_records` is held to it, so an honest batch is never refused for its
+/// size.
+pub const MAX_BATCH_RECORDS: u64 = 50_000;
+
 /// The member of a progress envelope that holds the encoded records.
 pub const RECORDS_MEMBER: &str = "records.bin";
 /// The recipient name of envelopes addressed to shore.

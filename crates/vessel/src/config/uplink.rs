@@ -37,7 +37,7 @@ pub struct UplinkSettings {
     pub connect_timeout: u64,
     /// Whole-request timeout, seconds.
     pub timeout: u64,
-    /// Most records per batch.
+    /// Most records per batch (1 to [`wire::MAX_BATCH_RECORDS`]).
     pub batch_records: u64,
     /// Bytes per UTC day (0: no limit).
     pub daily_budget: u64,
@@ -174,7 +174,9 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> UplinkSettings {
         interval: w.seconds(uplink_t, "uplink", "interval", 300).max(1),
         connect_timeout: w.seconds(uplink_t, "uplink", "connect_timeout", 30).max(1),
         timeout: w.seconds(uplink_t, "uplink", "timeout", 300).max(1),
-        batch_records: w.count(uplink_t, "uplink", "batch_records", 20_000),
+        batch_records: w
+            .count(uplink_t, "uplink", "batch_records", 20_000)
+            .clamp(1, wire::MAX_BATCH_RECORDS),
         daily_budget,
         monthly_budget,
         windows,
