@@ -278,7 +278,17 @@ pub fn build_batches(
         let records = tx.unbatched(batch_records)?;
         // Content a delta bundle lacked is asked for in the next batch, one with no records if
         // need be; asked again if no answer came within NEED_REASK.
-        let needs = tx.needs_to_ask(now - NEED_REASK)?;
+        let mut needs = tx.needs_to_ask(now - NEED_REASK)?;
+        // Only bundles with valid ids can be named (older journals may hold others).
+        needs.retain(|n| wire::ids::check_id("bundle id", &n.bundle).is_ok());
+        // Within a manifest's caps; what is left over is asked in the next batch.
+        needs.truncate(wire::envelope::manifest::MAX_NEED_BUNDLES);
+        let mut room = wire::envelope::manifest::MAX_NEED_FILES;
+        for n in &mut needs {
+            n.sha256.truncate(room);
+            room -= n.sha256.len();
+        }
+        needs.retain(|n| !n.sha256.is_empty());
         // So are the commands whose state shore has not been told of (`shore course status`).
         let reports = tx.reports_due()?;
         let (first, last) = match (records.first().map(|r| r.0), records.last().map(|r| r.0)) {

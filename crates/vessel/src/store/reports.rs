@@ -11,6 +11,8 @@ use super::{Ctx, Result, Tx};
 
 /// Commands reported per batch at most; the rest go in the next ones.
 const PER_BATCH: u64 = 200;
+/// Characters of a command's reason a report carries.
+const REASON_CHARS: usize = 1_000;
 
 /// Reports due, and whether any of them is a state change (not only a new reason).
 pub struct DueReports {
@@ -77,15 +79,23 @@ impl Tx<'_> {
                     learners = Some(n);
                 }
             }
-            due.state_changed |= changed;
             due.keys
                 .push((bundle.clone(), idx, state.clone(), reason.clone()));
+            // A command or bundle id from before ids were checked would make the batch
+            // invalid: such a report is marked sent and left out.
+            if wire::ids::check_command_id(&id).is_err()
+                || wire::ids::check_id("bundle id", &bundle).is_err()
+            {
+                continue;
+            }
+            due.state_changed |= changed;
             due.reports.push(CommandReport {
                 id,
                 bundle,
                 kind,
                 state,
-                reason,
+                // The manifest holds at most 4,096 bytes of it; shore shows less.
+                reason: reason.map(|r| base::text::clip(&r, REASON_CHARS)),
                 at: base::clock::format_time(at),
                 unacked_records: unacked,
                 learners,
