@@ -118,3 +118,66 @@ impl Tx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{CommandOutcome, NewBundle, NewCommand, Store};
+
+    fn bundle(id: &str, seq: u64, cmd_id: &str) -> NewBundle {
+        NewBundle {
+            id: id.into(),
+            issuer: "k".into(),
+            recipient: "v".into(),
+            sequence: seq,
+            manifest_sha256: id.into(),
+            source_name: format!("{id}.vsb"),
+            created_at: 0,
+            expires_at: None,
+            commands: vec![NewCommand {
+                cmd_id: cmd_id.into(),
+                kind: "set_mapping".into(),
+                args: "{}".into(),
+                files: "[]".into(),
+            }],
+        }
+    }
+
+    /// A batch's reports always pass its own manifest check: a reason is clipped, and a
+    /// command journaled before ids were checked (an id with a space) is left out, marked sent.
+    #[test]
+    fn reports_fit_the_manifest_rules_whatever_the_journal_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("j.db"), "v").unwrap();
+        for (b, seq, id) in [("b1", 1, "ok-1"), ("b2", 2, "old id")] {
+            let nb = bundle(b, seq, id);
+            store
+                .write(|tx| {
+                    let a = tx.classify(&nb.id, &nb.manifest_sha256, "k", "v", seq)?;
+                    tx.admit(&nb, &a, 100, 1)
+                })
+                .unwrap();
+            let cmd = store.next_command(1).unwrap().unwrap();
+            let outcome = CommandOutcome::Failed("x".repeat(20_000));
+            store
+                .write(|tx| tx.finish_command(&cmd, &outcome, 2))
+                .unwrap();
+        }
+        let due = store.write(|tx| tx.reports_due()).unwrap();
+        assert_eq!(due.reports.len(), 1, "{:?}", due.reports);
+        assert_eq!(due.reports[0].id, "ok-1");
+        assert!(due.reports[0].reason.as_ref().unwrap().chars().count() <= 1_000);
+        let mut m: wire::envelope::Manifest = serde_json::from_value(serde_json::json!({
+            "format": 1, "kind": "progress", "id": "b", "issuer": "k", "sender": "v",
+            "recipient": "shore", "sequence": 1, "created": "2026-12-07T00:00:00Z"
+        }))
+        .unwrap();
+        m.command_reports = due.reports.clone();
+        assert_eq!(m.check(), Ok(()));
+        store.write(|tx| tx.reports_sent(&due, 1)).unwrap();
+        let again = store.write(|tx| tx.reports_due()).unwrap();
+        assert!(
+            again.reports.is_empty() && !again.state_changed,
+            "both marked sent"
+        );
+    }
+}
