@@ -10,7 +10,12 @@ use crate::support::*;
 
 /// A bundle signed by the vessel's trusted operator key whose manifest `edit` changed: what a
 /// stolen or careless operator key can produce, which no well-behaved `bundle build` writes.
-fn forge(v: &Vessel, name: &str, d: Draft, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+pub(crate) fn forge(
+    v: &Vessel,
+    name: &str,
+    d: Draft,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
     let good = v.bundle(&format!("good-{name}"), d);
     let m = members(&good);
     let mut manifest: serde_json::Value = serde_json::from_slice(&m[0].2).unwrap();

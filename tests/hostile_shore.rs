@@ -403,3 +403,41 @@ fn out_of_file_descriptors_the_receiver_backs_off_logs_rarely_and_recovers() {
     );
     assert!(text.len() < 64 << 10, "{} bytes of log", text.len());
 }
+
+#[test]
+fn shore_push_refuses_an_id_that_climbs_out_and_a_crew_list_that_is_not_a_member() {
+    let shore = Shore::new();
+    let v = Vessel::new();
+    // Signed by an operator key shore trusts, with an id that would name ../../victim.vsb.
+    let bad = crate::hostile::forge(&v, "up.vsb", ack(1, 1), |m| {
+        m["id"] = "../../victim".into();
+    });
+    let out = shore.run(&["push", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(err.contains("is not a valid id"), "{err}");
+    assert!(!shore.path("victim.vsb").exists() && !shore.path("state/victim.vsb").exists());
+    assert!(!shore.path("../victim.vsb").exists());
+
+    // A crew list whose args.file names a path instead of one of the bundle's members.
+    let d = draft(
+        VESSEL,
+        1,
+        vec![cmd(
+            "upsert_users",
+            "",
+            serde_json::json!({"file": "/etc/passwd"}),
+            &["files/crew.csv"],
+        )],
+        vec![(
+            "files/crew.csv",
+            Source::Bytes(b"username,firstname,lastname,email\n".to_vec()),
+        )],
+    );
+    let list = v.bundle("crew.vsb", d);
+    let out = shore.run(&["push", list.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(err.contains("not a member of the bundle"), "{err}");
+    assert!(shore.db().bundles_for(VESSEL, 0).unwrap().is_empty());
+}
