@@ -8,29 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use testkit::course::{GenFile, course_with_files};
-use wire::envelope::{self, Draft, Extra, NeedFiles, SecretKey, Source};
+use wire::envelope::{Extra, NeedFiles, SecretKey, Source};
 
-use crate::support::shore::{Shore, linked_vessel, post_batch};
+use crate::support::shore::{Shore, linked_vessel, post_batch, signed_batch};
 use crate::support::*;
 
 /// A progress batch of vessel `VESSEL` (key seed 5, as `linked_vessel` registers it) with
 /// `records_bin` as its payload and `extra` in its manifest.
 fn batch(seq: u64, records_bin: Vec<u8>, extra: Extra) -> Vec<u8> {
-    let d = Draft {
-        kind: wire::envelope::Kind::Progress,
-        sender: VESSEL.into(),
-        recipient: "shore".into(),
-        sequence: seq,
-        not_before: None,
-        expires: None,
-        commands: vec![],
-        files: vec![("records.bin".into(), Source::Bytes(records_bin))],
-        id: None,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("b.vsb");
-    envelope::write_envelope_with(&d, &extra, &SecretKey::from_seed([5u8; 32]), now(), &f).unwrap();
-    std::fs::read(f).unwrap()
+    signed_batch(seq, &SecretKey::from_seed([5u8; 32]), records_bin, &extra)
 }
 
 fn empty_records() -> Vec<u8> {

@@ -570,28 +570,16 @@ fn crafted_batch(seq: u64, key: &SecretKey, previous: Option<String>, n: u64) ->
         value: "1".into(),
         time: 1_795_308_010 + n as i64,
     };
-    let d = Draft {
-        kind: wire::envelope::Kind::Progress,
-        sender: VESSEL.into(),
-        recipient: "shore".into(),
-        sequence: seq,
-        not_before: None,
-        expires: None,
-        commands: vec![],
-        files: vec![(
-            "records.bin".into(),
-            Source::Bytes(wire::progress::codec::encode_batch(&[rec], 0)),
-        )],
-        id: None,
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("b.vsb");
     let extra = Extra {
         previous,
         ..Default::default()
     };
-    envelope::write_envelope_with(&d, &extra, key, now(), &f).unwrap();
-    std::fs::read(f).unwrap()
+    crate::support::shore::signed_batch(
+        seq,
+        key,
+        wire::progress::codec::encode_batch(&[rec], 0),
+        &extra,
+    )
 }
 
 /// The manifest digest of a batch the vessel built.

@@ -20,7 +20,8 @@ use wire::envelope::{Draft, Extra, Kind, SecretKey, Source, write_envelope_with}
 use wire::{RECORDS_MEMBER, SHORE};
 
 use super::shore::{
-    RECORDS, Synced, batch, free_port, io, percentile, start_receiver, sync_all, wait_healthy,
+    RECORDS, Synced, batch, free_port, io, percentile, register, start_receiver, sync_all,
+    wait_healthy, write_tls,
 };
 
 /// Slow connections held open.
@@ -151,11 +152,7 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
     }
     let dir = tempfile::tempdir().map_err(io)?;
     let d = dir.path();
-    let (ca, chain, tls_key) =
-        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(io)?;
-    for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
-        base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
-    }
+    write_tls(d)?;
     let port = free_port()?;
     let cfg_path = d.join("shore.toml");
     // Every slow connection comes from 127.0.0.1 like the fleet: the per-address cap is
@@ -172,23 +169,7 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
     let mut fleet = Vec::with_capacity(vessels);
     let (hostile_token, bomb_bytes) = {
         let db = cfg.open()?;
-        let add = |id: &str, n: usize| -> Result<(String, SecretKey), String> {
-            let key = SecretKey::generate().map_err(io)?;
-            let (_, public) = key
-                .write_pair(&d.join(format!("k{n}")), "bench")
-                .map_err(io)?;
-            let pub_text = std::fs::read_to_string(&public).map_err(io)?;
-            let token = shore::new_token()?;
-            db.add_vessel(
-                id,
-                &shore::token_hash(&token),
-                pub_text.trim(),
-                &key.id,
-                now,
-            )
-            .map_err(io)?;
-            Ok((token, key))
-        };
+        let add = |id: &str, n: usize| register(&db, d, id, n, now);
         for n in 0..vessels {
             let id = format!("bench-{n:05}");
             let (token, key) = add(&id, n)?;

@@ -53,6 +53,42 @@ impl Drop for Receiver {
     }
 }
 
+/// A private CA and the receiver's certificate and key in `d` (`ca.pem`, `cert.pem`,
+/// `key.pem`).
+pub(super) fn write_tls(d: &Path) -> Result<(), String> {
+    let (ca, chain, tls_key) =
+        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(io)?;
+    for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
+        base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Registers vessel `id` with a new key (kept in `d/kN.*`) and token: (token, key).
+pub(super) fn register(
+    db: &shore::store::ShoreStore,
+    d: &Path,
+    id: &str,
+    n: usize,
+    now: i64,
+) -> Result<(String, SecretKey), String> {
+    let key = SecretKey::generate().map_err(io)?;
+    let (_, public) = key
+        .write_pair(&d.join(format!("k{n}")), "bench")
+        .map_err(io)?;
+    let pub_text = std::fs::read_to_string(&public).map_err(io)?;
+    let token = shore::new_token()?;
+    db.add_vessel(
+        id,
+        &shore::token_hash(&token),
+        pub_text.trim(),
+        &key.id,
+        now,
+    )
+    .map_err(io)?;
+    Ok((token, key))
+}
+
 /// `shore serve --config PATH` as a child of this binary.
 pub(super) fn start_receiver(config: &Path) -> Result<Receiver, String> {
     let exe = std::env::current_exe().map_err(io)?;
@@ -264,11 +300,7 @@ fn drop_schema(url: &str, schema: &str) {
 fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Result<Run, String> {
     let dir = tempfile::tempdir().map_err(io)?;
     let d = dir.path();
-    let (ca, chain, tls_key) =
-        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(io)?;
-    for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
-        base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
-    }
+    write_tls(d)?;
     let (section, schema) = match store {
         Store::Sqlite => (String::new(), None),
         Store::Postgres(url) => {
@@ -310,21 +342,8 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
     {
         let db = cfg.open()?;
         for n in 0..vessels {
-            let key = SecretKey::generate().map_err(io)?;
-            let (_, public) = key
-                .write_pair(&d.join(format!("k{n}")), "bench")
-                .map_err(io)?;
-            let pub_text = std::fs::read_to_string(&public).map_err(io)?;
-            let token = shore::new_token()?;
             let id = format!("bench-{n:05}");
-            db.add_vessel(
-                &id,
-                &shore::token_hash(&token),
-                pub_text.trim(),
-                &key.id,
-                now,
-            )
-            .map_err(io)?;
+            let (token, key) = register(&db, d, &id, n, now)?;
             fleet.push((id, token, batch(d, n, &key, now)?));
         }
     }

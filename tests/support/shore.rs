@@ -230,6 +230,34 @@ pub fn linked_vessel(shore: &Shore, url: &str, extra: &str) -> Vessel {
     v
 }
 
+/// A progress batch of vessel `VESSEL`, sequence `seq`, signed by `key`, carrying
+/// `records_bin` and `extra` in its manifest, as hand-made batches in tests need.
+pub fn signed_batch(
+    seq: u64,
+    key: &SecretKey,
+    records_bin: Vec<u8>,
+    extra: &wire::envelope::Extra,
+) -> Vec<u8> {
+    let d = wire::envelope::Draft {
+        kind: wire::envelope::Kind::Progress,
+        sender: VESSEL.into(),
+        recipient: "shore".into(),
+        sequence: seq,
+        not_before: None,
+        expires: None,
+        commands: vec![],
+        files: vec![(
+            "records.bin".into(),
+            wire::envelope::Source::Bytes(records_bin),
+        )],
+        id: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("b.vsb");
+    wire::envelope::write_envelope_with(&d, extra, key, super::now(), &f).unwrap();
+    std::fs::read(f).unwrap()
+}
+
 /// POSTs `body` to shore's `/v1/sync` as vessel `v` (its token); (HTTP status, JSON reply).
 pub fn post_batch(shore: &Shore, v: &Vessel, body: Vec<u8>) -> (u16, serde_json::Value) {
     let client = wire::net::http_client(

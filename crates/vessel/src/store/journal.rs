@@ -277,11 +277,12 @@ pub(super) fn seq(v: u64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::Store;
 
-    fn bundle(id: &str, seq: u64, expires_at: Option<i64>) -> NewBundle {
+    /// A one-command (`ack`, id `ID:1`) bundle of issuer `k` for vessel `v`.
+    pub(in crate::store) fn bundle(id: &str, seq: u64, expires_at: Option<i64>) -> NewBundle {
         NewBundle {
             id: id.into(),
             issuer: "k".into(),

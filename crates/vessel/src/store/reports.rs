@@ -121,26 +121,8 @@ impl Tx<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{CommandOutcome, NewBundle, NewCommand, Store};
-
-    fn bundle(id: &str, seq: u64, cmd_id: &str) -> NewBundle {
-        NewBundle {
-            id: id.into(),
-            issuer: "k".into(),
-            recipient: "v".into(),
-            sequence: seq,
-            manifest_sha256: id.into(),
-            source_name: format!("{id}.vsb"),
-            created_at: 0,
-            expires_at: None,
-            commands: vec![NewCommand {
-                cmd_id: cmd_id.into(),
-                kind: "set_mapping".into(),
-                args: "{}".into(),
-                files: "[]".into(),
-            }],
-        }
-    }
+    use crate::store::journal::tests::bundle;
+    use crate::store::{CommandOutcome, Store};
 
     /// A batch's reports always pass its own manifest check: a reason is clipped, and a
     /// command journaled before ids were checked (an id with a space) is left out, marked sent.
@@ -149,7 +131,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("j.db"), "v").unwrap();
         for (b, seq, id) in [("b1", 1, "ok-1"), ("b2", 2, "old id")] {
-            let nb = bundle(b, seq, id);
+            let mut nb = bundle(b, seq, None);
+            nb.commands[0].cmd_id = id.into();
+            nb.commands[0].kind = "set_mapping".into();
             store
                 .write(|tx| {
                     let a = tx.classify(&nb.id, &nb.manifest_sha256, "k", "v", seq)?;
