@@ -23,7 +23,10 @@ pub fn rewrite_member(
 ) -> std::io::Result<()> {
     use wire::envelope::tarstream::TarReader;
     let file = std::fs::File::open(src)?;
-    let mut tar = TarReader::new(zstd::stream::read::Decoder::new(file)?);
+    // The demo's own bundle, written a moment ago: nothing hostile to bound.
+    #[allow(clippy::disallowed_methods)]
+    let decoder = zstd::stream::read::Decoder::new(file)?;
+    let mut tar = TarReader::new(decoder);
     let mut members = Vec::new();
     while let Some(h) = tar
         .next_header()
@@ -288,8 +291,11 @@ fn progress(
         10,
         "Shore: an HTTPS receiver on loopback with a private CA; the vessel registered",
     );
-    let (ca, chain, key) =
-        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
+    let (ca, chain, key) = wire::net::generate_server_cert(
+        &["127.0.0.1".into()],
+        base::clock::Clock::now(&base::clock::SystemClock),
+    )
+    .map_err(|e| e.to_string())?;
     for (name, body) in [
         ("shore-ca.pem", &ca),
         ("shore-cert.pem", &chain),

@@ -354,8 +354,10 @@ fn a_file_still_being_written_is_left_until_it_settles() {
     // The carrier finishes the copy; an hour later the file is settled and applied.
     std::fs::write(&target, &bytes).unwrap();
     let f = std::fs::File::options().write(true).open(&target).unwrap();
-    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
-        .unwrap();
+    // A file's modification time two hours ago (the file system's clock, not the product's).
+    #[allow(clippy::disallowed_methods)]
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    f.set_modified(two_hours_ago).unwrap();
     drop(f);
     let out = v.once();
     assert!(out.contains("accepted     arriving.vsb"), "{out}");

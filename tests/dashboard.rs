@@ -181,10 +181,7 @@ fn the_dashboard_shows_the_lagging_vessel_first_behind_a_login_that_refuses_wron
 fn thirty_days_of_a_growing_backlog(shore: &Shore, vessel: &str) {
     let db = rusqlite::Connection::open(shore.path("state/shore.db")).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = crate::support::now();
     let last = now - now.rem_euclid(3600) - 3600;
     let hours = 30 * 24 - 2;
     for i in 0..hours {

@@ -361,7 +361,7 @@ fn out_of_file_descriptors_the_receiver_backs_off_logs_rarely_and_recovers() {
             "no EMFILE seen: {}",
             log()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        base::retry::pause(Duration::from_millis(50));
     }
     drop(held);
     // Once the connections are gone, a vessel syncs again.
@@ -376,7 +376,7 @@ fn out_of_file_descriptors_the_receiver_backs_off_logs_rarely_and_recovers() {
             "no recovery: {}",
             log()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        base::retry::pause(Duration::from_millis(200));
     }
     let text = log();
     let warnings = text.matches("accepting connections fails").count();

@@ -260,8 +260,11 @@ fn on_board_to_cloud(
         ),
     )?;
     // Shore, serving on loopback, forwarding every second.
-    let (ca, chain, tls_key) =
-        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(|e| e.to_string())?;
+    let (ca, chain, tls_key) = wire::net::generate_server_cert(
+        &["127.0.0.1".into()],
+        base::clock::Clock::now(&base::clock::SystemClock),
+    )
+    .map_err(|e| e.to_string())?;
     for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
         base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
     }
@@ -373,7 +376,7 @@ fn on_board_to_cloud(
             ));
         }
         // Polling the cloud's database: the figure is measured to within this step.
-        std::thread::sleep(Duration::from_millis(20));
+        base::retry::pause(Duration::from_millis(20));
     }
     Ok(Delay {
         total: started.elapsed().as_secs_f64(),

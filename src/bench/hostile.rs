@@ -211,11 +211,11 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
                         }
                     }
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                base::retry::pause(Duration::from_millis(200));
             }
         });
         while held.load(Ordering::SeqCst) < SLOW && up.elapsed() < Duration::from_secs(60) {
-            std::thread::sleep(Duration::from_millis(20));
+            base::retry::pause(Duration::from_millis(20));
         }
         // The hostile vessel: bombs and oversized bodies, one after the other.
         s.spawn(|| {

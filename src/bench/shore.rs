@@ -56,8 +56,11 @@ impl Drop for Receiver {
 /// A private CA and the receiver's certificate and key in `d` (`ca.pem`, `cert.pem`,
 /// `key.pem`).
 pub(super) fn write_tls(d: &Path) -> Result<(), String> {
-    let (ca, chain, tls_key) =
-        wire::net::generate_server_cert(&["127.0.0.1".into()]).map_err(io)?;
+    let (ca, chain, tls_key) = wire::net::generate_server_cert(
+        &["127.0.0.1".into()],
+        base::clock::Clock::now(&base::clock::SystemClock),
+    )
+    .map_err(io)?;
     for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
         base::fsutil::write_private(&d.join(name), body.as_bytes()).map_err(io)?;
     }
@@ -118,7 +121,7 @@ pub(super) fn wait_healthy(urls: &[String], trust: &wire::net::Trust) -> Result<
             if up.elapsed() > Duration::from_secs(30) {
                 return Err("shore serve did not answer /v1/health within 30 s".into());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            base::retry::pause(Duration::from_millis(20));
         }
     }
     Ok(())

@@ -39,10 +39,7 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
     // Where the agent writes its chunk files (Moodle's user must be able to read them).
     let dir = cfg.paths.state_dir.join("reports");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let stamp = base::clock::Clock::now(&base::clock::SystemClock);
     let prefix = format!("vsbench{stamp}");
     let opts = import::Options {
         chunk: ws_s.user_chunk.max(1),

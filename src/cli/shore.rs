@@ -384,7 +384,10 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
 }
 
 fn gen_cert(prefix: &Path, names: &[String]) -> i32 {
-    let (ca, chain, key) = match wire::net::generate_server_cert(names) {
+    let (ca, chain, key) = match wire::net::generate_server_cert(
+        names,
+        base::clock::Clock::now(&base::clock::SystemClock),
+    ) {
         Ok(x) => x,
         Err(e) => return fail(exit::SOFTWARE, e),
     };

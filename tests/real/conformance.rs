@@ -195,10 +195,7 @@ fn the_stand_in_answers_what_the_agent_asks_as_the_real_moodle_does(db: Db) {
     let tag = format!(
         "vsc{}{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() % 1_000_000)
-            .unwrap_or_default()
+        crate::support::now() % 1_000_000
     );
     let first = format!(
         "username,password,firstname,lastname,email,idnumber,auth,course1\n\

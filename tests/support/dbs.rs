@@ -52,7 +52,7 @@ fn wait_port(port: u16, child: &mut Child, what: &str) {
         if let Ok(Some(st)) = child.try_wait() {
             panic!("{what} exited early: {st}");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        base::retry::pause(Duration::from_millis(50));
     }
     panic!("{what} did not listen on {port} within 60 s");
 }
@@ -178,7 +178,7 @@ impl Maria {
                 t.elapsed() < Duration::from_secs(30),
                 "mariadbd never accepted a session"
             );
-            std::thread::sleep(Duration::from_millis(100));
+            base::retry::pause(Duration::from_millis(100));
         }
         m.sql(
             None,

@@ -64,8 +64,11 @@ impl Shore {
     /// A shore on `store` (`sqlite` or `postgres`).
     pub fn on(store: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (ca, chain, key) =
-            wire::net::generate_server_cert(&["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let (ca, chain, key) = wire::net::generate_server_cert(
+            &["127.0.0.1".into(), "localhost".into()],
+            super::now(),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
         std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
         base::fsutil::write_private(&dir.path().join("key.pem"), key.as_bytes()).unwrap();
@@ -120,7 +123,10 @@ impl Shore {
             pins: vec![],
         })
         .unwrap();
-        reqwest::blocking::Client::builder()
+        // The test plays a client of its own choosing (an attacker's address, its own timeout).
+        #[allow(clippy::disallowed_methods)]
+        let builder = reqwest::blocking::Client::builder();
+        builder
             .use_preconfigured_tls(tls)
             .local_address(ip.parse::<std::net::IpAddr>().unwrap())
             .timeout(std::time::Duration::from_secs(60))

@@ -21,6 +21,15 @@ pub fn jitter(secs: i64) -> i64 {
     secs / 2 + (secs / 2) * i64::from(r) / 65_535
 }
 
+/// Waits `d` in a loop that polls something with no event to wait on (a child process's exit
+/// while its output is read elsewhere, a busy executable, a peer between two tries). The one
+/// sleep of the libraries (clippy.toml disallows `std::thread::sleep` elsewhere), so a reader
+/// finds every poll loop by this name; never a way to wait for a result that has an event.
+#[allow(clippy::disallowed_methods)]
+pub fn pause(d: std::time::Duration) {
+    std::thread::sleep(d);
+}
+
 #[cfg(test)]
 mod tests {
     use super::{backoff, jitter};

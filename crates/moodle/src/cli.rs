@@ -228,7 +228,7 @@ impl<'a> Cli<'a> {
             match spawn() {
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
                     tries += 1;
-                    std::thread::sleep(Duration::from_millis(50));
+                    base::retry::pause(Duration::from_millis(50));
                 }
                 r => {
                     break r.map_err(|e| CliError::Spawn {
@@ -312,7 +312,7 @@ impl Running<'_> {
             && self.begun.elapsed() < self.limit
         {
             (self.keepalive)();
-            std::thread::sleep(Duration::from_millis(20));
+            base::retry::pause(Duration::from_millis(20));
         }
     }
 
@@ -343,7 +343,7 @@ impl Running<'_> {
                 break;
             }
             (self.keepalive)();
-            std::thread::sleep(Duration::from_millis(100));
+            base::retry::pause(Duration::from_millis(100));
         }
         started
             .into_iter()

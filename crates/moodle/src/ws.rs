@@ -289,7 +289,7 @@ impl Ws {
                     && (safety == Safety::Read || !maybe_applied) =>
                 {
                     tracing::warn!(function, url = %url, error = %detail, attempt, "Moodle call failed; trying again");
-                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                    base::retry::pause(Duration::from_millis(200 * u64::from(attempt)));
                 }
                 other => return other,
             }

@@ -25,11 +25,6 @@
 //! only contiguous sequences.
 
 #![deny(missing_docs)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
-
 mod config;
 pub mod content;
 pub mod course;

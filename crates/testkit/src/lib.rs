@@ -14,10 +14,10 @@
 //! May import: `base`, `wire`, `moodle` (the settings its stand-ins answer to).
 
 #![deny(missing_docs)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+// The kit plays a slow link (the fault proxy's delays), polls throwaway servers until they
+// accept connections and stamps its stand-in's records with the wall clock: what the seams of
+// clippy.toml keep out of the product is its job here. It never ships in the package.
+#![allow(clippy::disallowed_methods)]
 
 pub mod course;
 pub mod fake;

@@ -15,7 +15,6 @@ use crate::store::{
 use base::clock::{Clock, format_age, format_time};
 use base::exit;
 use base::text::clean;
-use wire::envelope::{Manifest, manifest};
 
 #[derive(Serialize)]
 struct Status {
@@ -649,39 +648,9 @@ pub fn audit(cfg: &Config, json: bool, csv: bool, since_id: i64) -> i32 {
     }
 }
 
-/// Reads a bundle's manifest without checking the signature (for `inspect`).
-fn read_manifest_unverified(path: &Path) -> Result<Manifest, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut decoder = zstd::stream::read::Decoder::new(file).map_err(|e| e.to_string())?;
-    decoder
-        .window_log_max(wire::envelope::Limits::default().max_window_log)
-        .map_err(|e| e.to_string())?;
-    let mut tar = wire::envelope::tarstream::TarReader::new(decoder);
-    let h = tar
-        .next_header()
-        .map_err(|e| format!("not a readable bundle: {e:?}"))?
-        .ok_or("empty archive")?;
-    if h.name != manifest::MANIFEST_NAME.as_bytes() || h.size > (16 << 20) {
-        return Err(format!(
-            "the first member is {:?}, not manifest.json",
-            String::from_utf8_lossy(&h.name)
-        ));
-    }
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = tar.read_data(&mut buf).map_err(|e| format!("{e:?}"))?;
-        if n == 0 {
-            break;
-        }
-        bytes.extend_from_slice(&buf[..n]);
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("manifest is not valid JSON: {e}"))
-}
-
 /// `vessel-sync bundle inspect`.
 pub fn inspect(path: &Path, json: bool) -> i32 {
-    let m = match read_manifest_unverified(path) {
+    let m = match wire::envelope::peek_manifest(path, &wire::envelope::Limits::default()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("vessel-sync: {}: {e}", path.display());

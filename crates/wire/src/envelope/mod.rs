@@ -26,7 +26,7 @@ pub mod write;
 
 pub use keys::{Keyring, PublicKey, SecretKey};
 pub use manifest::{CommandEntry, CommandReport, FileEntry, Kind, Manifest, NeedFiles};
-pub use read::{Opened, check_policy, open, open_with};
+pub use read::{Opened, check_policy, open, open_with, peek_manifest};
 pub use trust::{Certificate, Grant, KeyRotation};
 pub use write::{Draft, Extra, Source, repack, write_envelope, write_envelope_with};
 

@@ -149,15 +149,12 @@ pub fn open(path: &Path, keyring: &Keyring, limits: &Limits) -> Result<Opened, V
     open_with(path, &|_| Ok(keyring.clone()), limits)
 }
 
-/// As [`open`], with the keyring chosen from the manifest's raw (not yet trusted) bytes: a
-/// caller that accepts carried credentials (a certificate checked against its roots, a key
-/// rotation checked against the registered key) adds the keys they name. A credential that
-/// does not hold is refused as the `Err` of `keys`.
-pub fn open_with(
-    path: &Path,
-    keys: &dyn Fn(&[u8]) -> Result<Keyring, Rejection>,
-    limits: &Limits,
-) -> Result<Opened, VerifyError> {
+/// The stream after the manifest, its probe, and the manifest's bytes.
+type Started = (TarReader<Stream>, Rc<Probe>, Vec<u8>);
+
+/// Reads the first member, the manifest, with every bound of [`open`] (the decoder's window,
+/// the decompressed size, the manifest's size), and returns the stream positioned after it.
+fn start(path: &Path, limits: &Limits) -> Result<Started, VerifyError> {
     let local = |e: io::Error| VerifyError::Local(format!("{}: {e}", path.display()));
     // Checked before opening: opening a FIFO would block for ever.
     let kind = fs::metadata(path).map_err(local)?.file_type();
@@ -183,6 +180,9 @@ pub fn open_with(
         inner: file,
         probe: probe.clone(),
     };
+    // The envelope reader is the seam for zstd decoders (clippy.toml): the window and every
+    // member's size are bounded just below.
+    #[allow(clippy::disallowed_methods)]
     let mut decoder = match dict_id {
         Some(id)
             if Some(id) == zstd::zstd_safe::get_dict_id_from_dict(super::write::PROGRESS_DICT) =>
@@ -220,6 +220,27 @@ pub fn open_with(
         .into());
     }
     let manifest_bytes = read_member(&mut tar, first.size, &probe)?;
+    Ok((tar, probe, manifest_bytes))
+}
+
+/// Reads a bundle's manifest **without checking its signature** (`vessel-sync bundle inspect`),
+/// under the same bounds as [`open`]; never a basis for acting on the bundle.
+pub fn peek_manifest(path: &Path, limits: &Limits) -> Result<Manifest, VerifyError> {
+    let (_, _, bytes) = start(path, limits)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Rejection::ManifestInvalid(format!("not valid manifest JSON: {e}")).into())
+}
+
+/// As [`open`], with the keyring chosen from the manifest's raw (not yet trusted) bytes: a
+/// caller that accepts carried credentials (a certificate checked against its roots, a key
+/// rotation checked against the registered key) adds the keys they name. A credential that
+/// does not hold is refused as the `Err` of `keys`.
+pub fn open_with(
+    path: &Path,
+    keys: &dyn Fn(&[u8]) -> Result<Keyring, Rejection>,
+    limits: &Limits,
+) -> Result<Opened, VerifyError> {
+    let (mut tar, probe, manifest_bytes) = start(path, limits)?;
 
     // Member 2: the signature.
     let second = tar.next_header().map_err(|e| attribute(&probe, e, false))?;
