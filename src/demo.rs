@@ -315,16 +315,15 @@ fn progress(
         .write_pair(&dir.join("keys/mv-aurora"), "mv-aurora")
         .map_err(|e| e.to_string())?;
     let token_path = dir.join("mv-aurora.token");
-    if shore::vessel_add(
+    let key_id = shore::vessel_add(
         &shore_cfg,
         "mv-aurora",
         &vessel_pub,
         &token_path,
         clock.now(),
-    ) != exit::OK
-    {
-        return Err("registering the vessel failed".into());
-    }
+    )
+    .map_err(|e| format!("registering the vessel failed: {e}"))?;
+    crate::cli::shore::render::vessel_added("mv-aurora", key_id, &token_path);
     let (tx, rx) = std::sync::mpsc::channel();
     let serve_cfg = shore_cfg.clone();
     let serve_clock = clock.clone();
@@ -369,9 +368,11 @@ fn progress(
         13,
         "Ashore: 'vessel-sync shore status' and the CSV export for the training-records system",
     );
-    shore::status(&shore_cfg, clock.as_ref(), false);
+    let (fleet, _) = shore::status(&shore_cfg, clock.now()).map_err(|e| e.to_string())?;
+    crate::cli::shore::render::fleet(fleet);
     let csv = dir.join("progress-export.csv");
-    shore::export(&shore_cfg, None, &csv, clock.now());
+    let n = shore::export::export(&shore_cfg, None, &csv, clock.now()).map_err(|e| e.to_string())?;
+    println!("{n} records written to {}", csv.display());
     let text = std::fs::read_to_string(&csv).map_err(e)?;
     for line in text.lines().take(4) {
         println!("  {line}");

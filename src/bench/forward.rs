@@ -137,7 +137,7 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
     )
     .map_err(|e| e.to_string())?;
     let cfg = shore::ShoreConfig::load(&cfg_path)?;
-    let mut store = cfg.open()?;
+    let mut store = cfg.open().map_err(|e| e.to_string())?;
     let now = base::clock::SystemClock.now();
     store
         .add_vessel("bench-ship", &"0".repeat(64), "", "bench", now)
@@ -180,7 +180,8 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
             return Err(format!("{duplicate} generated records were duplicates"));
         }
     }
-    let pass = shore::forward::pass(&cfg, &mut store, now)?;
+    let pass = shore::forward::pass(&cfg, &mut store, &base::clock::SystemClock)
+        .map_err(|e| e.to_string())?;
     let applied = pass.outcomes.get("applied").copied().unwrap_or(0);
     let per_s = applied as f64 / pass.seconds.max(1e-9);
     let share = 100.0 * pass.moodle_seconds / pass.seconds.max(1e-9);
@@ -284,7 +285,7 @@ fn on_board_to_cloud(
         .write_pair(&d.join("vessel"), "bench-ship")
         .map_err(|e| e.to_string())?;
     let pub_text = std::fs::read_to_string(&vessel_pub).map_err(io)?;
-    let vessel_token = shore::new_token()?;
+    let vessel_token = shore::new_token().map_err(|e| e.to_string())?;
     base::fsutil::atomic_write(
         d.join("vessel.token").as_path(),
         format!("{vessel_token}\n").as_bytes(),
@@ -299,7 +300,8 @@ fn on_board_to_cloud(
         .map_err(io)?;
     }
     shore_cfg
-        .open()?
+        .open()
+        .map_err(|e| e.to_string())?
         .add_vessel(
             "bench-ship",
             &shore::token_hash(&vessel_token),

@@ -168,7 +168,7 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
     let now = SystemClock.now();
     let mut fleet = Vec::with_capacity(vessels);
     let (hostile_token, bomb_bytes) = {
-        let db = cfg.open()?;
+        let db = cfg.open().map_err(|e| e.to_string())?;
         let add = |id: &str, n: usize| register(&db, d, id, n, now);
         for n in 0..vessels {
             let id = format!("bench-{n:05}");
@@ -256,7 +256,7 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
     });
     let rss = super::rss::peak_rss_mb_of(receiver.0.id());
     drop(receiver);
-    let db = cfg.open()?;
+    let db = cfg.open().map_err(|e| e.to_string())?;
     let mut stored_once = true;
     for n in 0..vessels {
         let (all, distinct) = db.record_counts(&format!("bench-{n:05}")).map_err(io)?;

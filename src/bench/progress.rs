@@ -222,7 +222,7 @@ fn round_trips(dir: &std::path::Path, vessel_key: &SecretKey) -> Result<(u64, u6
     )
     .map_err(|e| e.to_string())?;
     let cfg = shore::ShoreConfig::load(&cfg_path)?;
-    let db = cfg.open()?;
+    let db = cfg.open().map_err(|e| e.to_string())?;
     let token = "bench-token";
     let pubkey = format!("vessel-sync-ed25519 {} mv-bench", {
         use base64::Engine;

@@ -80,7 +80,7 @@ pub(super) fn register(
         .write_pair(&d.join(format!("k{n}")), "bench")
         .map_err(io)?;
     let pub_text = std::fs::read_to_string(&public).map_err(io)?;
-    let token = shore::new_token()?;
+    let token = shore::new_token().map_err(|e| e.to_string())?;
     db.add_vessel(
         id,
         &shore::token_hash(&token),
@@ -343,7 +343,7 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
     // Every vessel registered, its batch built and signed before the clock starts.
     let mut fleet = Vec::with_capacity(vessels);
     {
-        let db = cfg.open()?;
+        let db = cfg.open().map_err(|e| e.to_string())?;
         for n in 0..vessels {
             let id = format!("bench-{n:05}");
             let (token, key) = register(&db, d, &id, n, now)?;
@@ -377,7 +377,7 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
         refused,
         ..
     } = synced;
-    let db = cfg.open()?;
+    let db = cfg.open().map_err(|e| e.to_string())?;
     let mut stored = 0;
     for n in 0..vessels {
         let (all, distinct) = db.record_counts(&format!("bench-{n:05}")).map_err(io)?;

@@ -258,7 +258,7 @@ fn import_cmd(
         Ok(w) => w,
         Err(e) => return fail(exit::USAGE, e),
     };
-    let sha = match import::file_sha256(file) {
+    let sha = match base::fsutil::file_sha256(file) {
         Ok(s) => s,
         Err(e) => return fail(exit::NOINPUT, format!("{}: {e}", file.display())),
     };

@@ -115,6 +115,15 @@ pub fn free_name(dir: &Path, name: &str) -> PathBuf {
         .unwrap_or(first)
 }
 
+/// Hex SHA-256 of a file, read in a stream (a file of any size takes a buffer's memory).
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod private_tests {
     use super::*;

@@ -3,6 +3,21 @@
 //! a shore's receivers) that lost its peer at once does not come back at once. A peer's
 //! `Retry-After` wins over a shorter wait; that is for the caller, which knows it.
 
+/// An error that knows whether the same work may succeed if tried again later (a peer down, a
+/// busy database, a link cut) or will fail the same way until something is changed (a refusal,
+/// a bad configuration). The uplink, the forwarder and the operator commands ask this one
+/// question; each error type answers it once, beside its variants.
+pub trait Retriable {
+    /// Whether waiting and trying again may help.
+    fn is_retriable(&self) -> bool;
+}
+
+/// The HTTP statuses worth trying again after a wait: 408 (the request timed out), 429 (too
+/// many requests) and every 5xx. Any other 4xx is a refusal: the same request fails again.
+pub fn http_status_is_retriable(status: u16) -> bool {
+    status == 408 || status == 429 || (500..=599).contains(&status)
+}
+
 /// How long to wait after `failures` failures in a row (1 = the first): `first` doubled per
 /// further failure, at most `cap`, jittered. At least one second.
 pub fn backoff(failures: u32, first: i64, cap: i64) -> i64 {
@@ -33,6 +48,17 @@ pub fn pause(d: std::time::Duration) {
 #[cfg(test)]
 mod tests {
     use super::{backoff, jitter};
+
+    #[test]
+    fn only_timeouts_overload_and_server_errors_are_worth_retrying() {
+        use super::http_status_is_retriable as r;
+        for s in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(r(s), "{s}");
+        }
+        for s in [200, 301, 400, 401, 403, 404, 409, 413, 422, 499, 600] {
+            assert!(!r(s), "{s}");
+        }
+    }
 
     #[test]
     fn jitter_stays_between_half_and_full() {

@@ -37,6 +37,22 @@ pub fn clip(s: &str, max: usize) -> String {
     out
 }
 
+/// An error and its sources in one line (`a: b: c`), each cause said once: what a transport
+/// error from reqwest or hyper means is in its sources, not its top line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

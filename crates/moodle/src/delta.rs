@@ -242,7 +242,7 @@ pub fn split(mbz: &Path, base: &HashSet<String>, dir: &Path) -> Result<Split, St
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "course.mbz".into());
     let source_sha256 =
-        crate::users::import::file_sha256(mbz).map_err(|e| format!("{}: {e}", mbz.display()))?;
+        base::fsutil::file_sha256(mbz).map_err(|e| format!("{}: {e}", mbz.display()))?;
     let content_dir = dir.join("content");
     std::fs::create_dir_all(&content_dir).map_err(|e| format!("{}: {e}", content_dir.display()))?;
     let skeleton_path = dir.join(format!(".{source}.skeleton"));

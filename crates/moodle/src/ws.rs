@@ -154,9 +154,15 @@ impl WsError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
-            Self::Http { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Self::Http { status, .. } => base::retry::http_status_is_retriable(*status),
             _ => self.is_maintenance(),
         }
+    }
+}
+
+impl base::retry::Retriable for WsError {
+    fn is_retriable(&self) -> bool {
+        self.is_transient()
     }
 }
 
@@ -304,7 +310,7 @@ impl Ws {
         form.extend(params.0.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let unreachable = |e: reqwest::Error| WsError::Unreachable {
             url: self.endpoint.clone(),
-            detail: error_chain(&e),
+            detail: base::text::error_chain(&e),
             maybe_applied: !e.is_connect(),
         };
         let resp = self
@@ -348,16 +354,6 @@ impl Ws {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 
 #[cfg(test)]
 mod tests {

@@ -262,16 +262,16 @@ impl ShoreConfig {
 
     /// Opens the store, creating the state directories (received files and queued bundles
     /// stay on disk whichever engine holds the records).
-    pub fn open(&self) -> Result<ShoreStore, String> {
+    pub fn open(&self) -> Result<ShoreStore, crate::Error> {
         for d in ["", "tmp", "bundles", "received"] {
             let dir = self.shore.state_dir.join(d);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(crate::Error::io(&dir))?;
         }
-        match self.store.backend {
-            StoreBackend::Sqlite => ShoreStore::open(&self.database()),
-            StoreBackend::Postgres => ShoreStore::connect(&self.postgres()?),
-        }
-        .map_err(|e| e.to_string())
+        Ok(match self.store.backend {
+            StoreBackend::Sqlite => ShoreStore::open(&self.database())?,
+            StoreBackend::Postgres => {
+                ShoreStore::connect(&self.postgres().map_err(crate::Error::Config)?)?
+            }
+        })
     }
 }

@@ -27,7 +27,7 @@ fn parts_dir(cfg: &ShoreConfig, bundle_id: &str) -> PathBuf {
 pub const MAX_NEED_COPIES_A_DAY: u64 = 4;
 
 /// What [`keep_pushed`] found.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Kept {
     /// Omittable members listed.
     pub listed: u64,
@@ -124,7 +124,7 @@ fn write_copy(
     let out = cfg.shore.state_dir.join("bundles").join(name);
     let size = envelope::repack(&manifest_bytes, &sig, &members, created, &out)
         .map_err(|e| io(&out, e))?;
-    let sha = crate::file_sha256(&out).map_err(|e| io(&out, e))?;
+    let sha = base::fsutil::file_sha256(&out).map_err(|e| io(&out, e))?;
     Ok((size, sha, carried))
 }
 

@@ -6,15 +6,13 @@
 //! received of the course, and what the vessel last reported of the deletion in its batches
 //! (waiting for what, records unacknowledged on board, learners, deleted, never had it).
 
-use base::clock::format_time;
-use base::exit;
 use moodle::ws::{Params, Safety};
 use sha2::{Digest, Sha256};
 use wire::SHORE;
 use wire::envelope::{self, CommandEntry, Draft, Kind, SecretKey};
 
-use crate::ShoreConfig;
-use crate::forward::{connect, operator};
+use crate::forward::connect;
+use crate::{Error, ShoreConfig, operator};
 use crate::store::{Queued, Retirement};
 
 /// Hides `course` in the cloud; Ok(note) says what was done there.
@@ -100,85 +98,87 @@ pub(crate) fn queue_from_shore(
     Ok((m.id, id))
 }
 
-/// `shore course retire`.
-pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> i32 {
-    let run = || -> Result<Vec<String>, String> {
-        if course.trim().is_empty() {
-            return Err("name the course by its idnumber or shortname".into());
+/// What `shore course retire` did.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    /// What the cloud Moodle did (the course hidden, or why not).
+    pub cloud: String,
+    /// The vessels a `delete_course` bundle was queued for: (vessel, bundle id).
+    pub queued: Vec<(String, String)>,
+}
+
+/// `shore course retire`: hides the course in the cloud Moodle and queues a guarded
+/// `delete_course` for every vessel that sent progress of it (and those in `also`).
+pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> Result<Retired, Error> {
+    if course.trim().is_empty() {
+        return Err(Error::Usage(
+            "name the course by its idnumber or shortname".into(),
+        ));
+    }
+    let key_path = cfg.shore.signing_key.as_ref().ok_or_else(|| {
+        Error::Config(
+            "[shore] signing_key is not set: shore signs the delete_course bundles with it".into(),
+        )
+    })?;
+    let key = SecretKey::load(key_path).map_err(|e| Error::Config(e.to_string()))?;
+    let db = cfg.open()?;
+    let cloud = hide_in_cloud(cfg, course).map_err(Error::Failed)?;
+    let mut vessels = db.course_vessels(course)?;
+    for v in also {
+        if db.vessel(v)?.is_none() {
+            return Err(Error::NotFound(format!(
+                "no vessel {v} is registered ('shore vessel list')"
+            )));
         }
-        let key_path = cfg.shore.signing_key.as_ref().ok_or(
-            "[shore] signing_key is not set: shore signs the delete_course bundles with it",
-        )?;
-        let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
-        let db = cfg.open()?;
-        let mut lines = vec![hide_in_cloud(cfg, course)?];
-        let mut vessels = db.course_vessels(course).map_err(|e| e.to_string())?;
-        for v in also {
-            if db.vessel(v).map_err(|e| e.to_string())?.is_none() {
-                return Err(format!("no vessel {v} is registered ('shore vessel list')"));
-            }
-            vessels.push(v.clone());
+        vessels.push(v.clone());
+    }
+    vessels.sort();
+    vessels.dedup();
+    let done: Vec<String> = db
+        .retirements(course)?
+        .into_iter()
+        .map(|r| r.vessel)
+        .collect();
+    let by = operator();
+    let mut queued = Vec::new();
+    for v in vessels {
+        let Some(vessel) = db.vessel(&v)? else {
+            continue;
+        };
+        if vessel.revoked_at.is_some() || done.contains(&v) {
+            continue;
         }
-        vessels.sort();
-        vessels.dedup();
-        let done: Vec<String> = db
-            .retirements(course)
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|r| r.vessel)
-            .collect();
-        let by = operator();
-        for v in vessels {
-            let Some(vessel) = db.vessel(&v).map_err(|e| e.to_string())? else {
-                continue;
-            };
-            if vessel.revoked_at.is_some() || done.contains(&v) {
-                continue;
-            }
-            let mut args = serde_json::Map::new();
-            args.insert("course".into(), course.into());
-            args.insert("keep_backup".into(), true.into());
-            let (bundle_id, id) = queue_from_shore(
-                cfg,
-                &db,
-                &key,
-                &v,
-                "retire",
-                "delete_course",
-                args,
-                vec![],
-                now,
-            )?;
-            db.note_retirement(course, &v, &bundle_id, id, &by, now)
-                .map_err(|e| e.to_string())?;
-            lines.push(format!(
-                "queued delete_course for {v} (bundle {bundle_id}): it deletes the course once shore has acknowledged its progress"
-            ));
-        }
-        db.audit(
-            &by,
-            "course retire",
-            &format!("{course}: {}", lines.join("; ")),
+        let mut args = serde_json::Map::new();
+        args.insert("course".into(), course.into());
+        args.insert("keep_backup".into(), true.into());
+        let (bundle_id, id) = queue_from_shore(
+            cfg,
+            &db,
+            &key,
+            &v,
+            "retire",
+            "delete_course",
+            args,
+            vec![],
             now,
         )
-        .map_err(|e| e.to_string())?;
-        Ok(lines)
-    };
-    match run() {
-        Ok(lines) => {
-            for l in &lines {
-                println!("{course}: {l}");
-            }
-            if lines.len() == 1 {
-                println!("{course}: no vessel sent progress of it; name others with --vessel ID");
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::FAILURE
-        }
+        .map_err(Error::Failed)?;
+        db.note_retirement(course, &v, &bundle_id, id, &by, now)?;
+        queued.push((v, bundle_id));
     }
+    let mut said = vec![cloud.clone()];
+    said.extend(
+        queued
+            .iter()
+            .map(|(v, b)| format!("queued delete_course for {v} (bundle {b})")),
+    );
+    db.audit(
+        &by,
+        "course retire",
+        &format!("{course}: {}", said.join("; ")),
+        now,
+    )?;
+    Ok(Retired { cloud, queued })
 }
 
 /// Where a vessel's part in a retirement stands: a one-word phase (`queued`, `fetched`,
@@ -208,63 +208,9 @@ pub fn phase(r: &Retirement) -> (String, String) {
     }
 }
 
-/// `shore course status`.
-pub fn status(cfg: &ShoreConfig, course: &str, json: bool) -> i32 {
-    let db = match cfg.open() {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
-    };
-    let rows = match db.retirements(course) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
-    };
-    if json {
-        let vessels: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                let mut v = serde_json::to_value(r).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("phase".into(), phase(r).0.into());
-                }
-                v
-            })
-            .collect();
-        let v = serde_json::json!({"course": course, "vessels": vessels});
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return exit::OK;
-    }
-    if rows.is_empty() {
-        println!("{course}: not retired (run 'vessel-sync shore course retire {course}')");
-        return exit::OK;
-    }
-    let num = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_else(|| "-".into());
-    println!(
-        "{:<16} {:<22} {:<9} {:>8} {:>8} {:>8}  STATE",
-        "VESSEL", "QUEUED", "BY", "ASHORE", "ON BOARD", "LEARNERS"
-    );
-    for r in &rows {
-        let rep = r.reported.as_ref();
-        println!(
-            "{:<16} {:<22} {:<9} {:>8} {:>8} {:>8}  {}",
-            r.vessel,
-            format_time(r.queued_at),
-            base::text::clean(&r.by),
-            r.records,
-            num(rep.and_then(|p| p.unacked_records)),
-            num(rep.and_then(|p| p.learners)),
-            base::text::clean(&phase(r).1),
-        );
-    }
-    println!(
-        "ASHORE: records of the course shore received from the vessel; ON BOARD: records still waiting there for acknowledgement, as last reported"
-    );
-    exit::OK
+/// `shore course status`: each vessel's part in the course's retirement (none: not retired).
+pub fn retirement(cfg: &ShoreConfig, course: &str) -> Result<Vec<Retirement>, Error> {
+    Ok(cfg.open()?.retirements(course)?)
 }
 
 #[cfg(test)]

@@ -6,58 +6,61 @@
 //! an `upsert_users` bundle for one vessel does the same for each seafarer on the list whose
 //! progress came from another vessel (`follow_crew_list`).
 
-use base::exit;
 use moodle::ws::{Params, Safety};
 use wire::envelope::{SecretKey, Source};
 
-use crate::ShoreConfig;
 use crate::course::queue_from_shore;
-use crate::forward::{connect, operator};
+use crate::forward::connect;
+use crate::{Error, ShoreConfig, operator};
 use crate::store::ShoreStore;
 use moodle::ws::Ws;
 
-/// `shore crew move`.
-pub fn move_to(cfg: &ShoreConfig, user: &str, vessel: &str, also: &[String], now: i64) -> i32 {
-    let run = || -> Result<String, String> {
-        let (key, ws) = signer_and_cloud(cfg)?;
-        let db = cfg.open()?;
-        check_vessel(&db, vessel)?;
-        move_one(cfg, &db, &key, &ws, user, vessel, also, now)
-    };
-    match run() {
-        Ok(msg) => {
-            println!("{msg}");
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::FAILURE
-        }
-    }
+/// What `shore crew move` did.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    /// What was queued for the vessel (or why nothing was), in words.
+    pub summary: String,
+}
+
+/// `shore crew move USER --to VESSEL`: queues the seafarer's cloud progress for the vessel.
+pub fn move_to(
+    cfg: &ShoreConfig,
+    user: &str,
+    vessel: &str,
+    also: &[String],
+    now: i64,
+) -> Result<Moved, Error> {
+    let (key, ws) = signer_and_cloud(cfg)?;
+    let db = cfg.open()?;
+    check_vessel(&db, vessel)?;
+    let summary =
+        move_one(cfg, &db, &key, &ws, user, vessel, also, now).map_err(Error::Failed)?;
+    Ok(Moved { summary })
 }
 
 /// Shore's signing key and the cloud Moodle, or why not.
-fn signer_and_cloud(cfg: &ShoreConfig) -> Result<(SecretKey, Ws), String> {
-    let cloud = cfg
-        .cloud
-        .as_ref()
-        .ok_or("no [cloud] section: the seafarer's progress is read from the cloud Moodle")?;
-    let key_path = cfg
-        .shore
-        .signing_key
-        .as_ref()
-        .ok_or("[shore] signing_key is not set: shore signs the import bundle with it")?;
-    let key = SecretKey::load(key_path).map_err(|e| e.to_string())?;
-    Ok((key, connect(cloud)?))
+fn signer_and_cloud(cfg: &ShoreConfig) -> Result<(SecretKey, Ws), Error> {
+    let cloud = cfg.cloud.as_ref().ok_or_else(|| {
+        Error::Config(
+            "no [cloud] section: the seafarer's progress is read from the cloud Moodle".into(),
+        )
+    })?;
+    let key_path = cfg.shore.signing_key.as_ref().ok_or_else(|| {
+        Error::Config(
+            "[shore] signing_key is not set: shore signs the import bundle with it".into(),
+        )
+    })?;
+    let key = SecretKey::load(key_path).map_err(|e| Error::Config(e.to_string()))?;
+    Ok((key, connect(cloud).map_err(Error::Config)?))
 }
 
-fn check_vessel(db: &ShoreStore, vessel: &str) -> Result<(), String> {
-    match db.vessel(vessel).map_err(|e| e.to_string())? {
+fn check_vessel(db: &ShoreStore, vessel: &str) -> Result<(), Error> {
+    match db.vessel(vessel)? {
         Some(v) if v.revoked_at.is_none() => Ok(()),
-        Some(_) => Err(format!("vessel {vessel} is revoked")),
-        None => Err(format!(
+        Some(_) => Err(Error::Refused(format!("vessel {vessel} is revoked"))),
+        None => Err(Error::NotFound(format!(
             "no vessel {vessel} is registered ('shore vessel list')"
-        )),
+        ))),
     }
 }
 

@@ -45,7 +45,7 @@ fn digest(s: &str) -> String {
 /// Sessions and wrong passwords live in the store, so that every receiver of one database
 /// honours a login and counts guesses together, and a restart logs nobody out.
 fn open_session(db: &ShoreStore, now: i64, hours: u64) -> Result<String, String> {
-    let token = crate::new_token()?;
+    let token = crate::new_token().map_err(|e| e.to_string())?;
     let hours = i64::try_from(hours.max(1)).unwrap_or(12);
     db.open_session(&digest(&token), now + hours * 3600, now)
         .map_err(|e| e.to_string())?;

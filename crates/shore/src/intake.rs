@@ -17,15 +17,98 @@ use wire::progress::codec::{self, DecodeLimits};
 use crate::store::{self, ShoreStore, Stored, Vessel};
 use crate::{RECORDS_MEMBER, SHORE, ShoreConfig, content};
 
-/// Why a batch was refused (HTTP status, stable code, words).
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// HTTP status.
-    pub status: u16,
-    /// Stable code (`bad_signature`, `digest_mismatch`, `replayed`, ...).
-    pub code: String,
+/// Why a batch was refused. Each kind has a stable code (what the vessel's operator and the
+/// refusal log see) and an HTTP status (`serve` answers with it; file mode records it).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// Shore's own trouble (a disk, the database): the vessel tries again later.
+    #[error("{0}")]
+    Local(String),
+    /// A key in shore's registry does not parse: an operator must fix the registry.
+    #[error("{0}")]
+    Registry(String),
+    /// The envelope fails verification (signature, digests, bounds, manifest).
+    #[error("{0}")]
+    Envelope(envelope::Rejection),
+    /// Signed by a key the vessel or an operator replaced.
+    #[error("{0}")]
+    OldKey(String),
+    /// Signed by a key registered only for later batches.
+    #[error("{0}")]
+    WrongKey(String),
+    /// Signed by a key not registered for the vessel (or, in file mode, for any vessel).
+    #[error("{0}")]
+    UnknownKey(String),
+    /// A carried key rotation that does not fit the batch.
+    #[error("{0}")]
+    BadRotation(String),
+    /// Not a progress batch.
+    #[error("not a progress batch")]
+    WrongKind,
+    /// Sent by another vessel than the one that authenticated, or not to shore.
+    #[error("{0}")]
+    WrongSender(String),
+    /// Members other than `records.bin`.
+    #[error("a batch carries exactly records.bin")]
+    NotABatch,
+    /// `records.bin` does not decode within the bounds.
+    #[error("{0}")]
+    BadPayload(String),
+    /// The batch does not continue the chain shore holds (`chain_fork`, `chain_gap`,
+    /// `chain_broken`).
+    #[error("{message}")]
+    Chain {
+        /// The code.
+        code: &'static str,
+        /// Words for the operator.
+        message: String,
+    },
+    /// The sequence was received before with other content.
+    #[error("{0}")]
+    Replayed(String),
+}
+
+impl Refusal {
+    /// The stable code (`bad_signature`, `digest_mismatch`, `replayed`, ...).
+    pub fn code(&self) -> &str {
+        match self {
+            Refusal::Local(_) => "local",
+            Refusal::Registry(_) => "registry",
+            Refusal::Envelope(r) => r.code(),
+            Refusal::OldKey(_) => "old_key",
+            Refusal::WrongKey(_) => "wrong_key",
+            Refusal::UnknownKey(_) => "unknown_key",
+            Refusal::BadRotation(_) => "bad_rotation",
+            Refusal::WrongKind => "wrong_kind",
+            Refusal::WrongSender(_) => "wrong_sender",
+            Refusal::NotABatch => "manifest_invalid",
+            Refusal::BadPayload(_) => "bad_payload",
+            Refusal::Chain { code, .. } => code,
+            Refusal::Replayed(_) => "replayed",
+        }
+    }
+
+    /// The HTTP status: 500 for shore's own trouble (try again), 409 for a batch that does not
+    /// fit what shore holds, 422 for a batch that is bad in itself.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Local(_) | Refusal::Registry(_) => 500,
+            Refusal::Chain { .. } | Refusal::Replayed(_) => 409,
+            _ => 422,
+        }
+    }
+
     /// Words for the operator.
-    pub message: String,
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl base::retry::Retriable for Refusal {
+    /// Only shore's own trouble passes; a bad or misfitting batch is refused again.
+    fn is_retriable(&self) -> bool {
+        self.status() == 500
+    }
 }
 
 /// Result of a successful intake.
@@ -48,20 +131,8 @@ pub const MAX_DECODED_BYTES: usize = 64 << 20;
 
 fn lock(db: &Mutex<ShoreStore>) -> Result<MutexGuard<'_, ShoreStore>, Refusal> {
     db.lock().map_err(|_| {
-        refuse(
-            500,
-            "local",
-            "the shore store's lock is poisoned; restart shore",
-        )
+        Refusal::Local("the shore store's lock is poisoned; restart shore".into())
     })
-}
-
-pub(crate) fn refuse(status: u16, code: &str, message: impl Into<String>) -> Refusal {
-    Refusal {
-        status,
-        code: code.into(),
-        message: message.into(),
-    }
 }
 
 /// Verifies, decodes and stores the batch in `file` from `vessel`. Refusals are recorded.
@@ -75,11 +146,12 @@ pub fn intake(
 ) -> Result<Intake, Refusal> {
     let out = intake_inner(cfg, db, vessel, file, via, now);
     if let Err(r) = &out {
-        if r.status != 500 {
-            let shown = base::text::clip(&r.message, crate::store::REFUSAL_CHARS);
-            tracing::warn!(vessel = %vessel.id, code = %r.code, "batch refused: {shown}");
+        if r.status() != 500 {
+            let message = r.message();
+            let shown = base::text::clip(&message, crate::store::REFUSAL_CHARS);
+            tracing::warn!(vessel = %vessel.id, code = %r.code(), "batch refused: {shown}");
             if let Ok(db) = lock(db) {
-                let _ = db.note_refusal(&vessel.id, &r.code, &r.message, now);
+                let _ = db.note_refusal(&vessel.id, r.code(), &message, now);
             }
         }
     }
@@ -96,12 +168,12 @@ fn intake_inner(
 ) -> Result<Intake, Refusal> {
     let registered = lock(db)?
         .vessel_keys(&vessel.id)
-        .map_err(|e| refuse(500, "local", e.to_string()))?;
+        .map_err(|e| Refusal::Local(e.to_string()))?;
     let mut keys = Vec::new();
     for k in &registered {
         keys.push(
             PublicKey::parse(&k.pubkey, Path::new("registry"))
-                .map_err(|e| refuse(500, "registry", e.to_string()))?,
+                .map_err(|e| Refusal::Registry(e.to_string()))?,
         );
     }
     let keyring = Keyring::new(keys);
@@ -113,8 +185,8 @@ fn intake_inner(
         ..Limits::default()
     };
     let verify = |e: VerifyError| match e {
-        VerifyError::Rejected(r) => refuse(422, r.code(), r.to_string()),
-        VerifyError::Local(m) => refuse(500, "local", m),
+        VerifyError::Rejected(r) => Refusal::Envelope(r),
+        VerifyError::Local(m) => Refusal::Local(m),
     };
     // A batch signed by a new vessel key carries the key, signed by a key shore holds.
     let resolve = |bytes: &[u8]| -> Result<Keyring, envelope::Rejection> {
@@ -145,9 +217,7 @@ fn intake_inner(
                     .iter()
                     .find(|n| n.until_seq.is_none())
                     .map_or("another key".to_string(), |n| format!("key {}", n.key_id));
-                return Err(refuse(
-                    422,
-                    "old_key",
+                return Err(Refusal::OldKey(
                     if until == 0 {
                         format!(
                             "batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key",
@@ -162,9 +232,7 @@ fn intake_inner(
                 ));
             }
             if m.sequence < k.from_seq {
-                return Err(refuse(
-                    422,
-                    "wrong_key",
+                return Err(Refusal::WrongKey(
                     format!(
                         "batch {} is signed by key {signer}, which signs from batch {} on",
                         m.sequence, k.from_seq
@@ -179,9 +247,7 @@ fn intake_inner(
                 .as_ref()
                 .filter(|r| r.body.new_key_id == signer)
             else {
-                return Err(refuse(
-                    422,
-                    "unknown_key",
+                return Err(Refusal::UnknownKey(
                     format!(
                         "batch signed by key {signer}, which is not registered for vessel {}",
                         vessel.id
@@ -189,9 +255,7 @@ fn intake_inner(
                 ));
             };
             if rot.body.vessel != vessel.id || m.sequence < rot.body.from_sequence {
-                return Err(refuse(
-                    422,
-                    "bad_rotation",
+                return Err(Refusal::BadRotation(
                     format!(
                         "the key rotation is for vessel {:?} from batch {}, but this is batch {} of vessel {:?}",
                         rot.body.vessel, rot.body.from_sequence, m.sequence, vessel.id
@@ -208,12 +272,10 @@ fn intake_inner(
         }
     }
     if m.kind != Kind::Progress {
-        return Err(refuse(422, "wrong_kind", "not a progress batch"));
+        return Err(Refusal::WrongKind);
     }
     if m.recipient != SHORE || m.sender != vessel.id {
-        return Err(refuse(
-            422,
-            "wrong_sender",
+        return Err(Refusal::WrongSender(
             format!(
                 "batch from {:?} to {:?}, but the connection authenticated vessel {:?} sending to shore",
                 m.sender, m.recipient, vessel.id
@@ -221,25 +283,21 @@ fn intake_inner(
         ));
     }
     if m.files.len() != 1 || m.files[0].name != RECORDS_MEMBER {
-        return Err(refuse(
-            422,
-            "manifest_invalid",
-            "a batch carries exactly records.bin",
-        ));
+        return Err(Refusal::NotABatch);
     }
     let tmp = tempfile::tempdir_in(cfg.shore.state_dir.join("tmp"))
-        .map_err(|e| refuse(500, "local", e.to_string()))?;
+        .map_err(|e| Refusal::Local(e.to_string()))?;
     let sha = opened.manifest_sha256.clone();
     opened.extract(Some(tmp.path())).map_err(verify)?;
     let bytes = std::fs::read(tmp.path().join(RECORDS_MEMBER))
-        .map_err(|e| refuse(500, "local", e.to_string()))?;
+        .map_err(|e| Refusal::Local(e.to_string()))?;
     let decode_limits = DecodeLimits::capped(
         bytes.len(),
         usize::try_from(cfg.shore.max_batch_records).unwrap_or(usize::MAX),
         MAX_DECODED_BYTES,
     );
     let (settled, records) = codec::decode_batch_limited(&bytes, &decode_limits)
-        .map_err(|e| refuse(422, "bad_payload", e.to_string()))?;
+        .map_err(|e| Refusal::BadPayload(e.to_string()))?;
     drop(bytes);
     let mut store = lock(db)?;
     let stored = store
@@ -259,22 +317,23 @@ fn intake_inner(
             },
             now,
         )
-        .map_err(|e| refuse(500, "local", e.to_string()))?;
+        .map_err(|e| Refusal::Local(e.to_string()))?;
     let acked_seq = store
         .vessel(&vessel.id)
-        .map_err(|e| refuse(500, "local", e.to_string()))?
+        .map_err(|e| Refusal::Local(e.to_string()))?
         .map(|v| v.acked_seq)
         .unwrap_or(0);
     if let Stored::Chain { code, message } = &stored {
-        return Err(refuse(409, code, message.clone()));
+        return Err(Refusal::Chain {
+            code,
+            message: message.clone(),
+        });
     }
     if let Some((id, _, from, old)) = &rotation {
         tracing::info!(vessel = %vessel.id, old_key = %old, new_key = %id, from_seq = from, "vessel key rotated");
     }
     if stored == Stored::Replayed {
-        return Err(refuse(
-            409,
-            "replayed",
+        return Err(Refusal::Replayed(
             format!(
                 "batch sequence {} was already received with other content; nothing stored (acknowledged up to {acked_seq})",
                 m.sequence

@@ -1,10 +1,8 @@
 //! The fleet as the training manager sees it: every vessel worst first, the cloud forwarding
 //! summary and recent refusals ([`fleet_view`]), printed by `shore status` and served by the
-//! dashboard.
+//! dashboard. Nothing here prints: the command line renders it.
 
-use base::clock::{Clock, format_age, format_time};
-use base::exit;
-use base::text::clean;
+use base::clock::{format_age, format_time};
 
 use crate::ShoreConfig;
 use crate::store::{self, ShoreStore, Vessel};
@@ -13,27 +11,30 @@ use crate::store::{self, ShoreStore, Vessel};
 #[derive(serde::Serialize)]
 pub struct VesselStatus {
     #[serde(flatten)]
-    vessel: Vessel,
-    last_contact_age: Option<String>,
-    oldest_unsent_age: Option<String>,
+    /// The registry's row.
+    pub vessel: Vessel,
+    /// How long ago it was last heard from.
+    pub last_contact_age: Option<String>,
+    /// The age of its oldest unsent record, as it last reported.
+    pub oldest_unsent_age: Option<String>,
     /// Silent for a day, or holding a record unsent for a day (revoked vessels never are).
     pub behind: bool,
     /// Records its batches carried in the last 7 days.
-    delivered_7d: u64,
+    pub delivered_7d: u64,
     /// Its observed link rate: those records per hour, averaged over the 7 days (outages in).
-    link_rate_per_hour: f64,
+    pub link_rate_per_hour: f64,
     /// Seconds to drain the backlog it last reported at that rate, if it has one and a rate.
-    drain_secs: Option<i64>,
+    pub drain_secs: Option<i64>,
     /// Course deletions it holds until shore has acknowledged their progress.
-    held_deletions: Vec<store::HeldDeletion>,
+    pub held_deletions: Vec<store::HeldDeletion>,
     /// Every key the vessel signs or signed with (rotations, rekeys).
-    keys: Vec<store::VesselKey>,
+    pub keys: Vec<store::VesselKey>,
     /// Course content files shore believes the vessel holds.
-    content_held: u64,
+    pub content_held: u64,
     /// Content files the vessel asked for and shore sent.
-    content_sent: u64,
+    pub content_sent: u64,
     /// Content files the vessel asked for that shore does not keep.
-    content_owed: u64,
+    pub content_owed: u64,
 }
 
 impl VesselStatus {
@@ -138,108 +139,11 @@ pub fn fleet_view(cfg: &ShoreConfig, db: &ShoreStore, now: i64) -> Result<Fleet,
     })
 }
 
-/// `shore vessel list` and `shore status`.
-pub fn status(cfg: &ShoreConfig, clock: &dyn Clock, json: bool) -> i32 {
-    let db = match cfg.open() {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
-    };
-    let now = clock.now();
-    let fleet = match fleet_view(cfg, &db, now) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::FAILURE;
-        }
-    };
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&fleet.json(&db)).unwrap_or_default()
-        );
-        return exit::OK;
-    }
-    let Fleet {
-        vessels: rows,
-        forward,
-        refusals,
-        ..
-    } = fleet;
-    println!(
-        "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8} {:>10}  state",
-        "VESSEL", "ACKED", "RECORDS", "LAST CONTACT", "OLDEST UNSENT", "OUTBOX", "DRAIN IN"
-    );
-    for r in &rows {
-        let v = &r.vessel;
-        let state = if v.revoked_at.is_some() {
-            "revoked"
-        } else if r.behind {
-            "BEHIND"
-        } else {
-            "ok"
-        };
-        println!(
-            "{:<16} {:>7} {:>10} {:>14} {:>14} {:>8} {:>10}  {state}",
-            v.id,
-            v.acked_seq,
-            v.records,
-            r.last_contact_age
-                .as_deref()
-                .map(|a| format!("{a} ago"))
-                .unwrap_or_else(|| "never".into()),
-            r.oldest_unsent_age.clone().unwrap_or_else(|| "-".into()),
-            v.outbox_depth
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "-".into()),
-            r.drain_secs.map(format_age).unwrap_or_else(|| "-".into()),
-        );
-        for h in &r.held_deletions {
-            println!(
-                "  {} holds a course deletion ({}): {}",
-                v.id,
-                clean(&h.command),
-                clean(h.report.reason.as_deref().unwrap_or("waiting"))
-            );
-        }
-    }
-    if rows.is_empty() {
-        println!(
-            "(no vessels: add one with 'vessel-sync shore vessel add ID --pubkey FILE --token-out FILE')"
-        );
-    }
-    for r in rows.iter().filter(|r| r.content_owed > 0) {
-        println!(
-            "content owed to {}: {} course file(s) it asked for are not kept ashore; push a bundle that carries them (built without --base)",
-            r.vessel.id, r.content_owed
-        );
-    }
-    if let Some(f) = &forward {
-        let settled: u64 = f.outcomes.iter().map(|(_, n)| n).sum();
-        println!(
-            "cloud Moodle: {settled} of {} record(s) forwarded ({}), {} to go, {} held",
-            f.records,
-            f.outcomes
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            f.pending,
-            f.held.iter().map(|(_, n)| n).sum::<u64>()
-        );
-        for (why, n) in &f.held {
-            println!("  held: {n} record(s): {}", clean(why));
-        }
-    }
-    for (at, v, c, m) in &refusals {
-        println!(
-            "refused {} from {v}: {}: {}",
-            format_time(*at),
-            clean(c),
-            clean(m)
-        );
-    }
-    exit::OK
+/// `shore vessel list` and `shore status`: the fleet, and the same as the JSON document
+/// `--json` prints (with the audit trail's last entries).
+pub fn status(cfg: &ShoreConfig, now: i64) -> Result<(Fleet, serde_json::Value), crate::Error> {
+    let db = cfg.open()?;
+    let fleet = fleet_view(cfg, &db, now).map_err(crate::Error::Failed)?;
+    let json = fleet.json(&db);
+    Ok((fleet, json))
 }

@@ -135,7 +135,7 @@ pub use fleet::{HISTORY_DAYS, HeldDeletion, Point};
 pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
 pub use migrate::Copied;
 pub use reports::Reported;
-pub use sql::{Backend, ShoreDbError};
+pub use sql::{Backend, DbErrorKind, ShoreDbError};
 
 use sql::{Db, Result as DbResult, Row};
 

@@ -84,14 +84,6 @@ impl Observer for Quiet {
     fn progress(&mut self, _: &str, _: u64, _: u64) {}
 }
 
-/// SHA-256 of a file, hex.
-pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    let mut f = std::fs::File::open(path)?;
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
 
 /// How users are written to Moodle.
 pub enum Via<'a> {

@@ -372,9 +372,10 @@ fn sync_steps(
                     .ok()
                     .and_then(|db| db.vessel(&vessel.id).ok().flatten())
                     .map(|v| v.acked_seq);
+                // The one place a refusal becomes HTTP.
                 let status =
-                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-                return Ok(error(status, &r.code, &r.message, acked));
+                    StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+                return Ok(error(status, r.code(), &r.message(), acked));
             }
         },
     }
@@ -418,7 +419,7 @@ pub fn run(
     }
     let tls = wire::net::server_tls(&cert, &key).map_err(|e| e.to_string())?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let db = cfg.open()?;
+    let db = cfg.open().map_err(|e| e.to_string())?;
     let (stop_forward, stopped) = std::sync::mpsc::channel::<()>();
     let forwarder = if cfg.cloud.is_some() {
         let (c, k) = (cfg.clone(), clock.clone());

@@ -29,12 +29,31 @@ pub enum Value {
     Blob(Vec<u8>),
 }
 
-/// A database error, with the statement it came from when there was one.
+/// What kind of failure a database error is: whether waiting and trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// Another writer holds the lock (SQLite busy or locked; PostgreSQL serialization failure,
+    /// deadlock, lock not available): try again.
+    Busy,
+    /// The statement broke a constraint (a unique key, a foreign key, NOT NULL): the same
+    /// statement will fail again.
+    Constraint,
+    /// The server could not be reached or closed the connection: try again later.
+    Connection,
+    /// Anything else (a disk error, a value of the wrong type, a misuse of the store).
+    Other,
+}
+
+/// A database error: the database it came from, what it was (with the statement when there
+/// was one), its kind, and the driver's error as its source.
 #[derive(Debug, thiserror::Error)]
 #[error("shore database {label}: {message}")]
 pub struct ShoreDbError {
     label: String,
     message: String,
+    kind: DbErrorKind,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl ShoreDbError {
@@ -43,7 +62,95 @@ impl ShoreDbError {
         Self {
             label: "(internal)".into(),
             message: message.into(),
+            kind: DbErrorKind::Other,
+            source: None,
         }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> DbErrorKind {
+        self.kind
+    }
+
+}
+
+impl base::retry::Retriable for ShoreDbError {
+    /// Busy and a lost connection may pass; a constraint or anything else will not.
+    fn is_retriable(&self) -> bool {
+        matches!(self.kind, DbErrorKind::Busy | DbErrorKind::Connection)
+    }
+}
+
+/// A failure inside this layer, before the database's label and the statement are added.
+#[derive(Debug)]
+struct Fault {
+    kind: DbErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl From<String> for Fault {
+    fn from(message: String) -> Self {
+        Self {
+            kind: DbErrorKind::Other,
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for Fault {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        let kind = match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DbErrorKind::Busy,
+            Some(ErrorCode::ConstraintViolation) => DbErrorKind::Constraint,
+            Some(ErrorCode::CannotOpen) => DbErrorKind::Connection,
+            _ => DbErrorKind::Other,
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+impl From<postgres::Error> for Fault {
+    fn from(e: postgres::Error) -> Self {
+        Self {
+            kind: pg_kind(&e),
+            message: pg_message(&e),
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// The kind of a PostgreSQL error, from its SQLSTATE class (or its lack of one: an error
+/// without a server's answer is the connection's).
+fn pg_kind(e: &postgres::Error) -> DbErrorKind {
+    if e.is_closed() {
+        return DbErrorKind::Connection;
+    }
+    let Some(code) = e.code() else {
+        return match e.as_db_error() {
+            Some(_) => DbErrorKind::Other,
+            None => DbErrorKind::Connection,
+        };
+    };
+    let code = code.code();
+    match code {
+        "40001" | "40P01" | "55P03" => DbErrorKind::Busy,
+        _ if code.starts_with("23") => DbErrorKind::Constraint,
+        // Connection exceptions, and the server shutting down or going away.
+        _ if code.starts_with("08") || code.starts_with("57P") => DbErrorKind::Connection,
+        _ => DbErrorKind::Other,
     }
 }
 
@@ -383,9 +490,14 @@ impl Db {
     /// Opens (creating) a SQLite file: WAL, `synchronous=FULL`, a 30 s busy timeout.
     pub fn sqlite(path: &Path) -> Result<Self> {
         let label = path.display().to_string();
-        let e = |x: rusqlite::Error| ShoreDbError {
-            label: label.clone(),
-            message: x.to_string(),
+        let e = |x: rusqlite::Error| {
+            let f = Fault::from(x);
+            ShoreDbError {
+                label: label.clone(),
+                message: f.message,
+                kind: f.kind,
+                source: f.source,
+            }
         };
         let conn = rusqlite::Connection::open(path).map_err(e)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(e)?;
@@ -409,6 +521,9 @@ impl Db {
         let client = config.connect(postgres::NoTls).map_err(|e| ShoreDbError {
             label: label.clone(),
             message: format!("cannot connect: {}", pg_message(&e)),
+            // Whatever the server said, a connection that was not made is the connection's.
+            kind: DbErrorKind::Connection,
+            source: Some(Box::new(e)),
         })?;
         Ok(Self {
             conn: Conn::Pg(Box::new(client), Box::new(config)),
@@ -431,10 +546,12 @@ impl Db {
         ShoreDbError {
             label: self.label.clone(),
             message: message.into(),
+            kind: DbErrorKind::Other,
+            source: None,
         }
     }
 
-    fn fail(&self, sql: &str, message: String) -> ShoreDbError {
+    fn fail(&self, sql: &str, fault: Fault) -> ShoreDbError {
         let sql: Vec<&str> = sql.split_whitespace().collect();
         let mut sql = sql.join(" ");
         if sql.len() > 160 {
@@ -445,23 +562,30 @@ impl Db {
             sql.truncate(cut);
             sql.push_str("...");
         }
-        self.error(format!("{message}; in: {sql}"))
+        ShoreDbError {
+            label: self.label.clone(),
+            message: format!("{}; in: {sql}", fault.message),
+            kind: fault.kind,
+            source: fault.source,
+        }
     }
 
     /// A PostgreSQL connection the server closed (a restart, a failover) is made again
     /// before the next statement, outside a transaction; the statements are prepared anew.
-    fn reconnect_if_closed(&mut self) -> std::result::Result<(), String> {
+    fn reconnect_if_closed(&mut self) -> std::result::Result<(), Fault> {
         let Conn::Pg(client, config) = &mut self.conn else {
             return Ok(());
         };
         if !client.is_closed() || self.in_tx {
             return Ok(());
         }
-        let fresh = config.connect(postgres::NoTls).map_err(|e| {
-            format!(
+        let fresh = config.connect(postgres::NoTls).map_err(|e| Fault {
+            kind: DbErrorKind::Connection,
+            message: format!(
                 "the connection was lost and cannot be made again: {}",
                 pg_message(&e)
-            )
+            ),
+            source: Some(Box::new(e)),
         })?;
         **client = fresh;
         self.statements.clear();
@@ -475,13 +599,13 @@ impl Db {
             return Err(self.fail(sql, m));
         }
         let r = match &mut self.conn {
-            Conn::Lite(c) => c.execute_batch(sql).map_err(|e| e.to_string()),
-            Conn::Pg(c, _) => c.batch_execute(sql).map_err(|e| pg_message(&e)),
+            Conn::Lite(c) => c.execute_batch(sql).map_err(Fault::from),
+            Conn::Pg(c, _) => c.batch_execute(sql).map_err(Fault::from),
         };
         r.map_err(|m| self.fail(sql, m))
     }
 
-    fn pg_statement(&mut self, sql: &str) -> std::result::Result<postgres::Statement, String> {
+    fn pg_statement(&mut self, sql: &str) -> std::result::Result<postgres::Statement, Fault> {
         self.reconnect_if_closed()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
@@ -489,7 +613,7 @@ impl Db {
         let Conn::Pg(c, _) = &mut self.conn else {
             return Err("not PostgreSQL".into());
         };
-        let s = c.prepare(&dollar(sql)).map_err(|e| pg_message(&e))?;
+        let s = c.prepare(&dollar(sql))?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
     }
@@ -510,7 +634,7 @@ impl Db {
         matches!(&self.conn, Conn::Pg(c, _) if c.is_closed()) && !self.in_tx
     }
 
-    fn execute_once(&mut self, sql: &str, values: Vec<Value>) -> std::result::Result<u64, String> {
+    fn execute_once(&mut self, sql: &str, values: Vec<Value>) -> std::result::Result<u64, Fault> {
         match self.backend() {
             Backend::Sqlite => {
                 let Conn::Lite(c) = &self.conn else {
@@ -523,13 +647,13 @@ impl Db {
                         ))
                     })
                     .map(|n| n as u64)
-                    .map_err(|e| e.to_string())
+                    .map_err(Fault::from)
             }
             Backend::Postgres => self.pg_statement(sql).and_then(|s| {
                 let refs: Vec<&(dyn ToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
                 match &mut self.conn {
-                    Conn::Pg(c, _) => c.execute(&s, &refs).map_err(|e| pg_message(&e)),
+                    Conn::Pg(c, _) => c.execute(&s, &refs).map_err(Fault::from),
                     Conn::Lite(_) => Err("not PostgreSQL".into()),
                 }
             }),
@@ -558,24 +682,23 @@ impl Db {
         values: Vec<Value>,
         f: &mut impl FnMut(Row) -> std::result::Result<(), String>,
         rows: &mut u64,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), Fault> {
         match self.backend() {
             Backend::Sqlite => {
                 let Conn::Lite(c) = &self.conn else {
                     return Err("not SQLite".into());
                 };
-                (|| -> std::result::Result<(), String> {
-                    let mut s = c.prepare_cached(sql).map_err(|e| e.to_string())?;
+                (|| -> std::result::Result<(), Fault> {
+                    let mut s = c.prepare_cached(sql)?;
                     let n = s.column_count();
                     let mut it = s
                         .query(rusqlite::params_from_iter(
                             values.into_iter().map(lite_param),
-                        ))
-                        .map_err(|e| e.to_string())?;
-                    while let Some(r) = it.next().map_err(|e| e.to_string())? {
+                        ))?;
+                    while let Some(r) = it.next()? {
                         let mut row = Vec::with_capacity(n);
                         for i in 0..n {
-                            row.push(lite_value(r.get_ref(i).map_err(|e| e.to_string())?));
+                            row.push(lite_value(r.get_ref(i)?));
                         }
                         *rows += 1;
                         f(Row(row))?;
@@ -588,11 +711,11 @@ impl Db {
                 let Conn::Pg(c, _) = &mut self.conn else {
                     return Err("not PostgreSQL".into());
                 };
-                let mut it = c.query_raw(&s, values.iter()).map_err(|e| pg_message(&e))?;
-                while let Some(r) = it.next().map_err(|e| pg_message(&e))? {
+                let mut it = c.query_raw(&s, values.iter())?;
+                while let Some(r) = it.next()? {
                     let mut row = Vec::with_capacity(r.len());
                     for i in 0..r.len() {
-                        row.push(r.try_get::<_, Any>(i).map_err(|e| pg_message(&e))?.0);
+                        row.push(r.try_get::<_, Any>(i)?.0);
                     }
                     *rows += 1;
                     f(Row(row))?;

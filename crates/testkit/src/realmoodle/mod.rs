@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use moodle::ws::{Params, Safety, Token, Ws};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+
 
 use crate::mariatemp::TempMaria;
 use crate::pgtemp::{TempPg, copy_tree, die_with_parent, free_port};
@@ -230,10 +230,8 @@ fn cache_root() -> PathBuf {
 }
 
 fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(hex::encode(&h.finalize()[..8]))
+    let hex = base::fsutil::file_sha256(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(hex.get(..16).unwrap_or(&hex).to_string())
 }
 
 fn output_text(o: &Output) -> String {

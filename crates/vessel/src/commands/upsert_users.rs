@@ -92,7 +92,7 @@ impl UpsertUsers {
         if let Err(e) = std::fs::create_dir_all(ctx.reports_dir) {
             return wait(format!("{}: {e}", ctx.reports_dir.display()));
         }
-        let sha = match import::file_sha256(&csv) {
+        let sha = match base::fsutil::file_sha256(&csv) {
             Ok(s) => s,
             Err(e) => return wait(format!("{}: {e}", csv.display())),
         };

@@ -185,7 +185,7 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
                 })?
                 .source_sha256
         } else {
-            moodle::users::import::file_sha256(&named)
+            base::fsutil::file_sha256(&named)
                 .map_err(|e| wait(ctx, 300, format!("{}: {e}", named.display())))?
         };
         let mut p = job.load();

@@ -1,10 +1,13 @@
-//! The shore's command line (`vessel-sync shore ...`): argument definitions and dispatch to
-//! [`shore`]. Split from [`crate::cli`], which keeps the vessel and operator commands.
+//! The shore's command line (`vessel-sync shore ...`): argument definitions, dispatch to
+//! [`shore`], and the exit code of each error kind; `render` prints the reports. Split from
+//! [`crate::cli`], which keeps the vessel and operator commands.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+
+pub(crate) mod render;
 
 use base::clock::Clock;
 use base::exit;
@@ -271,123 +274,168 @@ fn load_shore(path: &Path) -> Result<shore::ShoreConfig, i32> {
 
 /// Runs a shore subcommand; returns the exit code.
 pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
-    use shore;
+    let now = clock.now();
+    let with = |config: &ShoreConfigArg, f: &dyn Fn(&shore::ShoreConfig) -> i32| match load_shore(
+        &config.config,
+    ) {
+        Ok(cfg) => f(&cfg),
+        Err(code) => code,
+    };
     match cmd {
-        ShoreCmd::Serve { config } => {
-            let cfg = match load_shore(&config.config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
+        ShoreCmd::Serve { config } => with(&config, &|cfg| {
             base::service::init_logging("info");
-            match shore::serve::run(cfg, clock, |addr| println!("listening on {addr}")) {
+            match shore::serve::run(cfg.clone(), clock.clone(), |addr| {
+                println!("listening on {addr}")
+            }) {
                 Ok(()) => exit::OK,
                 Err(e) => fail(exit::CONFIG, e),
             }
-        }
+        }),
         ShoreCmd::Vessel(VesselCmd::Add {
             config,
             id,
             pubkey,
             token_out,
-        }) => match load_shore(&config.config) {
-            Ok(cfg) => shore::vessel_add(&cfg, &id, &pubkey, &token_out, clock.now()),
-            Err(code) => code,
-        },
+        }) => with(&config, &|cfg| {
+            done(
+                shore::vessel_add(cfg, &id, &pubkey, &token_out, now),
+                |key| render::vessel_added(&id, key, &token_out),
+            )
+        }),
         ShoreCmd::Vessel(VesselCmd::List { config, json }) | ShoreCmd::Status { config, json } => {
-            match load_shore(&config.config) {
-                Ok(cfg) => {
-                    exit::quiet_on_closed_pipe();
-                    shore::status(&cfg, clock.as_ref(), json)
-                }
-                Err(code) => code,
-            }
+            with(&config, &|cfg| {
+                exit::quiet_on_closed_pipe();
+                done(shore::status(cfg, now), |(fleet, doc)| {
+                    if json {
+                        render::json(doc)
+                    } else {
+                        render::fleet(fleet)
+                    }
+                })
+            })
         }
-        ShoreCmd::Vessel(VesselCmd::Rekey { config, id, pubkey }) => {
-            match load_shore(&config.config) {
-                Ok(cfg) => shore::vessel_rekey(&cfg, &id, &pubkey, clock.now()),
-                Err(code) => code,
-            }
-        }
-        ShoreCmd::Vessel(VesselCmd::Revoke { config, id }) => match load_shore(&config.config) {
-            Ok(cfg) => shore::vessel_revoke(&cfg, &id, clock.now()),
-            Err(code) => code,
-        },
-        ShoreCmd::Push { config, bundle } => match load_shore(&config.config) {
-            Ok(cfg) => shore::push(&cfg, &bundle, clock.now()),
-            Err(code) => code,
-        },
-        ShoreCmd::Ingest { config, dir, out } => match load_shore(&config.config) {
-            Ok(cfg) => {
-                let out = out.unwrap_or_else(|| dir.join("acks"));
-                shore::ingest(&cfg, &dir, &out, clock.as_ref())
-            }
-            Err(code) => code,
-        },
-        ShoreCmd::Export { config, since, out } => match load_shore(&config.config) {
-            Ok(cfg) => shore::export(&cfg, since.as_deref(), &out, clock.now()),
-            Err(code) => code,
-        },
+        ShoreCmd::Vessel(VesselCmd::Rekey { config, id, pubkey }) => with(&config, &|cfg| {
+            done(shore::vessel_rekey(cfg, &id, &pubkey, now), |r| {
+                println!(
+                    "vessel {id}: key {} is now its only key; batches signed by {} or any earlier key are refused from now on",
+                    r.new_key, r.old_key
+                );
+                exit::OK
+            })
+        }),
+        ShoreCmd::Vessel(VesselCmd::Revoke { config, id }) => with(&config, &|cfg| {
+            done(shore::vessel_revoke(cfg, &id, now), |()| {
+                println!("vessel {id} revoked: its token and key are refused from now on");
+                exit::OK
+            })
+        }),
+        ShoreCmd::Push { config, bundle } => with(&config, &|cfg| {
+            done(shore::push::push(cfg, &bundle, now), render::pushed)
+        }),
+        ShoreCmd::Ingest { config, dir, out } => with(&config, &|cfg| {
+            let out = out.clone().unwrap_or_else(|| dir.join("acks"));
+            done(
+                shore::ingest::ingest(cfg, &dir, &out, clock.as_ref()),
+                render::ingested,
+            )
+        }),
+        ShoreCmd::Export { config, since, out } => with(&config, &|cfg| {
+            done(shore::export::export(cfg, since.as_deref(), &out, now), |n| {
+                println!("{n} records written to {}", out.display());
+                exit::OK
+            })
+        }),
         ShoreCmd::Forward {
             config,
             json,
             conflicts,
             map,
-        } => match load_shore(&config.config) {
-            Ok(cfg) => match map {
-                Some(ForwardCmd::Map { what, from, to }) => {
-                    shore::forward::map(&cfg, &what, &from, &to, clock.now())
-                }
-                None if conflicts => shore::forward::conflicts(&cfg),
-                None => shore::forward::run_once(&cfg, clock.now(), json),
-            },
-            Err(code) => code,
-        },
+        } => with(&config, &|cfg| match &map {
+            Some(ForwardCmd::Map { what, from, to }) => {
+                done(shore::forward::map(cfg, what, from, to, now), |()| {
+                    println!(
+                        "{what} {from} is {to} in the cloud Moodle; held records are retried at the next pass"
+                    );
+                    exit::OK
+                })
+            }
+            None if conflicts => done(shore::forward::conflicts(cfg), render::conflicts),
+            None => done(shore::forward::run_once(cfg, clock.as_ref()), |r| {
+                render::forwarded(r, json)
+            }),
+        }),
         ShoreCmd::Migrate {
             config,
             from: _,
             path,
             json,
-        } => match load_shore(&config.config) {
-            Ok(cfg) => shore::migrate::from_sqlite(&cfg, path.as_deref(), json, clock.now()),
-            Err(code) => code,
-        },
+        } => with(&config, &|cfg| {
+            done(shore::migrate::from_sqlite(cfg, path.as_deref(), now), |m| {
+                render::migrated(m, json)
+            })
+        }),
         ShoreCmd::Crew(CrewCmd::Move {
             config,
             user,
             to,
             courses,
-        }) => match load_shore(&config.config) {
-            Ok(cfg) => shore::crew::move_to(&cfg, &user, &to, &courses, clock.now()),
-            Err(code) => code,
-        },
+        }) => with(&config, &|cfg| {
+            done(shore::crew::move_to(cfg, &user, &to, &courses, now), |m| {
+                println!("{}", m.summary);
+                exit::OK
+            })
+        }),
         ShoreCmd::Course(CourseCmd::Retire {
             config,
             course,
             vessels,
-        }) => match load_shore(&config.config) {
-            Ok(cfg) => shore::course::retire(&cfg, &course, &vessels, clock.now()),
-            Err(code) => code,
-        },
+        }) => with(&config, &|cfg| {
+            done(shore::course::retire(cfg, &course, &vessels, now), |r| {
+                render::retired(&course, r)
+            })
+        }),
         ShoreCmd::Course(CourseCmd::Status {
             config,
             course,
             json,
-        }) => match load_shore(&config.config) {
-            Ok(cfg) => {
-                exit::quiet_on_closed_pipe();
-                shore::course::status(&cfg, &course, json)
-            }
-            Err(code) => code,
-        },
-        ShoreCmd::GenCert { out, names } => gen_cert(&out, &names),
+        }) => with(&config, &|cfg| {
+            exit::quiet_on_closed_pipe();
+            done(shore::course::retirement(cfg, &course), |rows| {
+                render::retirement(&course, rows, json)
+            })
+        }),
+        ShoreCmd::GenCert { out, names } => gen_cert(&out, &names, now),
     }
 }
 
-fn gen_cert(prefix: &Path, names: &[String]) -> i32 {
-    let (ca, chain, key) = match wire::net::generate_server_cert(
-        names,
-        base::clock::Clock::now(&base::clock::SystemClock),
-    ) {
+/// Renders a command's report, or prints its error and picks the exit code from its kind.
+fn done<T>(r: Result<T, shore::Error>, render: impl FnOnce(T) -> i32) -> i32 {
+    match r {
+        Ok(t) => render(t),
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The exit code of a shore error (sysexits.h, as `base::exit` names them).
+pub fn exit_code(e: &shore::Error) -> i32 {
+    use base::retry::Retriable as _;
+    use shore::Error as E;
+    match e {
+        E::Config(_) => exit::CONFIG,
+        E::Usage(_) => exit::USAGE,
+        E::NotFound(_) | E::Refused(_) | E::Bundle(_) => exit::DATAERR,
+        e if e.is_retriable() => exit::TEMPFAIL,
+        E::Cloud(_) => exit::UNAVAILABLE,
+        E::Store(_) | E::Io { .. } => exit::IOERR,
+        E::Failed(_) => exit::FAILURE,
+    }
+}
+
+fn gen_cert(prefix: &Path, names: &[String], now: i64) -> i32 {
+    let (ca, chain, key) = match wire::net::generate_server_cert(names, now) {
         Ok(x) => x,
         Err(e) => return fail(exit::SOFTWARE, e),
     };

@@ -1,0 +1,252 @@
+//! The forwarder's decision for one record, over a small [`Cloud`] trait: what the cloud holds
+//! for the record's key, whether the record is newer (newer wins), and the one change it makes.
+//! The trait's real side is [`super::moodle::MoodleCloud`] (web services with a pass's cache);
+//! the tests below use a cloud in memory.
+
+use std::collections::HashMap;
+
+use moodle::lookup::{Activity, Course};
+use wire::progress::RecordKind;
+use wire::progress::record::REMOVED;
+
+use crate::store::{ShoreDbError, ShoreStore, ToForward, Written};
+
+/// The outcome for one record.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Outcome {
+    /// Settled: outcome, detail, value written into the cloud.
+    Settle(&'static str, String, Option<String>),
+    /// Held with a reason.
+    Hold(String),
+}
+
+/// Why a record could not be handled now.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The cloud is unreachable, in maintenance or overloaded: end the pass.
+    Cloud(String),
+    /// Shore's own store failed.
+    Store(ShoreDbError),
+}
+
+impl From<ShoreDbError> for Stop {
+    fn from(e: ShoreDbError) -> Self {
+        Stop::Store(e)
+    }
+}
+
+/// A learner's activity grades in a course: cmid → (raw grade, time graded).
+pub(crate) type Grades = HashMap<i64, (Option<f64>, i64)>;
+
+/// What the decision asks of the cloud Moodle. Reads return what the cloud holds (`None`: it
+/// has no such thing); a change returns `Ok(Err(why))` when the cloud refused it (the record is
+/// held), and `Err(Stop)` when the cloud could not answer (the pass ends).
+pub(crate) trait Cloud {
+    /// The course with this key (idnumber or shortname).
+    fn course(&mut self, key: &str) -> Result<Option<Course>, Stop>;
+    /// The learner with this key (idnumber or username).
+    fn user(&mut self, key: &str) -> Result<Option<i64>, Stop>;
+    /// Whether the learner is enrolled in the course.
+    fn is_enrolled(&mut self, user: i64, course: i64) -> Result<bool, Stop>;
+    /// cmid → (completion state, time) of a learner's activities in a course.
+    fn completion(&mut self, course: i64, user: i64) -> Result<HashMap<i64, (i64, i64)>, Stop>;
+    /// cmid → (raw grade, time graded) of a learner's activity grades in a course.
+    fn grades(&mut self, course: i64, user: i64) -> Result<Grades, Stop>;
+    /// Overrides an activity's completion state for a learner.
+    fn override_completion(
+        &mut self,
+        course: i64,
+        user: i64,
+        cmid: i64,
+        state: i64,
+    ) -> Result<Result<(), String>, Stop>;
+    /// Sets an activity grade; `Ok(Ok(0))` when the gradebook took it.
+    fn update_grade(
+        &mut self,
+        course: i64,
+        activity: &Activity,
+        user: i64,
+        grade: &str,
+    ) -> Result<Result<i64, String>, Stop>;
+}
+
+/// Newer wins: what to do with a record of time `time` whose key the cloud holds with value
+/// `current` since `cloud_time`, given what shore last wrote there.
+pub(crate) fn newer_wins(time: i64, current: &str, cloud_time: i64, ours: Option<&Written>) -> &'static str {
+    let baseline = match ours {
+        // The cloud still holds what shore wrote (its time is that of the write, not of the
+        // learner's progress): compare with the progress's own time.
+        Some(w) if w.value == current && cloud_time <= w.written_at + 5 => w.vtime,
+        _ => cloud_time,
+    };
+    match time.cmp(&baseline) {
+        std::cmp::Ordering::Greater => "apply",
+        std::cmp::Ordering::Equal => "tie",
+        std::cmp::Ordering::Less => "older",
+    }
+}
+
+fn settle(o: &'static str, detail: impl Into<String>, wrote: Option<String>) -> Outcome {
+    Outcome::Settle(o, detail.into(), wrote)
+}
+
+fn conflict(decision: &'static str, current: &str, cloud_time: i64) -> Outcome {
+    let detail = if decision == "tie" {
+        format!("the cloud holds {current} from the same second; the cloud's value is kept")
+    } else {
+        format!("the cloud holds {current}, newer (since {cloud_time}); the cloud's value is kept")
+    };
+    settle(decision, detail, None)
+}
+
+/// Decides and does what one record asks of the cloud: settled with an outcome, or held with
+/// a reason; a cloud that cannot answer, or shore's own store failing, stops the pass.
+pub(crate) fn one(
+    c: &mut dyn Cloud,
+    db: &mut ShoreStore,
+    t: &ToForward,
+) -> Result<Outcome, Stop> {
+    let r = &t.record;
+    match r.kind {
+        RecordKind::CourseCompletion => {
+            return Ok(settle(
+                "derived",
+                "Moodle derives course completion from the activity completions forwarded",
+                None,
+            ));
+        }
+        RecordKind::Grade if r.item.is_empty() => {
+            return Ok(settle(
+                "derived",
+                "Moodle computes the course total from the activity grades forwarded",
+                None,
+            ));
+        }
+        _ => {}
+    }
+    if r.value == REMOVED {
+        return Ok(settle(
+            "ignored",
+            "removed on board (a course reset or a deleted account): the cloud keeps its record",
+            None,
+        ));
+    }
+    let key = |db: &mut ShoreStore, what: &str, k: &str| -> Result<String, Stop> {
+        Ok(db.mapped(what, k)?.unwrap_or_else(|| k.to_string()))
+    };
+    let user_key = key(db, "user", &r.user)?;
+    let course_key = key(db, "course", &r.course)?;
+    let item_key = key(db, "activity", &r.item)?;
+    let Some(course) = c.course(&course_key)? else {
+        return Ok(Outcome::Hold(format!(
+            "no course {course_key} on the cloud Moodle (by idnumber or shortname)"
+        )));
+    };
+    let Some(act) = course.activities.get(&item_key).cloned() else {
+        return Ok(Outcome::Hold(format!(
+            "no activity {item_key} in course {course_key} on the cloud Moodle"
+        )));
+    };
+    let Some(user) = c.user(&user_key)? else {
+        return Ok(Outcome::Hold(format!(
+            "no learner {user_key} on the cloud Moodle (by idnumber or username)"
+        )));
+    };
+    if !c.is_enrolled(user, course.id)? {
+        return Ok(Outcome::Hold(format!(
+            "learner {user_key} is not enrolled in {course_key} on the cloud Moodle"
+        )));
+    }
+    let ours = db.written(r)?;
+    if r.kind == RecordKind::ActivityCompletion {
+        let wanted: i64 = match r.value.as_str() {
+            "0" => 0,
+            "1" | "2" => 1,
+            "3" | "4" => {
+                return Ok(settle(
+                    "derived",
+                    "a failed completion follows from the grade in the cloud Moodle",
+                    None,
+                ));
+            }
+            v => return Ok(Outcome::Hold(format!("not a completion state: {v:?}"))),
+        };
+        let (state, time) = c
+            .completion(course.id, user)?
+            .get(&act.cmid)
+            .copied()
+            .unwrap_or((0, 0));
+        let current = if state == 2 { 1 } else { state };
+        if current == wanted {
+            return Ok(settle(
+                "already",
+                "the cloud holds this state",
+                Some(wanted.to_string()),
+            ));
+        }
+        let decision = newer_wins(r.time, &current.to_string(), time, ours.as_ref());
+        if decision != "apply" {
+            return Ok(conflict(decision, &format!("state {current}"), time));
+        }
+        db.note_inflight(t.rowid)?;
+        base::failpoint::hit("forward.before-call");
+        let reply = c.override_completion(course.id, user, act.cmid, wanted)?;
+        base::failpoint::hit("forward.after-call");
+        return Ok(match reply {
+            Ok(_) => settle("applied", "completion overridden", Some(wanted.to_string())),
+            Err(why) => Outcome::Hold(format!("the cloud Moodle refused it: {why}")),
+        });
+    }
+    // An activity grade.
+    let Ok(wanted) = r.value.trim().parse::<f64>() else {
+        return Ok(Outcome::Hold(format!("not a grade: {:?}", r.value)));
+    };
+    let (raw, time) = c
+        .grades(course.id, user)?
+        .get(&act.cmid)
+        .copied()
+        .unwrap_or((None, 0));
+    if raw.is_some_and(|g| (g - wanted).abs() < 1e-5) {
+        return Ok(settle(
+            "already",
+            "the cloud holds this grade",
+            Some(r.value.clone()),
+        ));
+    }
+    let current = raw.map(|g| format!("{g:.5}")).unwrap_or_default();
+    let decision = newer_wins(
+        r.time,
+        &current,
+        time,
+        ours.as_ref()
+            .filter(|w| {
+                w.value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .zip(raw)
+                    .is_some_and(|(a, b)| (a - b).abs() < 1e-5)
+            })
+            .map(|w| Written {
+                value: current.clone(),
+                ..w.clone()
+            })
+            .as_ref(),
+    );
+    if decision != "apply" {
+        return Ok(conflict(decision, &format!("grade {current}"), time));
+    }
+    db.note_inflight(t.rowid)?;
+    base::failpoint::hit("forward.before-call");
+    let reply = c.update_grade(course.id, &act, user, &r.value)?;
+    base::failpoint::hit("forward.after-call");
+    Ok(match reply {
+        Ok(0) => settle("applied", "grade set", Some(r.value.clone())),
+        Ok(v) => Outcome::Hold(format!(
+            "the cloud Moodle did not take the grade (grade_update returned {v}; is the grade item locked?)"
+        )),
+        Err(why) => Outcome::Hold(format!("the cloud Moodle refused it: {why}")),
+    })
+}
+
+
