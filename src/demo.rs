@@ -93,7 +93,7 @@ fn draft(
 fn once(cfg: &Config, clock: &Arc<dyn Clock>) -> Result<(), String> {
     let mut agent = Agent::start(cfg.clone(), clock.clone()).map_err(|e| e.to_string())?;
     let report = agent.run_once().map_err(|e| e.to_string())?;
-    vessel::report::print_pass(&report);
+    crate::cli::report::print_pass(&report);
     Ok(())
 }
 
@@ -232,7 +232,7 @@ fn demo(dir: &Path, kept: bool) -> Result<(), String> {
     progress(dir, &cfg_path, &clock, &ops)?;
     println!();
     let cfg = Config::load(&cfg_path).map_err(|e| e.to_string())?;
-    vessel::report::status(&cfg, clock.as_ref(), false);
+    crate::cli::report::status(&cfg, clock.as_ref(), false);
     if kept {
         println!(
             "\nTry: vessel-sync status --config {0}    vessel-sync audit --config {0}",

@@ -3,6 +3,7 @@
 //! are in [`shore`], the `users` ones in [`users`].
 
 pub mod keys;
+pub mod report;
 pub mod shore;
 pub mod users;
 
@@ -321,7 +322,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Status { config, json } => match load_config(&config.config) {
             Ok(cfg) => {
                 exit::quiet_on_closed_pipe();
-                vessel::report::status(&cfg, clock.as_ref(), json)
+                crate::cli::report::status(&cfg, clock.as_ref(), json)
             }
             Err(code) => code,
         },
@@ -333,7 +334,7 @@ pub fn run(cli: Cli) -> i32 {
         } => match load_config(&config.config) {
             Ok(cfg) => {
                 exit::quiet_on_closed_pipe();
-                vessel::report::audit(&cfg, json, csv, since_id)
+                crate::cli::report::audit(&cfg, json, csv, since_id)
             }
             Err(code) => code,
         },
@@ -393,77 +394,26 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let now = clock.now();
-            let mut draft = match ::shore::spec::load(&spec, now) {
-                Ok(d) => d,
-                Err(e) => return fail(exit::DATAERR, e),
-            };
-            // Course backups travel by content; the split files live until the bundle is written.
-            let work = match tempfile::Builder::new()
-                .prefix(".vessel-sync-split-")
-                .tempdir_in(
-                    out.parent()
-                        .filter(|p| !p.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new(".")),
-                ) {
-                Ok(w) => w,
+            let built = ::shore::build::build(
+                ::shore::build::BuildSpec {
+                    spec: &spec,
+                    key: &key,
+                    certificate,
+                    base: &base,
+                    whole,
+                    out: &out,
+                },
+                clock.now(),
+            );
+            match built {
+                Ok(b) => render_built(&out, &b),
                 Err(e) => {
-                    return fail(
-                        exit::IOERR,
-                        format!("a work directory beside {}: {e}", out.display()),
-                    );
+                    eprintln!("vessel-sync: {e}");
+                    shore::exit_code(&e)
                 }
-            };
-            if !whole {
-                match moodle::delta::split_draft(&mut draft, &base, work.path()) {
-                    Ok(notes) => {
-                        for n in notes {
-                            println!(
-                                "{}: {} bytes whole; by content: {} content file(s), {} carried ({} bytes), {} held by the recipients",
-                                n.member,
-                                n.whole_bytes,
-                                n.content,
-                                n.carried,
-                                n.carried_bytes,
-                                n.content - n.carried
-                            );
-                        }
-                    }
-                    Err(e) => return fail(exit::DATAERR, e),
-                }
-            }
-            for c in &draft.commands {
-                if vessel::commands::find(&c.kind).is_none() {
-                    eprintln!(
-                        "vessel-sync: warning: command type {:?} is unknown to this build ({}); agents of the same version will fail that command",
-                        c.kind,
-                        vessel::commands::known_kinds().join(", ")
-                    );
-                }
-            }
-            let extra = envelope::Extra {
-                certificate,
-                ..Default::default()
-            };
-            match envelope::write_envelope_with(&draft, &extra, &key, now, &out) {
-                Ok((m, _)) => {
-                    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-                    println!(
-                        "wrote {} ({size} bytes): bundle {} for {:?}, sequence {}, {} command(s), {} file(s), signed by {}",
-                        out.display(),
-                        m.id,
-                        m.recipient,
-                        m.sequence,
-                        m.commands.len(),
-                        m.files.len(),
-                        m.issuer
-                    );
-                    exit::OK
-                }
-                Err(e) => fail(exit::IOERR, e),
             }
         }
-        BundleCmd::Inspect { file, json } => vessel::report::inspect(&file, json),
+        BundleCmd::Inspect { file, json } => crate::cli::report::inspect(&file, json),
         BundleCmd::Verify {
             file,
             trust,
@@ -526,6 +476,44 @@ fn bundle(cmd: BundleCmd, clock: &dyn Clock) -> i32 {
     }
 }
 
+/// `bundle build`'s report: each backup split by content, a warning for a command type this
+/// build does not know, and the bundle written.
+fn render_built(out: &Path, b: &::shore::build::Built) -> i32 {
+    for n in &b.splits {
+        println!(
+            "{}: {} bytes whole; by content: {} content file(s), {} carried ({} bytes), {} held by the recipients",
+            n.member,
+            n.whole_bytes,
+            n.content,
+            n.carried,
+            n.carried_bytes,
+            n.content - n.carried
+        );
+    }
+    let m = &b.manifest;
+    for c in &m.commands {
+        if vessel::commands::find(&c.kind).is_none() {
+            eprintln!(
+                "vessel-sync: warning: command type {:?} is unknown to this build ({}); agents of the same version will fail that command",
+                c.kind,
+                vessel::commands::known_kinds().join(", ")
+            );
+        }
+    }
+    println!(
+        "wrote {} ({} bytes): bundle {} for {:?}, sequence {}, {} command(s), {} file(s), signed by {}",
+        out.display(),
+        b.bytes,
+        m.id,
+        m.recipient,
+        m.sequence,
+        m.commands.len(),
+        m.files.len(),
+        m.issuer
+    );
+    exit::OK
+}
+
 fn check_config(path: &Path) -> i32 {
     let cfg = match load_config(path) {
         Ok(c) => c,
@@ -572,7 +560,7 @@ fn agent(path: &Path, once: bool, clock: Arc<dyn Clock>) -> i32 {
     if once {
         return match agent.run_once() {
             Ok(report) => {
-                vessel::report::print_pass(&report);
+                crate::cli::report::print_pass(&report);
                 exit::OK
             }
             Err(e) => agent_error(&e),

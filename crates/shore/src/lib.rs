@@ -14,7 +14,8 @@
 //! - [`forward`]: progress into the cloud Moodle; [`course`]: retiring a course fleet-wide;
 //!   [`crew`]: a seafarer's progress following them to another vessel;
 //! - [`dashboard`]: the fleet page and its JSON behind an operator login;
-//! - [`spec`]: the operator's bundle spec (TOML) for `vessel-sync bundle build`;
+//! - [`spec`], [`build`]: the operator's bundle spec (TOML) made into a signed bundle
+//!   (`vessel-sync bundle build`);
 //! - `config`: `shore.toml` ([`ShoreConfig`]); [`error`]: the typed [`Error`].
 //!
 //! Every operator command returns a typed report or an [`Error`]; the command line renders
@@ -31,6 +32,7 @@
 
 #![deny(missing_docs)]
 
+pub mod build;
 mod config;
 pub mod content;
 pub mod course;

@@ -10,7 +10,7 @@
 //! - [`capture`]: learner progress from Moodle's database, by snapshot diff, into the outbox.
 //! - [`uplink`]: the sync cycle to shore (HTTPS or carrier files), retries, budgets, windows.
 //! - [`config`]: `agent.toml`, one file per section.
-//! - [`report`]: what `status`, `audit`, `inspect` and `agent --once` print.
+//! - [`status`]: what `vessel-sync status` shows, gathered (the command line renders it).
 //!
 //! May import: `base`, `wire`, `moodle`. Never `shore`: the two sides meet only in `wire`.
 
@@ -21,7 +21,7 @@ pub mod commands;
 pub mod config;
 pub mod content;
 pub mod inbox;
-pub mod report;
+pub mod status;
 pub mod store;
 pub mod trust;
 pub mod uplink;
