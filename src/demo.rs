@@ -371,7 +371,8 @@ fn progress(
     let (fleet, _) = shore::status(&shore_cfg, clock.now()).map_err(|e| e.to_string())?;
     crate::cli::shore::render::fleet(fleet);
     let csv = dir.join("progress-export.csv");
-    let n = shore::export::export(&shore_cfg, None, &csv, clock.now()).map_err(|e| e.to_string())?;
+    let n =
+        shore::export::export(&shore_cfg, None, &csv, clock.now()).map_err(|e| e.to_string())?;
     println!("{n} records written to {}", csv.display());
     let text = std::fs::read_to_string(&csv).map_err(e)?;
     for line in text.lines().take(4) {

@@ -1,6 +1,6 @@
 //! `vessel-sync keygen`, `vessel-sync key ...` (the fleet root's certificates), the certificate
 //! `bundle build` carries, and `vessel-sync rotate-key` (a vessel's own key): parsing and
-//! printing around `wire::envelope::trust` and `vessel::uplink::rotate_key`.
+//! printing around `wire::envelope::trust` and `vessel::rotate::rotate_key`.
 
 use std::path::{Path, PathBuf};
 
@@ -285,7 +285,7 @@ pub fn rotate(config: &Path, json: bool, clock: &dyn Clock) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(exit::IOERR, e),
     };
-    match vessel::uplink::rotate_key(&mut store, &cfg, clock.now()) {
+    match vessel::rotate::rotate_key(&mut store, &cfg, clock.now()) {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());

@@ -354,7 +354,6 @@ impl Ws {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

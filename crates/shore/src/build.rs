@@ -58,8 +58,8 @@ pub fn build(b: BuildSpec<'_>, now: i64) -> Result<Built> {
         certificate: b.certificate,
         ..Default::default()
     };
-    let (manifest, _) =
-        envelope::write_envelope_with(&draft, &extra, b.key, now, b.out).map_err(Error::io(b.out))?;
+    let (manifest, _) = envelope::write_envelope_with(&draft, &extra, b.key, now, b.out)
+        .map_err(Error::io(b.out))?;
     let bytes = std::fs::metadata(b.out).map(|m| m.len()).unwrap_or(0);
     Ok(Built {
         manifest,

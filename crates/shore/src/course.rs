@@ -12,8 +12,8 @@ use wire::SHORE;
 use wire::envelope::{self, CommandEntry, Draft, Kind, SecretKey};
 
 use crate::forward::connect;
-use crate::{Error, ShoreConfig, operator};
 use crate::store::{Queued, Retirement};
+use crate::{Error, ShoreConfig, operator};
 
 /// Hides `course` in the cloud; Ok(note) says what was done there.
 fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, String> {
@@ -109,7 +109,12 @@ pub struct Retired {
 
 /// `shore course retire`: hides the course in the cloud Moodle and queues a guarded
 /// `delete_course` for every vessel that sent progress of it (and those in `also`).
-pub fn retire(cfg: &ShoreConfig, course: &str, also: &[String], now: i64) -> Result<Retired, Error> {
+pub fn retire(
+    cfg: &ShoreConfig,
+    course: &str,
+    also: &[String],
+    now: i64,
+) -> Result<Retired, Error> {
     if course.trim().is_empty() {
         return Err(Error::Usage(
             "name the course by its idnumber or shortname".into(),

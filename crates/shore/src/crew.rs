@@ -11,8 +11,8 @@ use wire::envelope::{SecretKey, Source};
 
 use crate::course::queue_from_shore;
 use crate::forward::connect;
-use crate::{Error, ShoreConfig, operator};
 use crate::store::ShoreStore;
+use crate::{Error, ShoreConfig, operator};
 use moodle::ws::Ws;
 
 /// What `shore crew move` did.
@@ -33,8 +33,7 @@ pub fn move_to(
     let (key, ws) = signer_and_cloud(cfg)?;
     let db = cfg.open()?;
     check_vessel(&db, vessel)?;
-    let summary =
-        move_one(cfg, &db, &key, &ws, user, vessel, also, now).map_err(Error::Failed)?;
+    let summary = move_one(cfg, &db, &key, &ws, user, vessel, also, now).map_err(Error::Failed)?;
     Ok(Moved { summary })
 }
 

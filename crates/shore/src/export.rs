@@ -8,8 +8,8 @@ use base::clock::{format_time, parse_time};
 use wire::progress::Record;
 use wire::progress::record::format_id;
 
-use crate::error::{Error, Result};
 use crate::ShoreConfig;
+use crate::error::{Error, Result};
 
 /// The CSV's columns.
 pub const HEADER: [&str; 12] = [
@@ -74,9 +74,8 @@ pub fn export(cfg: &ShoreConfig, since: Option<&str>, out: &Path, now: i64) -> R
     let (n, cursor) = match since_t {
         Some(t) => (db.records_since(t, &mut row_out)?, None),
         None => {
-            let (n, top) = db.records_after(db.export_cursor()?, |v, id, r, at, _| {
-                row_out(v, id, r, at)
-            })?;
+            let (n, top) =
+                db.records_after(db.export_cursor()?, |v, id, r, at, _| row_out(v, id, r, at))?;
             (n, Some(top))
         }
     };
@@ -86,7 +85,9 @@ pub fn export(cfg: &ShoreConfig, since: Option<&str>, out: &Path, now: i64) -> R
     let buf = w
         .into_inner()
         .map_err(|e| Error::Failed(format!("{}: {e}", tmp.display())))?;
-    let file = buf.into_inner().map_err(|e| Error::io(&tmp)(e.into_error()))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| Error::io(&tmp)(e.into_error()))?;
     file.sync_all().map_err(Error::io(&tmp))?;
     base::fsutil::commit_temp(&tmp, out).map_err(Error::io(out))?;
     // Only once the file is safely in place: a run that failed exports the same again.

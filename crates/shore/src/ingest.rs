@@ -8,9 +8,9 @@ use base::clock::Clock;
 use wire::SHORE;
 use wire::envelope::{self, CommandEntry, Draft, Keyring, Kind, Limits, PublicKey, SecretKey};
 
+use crate::ShoreConfig;
 use crate::error::{Error, Result};
 use crate::intake::{Intake, Refusal, intake};
-use crate::ShoreConfig;
 
 /// What became of one delivered file.
 #[derive(Debug)]

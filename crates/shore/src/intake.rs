@@ -130,9 +130,8 @@ pub const MAX_MANIFEST_BYTES: u64 = 2 << 20;
 pub const MAX_DECODED_BYTES: usize = 64 << 20;
 
 fn lock(db: &Mutex<ShoreStore>) -> Result<MutexGuard<'_, ShoreStore>, Refusal> {
-    db.lock().map_err(|_| {
-        Refusal::Local("the shore store's lock is poisoned; restart shore".into())
-    })
+    db.lock()
+        .map_err(|_| Refusal::Local("the shore store's lock is poisoned; restart shore".into()))
 }
 
 /// Verifies, decodes and stores the batch in `file` from `vessel`. Refusals are recorded.
@@ -217,27 +216,23 @@ fn intake_inner(
                     .iter()
                     .find(|n| n.until_seq.is_none())
                     .map_or("another key".to_string(), |n| format!("key {}", n.key_id));
-                return Err(Refusal::OldKey(
-                    if until == 0 {
-                        format!(
-                            "batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key",
-                            m.sequence
-                        )
-                    } else {
-                        format!(
-                            "batch {} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused",
-                            m.sequence
-                        )
-                    },
-                ));
+                return Err(Refusal::OldKey(if until == 0 {
+                    format!(
+                        "batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key",
+                        m.sequence
+                    )
+                } else {
+                    format!(
+                        "batch {} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused",
+                        m.sequence
+                    )
+                }));
             }
             if m.sequence < k.from_seq {
-                return Err(Refusal::WrongKey(
-                    format!(
-                        "batch {} is signed by key {signer}, which signs from batch {} on",
-                        m.sequence, k.from_seq
-                    ),
-                ));
+                return Err(Refusal::WrongKey(format!(
+                    "batch {} is signed by key {signer}, which signs from batch {} on",
+                    m.sequence, k.from_seq
+                )));
             }
         }
         None => {
@@ -247,20 +242,16 @@ fn intake_inner(
                 .as_ref()
                 .filter(|r| r.body.new_key_id == signer)
             else {
-                return Err(Refusal::UnknownKey(
-                    format!(
-                        "batch signed by key {signer}, which is not registered for vessel {}",
-                        vessel.id
-                    ),
-                ));
+                return Err(Refusal::UnknownKey(format!(
+                    "batch signed by key {signer}, which is not registered for vessel {}",
+                    vessel.id
+                )));
             };
             if rot.body.vessel != vessel.id || m.sequence < rot.body.from_sequence {
-                return Err(Refusal::BadRotation(
-                    format!(
-                        "the key rotation is for vessel {:?} from batch {}, but this is batch {} of vessel {:?}",
-                        rot.body.vessel, rot.body.from_sequence, m.sequence, vessel.id
-                    ),
-                ));
+                return Err(Refusal::BadRotation(format!(
+                    "the key rotation is for vessel {:?} from batch {}, but this is batch {} of vessel {:?}",
+                    rot.body.vessel, rot.body.from_sequence, m.sequence, vessel.id
+                )));
             }
             let pub_text = opened.signer.file_text();
             rotation = Some((
@@ -275,12 +266,10 @@ fn intake_inner(
         return Err(Refusal::WrongKind);
     }
     if m.recipient != SHORE || m.sender != vessel.id {
-        return Err(Refusal::WrongSender(
-            format!(
-                "batch from {:?} to {:?}, but the connection authenticated vessel {:?} sending to shore",
-                m.sender, m.recipient, vessel.id
-            ),
-        ));
+        return Err(Refusal::WrongSender(format!(
+            "batch from {:?} to {:?}, but the connection authenticated vessel {:?} sending to shore",
+            m.sender, m.recipient, vessel.id
+        )));
     }
     if m.files.len() != 1 || m.files[0].name != RECORDS_MEMBER {
         return Err(Refusal::NotABatch);
@@ -333,12 +322,10 @@ fn intake_inner(
         tracing::info!(vessel = %vessel.id, old_key = %old, new_key = %id, from_seq = from, "vessel key rotated");
     }
     if stored == Stored::Replayed {
-        return Err(Refusal::Replayed(
-            format!(
-                "batch sequence {} was already received with other content; nothing stored (acknowledged up to {acked_seq})",
-                m.sequence
-            ),
-        ));
+        return Err(Refusal::Replayed(format!(
+            "batch sequence {} was already received with other content; nothing stored (acknowledged up to {acked_seq})",
+            m.sequence
+        )));
     }
     if let Stored::New { new, duplicate } = &stored {
         tracing::info!(vessel = %vessel.id, seq = m.sequence, new, duplicate, acked_seq, via, "batch stored");

@@ -31,7 +31,8 @@ pub struct Pushed {
 
 /// Checks the signed bundle at `bundle` and queues it for its recipient.
 pub fn push(cfg: &ShoreConfig, bundle: &Path, now: i64) -> Result<Pushed> {
-    let refused = |e: &dyn std::fmt::Display| Error::Refused(format!("{}: refused: {e}", bundle.display()));
+    let refused =
+        |e: &dyn std::fmt::Display| Error::Refused(format!("{}: refused: {e}", bundle.display()));
     let load = |paths: &[PathBuf]| -> Result<Vec<PublicKey>> {
         paths
             .iter()

@@ -75,7 +75,11 @@ pub struct Rekeyed {
 pub fn vessel_rekey(cfg: &ShoreConfig, id: &str, pubkey: &Path, now: i64) -> Result<Rekeyed> {
     let (text, key) = read_key(pubkey)?;
     let db = cfg.open()?;
-    let missing = || Error::NotFound(format!("no vessel {id:?} (see 'vessel-sync shore vessel list')"));
+    let missing = || {
+        Error::NotFound(format!(
+            "no vessel {id:?} (see 'vessel-sync shore vessel list')"
+        ))
+    };
     let before = db.vessel(id)?.ok_or_else(missing)?;
     if !db.rekey_vessel(id, text.trim(), &key.id, now)? {
         return Err(missing());

@@ -8,7 +8,8 @@
 //! - [`commands`]: one file per command type a bundle can carry.
 //! - [`content`]: course content files kept on board by hash, for delta bundles.
 //! - [`capture`]: learner progress from Moodle's database, by snapshot diff, into the outbox.
-//! - [`uplink`]: the sync cycle to shore (HTTPS or carrier files), retries, budgets, windows.
+//! - [`uplink`]: the sync cycle to shore (HTTPS or carrier files), retries, budgets, windows;
+//!   [`rotate`]: `rotate-key`, a new vessel signing key announced to shore in the batches.
 //! - [`config`]: `agent.toml`, one file per section.
 //! - [`status`]: what `vessel-sync status` shows, gathered (the command line renders it).
 //!
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod content;
 pub mod inbox;
+pub mod rotate;
 pub mod status;
 pub mod store;
 pub mod trust;

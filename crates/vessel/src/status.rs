@@ -256,6 +256,7 @@ fn progress_status(
     now: i64,
 ) -> Result<ProgressStatus, crate::store::StoreError> {
     let facts = store.facts()?;
+    let uplink = store.uplink_state()?;
     let time_of = |k: &str| {
         facts
             .get(k)
@@ -273,11 +274,11 @@ fn progress_status(
             UplinkMode::Https => "https",
             UplinkMode::Files => "files",
         },
-        last_contact: time_of("last_contact_at"),
-        next_attempt: time_of("next_attempt_at"),
-        next_attempt_reason: facts.get("next_attempt_reason").cloned(),
-        last_error: facts.get("last_error").cloned(),
-        permanent_error: facts.get("permanent_error").cloned(),
+        last_contact: uplink.last_contact_at.map(format_time),
+        next_attempt: (uplink.next_attempt_at > 0).then(|| format_time(uplink.next_attempt_at)),
+        next_attempt_reason: uplink.next_attempt_reason,
+        last_error: uplink.last_error,
+        permanent_error: uplink.permanent_error,
         bytes_today: du + dd,
         bytes_this_month: mu + md,
         daily_budget: cfg.uplink.daily_budget,
@@ -337,4 +338,3 @@ pub fn gather(cfg: &Config, clock: &dyn Clock) -> Result<Status, crate::store::S
         },
     })
 }
-

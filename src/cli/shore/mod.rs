@@ -340,10 +340,13 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
             )
         }),
         ShoreCmd::Export { config, since, out } => with(&config, &|cfg| {
-            done(shore::export::export(cfg, since.as_deref(), &out, now), |n| {
-                println!("{n} records written to {}", out.display());
-                exit::OK
-            })
+            done(
+                shore::export::export(cfg, since.as_deref(), &out, now),
+                |n| {
+                    println!("{n} records written to {}", out.display());
+                    exit::OK
+                },
+            )
         }),
         ShoreCmd::Forward {
             config,
@@ -370,9 +373,10 @@ pub fn run(cmd: ShoreCmd, clock: Arc<dyn Clock>) -> i32 {
             path,
             json,
         } => with(&config, &|cfg| {
-            done(shore::migrate::from_sqlite(cfg, path.as_deref(), now), |m| {
-                render::migrated(m, json)
-            })
+            done(
+                shore::migrate::from_sqlite(cfg, path.as_deref(), now),
+                |m| render::migrated(m, json),
+            )
         }),
         ShoreCmd::Crew(CrewCmd::Move {
             config,

@@ -203,7 +203,10 @@ pub fn conflicts(rows: Vec<shore::forward::Conflict>) -> i32 {
 }
 
 /// `shore forward`: what the pass did; TEMPFAIL when the cloud stopped it early.
-pub fn forwarded((p, summary): (shore::forward::Pass, shore::store::ForwardSummary), json: bool) -> i32 {
+pub fn forwarded(
+    (p, summary): (shore::forward::Pass, shore::store::ForwardSummary),
+    json: bool,
+) -> i32 {
     if let Some(why) = &p.busy {
         if json {
             self::json(serde_json::json!({"pass": p}));

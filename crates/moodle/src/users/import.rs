@@ -84,7 +84,6 @@ impl Observer for Quiet {
     fn progress(&mut self, _: &str, _: u64, _: u64) {}
 }
 
-
 /// How users are written to Moodle.
 pub enum Via<'a> {
     /// `core_user_create_users` / `core_user_update_users` / `enrol_manual_enrol_users`.

@@ -72,7 +72,12 @@ pub(crate) trait Cloud {
 
 /// Newer wins: what to do with a record of time `time` whose key the cloud holds with value
 /// `current` since `cloud_time`, given what shore last wrote there.
-pub(crate) fn newer_wins(time: i64, current: &str, cloud_time: i64, ours: Option<&Written>) -> &'static str {
+pub(crate) fn newer_wins(
+    time: i64,
+    current: &str,
+    cloud_time: i64,
+    ours: Option<&Written>,
+) -> &'static str {
     let baseline = match ours {
         // The cloud still holds what shore wrote (its time is that of the write, not of the
         // learner's progress): compare with the progress's own time.
@@ -101,11 +106,7 @@ fn conflict(decision: &'static str, current: &str, cloud_time: i64) -> Outcome {
 
 /// Decides and does what one record asks of the cloud: settled with an outcome, or held with
 /// a reason; a cloud that cannot answer, or shore's own store failing, stops the pass.
-pub(crate) fn one(
-    c: &mut dyn Cloud,
-    db: &mut ShoreStore,
-    t: &ToForward,
-) -> Result<Outcome, Stop> {
+pub(crate) fn one(c: &mut dyn Cloud, db: &mut ShoreStore, t: &ToForward) -> Result<Outcome, Stop> {
     let r = &t.record;
     match r.kind {
         RecordKind::CourseCompletion => {
@@ -248,5 +249,3 @@ pub(crate) fn one(
         Err(why) => Outcome::Hold(format!("the cloud Moodle refused it: {why}")),
     })
 }
-
-

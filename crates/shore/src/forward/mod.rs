@@ -36,8 +36,8 @@ mod moodle;
 
 use std::time::{Duration, Instant};
 
-use base::clock::Clock;
 use ::moodle::ws::{Token, Ws};
+use base::clock::Clock;
 
 use crate::config::{CloudSettings, ShoreConfig};
 use crate::error::{Error, Result};
@@ -64,7 +64,6 @@ pub const CLOUD_FUNCTIONS: &[&str] = &[
 /// Records looked at per pass from the stream (held ones are retried besides).
 const PASS_LIMIT: u64 = 5_000;
 
-
 /// What one pass did.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Pass {
@@ -82,7 +81,6 @@ pub struct Pass {
     /// Of which waiting for the cloud Moodle's answers.
     pub moodle_seconds: f64,
 }
-
 
 /// The web-service client for `[cloud]`.
 pub fn connect(cloud: &CloudSettings) -> std::result::Result<Ws, String> {
@@ -273,7 +271,6 @@ pub fn worker(
         }
     }
 }
-
 
 /// `shore forward`: one pass now, audited; the pass and what remains to forward.
 pub fn run_once(cfg: &ShoreConfig, clock: &dyn Clock) -> Result<(Pass, ForwardSummary)> {

@@ -71,7 +71,6 @@ impl ShoreDbError {
     pub fn kind(&self) -> DbErrorKind {
         self.kind
     }
-
 }
 
 impl base::retry::Retriable for ShoreDbError {
@@ -691,10 +690,9 @@ impl Db {
                 (|| -> std::result::Result<(), Fault> {
                     let mut s = c.prepare_cached(sql)?;
                     let n = s.column_count();
-                    let mut it = s
-                        .query(rusqlite::params_from_iter(
-                            values.into_iter().map(lite_param),
-                        ))?;
+                    let mut it = s.query(rusqlite::params_from_iter(
+                        values.into_iter().map(lite_param),
+                    ))?;
                     while let Some(r) = it.next()? {
                         let mut row = Vec::with_capacity(n);
                         for i in 0..n {

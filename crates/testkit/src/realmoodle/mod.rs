@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use moodle::ws::{Params, Safety, Token, Ws};
 use serde_json::Value;
 
-
 use crate::mariatemp::TempMaria;
 use crate::pgtemp::{TempPg, copy_tree, die_with_parent, free_port};
 

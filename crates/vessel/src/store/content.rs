@@ -5,7 +5,7 @@
 
 use rusqlite::params;
 
-use super::{Ctx, Result, Store, Tx};
+use super::{Ctx, Result, Store, Tx, to_i64};
 use wire::envelope::NeedFiles;
 
 /// A content file kept on board.
@@ -17,10 +17,6 @@ pub struct Held {
     pub sha256: String,
     /// Bytes.
     pub size: u64,
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Tx<'_> {

@@ -12,8 +12,14 @@
 //! `PRAGMA quick_check` runs at every open for writing; a damaged file stops the agent with a
 //! message naming the file instead of working on bad state.
 
+/// A count as SQLite's integer (saturating: no count here comes near 2^63).
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 mod audit;
 mod content;
+mod facts;
 mod journal;
 mod mapping;
 mod outbox;
@@ -25,6 +31,7 @@ mod trust;
 
 pub use audit::{AuditEntry, AuditEvent};
 pub use content::Held;
+pub use facts::UplinkState;
 pub use journal::{
     Admission, BundleRow, BundleState, CommandOutcome, CommandRow, CommandState, NewBundle,
     NewCommand, Overview, SkippedRange, StreamGap,
@@ -91,6 +98,26 @@ pub enum StoreError {
         "no journal at {0} yet: the agent has not run with this config (start it, or run 'vessel-sync agent --once')"
     )]
     Missing(PathBuf),
+}
+
+impl StoreError {
+    /// Whether another writer held the journal's lock past the busy timeout.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite { source, .. } if matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        )
+    }
+}
+
+impl base::retry::Retriable for StoreError {
+    /// A busy journal passes; damage, a newer schema or another vessel's state do not.
+    fn is_retriable(&self) -> bool {
+        self.is_busy()
+    }
 }
 
 /// Result alias.

@@ -1,11 +1,12 @@
 //! Progress in the agent's database: the captured state, the outbox, batches, the progress
-//! quarantine, imported (echo) rows, and the uplink's small facts and traffic counters.
+//! quarantine and imported (echo) rows. The facts kept by name, the uplink's typed state and
+//! the traffic counters are in `facts.rs`.
 
 use std::collections::HashMap;
 
 use rusqlite::params;
 
-use super::{Ctx, Result, Store, Tx};
+use super::{Ctx, Result, Store, Tx, to_i64};
 use wire::progress::{Record, RecordKind};
 
 /// The state last captured for one Moodle row.
@@ -131,10 +132,6 @@ fn batch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Batch> {
         written_at: r.get(4)?,
         attempts: r.get::<_, i64>(5)?.unsigned_abs(),
     })
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Tx<'_> {
@@ -384,25 +381,6 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Sets an uplink fact.
-    pub fn set_fact(&self, key: &str, value: &str) -> Result<()> {
-        self.tx
-            .execute(
-                "INSERT INTO uplink(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .ctx(self.path)?;
-        Ok(())
-    }
-
-    /// Clears an uplink fact.
-    pub fn clear_fact(&self, key: &str) -> Result<()> {
-        self.tx
-            .execute("DELETE FROM uplink WHERE key = ?1", params![key])
-            .ctx(self.path)?;
-        Ok(())
-    }
-
     /// Up to `limit` records not yet in a batch, in capture order: (outbox seq, record).
     pub fn unbatched(&self, limit: u64) -> Result<Vec<(i64, Record)>> {
         self.rows(
@@ -506,18 +484,6 @@ impl Tx<'_> {
             .ctx(self.path)?;
         Ok(n as u64)
     }
-
-    /// Adds bytes to today's traffic counters.
-    pub fn add_traffic(&self, day: &str, up: u64, down: u64) -> Result<()> {
-        self.tx
-            .execute(
-                "INSERT INTO traffic(day, up, down) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(day) DO UPDATE SET up = up + excluded.up, down = down + excluded.down",
-                params![day, to_i64(up), to_i64(down)],
-            )
-            .ctx(self.path)?;
-        Ok(())
-    }
 }
 
 fn course_impact(
@@ -552,25 +518,6 @@ impl Store {
     /// Learners with progress in a course and its unacknowledged records (for `status`).
     pub fn course_impact(&self, course_key: &str) -> Result<(CourseBacklog, u64)> {
         course_impact(&self.conn, &self.path, course_key)
-    }
-
-    /// An uplink fact.
-    pub fn fact(&self, key: &str) -> Result<Option<String>> {
-        self.row(
-            "SELECT value FROM uplink WHERE key = ?1",
-            params![key],
-            |r| r.get(0),
-        )
-    }
-
-    /// Every uplink fact.
-    pub fn facts(&self) -> Result<std::collections::BTreeMap<String, String>> {
-        Ok(self
-            .rows("SELECT key, value FROM uplink", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .into_iter()
-            .collect())
     }
 
     /// The oldest unacknowledged batch, if any.
@@ -655,29 +602,6 @@ impl Store {
     pub fn outbox_records(&self) -> Result<Vec<Record>> {
         self.rows("SELECT record FROM outbox ORDER BY seq", [], record_row)
     }
-
-    /// Bytes used today and this month (UTC): ((up, down) today, (up, down) month).
-    pub fn traffic(&self, day: &str) -> Result<((u64, u64), (u64, u64))> {
-        let today: (i64, i64) = self
-            .row(
-                "SELECT up, down FROM traffic WHERE day = ?1",
-                params![day],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .unwrap_or((0, 0));
-        let month_prefix = format!("{}%", day.get(..8).unwrap_or(day));
-        let month: (i64, i64) = self
-            .row(
-                "SELECT COALESCE(SUM(up), 0), COALESCE(SUM(down), 0) FROM traffic WHERE day LIKE ?1",
-                params![month_prefix],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?
-            .unwrap_or((0, 0));
-        Ok((
-            (today.0.unsigned_abs(), today.1.unsigned_abs()),
-            (month.0.unsigned_abs(), month.1.unsigned_abs()),
-        ))
-    }
 }
 
 impl Tx<'_> {
@@ -686,23 +610,6 @@ impl Tx<'_> {
         self.row(
             "SELECT value FROM capture_state WHERE kind = ?1 AND userid = ?2 AND objid = ?3",
             params![kind, userid, objid],
-            |r| r.get(0),
-        )
-    }
-
-    /// Removes an uplink fact, inside a transaction.
-    pub fn drop_fact(&self, key: &str) -> Result<()> {
-        self.tx
-            .execute("DELETE FROM uplink WHERE key = ?1", params![key])
-            .ctx(self.path)?;
-        Ok(())
-    }
-
-    /// An uplink fact, inside a transaction.
-    pub fn fact(&self, key: &str) -> Result<Option<String>> {
-        self.row(
-            "SELECT value FROM uplink WHERE key = ?1",
-            params![key],
             |r| r.get(0),
         )
     }
