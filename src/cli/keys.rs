@@ -281,6 +281,10 @@ pub fn rotate(config: &Path, json: bool, clock: &dyn Clock) -> i32 {
     if let Err(e) = vessel::agent::check_owner(&cfg.paths.state_dir) {
         return fail(exit::NOPERM, e);
     }
+    let _work = match super::work_lock(&cfg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let mut store = match vessel::store::Store::open(&cfg.paths.database(), &cfg.vessel_id) {
         Ok(s) => s,
         Err(e) => return fail(exit::IOERR, e),

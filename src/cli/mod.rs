@@ -269,6 +269,10 @@ fn retry(path: &Path, command: &str, clock: &dyn base::clock::Clock) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let _work = match work_lock(&cfg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let done = vessel::store::Store::open(&cfg.paths.database(), &cfg.vessel_id)
         .and_then(|mut store| store.write(|tx| tx.retry_command(command, "on-board", clock.now())));
     match done {
@@ -514,6 +518,24 @@ fn render_built(out: &Path, b: &::shore::build::Built) -> i32 {
     exit::OK
 }
 
+/// Takes the journal's work lock for an operator's command while the agent may be running:
+/// waits for the agent's current step (a command, a capture, a sync), and says so.
+pub(crate) fn work_lock(cfg: &Config) -> Result<vessel::agent::WorkLock, i32> {
+    std::fs::create_dir_all(&cfg.paths.state_dir).map_err(|e| {
+        fail(
+            exit::IOERR,
+            format!("{}: {e}", cfg.paths.state_dir.display()),
+        )
+    })?;
+    vessel::agent::check_owner(&cfg.paths.state_dir).map_err(|e| fail(exit::NOPERM, e))?;
+    vessel::agent::WorkLock::acquire(&cfg.paths.state_dir, || {
+        eprintln!(
+            "vessel-sync: the agent is working on the journal (a command, a capture or a sync); waiting for it to finish that step..."
+        );
+    })
+    .map_err(|e| fail(exit::IOERR, e))
+}
+
 fn check_config(path: &Path) -> i32 {
     let cfg = match load_config(path) {
         Ok(c) => c,
@@ -604,6 +626,10 @@ fn capture(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
             ),
         );
     };
+    let _work = match work_lock(&cfg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let run = || -> Result<vessel::capture::CaptureReport, String> {
         std::fs::create_dir_all(&cfg.paths.state_dir)
             .map_err(|e| format!("{}: {e}", cfg.paths.state_dir.display()))?;
@@ -646,6 +672,10 @@ fn sync(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
         Err(code) => return code,
     };
     base::service::init_logging(&cfg.log_level);
+    let _work = match work_lock(&cfg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
     let run = || -> Result<vessel::uplink::CycleReport, String> {
         let mut uplink = vessel::uplink::Uplink::new(&cfg)
             .map_err(|e| e.to_string())?

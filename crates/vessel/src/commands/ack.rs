@@ -4,8 +4,8 @@
 //! (default `outbox`). The watermark only rises; raising it deletes the acknowledged batches and
 //! their records from the outbox in the same transaction.
 
-use super::{Command, Ctx};
-use crate::store::{CommandOutcome, Result, Tx};
+use super::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, Result};
 
 /// The `ack` command.
 pub struct Ack;
@@ -19,7 +19,7 @@ impl Command for Ack {
         false
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let Some(seq) = ctx
             .args
             .get("acked_seq")
@@ -40,7 +40,7 @@ impl Command for Ack {
                 }
             },
         };
-        if tx.raise_ack(channel, seq, &ctx.cmd.bundle_id, ctx.now)? {
+        if j.with(|tx| tx.raise_ack(channel, seq, &ctx.cmd.bundle_id, ctx.now))? {
             Ok(CommandOutcome::Done(format!(
                 "shore acknowledged {channel} up to sequence {seq}"
             )))

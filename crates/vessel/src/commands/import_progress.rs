@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::lookup::{CourseInfo, Step, connect, course_info, users, wait};
-use super::{Command, Ctx};
-use crate::store::{CommandOutcome, Result, Tx};
+use super::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, Result};
 use base::csvrow::{RowError, bad};
 use moodle::ws::{Params, Safety, Ws};
 use wire::progress::{Record, RecordKind};
@@ -60,7 +60,7 @@ impl Command for ImportProgress {
         "import_progress"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let safe = ctx.safe_id();
         let plan_path = ctx.reports_dir.join(format!("{safe}.import-plan.json"));
         let marker = format!("import_recorded:{}", ctx.cmd.cmd_id);
@@ -68,7 +68,7 @@ impl Command for ImportProgress {
             Ok(w) => w,
             Err(o) => return Ok(o),
         };
-        if tx.fact(&marker)?.is_some() {
+        if j.with(|tx| tx.fact(&marker))?.is_some() {
             // Second step: the rows are recorded as imported; apply them.
             let plan: Plan = match std::fs::read(&plan_path)
                 .ok()
@@ -76,7 +76,7 @@ impl Command for ImportProgress {
             {
                 Some(p) => p,
                 None => {
-                    tx.drop_fact(&marker)?;
+                    j.with(|tx| tx.drop_fact(&marker))?;
                     return Ok(wait(
                         ctx,
                         0,
@@ -86,7 +86,7 @@ impl Command for ImportProgress {
             };
             let outcome = apply(ctx, &ws, &plan, &safe);
             if matches!(outcome, CommandOutcome::Done(_)) {
-                tx.drop_fact(&marker)?;
+                j.with(|tx| tx.drop_fact(&marker))?;
                 let _ = std::fs::remove_file(&plan_path);
             }
             return Ok(outcome);
@@ -96,33 +96,44 @@ impl Command for ImportProgress {
             Ok(p) => p,
             Err(o) => return Ok(o),
         };
+        // One transaction: the rows recorded as imported, the plan saved beside the journal,
+        // and the marker that says so. Moodle is not asked anything inside it.
         let mut plan = plan;
-        let mut keep = Vec::with_capacity(plan.apply.len());
-        for (a, rec) in std::mem::take(&mut plan.apply) {
-            if tx.captured_value(RecordKind::ActivityCompletion.code(), a.userid, a.cmid)?
-                == Some(a.state.to_string())
-            {
-                plan.already += 1;
-                continue;
+        let recorded = j.with(|tx| {
+            let mut keep = Vec::with_capacity(plan.apply.len());
+            for (a, rec) in std::mem::take(&mut plan.apply) {
+                if tx.captured_value(RecordKind::ActivityCompletion.code(), a.userid, a.cmid)?
+                    == Some(a.state.to_string())
+                {
+                    plan.already += 1;
+                    continue;
+                }
+                tx.record_imported(&rec, &ctx.cmd.cmd_id, ctx.now)?;
+                keep.push(a);
             }
-            tx.record_imported(&rec, &ctx.cmd.cmd_id, ctx.now)?;
-            keep.push(a);
-        }
-        let plan = Plan {
-            apply: keep,
-            already: plan.already,
-            quarantined: plan.quarantined,
+            let plan = Plan {
+                apply: keep,
+                already: plan.already,
+                quarantined: std::mem::take(&mut plan.quarantined),
+            };
+            let saved = serde_json::to_vec(&plan)
+                .map_err(std::io::Error::other)
+                .and_then(|b| {
+                    std::fs::create_dir_all(ctx.reports_dir)?;
+                    base::fsutil::atomic_write(&plan_path, &b)
+                });
+            if let Err(e) = saved {
+                // Without the marker the next run resolves again; the rows recorded meanwhile
+                // are recorded again (an upsert), as before.
+                return Ok(Err(format!("{}: {e}", plan_path.display())));
+            }
+            tx.set_fact(&marker, &ctx.now.to_string())?;
+            Ok(Ok(plan))
+        })?;
+        let plan = match recorded {
+            Ok(p) => p,
+            Err(why) => return Ok(wait(ctx, 300, why)),
         };
-        let saved = serde_json::to_vec(&plan)
-            .map_err(std::io::Error::other)
-            .and_then(|b| {
-                std::fs::create_dir_all(ctx.reports_dir)?;
-                base::fsutil::atomic_write(&plan_path, &b)
-            });
-        if let Err(e) = saved {
-            return Ok(wait(ctx, 300, format!("{}: {e}", plan_path.display())));
-        }
-        tx.set_fact(&marker, &ctx.now.to_string())?;
         Ok(wait(
             ctx,
             0,

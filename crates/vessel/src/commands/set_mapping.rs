@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::lookup::{CourseInfo, call, connect, course_info};
-use super::{Command, Ctx};
-use crate::store::{CommandOutcome, MappingWrite, Origin, Result, Tx};
+use super::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, MappingWrite, Origin, Result};
 use moodle::ws::Params;
 
 /// The `set_mapping` command.
@@ -215,7 +215,7 @@ impl Command for SetMapping {
         false
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let [(name, path)] = ctx.files.as_slice() else {
             return Ok(CommandOutcome::Failed(format!(
                 "set_mapping takes exactly one CSV file, got {}",
@@ -247,6 +247,9 @@ impl Command for SetMapping {
                 if errors.len() > 5 { "; ..." } else { "" },
             )));
         }
+        // Moodle is asked before the journal is touched: the mappings and the command's outcome
+        // are one transaction (exactly once), and no lock is held while Moodle answers.
+        let drift = self.drift(ctx, &valid);
         let (mut applied, mut superseded) = (0u64, 0u64);
         for r in &valid {
             let write = MappingWrite {
@@ -255,7 +258,7 @@ impl Command for SetMapping {
                 moodle_key: &r.moodle_key,
                 course: &r.course,
             };
-            if tx.upsert_mapping(&write, origin, ctx.now)? {
+            if j.with(|tx| tx.upsert_mapping(&write, origin, ctx.now))? {
                 applied += 1;
             } else {
                 superseded += 1;
@@ -264,7 +267,7 @@ impl Command for SetMapping {
         let mut note = format!(
             "{applied} mapping(s) stored from {name}, {superseded} left as a newer sequence set them"
         );
-        note.push_str(&self.drift(ctx, &valid));
+        note.push_str(&drift);
         Ok(if applied == 0 && superseded > 0 {
             CommandOutcome::Superseded(note)
         } else {

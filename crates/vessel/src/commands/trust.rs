@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Command, Ctx};
-use crate::store::{CommandOutcome, Result, Revocation, Tx};
+use super::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, Result, Revocation};
 use wire::envelope::Certificate;
 
 /// The key under which a `last_good` integer is stored: it covers every stream.
@@ -35,7 +35,7 @@ impl Command for TrustKey {
         false
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let [(name, path)] = ctx.files.as_slice() else {
             return Ok(CommandOutcome::Failed(
                 "trust_key takes exactly one file: the operator's certificate (from 'vessel-sync key certify')".into(),
@@ -49,27 +49,31 @@ impl Command for TrustKey {
             Ok(k) => k,
             Err(e) => return Ok(CommandOutcome::Failed(format!("{name}: {e}"))),
         };
-        if let Some(r) = tx.revocation(&key.id)? {
+        if let Some(r) = j.with(|tx| tx.revocation(&key.id))? {
             return Ok(CommandOutcome::Failed(format!(
                 "key {} of {} was revoked by {} ({}); a revoked key stays revoked: certify a new key",
                 key.id, key.name, r.by_command, r.reason
             )));
         }
         let what = cert.body.summary();
-        if tx.remember_cert(
-            &cert,
-            &format!("trust_key command {}", ctx.cmd.cmd_id),
-            ctx.now,
-        )? {
-            tx.audit(
+        if j.with(|tx| {
+            tx.remember_cert(
+                &cert,
+                &format!("trust_key command {}", ctx.cmd.cmd_id),
                 ctx.now,
-                &ctx.cmd.issuer,
-                Some(&ctx.cmd.bundle_id),
-                Some(&ctx.cmd.cmd_id),
-                "key_trusted",
-                "trust_key",
-                &what,
-            )?;
+            )
+        })? {
+            j.with(|tx| {
+                tx.audit(
+                    ctx.now,
+                    &ctx.cmd.issuer,
+                    Some(&ctx.cmd.bundle_id),
+                    Some(&ctx.cmd.cmd_id),
+                    "key_trusted",
+                    "trust_key",
+                    &what,
+                )
+            })?;
             Ok(CommandOutcome::Done(what))
         } else {
             Ok(CommandOutcome::Done(format!(
@@ -119,7 +123,7 @@ impl Command for RevokeKey {
         false
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let Some(key) = ctx
             .args
             .get("key")
@@ -156,7 +160,7 @@ impl Command for RevokeKey {
             by_command: ctx.cmd.cmd_id.clone(),
             revoked_at: ctx.now,
         };
-        if !tx.revoke_key(&r)? {
+        if !j.with(|tx| tx.revoke_key(&r))? {
             return Ok(CommandOutcome::Done(format!(
                 "key {key} was already revoked; the first revocation stands"
             )));
@@ -178,19 +182,21 @@ impl Command for RevokeKey {
             format!("bundles are still let through {}", list.join(", "))
         };
         let what = format!("key {key} revoked ({}): {points}", r.reason);
-        tx.audit(
-            ctx.now,
-            &ctx.cmd.issuer,
-            Some(&ctx.cmd.bundle_id),
-            Some(&ctx.cmd.cmd_id),
-            "key_revoked",
-            "revoke_key",
-            &what,
-        )?;
-        let before = tx.applied_after(&r)?;
+        j.with(|tx| {
+            tx.audit(
+                ctx.now,
+                &ctx.cmd.issuer,
+                Some(&ctx.cmd.bundle_id),
+                Some(&ctx.cmd.cmd_id),
+                "key_revoked",
+                "revoke_key",
+                &what,
+            )
+        })?;
+        let before = j.with(|tx| tx.applied_after(&r))?;
         for (id, recipient, seq) in &before {
-            tx.audit(ctx.now, key, Some(id), None, "revoked_key_applied", "applied_before_revocation",
-                &format!("bundle {id} (sequence {seq} to {recipient:?}) from key {key} was applied before the revocation arrived, and lies after its revocation point: check what it did"))?;
+            j.with(|tx| tx.audit(ctx.now, key, Some(id), None, "revoked_key_applied", "applied_before_revocation",
+                &format!("bundle {id} (sequence {seq} to {recipient:?}) from key {key} was applied before the revocation arrived, and lies after its revocation point: check what it did")))?;
         }
         Ok(CommandOutcome::Done(if before.is_empty() {
             what

@@ -12,8 +12,8 @@
 
 use std::path::PathBuf;
 
-use super::{Command, Ctx};
-use crate::store::{CommandOutcome, Result, Tx};
+use super::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, Result};
 use moodle::users::import::{self, Observer, Options, Progress};
 use moodle::users::validate;
 
@@ -36,7 +36,7 @@ impl Command for UpsertUsers {
         "upsert_users"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, _tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, _j: &mut Journal<'_>) -> Result<CommandOutcome> {
         Ok(self.apply(ctx))
     }
 }
@@ -201,7 +201,7 @@ impl Command for SuspendUsers {
         "suspend_users"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, _tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, _j: &mut Journal<'_>) -> Result<CommandOutcome> {
         Ok(suspend(ctx).unwrap_or_else(|o| o))
     }
 }

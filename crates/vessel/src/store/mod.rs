@@ -93,6 +93,9 @@ pub enum StoreError {
         /// Configured vessel.
         configured: String,
     },
+    /// A misuse of the store inside this program.
+    #[error("internal error: {0}")]
+    Misuse(&'static str),
     /// Not created yet (read-only open).
     #[error(
         "no journal at {0} yet: the agent has not run with this config (start it, or run 'vessel-sync agent --once')"

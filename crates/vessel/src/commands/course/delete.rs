@@ -7,8 +7,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{Job, Step, arg, course_arg, file_ok, outcome, wait};
-use crate::commands::{Command, Ctx};
-use crate::store::{CommandOutcome, Result, Tx};
+use crate::commands::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, Result};
 
 /// `delete_course`, guarded by shore's acknowledgement of all the course's progress.
 pub struct DeleteCourse;
@@ -18,7 +18,7 @@ impl Command for DeleteCourse {
         "delete_course"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let key = match course_arg(ctx) {
             Ok(k) => k,
             Err(o) => return Ok(o),
@@ -48,7 +48,7 @@ impl Command for DeleteCourse {
             Ok(j) => j,
             Err(o) => return Ok(o),
         };
-        guarded_delete(&job, tx, &key, keep_backup, "").map(outcome)
+        guarded_delete(&job, j, &key, keep_backup, "").map(outcome)
     }
 }
 
@@ -56,7 +56,7 @@ impl Command for DeleteCourse {
 /// wait or failure; store errors propagate.
 pub(super) fn guarded_delete(
     job: &Job<'_, '_>,
-    tx: &Tx<'_>,
+    j: &mut Journal<'_>,
     key: &str,
     keep_backup: bool,
     why: &str,
@@ -85,8 +85,8 @@ pub(super) fn guarded_delete(
     if let Err(o) = job.hide(&c) {
         return Ok(Err(o));
     }
-    let captures: u64 = tx
-        .fact("captures")?
+    let captures: u64 = j
+        .with(|tx| tx.fact("captures"))?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     p.hidden_at.get_or_insert(ctx.now);
@@ -96,7 +96,7 @@ pub(super) fn guarded_delete(
     }
     // 2. A capture after hiding records the course's last progress.
     if ctx.capture_configured && captures <= at_hide {
-        tx.set_fact("capture_requested_at", &ctx.now.to_string())?;
+        j.with(|tx| tx.set_fact("capture_requested_at", &ctx.now.to_string()))?;
         return Ok(Err(wait(
             ctx,
             5,
@@ -106,7 +106,7 @@ pub(super) fn guarded_delete(
         )));
     }
     // 3. Shore must hold every record of the course.
-    let (backlog, learners) = tx.course_impact(c.key())?;
+    let (backlog, learners) = j.with(|tx| tx.course_impact(c.key()))?;
     if backlog.records > 0 {
         let age = backlog
             .oldest_captured_at
@@ -130,7 +130,8 @@ pub(super) fn guarded_delete(
                     job.ctx.state_dir,
                     job.ctx.content_store_bytes,
                 );
-                if let Err(e) = store.keep_from(tx, &path, job.ctx.now) {
+                let kept = j.with(|tx| Ok(store.keep_from(tx, &path, job.ctx.now)))?;
+                if let Err(e) = kept {
                     tracing::warn!(error = %e, "could not keep the final backup's content files on board");
                 }
                 p.backup = Some(path.display().to_string());
@@ -152,7 +153,7 @@ pub(super) fn guarded_delete(
         Err(o) => return Ok(Err(o)),
     };
     if gone {
-        tx.forget_course(c.key())?;
+        j.with(|tx| tx.forget_course(c.key()))?;
         let kept = p
             .backup
             .as_deref()

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Command, Ctx};
-use crate::store::{CommandOutcome, Result, Tx};
+use super::{Command, Ctx, Journal};
+use crate::store::{CommandOutcome, Result};
 use moodle::cli::{Cli, CliError, Run};
 use moodle::ws::{Params, Safety, Ws, WsError};
 
@@ -320,7 +320,7 @@ impl Command for HideCourse {
         "hide_course"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, _tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, _j: &mut Journal<'_>) -> Result<CommandOutcome> {
         Ok(outcome((|| {
             let key = course_arg(ctx)?;
             let job = Job::new(ctx)?;

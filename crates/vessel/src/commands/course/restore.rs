@@ -11,9 +11,9 @@ use serde_json::Value;
 
 use super::delete::guarded_delete;
 use super::{Course, Job, Step, arg, course_arg, outcome, wait};
-use crate::commands::{Command, Ctx};
+use crate::commands::{Command, Ctx, Journal};
 use crate::content::ContentStore;
-use crate::store::{CommandOutcome, Result, Tx};
+use crate::store::{CommandOutcome, Result};
 use moodle::delta;
 use moodle::ws::{Params, Safety};
 
@@ -25,12 +25,12 @@ impl Command for RestoreCourse {
         "restore_course"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let job = match Job::new(ctx) {
             Ok(j) => j,
             Err(o) => return Ok(o),
         };
-        restore(&job, tx).map(outcome)
+        restore(&job, j).map(outcome)
     }
 }
 
@@ -71,7 +71,7 @@ fn mbz_path(ctx: &Ctx<'_>) -> Step<PathBuf> {
 /// A backup sent by content, rebuilt in the bundle's work directory from the content files the
 /// bundle carries and those kept on board; those neither has are asked of shore (the command
 /// waits for them). Returns the rebuilt backup.
-fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<PathBuf> {
+fn rebuilt(ctx: &Ctx<'_>, j: &mut Journal<'_>, delta_file: &Path) -> Step<PathBuf> {
     let layout = delta::read_layout(delta_file).map_err(|e| {
         CommandOutcome::Failed(format!(
             "the course backup sent by content is unreadable: {e}"
@@ -103,8 +103,9 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<PathBuf> {
             .filter(|p| p.is_file());
         let found = match carried {
             Some(p) => Some(p),
-            None => store
-                .lookup(tx, c, ctx.now)
+            None => j
+                .with(|tx| Ok(store.lookup(tx, c, ctx.now)))
+                .map_err(|e| wait(ctx, 60, e.to_string()))?
                 .map_err(|e| wait(ctx, 300, e))?,
         };
         match found {
@@ -116,7 +117,7 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<PathBuf> {
     }
     if !missing.is_empty() {
         let hashes: Vec<String> = missing.iter().map(|c| c.sha256.clone()).collect();
-        tx.need_files(&ctx.cmd.bundle_id, &hashes, ctx.now)
+        j.with(|tx| tx.need_files(&ctx.cmd.bundle_id, &hashes, ctx.now))
             .map_err(|e| wait(ctx, 60, e.to_string()))?;
         let bytes: u64 = missing.iter().map(|c| c.size).sum();
         return Err(wait(
@@ -134,7 +135,9 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<PathBuf> {
         Ok(_) => {}
         Err(delta::RebuildError::Mismatch(c) | delta::RebuildError::Missing(c)) => {
             // Changed on disk since it was checked: drop it, ask again at once.
-            store.forget(tx, &c.sha1).map_err(|e| wait(ctx, 60, e))?;
+            j.with(|tx| Ok(store.forget(tx, &c.sha1)))
+                .map_err(|e| wait(ctx, 60, e.to_string()))?
+                .map_err(|e| wait(ctx, 60, e))?;
             return Err(wait(
                 ctx,
                 1,
@@ -156,7 +159,7 @@ fn rebuilt(ctx: &Ctx<'_>, tx: &Tx<'_>, delta_file: &Path) -> Step<PathBuf> {
     Ok(out)
 }
 
-fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
+fn restore(job: &Job<'_, '_>, j: &mut Journal<'_>) -> Result<Step<CommandOutcome>> {
     Ok((|| -> Step<CommandOutcome> {
         let ctx = job.ctx;
         let named = mbz_path(ctx)?;
@@ -192,7 +195,9 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
         // The same backup already restored for this course: nothing to do (and nothing to
         // rebuild or fetch).
         let fact = format!("restored:{idnumber}");
-        let before = tx.fact(&fact).map_err(|e| wait(ctx, 60, e.to_string()))?;
+        let before = j
+            .with(|tx| tx.fact(&fact))
+            .map_err(|e| wait(ctx, 60, e.to_string()))?;
         if p.restoring_above.is_none()
             && p.course_id.is_none()
             && before.as_deref() == Some(sha.as_str())
@@ -205,7 +210,7 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
             }
         }
         let mbz = if by_content {
-            rebuilt(ctx, tx, &named)?
+            rebuilt(ctx, j, &named)?
         } else {
             named
         };
@@ -346,12 +351,16 @@ fn restore(job: &Job<'_, '_>, tx: &Tx<'_>) -> Result<Step<CommandOutcome>> {
                 ));
             }
         }
-        tx.set_fact(&fact, &sha)
+        j.with(|tx| tx.set_fact(&fact, &sha))
             .map_err(|e| wait(ctx, 60, e.to_string()))?;
-        tx.needs_done(&ctx.cmd.bundle_id)
+        j.with(|tx| tx.needs_done(&ctx.cmd.bundle_id))
             .map_err(|e| wait(ctx, 60, e.to_string()))?;
         // Kept for the next version of the course; a failure costs a larger download, no more.
-        match ContentStore::new(ctx.state_dir, ctx.content_store_bytes).keep_from(tx, &mbz, ctx.now)
+        let store = ContentStore::new(ctx.state_dir, ctx.content_store_bytes);
+        match j
+            .with(|tx| Ok(store.keep_from(tx, &mbz, ctx.now)))
+            .map_err(|e| e.to_string())
+            .and_then(|kept| kept.map_err(|e| e.to_string()))
         {
             Ok((n, bytes)) if n > 0 => {
                 tracing::info!(files = n, bytes, "course content kept on board")
@@ -376,7 +385,7 @@ impl Command for ReplaceCourse {
         "replace_course"
     }
 
-    fn run(&self, ctx: &Ctx<'_>, tx: &Tx<'_>) -> Result<CommandOutcome> {
+    fn run(&self, ctx: &Ctx<'_>, j: &mut Journal<'_>) -> Result<CommandOutcome> {
         let old = match course_arg(ctx) {
             Ok(k) => k,
             Err(o) => return Ok(o),
@@ -389,7 +398,7 @@ impl Command for ReplaceCourse {
             )));
         }
         let restored = match Job::named(ctx, "restore") {
-            Ok(job) => restore(&job, tx)?,
+            Ok(job) => restore(&job, j)?,
             Err(o) => return Ok(o),
         };
         match restored {
@@ -407,13 +416,7 @@ impl Command for ReplaceCourse {
             Err(o) => return Ok(o),
         };
         Ok(
-            match guarded_delete(
-                &job,
-                tx,
-                &old,
-                keep_backup,
-                &format!(" (replaced by {new})"),
-            )? {
+            match guarded_delete(&job, j, &old, keep_backup, &format!(" (replaced by {new})"))? {
                 Ok(CommandOutcome::Done(retired)) => {
                     CommandOutcome::Done(format!("{note}; {retired}"))
                 }

@@ -1,7 +1,8 @@
 //! The daemon: recovers from the journal, watches the inbox, admits bundles, runs commands, and
 //! tells systemd the truth.
 //!
-//! One work loop owns the store. Each pass: skip sequences whose gap timed out, fail bundles that
+//! One work loop owns the store; an operator's `capture`, `sync` or `rotate-key` takes its turn
+//! between two steps of the loop (the work lock, [`WorkLock`]). Each pass: skip sequences whose gap timed out, fail bundles that
 //! expired while waiting, scan and admit settled inbox files, then run commands until none is
 //! runnable. Between passes the loop sleeps on a channel that file-system hints and signals wake;
 //! the timeout is the earliest of the scan interval, a file settling, a waiting command's retry,
@@ -9,22 +10,25 @@
 //! middle of one; whatever was interrupted by a crash is resumed from the journal at start.
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod lock;
+mod runner;
+mod wake;
+
+pub use lock::{WorkLock, check_owner, is_running};
+pub use wake::{Wake, wake_sources};
+
 use crate::capture::{CaptureReport, apply_snapshot};
-use crate::commands;
 use crate::config::Config;
 use crate::inbox::{self, Admitted, Scanner};
-use crate::store::{CommandOutcome, CommandRow, CommandState, Store, StoreError};
-use crate::trust::Trust;
+use crate::store::{CommandState, Store, StoreError};
 use crate::uplink::{CycleReport, Uplink};
 use base::clock::Clock;
-use base::failpoint;
 use base::service::Notifier;
 
 /// A command that was running when the agent died this many times in a row, within
@@ -92,15 +96,6 @@ impl Report {
     }
 }
 
-/// Events that wake the work loop.
-#[derive(Debug, Clone, Copy)]
-pub enum Wake {
-    /// Something changed in the inbox.
-    Hint,
-    /// Shut down.
-    Stop,
-}
-
 /// The running agent.
 pub struct Agent {
     cfg: Config,
@@ -125,67 +120,6 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
     AgentError::Io(format!("{what} {}: {e}", path.display()))
 }
 
-fn lock(state_dir: &Path) -> Result<File, AgentError> {
-    let path = state_dir.join("agent.lock");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_err("opening", &path, e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(AgentError::Locked(state_dir.to_path_buf()));
-    }
-    Ok(f)
-}
-
-/// Root must not work on a state directory that belongs to another user (the service's): the
-/// journal, work and archive files it created would be root's and the service could not use them.
-pub fn check_owner(state_dir: &Path) -> Result<(), AgentError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(state_dir).map_err(|e| io_err("reading", state_dir, e))?;
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 && meta.uid() != 0 {
-        let name = user_name(meta.uid()).unwrap_or_else(|| format!("'#{}'", meta.uid()));
-        return Err(AgentError::WrongUser(
-            state_dir.to_path_buf(),
-            meta.uid(),
-            name,
-        ));
-    }
-    Ok(())
-}
-
-/// The login name of `uid` from the password database (the packaged agent runs as the web
-/// server's user, `www-data` on Debian), or `None` when it has none.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: an all-zero passwd is a valid value for getpwuid_r to overwrite.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf` is as long as we say.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points to a NUL-terminated string inside `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
-
-/// True when an agent holds the lock of `state_dir` right now.
-pub fn is_running(state_dir: &Path) -> bool {
-    let Ok(f) = File::open(state_dir.join("agent.lock")) else {
-        return false;
-    };
-    // SAFETY: as in `lock`.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    rc != 0
-}
-
 impl Agent {
     /// Takes the state lock, creates directories, opens and migrates the journal, and recovers
     /// what a crash left behind.
@@ -196,7 +130,7 @@ impl Agent {
         for dir in [&p.inbox, &p.work, &p.archive, &p.quarantine, &p.outbound] {
             fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         }
-        let lock = lock(&p.state_dir)?;
+        let lock = lock::lock(&p.state_dir)?;
         let store = Store::open(&p.database(), &cfg.vessel_id)?;
         let uplink = Uplink::new(&cfg).map_err(|e| AgentError::Setup(e.to_string()))?;
         let mut agent = Self {
@@ -329,178 +263,6 @@ impl Agent {
             }
         }
         Ok(report)
-    }
-
-    /// Runs the next runnable command, if any. Returns (id, type, state, note).
-    pub fn run_next(
-        &mut self,
-    ) -> Result<Option<(String, String, CommandState, String)>, AgentError> {
-        let now = self.clock.now();
-        let Some(cmd) = self.store.next_command(now)? else {
-            return Ok(None);
-        };
-        if cmd.state == CommandState::Running {
-            // The agent died under this command: resumed, unless it keeps dying without
-            // progress (its checkpoint files unchanged).
-            let checkpoint = self.checkpoint(&cmd);
-            let deaths = self
-                .store
-                .write(|tx| tx.note_death(&cmd, &checkpoint, now))?;
-            if deaths >= MAX_DEATHS_WITHOUT_PROGRESS {
-                let outcome = CommandOutcome::Failed(format!(
-                    "given up: the agent died {deaths} times in a row while running this command, within an hour and with no progress; find the cause (journalctl -u vessel-sync), then run 'vessel-sync retry {}'",
-                    cmd.cmd_id
-                ));
-                return self.finish(&cmd, outcome, now).map(Some);
-            }
-        }
-        let revoked = {
-            let tx = self.store.begin()?;
-            Trust::revoked(&tx, &cmd.issuer, &cmd.recipient, cmd.sequence)?
-        };
-        if let Some(r) = revoked {
-            // Admitted before the revocation arrived; nothing of it has run yet.
-            let reason = format!("{} ({})", r, r.code());
-            self.store
-                .write(|tx| tx.fail_bundle(&cmd.bundle_id, &cmd.issuer, &reason, now))?;
-            tracing::warn!(bundle_id = %cmd.bundle_id, "{reason}");
-            self.cleanup(&cmd.bundle_id);
-            return Ok(Some((
-                cmd.cmd_id.clone(),
-                cmd.kind.clone(),
-                CommandState::Failed,
-                reason,
-            )));
-        }
-        if commands::find(&cmd.kind).is_some_and(|c| c.changes_moodle()) {
-            if let Some(reason) = self.moodle_busy(now) {
-                tracing::info!(command_id = %cmd.cmd_id, %reason, "command waits for Moodle");
-                let outcome = CommandOutcome::Waiting {
-                    reason,
-                    retry_at: now + GATE_RETRY,
-                };
-                return self.finish(&cmd, outcome, now).map(Some);
-            }
-        }
-        self.store.write(|tx| tx.start_command(&cmd, now))?;
-        failpoint::hit("command.after-start");
-        tracing::info!(bundle_id = %cmd.bundle_id, command_id = %cmd.cmd_id, kind = %cmd.kind, "running command");
-        let dir = inbox::work_dir(&self.cfg, &cmd.bundle_id);
-        let args = serde_json::from_str(&cmd.args).unwrap_or_default();
-        let files: Vec<String> = serde_json::from_str(&cmd.files).unwrap_or_default();
-        if !files.is_empty() && !dir.is_dir() {
-            // A retried command whose bundle was finished and cleaned up: its files again.
-            if let Err(e) = inbox::restore_work_dir(&mut self.store, &self.cfg, &cmd.bundle_id) {
-                return self.finish(&cmd, CommandOutcome::Failed(e), now).map(Some);
-            }
-        }
-        let reports_dir = self.cfg.paths.state_dir.join("reports");
-        let ctx = commands::Ctx {
-            cmd: &cmd,
-            args,
-            files: files
-                .into_iter()
-                .map(|n| (n.clone(), dir.join(n)))
-                .collect(),
-            reports_dir: &reports_dir,
-            now,
-            roots: &self.cfg.roots,
-            moodle_ws: self.cfg.moodle_ws.as_ref(),
-            moodle_cli: self.cfg.moodle_cli.as_ref(),
-            state_dir: &self.cfg.paths.state_dir,
-            content_store_bytes: self.cfg.content_store_bytes,
-            capture_configured: self.cfg.moodle_db.is_some(),
-            keepalive: &|| self.notifier.keepalive(),
-        };
-        let tx = self.store.begin()?;
-        let outcome = match commands::find(&cmd.kind) {
-            Some(c) => c.run(&ctx, &tx)?,
-            None => commands::unknown(&cmd.kind),
-        };
-        failpoint::hit("command.before-commit");
-        let finished = tx.finish_command(&cmd, &outcome, now)?;
-        if finished.is_some() {
-            // Content asked for on behalf of the bundle is no longer wanted, however it ended.
-            tx.needs_done(&cmd.bundle_id)?;
-        }
-        tx.commit()?;
-        failpoint::hit("command.after-commit");
-        if finished.is_some() {
-            self.cleanup(&cmd.bundle_id);
-        }
-        Ok(Some(describe(&cmd, &outcome)))
-    }
-
-    /// Why Moodle cannot take work now (CLI maintenance mode, an upgrade pending or running),
-    /// asked through its CLI when that is configured; `None` when it can or cannot be asked
-    /// (the command itself then reports what is wrong).
-    fn moodle_busy(&mut self, now: i64) -> Option<String> {
-        let settings = self.cfg.moodle_cli.as_ref()?;
-        if let Some((at, why)) = &self.gate {
-            if now >= *at && now - *at < GATE_SECS {
-                return why.clone();
-            }
-        }
-        let notifier = &self.notifier;
-        let keepalive = || notifier.keepalive();
-        let why = match moodle::cli::Cli::new(settings, &keepalive).ready() {
-            Err(e @ moodle::cli::CliError::Maintenance(_)) => Some(format!(
-                "{e}; nothing was changed, the command goes on once Moodle is back"
-            )),
-            _ => None,
-        };
-        self.gate = Some((now, why.clone()));
-        why
-    }
-
-    fn finish(
-        &mut self,
-        cmd: &CommandRow,
-        outcome: CommandOutcome,
-        now: i64,
-    ) -> Result<(String, String, CommandState, String), AgentError> {
-        let finished = self
-            .store
-            .write(|tx| tx.finish_command(cmd, &outcome, now))?;
-        if finished.is_some() {
-            self.cleanup(&cmd.bundle_id);
-        }
-        Ok(describe(cmd, &outcome))
-    }
-
-    /// A fingerprint of a command's progress: the names, sizes and modification times of its
-    /// files in `STATE_DIR/reports/` (long commands write their checkpoints there).
-    fn checkpoint(&self, cmd: &CommandRow) -> String {
-        let prefix = format!("{}.", commands::safe_id_of(&cmd.cmd_id));
-        let dir = self.cfg.paths.state_dir.join("reports");
-        let mut parts: Vec<String> = fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let meta = e.metadata().ok()?;
-                let modified = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                name.starts_with(&prefix)
-                    .then(|| format!("{name}:{}:{modified}", meta.len()))
-            })
-            .collect();
-        parts.sort();
-        parts.join("|")
-    }
-
-    fn cleanup(&self, bundle_id: &str) {
-        failpoint::hit("bundle.before-cleanup");
-        let dir = inbox::work_dir(&self.cfg, bundle_id);
-        if let Err(e) = fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(bundle_id, error = %e, "could not remove the work directory; it is removed at next start");
-            }
-        }
     }
 
     /// Captures progress from Moodle now (when `[moodle]` is configured).
@@ -645,6 +407,7 @@ impl Agent {
     /// Runs passes until one does nothing, then one capture and one sync cycle, then passes
     /// again for what the sync downloaded (`--once`).
     pub fn run_once(&mut self) -> Result<Report, AgentError> {
+        let _work = self.work_lock()?;
         let mut total = self.run_passes()?;
         // A Moodle database that is down does not keep what was captured before from going home.
         let mut capture_error = None;
@@ -674,6 +437,14 @@ impl Agent {
                 return Ok(total);
             }
         }
+    }
+
+    /// The work lock for one step of the loop: an operator's `capture`, `sync` or `rotate-key`
+    /// holding it is waited for (they are short), and waits for this step in turn.
+    fn work_lock(&self) -> Result<WorkLock, AgentError> {
+        WorkLock::acquire(&self.cfg.paths.state_dir, || {
+            tracing::info!("an operator's command is working on the journal; waiting for it");
+        })
     }
 
     /// A one-line status for systemd.
@@ -731,8 +502,10 @@ impl Agent {
         let ping = self.notifier.ping_interval();
         loop {
             self.notifier.watchdog();
+            let work = self.work_lock()?;
             let mut report = self.pass()?;
             self.periodic(&mut report);
+            drop(work);
             if report.did_something() {
                 self.notifier.status(&self.status_line());
             }
@@ -767,71 +540,4 @@ impl Agent {
         tracing::info!("agent stopped");
         Ok(())
     }
-}
-
-fn describe(cmd: &CommandRow, outcome: &CommandOutcome) -> (String, String, CommandState, String) {
-    let (state, note) = match outcome {
-        CommandOutcome::Done(n) => (CommandState::Done, n.clone()),
-        CommandOutcome::Superseded(n) => (CommandState::Superseded, n.clone()),
-        CommandOutcome::Failed(n) => (CommandState::Failed, n.clone()),
-        CommandOutcome::Waiting { reason, .. } => (CommandState::Waiting, reason.clone()),
-    };
-    (cmd.cmd_id.clone(), cmd.kind.clone(), state, note)
-}
-
-/// Starts the threads that feed the work loop: an inotify watcher on the inbox (hints only) and
-/// a signal listener (SIGTERM/SIGINT stop, SIGHUP rescans). Returns the receiver and the watcher,
-/// which must be kept alive.
-pub fn wake_sources(
-    inbox: &Path,
-    stop: Arc<AtomicBool>,
-) -> Result<(mpsc::Receiver<Wake>, Option<notify::RecommendedWatcher>), AgentError> {
-    use notify::Watcher;
-    let (tx, rx) = mpsc::channel();
-    let hint = tx.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Only changes are hints: the scan's own directory reads raise access events, which
-        // would otherwise wake the loop for ever.
-        if let Ok(event) = res {
-            if matches!(
-                event.kind,
-                notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(_)
-                    | notify::EventKind::Remove(_)
-            ) {
-                let _ = hint.send(Wake::Hint);
-            }
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(inbox, notify::RecursiveMode::NonRecursive)
-            .map(|()| w)
-    });
-    let watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "no file-system events for the inbox; relying on periodic scans");
-            None
-        }
-    };
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGHUP,
-    ])
-    .map_err(|e| AgentError::Io(format!("cannot install signal handlers: {e}")))?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if sig == signal_hook::consts::SIGHUP {
-                    let _ = tx.send(Wake::Hint);
-                } else {
-                    stop.store(true, Ordering::SeqCst);
-                    let _ = tx.send(Wake::Stop);
-                }
-            }
-        })
-        .map_err(|e| AgentError::Io(format!("cannot start the signal thread: {e}")))?;
-    Ok((rx, watcher))
 }
