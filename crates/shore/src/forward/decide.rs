@@ -249,3 +249,238 @@ pub(crate) fn one(c: &mut dyn Cloud, db: &mut ShoreStore, t: &ToForward) -> Resu
         Err(why) => Outcome::Hold(format!("the cloud Moodle refused it: {why}")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::progress::Record;
+
+    /// A cloud in memory: one course `SAFETY-101` (id 7) with activity `quiz-1` (cmid 70), one
+    /// learner `S-1` (id 3) enrolled; what it holds, and every change asked of it.
+    #[derive(Default)]
+    struct Fake {
+        completion: HashMap<i64, (i64, i64)>,
+        grades: Grades,
+        enrolled: bool,
+        refuse: Option<String>,
+        down: bool,
+        changes: Vec<String>,
+    }
+
+    impl Cloud for Fake {
+        fn course(&mut self, key: &str) -> Result<Option<Course>, Stop> {
+            if self.down {
+                return Err(Stop::Cloud("cannot reach Moodle".into()));
+            }
+            Ok((key == "SAFETY-101").then(|| Course {
+                id: 7,
+                key: key.into(),
+                visible: true,
+                activities: [(
+                    "quiz-1".to_string(),
+                    Activity {
+                        cmid: 70,
+                        key: "quiz-1".into(),
+                        modname: "quiz".into(),
+                    },
+                )]
+                .into(),
+            }))
+        }
+        fn user(&mut self, key: &str) -> Result<Option<i64>, Stop> {
+            Ok((key == "S-1").then_some(3))
+        }
+        fn is_enrolled(&mut self, _: i64, _: i64) -> Result<bool, Stop> {
+            Ok(self.enrolled)
+        }
+        fn completion(&mut self, _: i64, _: i64) -> Result<HashMap<i64, (i64, i64)>, Stop> {
+            Ok(self.completion.clone())
+        }
+        fn grades(&mut self, _: i64, _: i64) -> Result<Grades, Stop> {
+            Ok(self.grades.clone())
+        }
+        fn override_completion(
+            &mut self,
+            _: i64,
+            _: i64,
+            cmid: i64,
+            state: i64,
+        ) -> Result<Result<(), String>, Stop> {
+            if let Some(why) = &self.refuse {
+                return Ok(Err(why.clone()));
+            }
+            self.changes.push(format!("completion {cmid} = {state}"));
+            Ok(Ok(()))
+        }
+        fn update_grade(
+            &mut self,
+            _: i64,
+            a: &Activity,
+            _: i64,
+            grade: &str,
+        ) -> Result<Result<i64, String>, Stop> {
+            self.changes.push(format!("grade {} = {grade}", a.cmid));
+            Ok(Ok(0))
+        }
+    }
+
+    fn record(kind: RecordKind, course: &str, value: &str, time: i64) -> ToForward {
+        ToForward {
+            rowid: 1,
+            vessel: "mv-aurora".into(),
+            record: Record {
+                kind,
+                user: "S-1".into(),
+                course: course.into(),
+                item: if kind == RecordKind::CourseCompletion {
+                    String::new()
+                } else {
+                    "quiz-1".into()
+                },
+                user_legacy: String::new(),
+                course_legacy: String::new(),
+                item_legacy: String::new(),
+                value: value.into(),
+                time,
+            },
+        }
+    }
+
+    fn decide(cloud: &mut Fake, t: &ToForward) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = ShoreStore::open(&dir.path().join("shore.db")).unwrap();
+        db.map_key("course", "SAFETY-OLD", "SAFETY-101", 0).unwrap();
+        match one(cloud, &mut db, t) {
+            Ok(Outcome::Settle(o, ..)) => o.to_string(),
+            Ok(Outcome::Hold(why)) => format!("held: {why}"),
+            Err(Stop::Cloud(why)) => format!("stop: {why}"),
+            Err(Stop::Store(e)) => format!("store: {e}"),
+        }
+    }
+
+    #[test]
+    fn newer_wins_against_the_clouds_time_or_against_what_shore_wrote_there() {
+        let ours = Written {
+            value: "1".into(),
+            vtime: 100,
+            written_at: 5_000,
+        };
+        // (record time, cloud value, cloud time, ours) -> decision
+        let table: &[(i64, &str, i64, Option<&Written>, &str)] = &[
+            (200, "0", 150, None, "apply"),
+            (150, "0", 150, None, "tie"),
+            (100, "0", 150, None, "older"),
+            // The cloud still holds shore's write (its time is the write's): the progress's own
+            // time counts, so a record newer than that progress applies.
+            (120, "1", 5_002, Some(&ours), "apply"),
+            (90, "1", 5_002, Some(&ours), "older"),
+            // Changed in the cloud since shore wrote: the cloud's time counts.
+            (120, "0", 6_000, Some(&ours), "older"),
+        ];
+        for (time, current, cloud_time, ours, want) in table {
+            assert_eq!(
+                newer_wins(*time, current, *cloud_time, *ours),
+                *want,
+                "record at {time} against {current} at {cloud_time}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_record_is_applied_held_or_settled_by_what_the_cloud_holds() {
+        let enrolled = || Fake {
+            enrolled: true,
+            ..Fake::default()
+        };
+        let c = RecordKind::ActivityCompletion;
+        let mut cloud = enrolled();
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", "1", 200)),
+            "applied"
+        );
+        assert_eq!(cloud.changes, ["completion 70 = 1"]);
+        // A ship's course key mapped to the cloud's.
+        let mut cloud = enrolled();
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-OLD", "2", 200)),
+            "applied"
+        );
+        let mut cloud = enrolled();
+        cloud.completion.insert(70, (1, 150));
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", "1", 200)),
+            "already"
+        );
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", "0", 100)),
+            "older"
+        );
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", "0", 150)),
+            "tie"
+        );
+        assert!(cloud.changes.is_empty(), "{:?}", cloud.changes);
+        let mut cloud = enrolled();
+        assert_eq!(
+            decide(
+                &mut cloud,
+                &record(RecordKind::CourseCompletion, "SAFETY-101", "complete", 1)
+            ),
+            "derived"
+        );
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", REMOVED, 1)),
+            "ignored"
+        );
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", "3", 1)),
+            "derived"
+        );
+        let mut cloud = enrolled();
+        assert_eq!(
+            decide(
+                &mut cloud,
+                &record(RecordKind::Grade, "SAFETY-101", "6.50000", 1)
+            ),
+            "applied"
+        );
+        assert_eq!(cloud.changes, ["grade 70 = 6.50000"]);
+        cloud.grades.insert(70, (Some(6.5), 1));
+        assert_eq!(
+            decide(
+                &mut cloud,
+                &record(RecordKind::Grade, "SAFETY-101", "6.50000", 2)
+            ),
+            "already"
+        );
+    }
+
+    #[test]
+    fn what_the_cloud_lacks_or_refuses_is_held_and_a_cloud_that_is_down_stops_the_pass() {
+        let c = RecordKind::ActivityCompletion;
+        let held = |cloud: &mut Fake, course: &str| decide(cloud, &record(c, course, "1", 200));
+        let mut cloud = Fake {
+            enrolled: true,
+            ..Fake::default()
+        };
+        assert!(held(&mut cloud, "NO-SUCH").starts_with("held: no course NO-SUCH"));
+        let mut cloud = Fake::default();
+        assert!(held(&mut cloud, "SAFETY-101").contains("is not enrolled"));
+        let mut cloud = Fake {
+            enrolled: true,
+            refuse: Some("nopermission".into()),
+            ..Fake::default()
+        };
+        assert!(held(&mut cloud, "SAFETY-101").starts_with("held: the cloud Moodle refused it"));
+        let mut cloud = Fake {
+            down: true,
+            ..Fake::default()
+        };
+        assert!(held(&mut cloud, "SAFETY-101").starts_with("stop: "));
+        assert_eq!(
+            decide(&mut cloud, &record(c, "SAFETY-101", "7", 1)),
+            "stop: cannot reach Moodle",
+            "the cloud is asked before the value is looked at"
+        );
+    }
+}

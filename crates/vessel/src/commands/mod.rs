@@ -229,7 +229,10 @@ mod tests {
         {
             // Killed before the outcome: nothing of the effect remains.
             let mut j = Journal::held(&mut store);
-            assert!(writable_by_another(&path), "nothing is locked before the first step");
+            assert!(
+                writable_by_another(&path),
+                "nothing is locked before the first step"
+            );
             j.with(|tx| tx.set_fact("mapping", "1")).unwrap();
             assert!(!writable_by_another(&path));
         }
