@@ -157,6 +157,66 @@ pub fn intake(
     out
 }
 
+/// A key rotation a batch carries, as the key rule reads it (its signature was checked by the
+/// resolver before the rule runs).
+struct Carried<'a> {
+    vessel: &'a str,
+    new_key: &'a str,
+    old_key: &'a str,
+    from: u64,
+}
+
+/// Intake's key rules: whether `signer` may sign batch `sequence` of `vessel`, given the keys
+/// shore has registered for it. A registered key signs from its first batch until the batch
+/// its successor took over (an operator's rekey retires it at once); a key shore does not know
+/// signs only under a carried rotation for this vessel, from the rotation's first batch on.
+/// `Ok(Some((from, old key)))` when the batch introduces its signer as the vessel's new key.
+fn key_rule(
+    registered: &[store::VesselKey],
+    signer: &str,
+    sequence: u64,
+    carried: Option<Carried<'_>>,
+    vessel: &str,
+) -> Result<Option<(u64, String)>, Refusal> {
+    if let Some(k) = registered.iter().find(|k| k.key_id == signer) {
+        if let Some(until) = k.until_seq.filter(|u| sequence >= *u) {
+            let successor = registered
+                .iter()
+                .find(|n| n.until_seq.is_none())
+                .map_or("another key".to_string(), |n| format!("key {}", n.key_id));
+            return Err(Refusal::OldKey(if until == 0 {
+                format!(
+                    "batch {sequence} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key"
+                )
+            } else {
+                format!(
+                    "batch {sequence} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused"
+                )
+            }));
+        }
+        if sequence < k.from_seq {
+            return Err(Refusal::WrongKey(format!(
+                "batch {sequence} is signed by key {signer}, which signs from batch {} on",
+                k.from_seq
+            )));
+        }
+        return Ok(None);
+    }
+    // Only a key the carried rotation names gets here (the resolver added it).
+    let Some(rot) = carried.filter(|r| r.new_key == signer) else {
+        return Err(Refusal::UnknownKey(format!(
+            "batch signed by key {signer}, which is not registered for vessel {vessel}"
+        )));
+    };
+    if rot.vessel != vessel || sequence < rot.from {
+        return Err(Refusal::BadRotation(format!(
+            "the key rotation is for vessel {:?} from batch {}, but this is batch {sequence} of vessel {vessel:?}",
+            rot.vessel, rot.from
+        )));
+    }
+    Ok(Some((rot.from, rot.old_key.to_string())))
+}
+
 fn intake_inner(
     cfg: &ShoreConfig,
     db: &Mutex<ShoreStore>,
@@ -208,60 +268,14 @@ fn intake_inner(
     let opened = envelope::open_with(file, &resolve, &limits).map_err(verify)?;
     let m = opened.manifest.clone();
     let signer = opened.signer.id.clone();
-    let mut rotation = None;
-    match registered.iter().find(|k| k.key_id == signer) {
-        Some(k) => {
-            if let Some(until) = k.until_seq.filter(|u| m.sequence >= *u) {
-                let successor = registered
-                    .iter()
-                    .find(|n| n.until_seq.is_none())
-                    .map_or("another key".to_string(), |n| format!("key {}", n.key_id));
-                return Err(Refusal::OldKey(if until == 0 {
-                    format!(
-                        "batch {} is signed by key {signer}, which an operator replaced with {successor}; this vessel must sign with its new key",
-                        m.sequence
-                    )
-                } else {
-                    format!(
-                        "batch {} is signed by key {signer}, which the vessel retired from batch {until} on (rotated to {successor}); a batch signed by it after that is refused",
-                        m.sequence
-                    )
-                }));
-            }
-            if m.sequence < k.from_seq {
-                return Err(Refusal::WrongKey(format!(
-                    "batch {} is signed by key {signer}, which signs from batch {} on",
-                    m.sequence, k.from_seq
-                )));
-            }
-        }
-        None => {
-            // Only a key the carried rotation names gets here (the resolver added it).
-            let Some(rot) = m
-                .key_rotation
-                .as_ref()
-                .filter(|r| r.body.new_key_id == signer)
-            else {
-                return Err(Refusal::UnknownKey(format!(
-                    "batch signed by key {signer}, which is not registered for vessel {}",
-                    vessel.id
-                )));
-            };
-            if rot.body.vessel != vessel.id || m.sequence < rot.body.from_sequence {
-                return Err(Refusal::BadRotation(format!(
-                    "the key rotation is for vessel {:?} from batch {}, but this is batch {} of vessel {:?}",
-                    rot.body.vessel, rot.body.from_sequence, m.sequence, vessel.id
-                )));
-            }
-            let pub_text = opened.signer.file_text();
-            rotation = Some((
-                signer.clone(),
-                pub_text,
-                rot.body.from_sequence,
-                rot.body.old_key.clone(),
-            ));
-        }
-    }
+    let carried = m.key_rotation.as_ref().map(|r| Carried {
+        vessel: &r.body.vessel,
+        new_key: &r.body.new_key_id,
+        old_key: &r.body.old_key,
+        from: r.body.from_sequence,
+    });
+    let rotation = key_rule(&registered, &signer, m.sequence, carried, &vessel.id)?
+        .map(|(from, old)| (signer.clone(), opened.signer.file_text(), from, old));
     if m.kind != Kind::Progress {
         return Err(Refusal::WrongKind);
     }
@@ -352,4 +366,76 @@ fn intake_inner(
         stored,
         acked_seq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Carried, key_rule};
+    use crate::store::VesselKey;
+
+    fn key(id: &str, from: u64, until: Option<u64>) -> VesselKey {
+        VesselKey {
+            key_id: id.into(),
+            pubkey: String::new(),
+            from_seq: from,
+            until_seq: until,
+            added_at: 0,
+            how: String::new(),
+        }
+    }
+
+    /// Each key may sign its own range of batches, and a new key only under its rotation.
+    #[test]
+    fn the_key_rules_of_intake_as_a_table() {
+        // k1 signed batches 1..=9 and the vessel rotated to k2 from batch 10; k0 was replaced
+        // by an operator (until 0).
+        let reg = [
+            key("k0", 1, Some(0)),
+            key("k1", 1, Some(10)),
+            key("k2", 10, None),
+        ];
+        let rot = |vessel: &'static str, new_key: &'static str, from: u64| Carried {
+            vessel,
+            new_key,
+            old_key: "k2",
+            from,
+        };
+        let rule = |signer: &str, seq: u64, carried: Option<Carried<'static>>| match key_rule(
+            &reg,
+            signer,
+            seq,
+            carried,
+            "mv-aurora",
+        ) {
+            Ok(None) => "ok".to_string(),
+            Ok(Some((from, old))) => format!("new key from {from} replacing {old}"),
+            Err(r) => r.code().to_string(),
+        };
+        assert_eq!(rule("k1", 9, None), "ok");
+        assert_eq!(rule("k1", 10, None), "old_key");
+        assert_eq!(rule("k0", 1, None), "old_key");
+        assert_eq!(rule("k2", 9, None), "wrong_key");
+        assert_eq!(rule("k2", 10, None), "ok");
+        assert_eq!(rule("k3", 12, None), "unknown_key");
+        assert_eq!(
+            rule("k3", 12, Some(rot("mv-aurora", "k3", 12))),
+            "new key from 12 replacing k2"
+        );
+        assert_eq!(
+            rule("k3", 13, Some(rot("mv-aurora", "k3", 12))),
+            "new key from 12 replacing k2"
+        );
+        assert_eq!(
+            rule("k3", 11, Some(rot("mv-aurora", "k3", 12))),
+            "bad_rotation"
+        );
+        assert_eq!(
+            rule("k3", 12, Some(rot("mv-other", "k3", 12))),
+            "bad_rotation"
+        );
+        assert_eq!(
+            rule("k3", 12, Some(rot("mv-aurora", "k4", 12))),
+            "unknown_key"
+        );
+    }
 }

@@ -346,6 +346,41 @@ pub(super) mod tests {
         );
     }
 
+    /// How one stream classifies what arrives: in order, early, known, replayed, late.
+    #[test]
+    fn each_arrival_is_classified_against_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("j.db"), "v").unwrap();
+        let class = |store: &mut Store, id: &str, sha: &str, seq: u64| {
+            let a = store
+                .write(|tx| tx.classify(id, sha, "k", "v", seq))
+                .unwrap();
+            match a {
+                Admission::Known { same_content, .. } => format!("known same={same_content}"),
+                Admission::Replay { .. } => "replay".into(),
+                Admission::Late => "late".into(),
+                Admission::InOrder => "in order".into(),
+                Admission::Early { missing } => format!("early, missing {missing}"),
+            }
+        };
+        assert_eq!(class(&mut store, "b1", "b1", 1), "in order");
+        assert_eq!(class(&mut store, "b3", "b3", 3), "early, missing 1");
+        admit(&mut store, &bundle("b1", 1, None), 10);
+        assert_eq!(class(&mut store, "b1", "b1", 1), "known same=true");
+        assert_eq!(class(&mut store, "b1", "other", 1), "known same=false");
+        assert_eq!(
+            class(&mut store, "x1", "x1", 1),
+            "replay",
+            "sequence 1 is taken"
+        );
+        admit(&mut store, &bundle("b3", 3, None), 20);
+        // The gap at 2 is given up after its timeout (100 s); 2 arriving then is late.
+        store.write(|tx| tx.release_gaps(200, 100)).unwrap();
+        assert_eq!(class(&mut store, "b2", "b2", 2), "late");
+        assert_eq!(class(&mut store, "b4", "b4", 4), "in order");
+        assert_eq!(class(&mut store, "b0", "b0", 0), "replay");
+    }
+
     #[test]
     fn the_journal_survives_reopening_and_refuses_another_vessel() {
         let dir = tempfile::tempdir().unwrap();
