@@ -281,7 +281,7 @@ pub fn rotate(config: &Path, json: bool, clock: &dyn Clock) -> i32 {
     if let Err(e) = vessel::agent::check_owner(&cfg.paths.state_dir) {
         return fail(exit::NOPERM, e);
     }
-    let _work = match super::work_lock(&cfg) {
+    let _work = match super::agent::work_lock(&cfg) {
         Ok(l) => l,
         Err(code) => return code,
     };

@@ -1,11 +1,9 @@
-//! Throwaway database servers for the capture tests: a real PostgreSQL cluster and a real
-//! MariaDB server, each in a temporary directory on a free loopback port, loaded with the
-//! schema and data captured from Moodle 5.0 (`../shared/moodle/schema/`), and a read-only user
-//! with exactly the GRANTs `docs/progress.md` documents. Killed when dropped.
+//! Moodle's databases for the capture tests: the test kit's throwaway PostgreSQL and MariaDB
+//! servers (`testkit::{pgtemp, mariatemp}`, the one family of throwaway databases) loaded with
+//! the schema and data captured from Moodle 5.0 (`../shared/moodle/schema/`), and a read-only
+//! user with exactly the GRANTs `docs/progress.md` documents. Killed when dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 pub const RO_USER: &str = "vessel_sync";
 pub const RO_PASSWORD: &str = "ro-secret-pw";
@@ -21,40 +19,6 @@ pub fn schema_dir() -> PathBuf {
         }
     }
     panic!("Moodle schema dumps not found in tests/fixtures/moodle/schema")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn chown_tree(dir: &Path, user: &str) {
-    if unsafe { libc::geteuid() } == 0 {
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{user}:"))
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-fn wait_port(port: u16, child: &mut Child, what: &str) {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(60) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!("{what} exited early: {st}");
-        }
-        base::retry::pause(Duration::from_millis(50));
-    }
-    panic!("{what} did not listen on {port} within 60 s");
 }
 
 /// A throwaway PostgreSQL cluster (the library's own, as the demo and the benchmark use) with
@@ -118,68 +82,19 @@ impl Pg {
     }
 }
 
+/// A throwaway MariaDB server (the test kit's) with database `moodle` holding Moodle's real
+/// schema and data.
 pub struct Maria {
-    dir: tempfile::TempDir,
-    child: Child,
+    maria: testkit::mariatemp::TempMaria,
     pub port: u16,
 }
 
 impl Maria {
+    /// Starts a server and creates database `moodle` with the schema and data loaded.
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("vs-maria")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        chown_tree(dir.path(), "mysql");
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args([
-                "--user=mysql",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-            ])
-            .output()
-            .expect("mariadb-install-db not found (apt-get install mariadb-server)");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let port = free_port();
-        let sock = dir.path().join("sock");
-        let mut child = Command::new("mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", sock.display()))
-            .arg(format!("--port={port}"))
-            .args([
-                "--bind-address=127.0.0.1",
-                "--user=mysql",
-                "--skip-name-resolve",
-                "--innodb-flush-log-at-trx-commit=0",
-                "--innodb-buffer-pool-size=64M",
-                "--skip-log-bin",
-            ])
-            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(port, &mut child, "mariadbd");
-        let m = Maria { dir, child, port };
-        let t = Instant::now();
-        while m.try_sql(None, "SELECT 1").is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "mariadbd never accepted a session"
-            );
-            base::retry::pause(Duration::from_millis(100));
-        }
+        let maria = testkit::mariatemp::TempMaria::start().expect("throwaway MariaDB");
+        let port = maria.port;
+        let m = Maria { maria, port };
         m.sql(
             None,
             "CREATE DATABASE moodle CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
@@ -187,6 +102,7 @@ impl Maria {
         let schema = schema_dir();
         m.sql_file("moodle", &schema.join("mariadb.sql"));
         m.sql_file("moodle", &schema.join("mariadb-data.sql"));
+        // The GRANTs of docs/progress.md, verbatim.
         m.sql(
             None,
             &format!(
@@ -197,48 +113,21 @@ impl Maria {
         m
     }
 
-    fn client(&self, db: Option<&str>) -> Command {
-        let mut c = Command::new("mariadb");
-        c.arg("--no-defaults")
-            .arg(format!(
-                "--socket={}",
-                self.dir.path().join("sock").display()
-            ))
-            .args(["-uroot", "-N", "-B"]);
-        if let Some(db) = db {
-            c.arg(db);
-        }
-        c
-    }
-
-    fn try_sql(&self, db: Option<&str>, sql: &str) -> Result<String, String> {
-        let out = self.client(db).arg("-e").arg(sql).output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
+    /// Runs SQL as root; panics on error.
     pub fn sql(&self, db: Option<&str>, sql: &str) -> String {
-        self.try_sql(db, sql)
+        self.maria
+            .sql(db, sql)
             .unwrap_or_else(|e| panic!("mariadb {sql}: {e}"))
     }
 
+    /// Runs the SQL file as root; panics on error.
     pub fn sql_file(&self, db: &str, file: &Path) {
-        let out = self
-            .client(Some(db))
-            .stdin(std::fs::File::open(file).unwrap())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mariadb < {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.maria
+            .sql_file(db, file)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// The agent's `[moodle]` section for this server (password in `pwfile`).
     pub fn moodle_section(&self, pwfile: &Path) -> String {
         std::fs::write(pwfile, format!("{RO_PASSWORD}\n")).unwrap();
         format!(
@@ -246,12 +135,5 @@ impl Maria {
             self.port,
             pwfile.display()
         )
-    }
-}
-
-impl Drop for Maria {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
