@@ -18,6 +18,7 @@ fn to_i64(v: u64) -> i64 {
 }
 
 mod audit;
+mod captured;
 mod content;
 mod facts;
 mod journal;
@@ -30,6 +31,7 @@ mod transitions;
 mod trust;
 
 pub use audit::{AuditEntry, AuditEvent};
+pub use captured::{CapturedState, LocalKey, QuarantinedProgress};
 pub use content::Held;
 pub use facts::UplinkState;
 pub use journal::{
@@ -37,9 +39,7 @@ pub use journal::{
     NewCommand, Overview, SkippedRange, StreamGap,
 };
 pub use mapping::{AckState, MappingRow, MappingWrite, Origin};
-pub use outbox::{
-    Batch, CapturedState, CourseBacklog, LocalKey, NewBatch, OutboxSummary, QuarantinedProgress,
-};
+pub use outbox::{Batch, CourseBacklog, NewBatch, OutboxSummary};
 pub use transitions::DEATH_WINDOW;
 pub use trust::{Revocation, StoredCert, VesselKey};
 

@@ -19,6 +19,8 @@
 
 pub mod keys;
 pub mod manifest;
+pub mod policy;
+mod probe;
 pub mod read;
 pub mod tarstream;
 pub mod trust;
@@ -26,7 +28,8 @@ pub mod write;
 
 pub use keys::{Keyring, PublicKey, SecretKey};
 pub use manifest::{CommandEntry, CommandReport, FileEntry, Kind, Manifest, NeedFiles};
-pub use read::{Opened, check_policy, open, open_with, peek_manifest};
+pub use policy::check_policy;
+pub use read::{Opened, open, open_with, peek_manifest};
 pub use trust::{Certificate, Grant, KeyRotation};
 pub use write::{Draft, Extra, Source, repack, write_envelope, write_envelope_with};
 

@@ -5,7 +5,6 @@
 //! journal) before [`Opened::extract`] streams the remaining members to disk (or to nowhere, to
 //! verify only), checking each against the manifest.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, Write};
@@ -15,68 +14,12 @@ use std::rc::Rc;
 use ed25519_dalek::Signature;
 use sha2::{Digest, Sha256};
 
-use super::manifest::{FLEET, Kind, MANIFEST_NAME, Manifest, SIGNATURE_NAME};
-use super::tarstream::{MemberKind, TarError, TarReader};
+use super::manifest::{MANIFEST_NAME, Manifest, SIGNATURE_NAME};
+use super::probe::{Decoded, FileSide, Probe, Stream, attribute};
+use super::tarstream::{MemberKind, TarReader};
 use super::{Keyring, Limits, PublicKey, Rejection, VerifyError};
-use base::clock::format_time;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
-
-/// What the byte pipeline observed, so that a tar-level error can be attributed to the right
-/// layer (file I/O, zstd, the size cap).
-#[derive(Default)]
-struct Probe {
-    file_error: RefCell<Option<String>>,
-    zstd_error: RefCell<Option<(io::ErrorKind, String)>>,
-    total: Cell<u64>,
-    over_cap: Cell<bool>,
-}
-
-struct FileSide<R> {
-    inner: R,
-    probe: Rc<Probe>,
-}
-
-impl<R: Read> Read for FileSide<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            *self.probe.file_error.borrow_mut() = Some(e.to_string());
-        })
-    }
-}
-
-struct Decoded<R> {
-    inner: R,
-    probe: Rc<Probe>,
-    cap: u64,
-}
-
-impl<R: Read> Read for Decoded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.probe.over_cap.get() {
-            return Err(io::Error::other("decompressed size cap reached"));
-        }
-        match self.inner.read(buf) {
-            Ok(n) => {
-                let total = self.probe.total.get().saturating_add(n as u64);
-                self.probe.total.set(total);
-                if total > self.cap {
-                    self.probe.over_cap.set(true);
-                    return Err(io::Error::other("decompressed size cap reached"));
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                if self.probe.file_error.borrow().is_none() {
-                    *self.probe.zstd_error.borrow_mut() = Some((e.kind(), e.to_string()));
-                }
-                Err(e)
-            }
-        }
-    }
-}
-
-type Stream = Decoded<zstd::stream::read::Decoder<'static, BufReader<FileSide<File>>>>;
 
 /// An envelope whose manifest and signature have been verified; the members are not read yet.
 pub struct Opened {
@@ -104,40 +47,6 @@ pub struct Extracted {
     pub bytes: u64,
     /// Listed members marked `may_omit` that the archive does not carry.
     pub omitted: u64,
-}
-
-fn attribute(probe: &Probe, err: TarError, first: bool) -> VerifyError {
-    if probe.over_cap.get() {
-        return Rejection::TooLarge(format!(
-            "it decompresses to more than the limit of {} bytes",
-            probe.total.get().saturating_sub(1)
-        ))
-        .into();
-    }
-    if let Some(e) = probe.file_error.borrow().as_ref() {
-        return VerifyError::Local(format!("reading the bundle file failed: {e}"));
-    }
-    if let Some((kind, msg)) = probe.zstd_error.borrow().as_ref() {
-        let truncated = *kind == io::ErrorKind::UnexpectedEof || msg.contains("incomplete");
-        return if truncated {
-            Rejection::Truncated.into()
-        } else {
-            Rejection::CorruptCompression(msg.clone()).into()
-        };
-    }
-    match err {
-        TarError::Truncated if first => Rejection::NotTar(format!(
-            "the decompressed data is only {} bytes, shorter than one tar header",
-            probe.total.get()
-        ))
-        .into(),
-        TarError::Truncated => Rejection::Truncated.into(),
-        TarError::NotTar(m) if first => Rejection::NotTar(m).into(),
-        TarError::NotTar(m) => {
-            Rejection::NotTar(format!("a later member header is damaged: {m}")).into()
-        }
-        TarError::Io(e) => VerifyError::Local(format!("reading the bundle failed: {e}")),
-    }
 }
 
 fn name_of(raw: &[u8]) -> String {
@@ -551,42 +460,10 @@ fn create_member_file(dir: &Path, name: &str) -> Result<File, VerifyError> {
         .map_err(|e| VerifyError::Local(format!("creating {}: {e}", path.display())))
 }
 
-/// Checks what a vessel requires of a command bundle beyond its signature: the kind, the
-/// recipient (this vessel or the fleet) and the validity window, with `skew` seconds of
-/// tolerance for clocks that drift.
-pub fn check_policy(m: &Manifest, vessel: &str, now: i64, skew: i64) -> Result<(), Rejection> {
-    if m.kind != Kind::Commands {
-        return Err(Rejection::WrongKind(format!("{:?}", m.kind).to_lowercase()));
-    }
-    if m.recipient != vessel && m.recipient != FLEET {
-        return Err(Rejection::WrongVessel {
-            recipient: m.recipient.clone(),
-            vessel: vessel.into(),
-        });
-    }
-    if let Some(exp) = m.expires.as_deref().and_then(base::clock::parse_time) {
-        if now > exp.saturating_add(skew) {
-            return Err(Rejection::Expired {
-                expires: format_time(exp),
-                now: format_time(now),
-            });
-        }
-    }
-    if let Some(nb) = m.not_before.as_deref().and_then(base::clock::parse_time) {
-        if now.saturating_add(skew) < nb {
-            return Err(Rejection::NotYetValid {
-                not_before: format_time(nb),
-                now: format_time(now),
-            });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Draft, SecretKey, Source, write_envelope};
+    use crate::envelope::{Draft, Kind, SecretKey, Source, write_envelope};
     use proptest::prelude::*;
 
     fn fixture(dir: &Path) -> (std::path::PathBuf, Keyring) {

@@ -9,6 +9,7 @@
 //! is never queued (law 2).
 
 pub mod codec;
+pub mod limits;
 pub mod record;
 
 pub use record::{Record, RecordKind};
