@@ -55,6 +55,20 @@ impl Ship {
         Self { moodle, v }
     }
 
+    /// Sends a bundle of one command without files, runs the agent once, and returns the
+    /// command's state and note.
+    fn run_one(
+        &self,
+        seq: u64,
+        kind: &str,
+        id: &str,
+        args: serde_json::Value,
+    ) -> (CommandState, String) {
+        self.send(seq, vec![cmd(kind, id, args, &[])], vec![]);
+        self.v.once();
+        self.command(id)
+    }
+
     fn send(
         &self,
         seq: u64,
@@ -282,18 +296,12 @@ fn a_guarded_delete_waits_for_shores_acknowledgement_then_backs_up_then_deletes(
     let ship = Ship::new();
     ship.v.once(); // creates the journal
     unacknowledged(&ship.v, "ERM-110");
-    ship.send(
+    let (state, reason) = ship.run_one(
         1,
-        vec![cmd(
-            "delete_course",
-            "retire-erm",
-            serde_json::json!({"course": "ERM-110"}),
-            &[],
-        )],
-        vec![],
+        "delete_course",
+        "retire-erm",
+        serde_json::json!({"course": "ERM-110"}),
     );
-    ship.v.once();
-    let (state, reason) = ship.command("retire-erm");
     assert_eq!(state, CommandState::Waiting);
     assert!(
         reason.contains("waiting for shore to acknowledge 2 records of ERM-110"),
@@ -361,18 +369,12 @@ fn a_guarded_delete_waits_for_shores_acknowledgement_then_backs_up_then_deletes(
 #[test]
 fn deleting_a_course_that_never_existed_ends_done_with_a_note() {
     let ship = Ship::new();
-    ship.send(
+    let (state, note) = ship.run_one(
         1,
-        vec![cmd(
-            "delete_course",
-            "ghost",
-            serde_json::json!({"course": "NAV-999"}),
-            &[],
-        )],
-        vec![],
+        "delete_course",
+        "ghost",
+        serde_json::json!({"course": "NAV-999"}),
     );
-    ship.v.once();
-    let (state, note) = ship.command("ghost");
     assert_eq!(state, CommandState::Done);
     assert!(note.contains("does not exist on this Moodle"), "{note}");
     assert!(ship.scripts().is_empty());
@@ -382,18 +384,12 @@ fn deleting_a_course_that_never_existed_ends_done_with_a_note() {
 fn a_deletion_that_dies_half_way_is_finished_by_the_next_attempt() {
     let ship = Ship::new();
     ship.moodle.state().crash_next_delete = true;
-    ship.send(
+    let (state, reason) = ship.run_one(
         1,
-        vec![cmd(
-            "delete_course",
-            "fire",
-            serde_json::json!({"course": "FIRE-201", "keep_backup": false}),
-            &[],
-        )],
-        vec![],
+        "delete_course",
+        "fire",
+        serde_json::json!({"course": "FIRE-201", "keep_backup": false}),
     );
-    ship.v.once();
-    let (state, reason) = ship.command("fire");
     assert_eq!(state, CommandState::Waiting);
     assert!(
         reason.contains("still there") && reason.contains("course_get_format"),
@@ -415,18 +411,12 @@ fn maintenance_mode_holds_course_commands_without_running_anything() {
         "<h1>upgrade</h1>",
     )
     .unwrap();
-    ship.send(
+    let (state, reason) = ship.run_one(
         1,
-        vec![cmd(
-            "delete_course",
-            "fire",
-            serde_json::json!({"course": "FIRE-201", "keep_backup": false}),
-            &[],
-        )],
-        vec![],
+        "delete_course",
+        "fire",
+        serde_json::json!({"course": "FIRE-201", "keep_backup": false}),
     );
-    ship.v.once();
-    let (state, reason) = ship.command("fire");
     assert_eq!(state, CommandState::Waiting);
     assert!(reason.contains("maintenance mode"), "{reason}");
     assert!(ship.scripts().is_empty());
@@ -636,18 +626,12 @@ fn a_guarded_delete_asks_for_a_capture_after_hiding_and_then_counts_what_it_capt
         .unwrap()
         .replacen("[moodle]\n", &db, 1);
     std::fs::write(&ship.v.config, text).unwrap();
-    ship.send(
+    let (state, reason) = ship.run_one(
         1,
-        vec![cmd(
-            "delete_course",
-            "retire-safety",
-            serde_json::json!({"course": "SAFETY-101"}),
-            &[],
-        )],
-        vec![],
+        "delete_course",
+        "retire-safety",
+        serde_json::json!({"course": "SAFETY-101"}),
     );
-    ship.v.once();
-    let (state, reason) = ship.command("retire-safety");
     assert_eq!(state, CommandState::Waiting);
     assert!(
         reason.contains("waiting for a progress capture"),
@@ -686,18 +670,12 @@ fn a_guarded_delete_asks_for_a_capture_after_hiding_and_then_counts_what_it_capt
 fn a_final_backup_without_user_data_holds_the_deletion() {
     let ship = Ship::new();
     ship.moodle.state().backup_without_users = true;
-    ship.send(
+    let (state, reason) = ship.run_one(
         1,
-        vec![cmd(
-            "delete_course",
-            "fire",
-            serde_json::json!({"course": "FIRE-201"}),
-            &[],
-        )],
-        vec![],
+        "delete_course",
+        "fire",
+        serde_json::json!({"course": "FIRE-201"}),
     );
-    ship.v.once();
-    let (state, reason) = ship.command("fire");
     assert_eq!(state, CommandState::Waiting);
     assert!(
         reason.contains("without user data") && reason.contains("backup_general_users --set=1"),
