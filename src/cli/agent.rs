@@ -145,9 +145,7 @@ pub fn capture(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
     };
     match run() {
         Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
+            if !print_json(json, &r) {
                 println!(
                     "captured {} progress rows: {} changed, {} queued for shore, {} recognised as imported from shore, {} quarantined, {} released from quarantine, {} removed",
                     r.rows, r.changes, r.queued, r.echoes, r.quarantined, r.released, r.removed
@@ -184,9 +182,7 @@ pub fn sync(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
     };
     match run() {
         Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
+            if !print_json(json, &r) {
                 println!(
                     "sync: {} batch(es) built, {} exchange(s), acknowledged up to batch {}, {} bundle(s) downloaded",
                     r.built, r.exchanges, r.acked_seq, r.downloaded
@@ -204,4 +200,12 @@ pub fn sync(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
         }
         Err(e) => fail(exit::CONFIG, e),
     }
+}
+
+/// Prints `r` as one line of JSON when `json` is asked for; whether it did.
+fn print_json(json: bool, r: &impl serde::Serialize) -> bool {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+    }
+    json
 }

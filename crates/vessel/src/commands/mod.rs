@@ -135,6 +135,27 @@ impl Ctx<'_> {
             .map_err(|e| wait(e.to_string()))
     }
 
+    /// One audit row for this command (its issuer, bundle and id), as a step of `journal`.
+    pub fn audit(
+        &self,
+        journal: &mut Journal<'_>,
+        event: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<()> {
+        journal.with(|tx| {
+            tx.audit(
+                self.now,
+                &self.cmd.issuer,
+                Some(&self.cmd.bundle_id),
+                Some(&self.cmd.cmd_id),
+                event,
+                outcome,
+                detail,
+            )
+        })
+    }
+
     /// The command id made safe as a file name (reports are `reports_dir/SAFE_ID.WHAT.json`).
     pub fn safe_id(&self) -> String {
         safe_id_of(&self.cmd.cmd_id)

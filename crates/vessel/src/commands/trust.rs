@@ -63,17 +63,7 @@ impl Command for TrustKey {
                 ctx.now,
             )
         })? {
-            j.with(|tx| {
-                tx.audit(
-                    ctx.now,
-                    &ctx.cmd.issuer,
-                    Some(&ctx.cmd.bundle_id),
-                    Some(&ctx.cmd.cmd_id),
-                    "key_trusted",
-                    "trust_key",
-                    &what,
-                )
-            })?;
+            ctx.audit(j, "key_trusted", "trust_key", &what)?;
             Ok(CommandOutcome::Done(what))
         } else {
             Ok(CommandOutcome::Done(format!(
@@ -182,17 +172,7 @@ impl Command for RevokeKey {
             format!("bundles are still let through {}", list.join(", "))
         };
         let what = format!("key {key} revoked ({}): {points}", r.reason);
-        j.with(|tx| {
-            tx.audit(
-                ctx.now,
-                &ctx.cmd.issuer,
-                Some(&ctx.cmd.bundle_id),
-                Some(&ctx.cmd.cmd_id),
-                "key_revoked",
-                "revoke_key",
-                &what,
-            )
-        })?;
+        ctx.audit(j, "key_revoked", "revoke_key", &what)?;
         let before = j.with(|tx| tx.applied_after(&r))?;
         for (id, recipient, seq) in &before {
             j.with(|tx| tx.audit(ctx.now, key, Some(id), None, "revoked_key_applied", "applied_before_revocation",
