@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use super::fail;
 use base::clock::Clock;
-use base::exit::{self, fail};
+use base::exit;
 use vessel::agent::{Agent, AgentError};
 use vessel::config::Config;
 

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use super::fail;
 use base::clock::Clock;
-use base::exit::{self, fail};
+use base::exit;
 use wire::envelope::{self, Keyring, PublicKey, SecretKey, VerifyError};
 
 use super::keys;

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
+use super::fail;
 use base::clock::{Clock, format_time, parse_time};
-use base::exit::{self, fail};
+use base::exit;
 use wire::envelope::{Certificate, Grant, Keyring, PublicKey, SecretKey};
 
 /// Key subcommands.

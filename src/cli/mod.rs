@@ -16,7 +16,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use base::clock::Clock;
-use base::exit::{self, fail};
+use base::exit;
 use vessel::config::{Config, DEFAULT_PATH};
 
 /// Ship-to-shore sync agent for Moodle.
@@ -207,6 +207,12 @@ pub struct ConfigArg {
     /// The agent's config file.
     #[arg(long, short = 'c', env = "VESSEL_SYNC_CONFIG", default_value = DEFAULT_PATH, value_name = "FILE")]
     pub config: PathBuf,
+}
+
+/// Prints `vessel-sync: MSG` on stderr and returns `code`, for `return fail(exit::USAGE, ...)`.
+pub(crate) fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
+    eprintln!("vessel-sync: {msg}");
+    code
 }
 
 /// Parses the process arguments and runs; returns the exit code.

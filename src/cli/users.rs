@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 
+use super::fail;
 use base::exit;
-use base::exit::fail;
 use moodle::users::import::{self, Observer, Options, Progress, Summary};
 use moodle::users::validate;
 use moodle::ws::{Token, Ws};

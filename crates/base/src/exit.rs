@@ -23,12 +23,6 @@ pub const TEMPFAIL: i32 = 75;
 /// Bad configuration; systemd is told not to restart on it (`RestartPreventExitStatus=78`).
 pub const CONFIG: i32 = 78;
 
-/// Prints `vessel-sync: MSG` on stderr and returns `code`, for `return fail(exit::USAGE, ...)`.
-pub fn fail(code: i32, msg: impl std::fmt::Display) -> i32 {
-    eprintln!("vessel-sync: {msg}");
-    code
-}
-
 /// Lets a report piped into `head` or `less` end quietly when the reader closes the pipe (the
 /// default action of SIGPIPE, as for any Unix tool) instead of failing on its next write. Only
 /// for commands that read and print: never for the agent, the receiver or a command that feeds

@@ -9,9 +9,9 @@ use clap::{Args, Subcommand};
 
 pub(crate) mod render;
 
+use super::fail;
 use base::clock::Clock;
 use base::exit;
-use base::exit::fail;
 
 /// The --config option of the shore commands.
 #[derive(Debug, Args)]
