@@ -16,12 +16,12 @@ use crate::store::{Queued, Retirement};
 use crate::{Error, ShoreConfig, operator};
 
 /// Hides `course` in the cloud; Ok(note) says what was done there.
-fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, String> {
+fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, Error> {
     let Some(cloud) = cfg.cloud.as_ref() else {
         return Ok("no [cloud] configured: not hidden in a cloud Moodle".into());
     };
     let ws = connect(cloud)?;
-    let found = moodle::lookup::course(&ws, course, || {}).map_err(|e| e.to_string())?;
+    let found = moodle::lookup::course(&ws, course, || {})?;
     let Some(c) = found else {
         return Ok(format!(
             "no course {course} in the cloud Moodle (by idnumber or shortname): nothing hidden there"
@@ -36,8 +36,7 @@ fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, String> {
             .set("courses[0][id]", c.id)
             .set("courses[0][visible]", 0),
         Safety::Write,
-    )
-    .map_err(|e| format!("hiding {course} in the cloud Moodle: {e}"))?;
+    )?;
     Ok(format!(
         "hidden in the cloud Moodle (id {}), kept for reporting",
         c.id
@@ -57,8 +56,8 @@ pub(crate) fn queue_from_shore(
     args: serde_json::Map<String, serde_json::Value>,
     files: Vec<(String, envelope::Source)>,
     now: i64,
-) -> Result<(String, i64), String> {
-    let seq = db.next_ack_bundle_seq(vessel).map_err(|e| e.to_string())?;
+) -> Result<(String, i64), Error> {
+    let seq = db.next_ack_bundle_seq(vessel)?;
     let draft = Draft {
         kind: Kind::Commands,
         sender: SHORE.into(),
@@ -80,12 +79,11 @@ pub(crate) fn queue_from_shore(
         .state_dir
         .join("tmp")
         .join(format!("{id_prefix}-{vessel}-{seq}.vsb"));
-    let m = envelope::write_envelope(&draft, key, now, &tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let m = envelope::write_envelope(&draft, key, now, &tmp).map_err(Error::io(&tmp))?;
     let name = format!("{}.vsb", m.id);
     let dest = cfg.shore.state_dir.join("bundles").join(&name);
-    let data = std::fs::read(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    let data = std::fs::read(&tmp).map_err(Error::io(&tmp))?;
+    std::fs::rename(&tmp, &dest).map_err(Error::io(&dest))?;
     let q = Queued {
         id: 0,
         recipient: vessel.to_string(),
@@ -94,7 +92,7 @@ pub(crate) fn queue_from_shore(
         size: data.len() as u64,
         sha256: hex::encode(Sha256::digest(&data)),
     };
-    let id = db.enqueue_bundle(&q, now).map_err(|e| e.to_string())?;
+    let id = db.enqueue_bundle(&q, now)?;
     Ok((m.id, id))
 }
 
@@ -127,7 +125,7 @@ pub fn retire(
     })?;
     let key = SecretKey::load(key_path).map_err(|e| Error::Config(e.to_string()))?;
     let db = cfg.open()?;
-    let cloud = hide_in_cloud(cfg, course).map_err(Error::Failed)?;
+    let cloud = hide_in_cloud(cfg, course)?;
     let mut vessels = db.course_vessels(course)?;
     for v in also {
         if db.vessel(v)?.is_none() {
@@ -166,8 +164,7 @@ pub fn retire(
             args,
             vec![],
             now,
-        )
-        .map_err(Error::Failed)?;
+        )?;
         db.note_retirement(course, &v, &bundle_id, id, &by, now)?;
         queued.push((v, bundle_id));
     }

@@ -33,7 +33,7 @@ pub fn move_to(
     let (key, ws) = signer_and_cloud(cfg)?;
     let db = cfg.open()?;
     check_vessel(&db, vessel)?;
-    let summary = move_one(cfg, &db, &key, &ws, user, vessel, also, now).map_err(Error::Failed)?;
+    let summary = move_one(cfg, &db, &key, &ws, user, vessel, also, now)?;
     Ok(Moved { summary })
 }
 
@@ -50,7 +50,7 @@ fn signer_and_cloud(cfg: &ShoreConfig) -> Result<(SecretKey, Ws), Error> {
         )
     })?;
     let key = SecretKey::load(key_path).map_err(|e| Error::Config(e.to_string()))?;
-    Ok((key, connect(cloud).map_err(Error::Config)?))
+    Ok((key, connect(cloud)?))
 }
 
 fn check_vessel(db: &ShoreStore, vessel: &str) -> Result<(), Error> {
@@ -127,14 +127,14 @@ fn move_one(
     vessel: &str,
     also: &[String],
     now: i64,
-) -> Result<String, String> {
-    let found = moodle::lookup::users(ws, &[user], || {}).map_err(|e| e.to_string())?;
+) -> Result<String, Error> {
+    let found = moodle::lookup::users(ws, &[user], || {})?;
     let Some((uid, _)) = found.get(user).cloned() else {
-        return Err(format!(
+        return Err(Error::NotFound(format!(
             "no learner {user} in the cloud Moodle (by idnumber or username)"
-        ));
+        )));
     };
-    let mut courses = db.vessel_courses(vessel).map_err(|e| e.to_string())?;
+    let mut courses = db.vessel_courses(vessel)?;
     courses.extend(also.iter().cloned());
     courses.sort();
     courses.dedup();
@@ -143,33 +143,29 @@ fn move_one(
             "core_enrol_get_users_courses",
             &Params::new().set("userid", uid),
             Safety::Read,
-        )
-        .map_err(|e| e.to_string())?
+        )?
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|c| c["id"].as_i64())
         .collect();
     let mut csv = csv::Writer::from_writer(Vec::new());
+    let csv_err = |e: csv::Error| Error::Failed(e.to_string());
     csv.write_record(["learner", "course", "activity", "state"])
-        .map_err(|e| e.to_string())?;
+        .map_err(csv_err)?;
     let (mut rows, mut theirs) = (0u64, 0u64);
     for key_of_course in &courses {
-        let Some(c) =
-            moodle::lookup::course(ws, key_of_course, || {}).map_err(|e| e.to_string())?
-        else {
+        let Some(c) = moodle::lookup::course(ws, key_of_course, || {})? else {
             continue;
         };
         if !enrolled.contains(&c.id) {
             continue;
         }
-        let st = ws
-            .call(
-                "core_completion_get_activities_completion_status",
-                &Params::new().set("courseid", c.id).set("userid", uid),
-                Safety::Read,
-            )
-            .map_err(|e| e.to_string())?;
+        let st = ws.call(
+            "core_completion_get_activities_completion_status",
+            &Params::new().set("courseid", c.id).set("userid", uid),
+            Safety::Read,
+        )?;
         for s in st["statuses"].as_array().into_iter().flatten() {
             let state = s["state"].as_i64().unwrap_or(0);
             if state != 1 && state != 2 {
@@ -179,15 +175,12 @@ fn move_one(
             let Some(a) = c.activities.values().find(|a| a.cmid == cmid) else {
                 continue;
             };
-            if db
-                .sent_completion(vessel, user, key_of_course, &a.key)
-                .map_err(|e| e.to_string())?
-            {
+            if db.sent_completion(vessel, user, key_of_course, &a.key)? {
                 theirs += 1;
                 continue;
             }
             csv.write_record([user, key_of_course.as_str(), a.key.as_str(), "1"])
-                .map_err(|e| e.to_string())?;
+                .map_err(csv_err)?;
             rows += 1;
         }
     }
@@ -197,8 +190,7 @@ fn move_one(
             "nothing to send {vessel} for {user}: the cloud holds no completion of theirs in its courses ({}) that it lacks ({theirs} came from {vessel} itself)",
             courses.join(", ")
         );
-        db.audit(&by, "crew move", &msg, now)
-            .map_err(|e| e.to_string())?;
+        db.audit(&by, "crew move", &msg, now)?;
         return Ok(msg);
     }
     let (bundle_id, _) = queue_from_shore(
@@ -211,15 +203,14 @@ fn move_one(
         serde_json::Map::new(),
         vec![(
             "files/progress.csv".into(),
-            Source::Bytes(csv.into_inner().map_err(|e| e.to_string())?),
+            Source::Bytes(csv.into_inner().map_err(|e| Error::Failed(e.to_string()))?),
         )],
         now,
     )?;
     let msg = format!(
         "queued import_progress for {vessel} (bundle {bundle_id}): {rows} completion(s) of {user} from the cloud Moodle ({theirs} left out: they came from {vessel})"
     );
-    db.audit(&by, "crew move", &msg, now)
-        .map_err(|e| e.to_string())?;
+    db.audit(&by, "crew move", &msg, now)?;
     Ok(msg)
 }
 

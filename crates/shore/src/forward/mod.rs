@@ -83,9 +83,14 @@ pub struct Pass {
 }
 
 /// The web-service client for `[cloud]`.
-pub fn connect(cloud: &CloudSettings) -> std::result::Result<Ws, String> {
-    let token = Token::from_file(&cloud.token_file).map_err(|e| e.to_string())?;
-    Ws::new(&cloud.url, token, Duration::from_secs(cloud.timeout_secs)).map_err(|e| e.to_string())
+pub fn connect(cloud: &CloudSettings) -> Result<Ws> {
+    let token =
+        Token::from_file(&cloud.token_file).map_err(|e| Error::Config(format!("[cloud] {e}")))?;
+    Ok(Ws::new(
+        &cloud.url,
+        token,
+        Duration::from_secs(cloud.timeout_secs),
+    )?)
 }
 
 /// One forwarding pass: the held records, then the stream past the watermark. The clock
@@ -125,7 +130,7 @@ fn pass_leased(
     renew: &dyn Fn(&ShoreStore) -> Result<bool>,
 ) -> Result<Pass> {
     let started = Instant::now();
-    let ws = connect(cloud).map_err(Error::Config)?;
+    let ws = connect(cloud)?;
     let mut out = Pass::default();
     if let Some(rowid) = db.forward_inflight()? {
         tracing::info!(
