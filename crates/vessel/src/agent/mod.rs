@@ -407,7 +407,9 @@ impl Agent {
     /// Runs passes until one does nothing, then one capture and one sync cycle, then passes
     /// again for what the sync downloaded (`--once`).
     pub fn run_once(&mut self) -> Result<Report, AgentError> {
-        let _work = self.work_lock()?;
+        let Some(_work) = self.work_lock()? else {
+            return Ok(Report::default());
+        };
         let mut total = self.run_passes()?;
         // A Moodle database that is down does not keep what was captured before from going home.
         let mut capture_error = None;
@@ -439,12 +441,26 @@ impl Agent {
         }
     }
 
-    /// The work lock for one step of the loop: an operator's `capture`, `sync` or `rotate-key`
-    /// holding it is waited for (they are short), and waits for this step in turn.
-    fn work_lock(&self) -> Result<WorkLock, AgentError> {
-        WorkLock::acquire(&self.cfg.paths.state_dir, || {
-            tracing::info!("an operator's command is working on the journal; waiting for it");
-        })
+    /// The work lock for one step of the loop: an operator's `capture`, `sync`, `rotate-key` or
+    /// `retry` holding it is waited for, while the watchdog is fed and a stop request is
+    /// honoured (`None`: stop). The wait polls: the lock is free but for an operator's command,
+    /// and a blocking `flock` would neither feed the watchdog nor see SIGTERM.
+    fn work_lock(&self) -> Result<Option<WorkLock>, AgentError> {
+        let mut said = false;
+        loop {
+            if let Some(lock) = WorkLock::try_acquire(&self.cfg.paths.state_dir)? {
+                return Ok(Some(lock));
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            if !said {
+                tracing::info!("an operator's command is working on the journal; waiting for it");
+                said = true;
+            }
+            self.notifier.keepalive();
+            base::retry::pause(Duration::from_millis(250));
+        }
     }
 
     /// A one-line status for systemd.
@@ -502,7 +518,9 @@ impl Agent {
         let ping = self.notifier.ping_interval();
         loop {
             self.notifier.watchdog();
-            let work = self.work_lock()?;
+            let Some(work) = self.work_lock()? else {
+                break;
+            };
             let mut report = self.pass()?;
             self.periodic(&mut report);
             drop(work);
