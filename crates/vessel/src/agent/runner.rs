@@ -3,8 +3,9 @@
 //! A command that changes Moodle runs with short journal transactions ([`Journal::short`]):
 //! `running` is committed before it acts (law 7), each journal step it takes commits at once,
 //! and its outcome is recorded in a new transaction after it acted. So the journal's write lock
-//! is never held while the command waits for Moodle, and `vessel-sync status`, `capture` or
-//! `sync` are never refused on a busy journal. A command whose whole effect is in the journal
+//! is never held while the command waits for Moodle: `vessel-sync status` reads at any time, and
+//! an operator's `capture` or `sync` waits only for the agent's step (the work lock), never for a
+//! busy journal. A command whose whole effect is in the journal
 //! (`ack`, `set_mapping`, `trust_key`, `revoke_key`) takes its effect and its outcome in one
 //! transaction ([`Journal::held`]), exactly once.
 
