@@ -81,7 +81,11 @@ pub fn hit(name: &str) {
     if let Some(a) = armed() {
         if a.name == name && a.hits.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
             if a.hang {
-                eprintln!("failpoint {name}: hanging");
+                // The test harness reads this line: a failpoint is a test seam, not a report.
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("failpoint {name}: hanging");
+                }
                 loop {
                     std::thread::park();
                 }

@@ -14,6 +14,8 @@
 //! May import: nothing of the workspace.
 
 #![deny(missing_docs)]
+// Libraries return reports and errors; the command line prints (ARCHITECTURE.md, the seam).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 pub mod clock;
 pub mod csvrow;
 pub mod exit;

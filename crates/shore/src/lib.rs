@@ -31,6 +31,8 @@
 //! only contiguous sequences.
 
 #![deny(missing_docs)]
+// Libraries return reports and errors; the command line prints (ARCHITECTURE.md, the seam).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod build;
 mod config;

@@ -20,6 +20,8 @@
 //! May import: `base`, `wire`, `moodle`. Never `shore`: the two sides meet only in `wire`.
 
 #![deny(missing_docs)]
+// Libraries return reports and errors; the command line prints (ARCHITECTURE.md, the seam).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 pub mod agent;
 pub mod capture;
 pub mod commands;

@@ -11,6 +11,8 @@
 //! May import: `base`. Knows nothing of journals, stores or Moodle.
 
 #![deny(missing_docs)]
+// Libraries return reports and errors; the command line prints (ARCHITECTURE.md, the seam).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 pub mod envelope;
 pub mod ids;
 pub mod net;
