@@ -46,6 +46,7 @@ fi
 if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then
   case " $* " in *" --no-run "*) exit 0 ;; esac
   echo "== the shore's tests again, on PostgreSQL =="
-  VESSEL_SYNC_TEST_SHORE_STORE=postgres "${CARGO:-cargo}" test --locked --test integration "$@" -- \
+  # --workspace as above: the same feature set, so nothing is compiled again.
+  VESSEL_SYNC_TEST_SHORE_STORE=postgres "${CARGO:-cargo}" test --workspace --locked --test integration "$@" -- \
     uplink:: keys:: delta:: imports:: hostile_shore::
 fi
