@@ -166,6 +166,18 @@ pub(super) fn status(v: &Vessel) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// An operator's one-mapping bundle `ID.vsb` (sequence `seq`, `seq` rows), signed with `key`
+/// carrying `cert`, delivered.
+fn send_mapping(v: &Vessel, seq: u64, id: &str, key: &SecretKey, cert: &Certificate) -> String {
+    send(
+        v,
+        &format!("{id}.vsb"),
+        &mapping(VESSEL, seq, id, seq as u32),
+        key,
+        Some(cert),
+    )
+}
+
 /// Signs a bundle and delivers it (see [`signed`] and [`deliver`]).
 pub(super) fn send(
     v: &Vessel,

@@ -17,13 +17,7 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
 
     // Revocation first: shore knew it had issued sequences 1 and 2 with anna's key.
     let v = fleet.vessel();
-    send(
-        &v,
-        "a1.vsb",
-        &mapping(VESSEL, 1, "a1", 1),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 1, "a1", &anna, &cert);
     send(
         &v,
         "r1.vsb",
@@ -32,21 +26,9 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
         None,
     );
     // Bundle 2 was legitimately in transit on a USB stick: still applied.
-    send(
-        &v,
-        "a2.vsb",
-        &mapping(VESSEL, 2, "a2", 2),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 2, "a2", &anna, &cert);
     // The thief's bundle 3 arrives later by USB: refused, with the revocation named.
-    send(
-        &v,
-        "forged.vsb",
-        &mapping(VESSEL, 3, "forged", 3),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 3, "forged", &anna, &cert);
     assert_eq!(applied(&v), ["a1", "a2", "revoke-1"]);
     let why = v.reason("forged.vsb").expect("the forgery is quarantined");
     assert!(why.contains("Code:     revoked_key"), "{why}");
@@ -62,20 +44,8 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
     // know yet; when the revocation arrives the audit trail names it for the operator, and
     // nothing after it is applied.
     let v = fleet.vessel();
-    send(
-        &v,
-        "a1.vsb",
-        &mapping(VESSEL, 1, "a1", 1),
-        &anna,
-        Some(&cert),
-    );
-    send(
-        &v,
-        "forged.vsb",
-        &mapping(VESSEL, 2, "forged", 2),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 1, "a1", &anna, &cert);
+    send_mapping(&v, 2, "forged", &anna, &cert);
     send(
         &v,
         "r1.vsb",
@@ -83,13 +53,7 @@ fn a_lost_operator_key_revoked_while_the_vessel_is_offline_stops_forgeries_in_ei
         &fleet.root,
         None,
     );
-    send(
-        &v,
-        "forged3.vsb",
-        &mapping(VESSEL, 3, "forged3", 3),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 3, "forged3", &anna, &cert);
     assert_eq!(applied(&v), ["a1", "forged", "revoke-1"]);
     let flagged = v.audit("revoked_key_applied");
     assert_eq!(flagged.len(), 1, "{flagged:?}");
@@ -104,13 +68,7 @@ fn a_bundle_admitted_before_the_revocation_arrived_but_not_yet_run_is_refused() 
     let cert = fleet.certify(&anna, "anna", &["*"], now() - DAY, now() + DAY);
     let v = fleet.vessel();
     // Anna's bundle 2 arrives before 1 and waits for it in the journal.
-    send(
-        &v,
-        "a2.vsb",
-        &mapping(VESSEL, 2, "a2", 2),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 2, "a2", &anna, &cert);
     send(
         &v,
         "r1.vsb",
@@ -118,13 +76,7 @@ fn a_bundle_admitted_before_the_revocation_arrived_but_not_yet_run_is_refused() 
         &fleet.root,
         None,
     );
-    send(
-        &v,
-        "a1.vsb",
-        &mapping(VESSEL, 1, "a1", 1),
-        &anna,
-        Some(&cert),
-    );
+    send_mapping(&v, 1, "a1", &anna, &cert);
     assert_eq!(applied(&v), ["a1", "revoke-1"]);
     let failed = in_state(&v, "failed");
     assert_eq!(failed.len(), 1);
@@ -140,13 +92,7 @@ fn an_expired_certificate_is_refused_and_says_what_to_do() {
     let bob = SecretKey::from_seed([42u8; 32]);
     let cert = fleet.certify(&bob, "bob", &["*"], now() - 30 * DAY, now() - DAY);
     let v = fleet.vessel();
-    send(
-        &v,
-        "b1.vsb",
-        &mapping(VESSEL, 1, "b1", 1),
-        &bob,
-        Some(&cert),
-    );
+    send_mapping(&v, 1, "b1", &bob, &cert);
     let why = v.reason("b1.vsb").expect("quarantined");
     assert!(why.contains("certificate_expired"), "{why}");
     assert!(why.contains("certifies the key again"), "{why}");
