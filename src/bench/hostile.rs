@@ -19,10 +19,7 @@ use base::clock::{Clock, SystemClock};
 use wire::envelope::{Draft, Extra, Kind, SecretKey, Source, write_envelope_with};
 use wire::{RECORDS_MEMBER, SHORE};
 
-use super::shore::{
-    RECORDS, Synced, batch, free_port, io, percentile, register, start_receiver, sync_all,
-    wait_healthy, write_tls,
-};
+use super::shore::{RECORDS, Synced, batch, io, launch, percentile, register, sync_all, write_tls};
 
 /// Slow connections held open.
 const SLOW: usize = 1_000;
@@ -153,17 +150,13 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
     let dir = tempfile::tempdir().map_err(io)?;
     let d = dir.path();
     write_tls(d)?;
-    let port = free_port()?;
     let cfg_path = d.join("shore.toml");
     // Every slow connection comes from 127.0.0.1 like the fleet: the per-address cap is
     // raised so that all 1,000 are really held (the worst case for the receiver).
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nmax_batch_bytes = {MAX_BATCH}\nmax_connections_per_address = 4096\n"
-        ),
-    )
-    .map_err(io)?;
+    let body = format!(
+        "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{{port}}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\nmax_batch_bytes = {MAX_BATCH}\nmax_connections_per_address = 4096\n"
+    );
+    std::fs::write(&cfg_path, body.replace("{port}", "0")).map_err(io)?;
     let cfg = shore::ShoreConfig::load(&cfg_path)?;
     let now = SystemClock.now();
     let mut fleet = Vec::with_capacity(vessels);
@@ -178,14 +171,15 @@ pub fn run(a: &super::Against) -> Result<(serde_json::Value, String, bool), Stri
         let (token, key) = add("bench-hostile", vessels)?;
         (token, signed_bomb(d, "bench-hostile", &key, now)?)
     };
-    let receiver = start_receiver(&cfg_path)?;
     let trust = wire::net::Trust {
         ca_file: Some(d.join("ca.pem")),
         pins: vec![],
     };
-    let url = format!("https://127.0.0.1:{port}");
-    let addr = format!("127.0.0.1:{port}");
-    wait_healthy(std::slice::from_ref(&url), &trust)?;
+    let (mut receivers, mut urls) = launch(d, &[body], &trust)?;
+    let (Some(receiver), Some(url)) = (receivers.pop(), urls.pop()) else {
+        return Err("no receiver started".into());
+    };
+    let addr = url.trim_start_matches("https://").to_string();
     let up = Instant::now();
 
     let done = AtomicBool::new(false);

@@ -5,7 +5,7 @@
 //! record was stored exactly once and every batch acknowledged. Without `--vessels`: N = 10,
 //! 100 and 1,000.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -92,39 +92,99 @@ pub(super) fn register(
     Ok((token, key))
 }
 
-/// `shore serve --config PATH` as a child of this binary.
+/// `shore serve --config PATH` as a child of this binary; its stderr goes to `PATH.log`.
 pub(super) fn start_receiver(config: &Path) -> Result<Receiver, String> {
     let exe = std::env::current_exe().map_err(io)?;
+    let log = std::fs::File::create(config.with_extension("log")).map_err(io)?;
     Command::new(&exe)
         .args(["shore", "serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .map(Receiver)
         .map_err(|e| format!("starting shore serve: {e}"))
 }
 
-/// Waits (at most 30 s) until every receiver answers `/v1/health`.
-pub(super) fn wait_healthy(urls: &[String], trust: &wire::net::Trust) -> Result<(), String> {
+/// How long receivers may take to answer `/v1/health`: a PostgreSQL store is migrated first,
+/// and a CI machine runs many tests at once.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(120);
+
+/// Why receivers did not come up.
+pub(super) enum NotUp {
+    /// A receiver ended before it answered (most often: its port was taken between
+    /// [`free_port`] and its bind); its own words.
+    Exited(String),
+    /// Still running but silent past [`HEALTHY_WITHIN`].
+    Silent,
+}
+
+/// Waits until every receiver answers `/v1/health`, noticing one that ended instead.
+pub(super) fn wait_healthy(
+    receivers: &mut [(Receiver, PathBuf)],
+    urls: &[String],
+    trust: &wire::net::Trust,
+) -> Result<Result<(), NotUp>, String> {
     let probe = wire::net::http_client(trust, Duration::from_secs(2), Duration::from_secs(5))
         .map_err(io)?;
     let up = Instant::now();
-    for url in urls {
+    for ((receiver, config), url) in receivers.iter_mut().zip(urls) {
         while probe
             .get(format!("{url}/v1/health"))
             .send()
             .map(|r| !r.status().is_success())
             .unwrap_or(true)
         {
-            if up.elapsed() > Duration::from_secs(30) {
-                return Err("shore serve did not answer /v1/health within 30 s".into());
+            if let Ok(Some(status)) = receiver.0.try_wait() {
+                let said =
+                    std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+                return Ok(Err(NotUp::Exited(format!(
+                    "shore serve ({status}) ended before it answered: {}",
+                    said.trim()
+                ))));
+            }
+            if up.elapsed() > HEALTHY_WITHIN {
+                return Ok(Err(NotUp::Silent));
             }
             base::retry::pause(Duration::from_millis(20));
         }
     }
-    Ok(())
+    Ok(Ok(()))
+}
+
+/// Starts one receiver per config body (`{port}` stands for its port), each on a free
+/// loopback port, and waits until all answer. A receiver that ends before answering is
+/// started again on new ports (at most three tries): a port picked free can be taken by
+/// another program before the receiver binds it.
+pub(super) fn launch(
+    d: &Path,
+    bodies: &[String],
+    trust: &wire::net::Trust,
+) -> Result<(Vec<Receiver>, Vec<String>), String> {
+    let mut last = String::new();
+    for _try in 0..3 {
+        let mut running = Vec::with_capacity(bodies.len());
+        let mut urls = Vec::with_capacity(bodies.len());
+        for (r, body) in bodies.iter().enumerate() {
+            let port = free_port()?;
+            let path = d.join(format!("shore-{r}.toml"));
+            std::fs::write(&path, body.replace("{port}", &port.to_string())).map_err(io)?;
+            running.push((start_receiver(&path)?, path));
+            urls.push(format!("https://127.0.0.1:{port}"));
+        }
+        match wait_healthy(&mut running, &urls, trust)? {
+            Ok(()) => return Ok((running.into_iter().map(|(r, _)| r).collect(), urls)),
+            Err(NotUp::Exited(why)) => last = why,
+            Err(NotUp::Silent) => {
+                return Err(format!(
+                    "shore serve did not answer /v1/health within {} s",
+                    HEALTHY_WITHIN.as_secs()
+                ));
+            }
+        }
+    }
+    Err(last)
 }
 
 pub(super) fn free_port() -> Result<u16, String> {
@@ -322,22 +382,11 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
     }
     let _dropped = Dropped(schema);
     // Every receiver shares the state directory and the store; each listens on its own port.
-    let mut ports = Vec::new();
-    let mut configs = Vec::new();
-    for r in 0..receivers.max(1) {
-        let port = free_port()?;
-        let path = d.join(format!("shore-{r}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "version = 1\n{section}[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{port}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
-            ),
-        )
-        .map_err(io)?;
-        ports.push(port);
-        configs.push(path);
-    }
-    let cfg_path = configs[0].clone();
+    let body = format!(
+        "version = 1\n{section}[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{{port}}\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n"
+    );
+    let cfg_path = d.join("shore.toml");
+    std::fs::write(&cfg_path, body.replace("{port}", "0")).map_err(io)?;
     let cfg = shore::ShoreConfig::load(&cfg_path)?;
     let now = SystemClock.now();
     // Every vessel registered, its batch built and signed before the clock starts.
@@ -350,19 +399,11 @@ fn one_run(vessels: usize, store: &Store, receivers: usize, run: usize) -> Resul
             fleet.push((id, token, batch(d, n, &key, now)?));
         }
     }
-    let running = configs
-        .iter()
-        .map(|p| start_receiver(p))
-        .collect::<Result<Vec<_>, _>>()?;
     let trust = wire::net::Trust {
         ca_file: Some(d.join("ca.pem")),
         pins: vec![],
     };
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("https://127.0.0.1:{p}"))
-        .collect();
-    wait_healthy(&urls, &trust)?;
+    let (running, urls) = launch(d, &vec![body; receivers.max(1)], &trust)?;
     // Vessel n syncs with receiver n mod R.
     let synced = sync_all(fleet, &urls, &trust);
     let seconds = synced.seconds;
