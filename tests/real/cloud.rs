@@ -14,7 +14,7 @@ use testkit::realmoodle::Db;
 
 crate::on_both!(progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo,);
 
-fn restore(s: &Site, seq: u64) -> i64 {
+pub(super) fn restore(s: &Site, seq: u64) -> i64 {
     s.category("DECK");
     let course = s.name("S101");
     s.send(
@@ -32,7 +32,7 @@ fn restore(s: &Site, seq: u64) -> i64 {
     s.course(&course).unwrap().0
 }
 
-fn forward(
+pub(super) fn forward(
     shore: &crate::support::shore::Shore,
     env: &[(&str, &str)],
 ) -> (bool, serde_json::Value, String) {

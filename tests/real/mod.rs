@@ -11,6 +11,7 @@ mod cloud;
 mod conformance;
 mod courses;
 mod delta;
+mod plugin;
 mod progress;
 mod site;
 mod users;
@@ -103,7 +104,13 @@ impl Site {
     /// Beside a Moodle of its own, for a test that changes the whole site (maintenance mode,
     /// an upgrade).
     pub fn alone(db: Db, tag: &str) -> Self {
-        let m = RealMoodle::start(db).unwrap_or_else(|e| panic!("real Moodle on {db:?}: {e}"));
+        Self::alone_on(db, testkit::realmoodle::Version::V50, tag)
+    }
+
+    /// Beside a Moodle of `version` of its own.
+    pub fn alone_on(db: Db, version: testkit::realmoodle::Version, tag: &str) -> Self {
+        let m = RealMoodle::start_on(db, version)
+            .unwrap_or_else(|e| panic!("real Moodle {} on {db:?}: {e}", version.name()));
         Self::on(Moodle::Own(Box::new(m)), tag, "")
     }
 

@@ -84,6 +84,23 @@ pub struct CloudSettings {
     /// was unreachable).
     #[serde(default = "default_cloud_interval")]
     pub interval_secs: u64,
+    /// How to reach it: `auto` (the default: through the companion plugin `local_vesselsync`
+    /// when the token's service offers it, else core web services), `plugin` or `core`.
+    #[serde(default)]
+    pub path: CloudPath,
+}
+
+/// How the forwarder writes into the cloud Moodle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudPath {
+    /// The plugin when the service offers it, else core web services.
+    #[default]
+    Auto,
+    /// Always the plugin (a cloud without it holds every record with Moodle's words).
+    Plugin,
+    /// Always core web services (one record a call, stamped with the time of forwarding).
+    Core,
 }
 
 /// `[store]`: SQLite (one receiver) or PostgreSQL (several receivers on one database).

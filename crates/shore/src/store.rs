@@ -133,7 +133,7 @@ mod sessions;
 pub mod sql;
 pub use batches::{BatchIn, Stored};
 pub use fleet::{HISTORY_DAYS, HeldDeletion, Point};
-pub use forward::{ForwardSummary, Retirement, Settled, ToForward, Written};
+pub use forward::{Ending, ForwardSummary, Retirement, Settled, ToForward, Written};
 pub use migrate::Copied;
 pub use registry::{REFUSAL_CHARS, REFUSAL_DAYS, REFUSALS_KEPT, Vessel, VesselKey};
 pub use reports::Reported;

@@ -92,6 +92,15 @@ pub fn fleet(fleet: Fleet) -> i32 {
             f.pending,
             f.held.iter().map(|(_, n)| n).sum::<u64>()
         );
+        match f.path.as_deref() {
+            Some("plugin") => println!(
+                "  through the companion plugin local_vesselsync: batches, each record with the time it was made"
+            ),
+            Some(_) => println!(
+                "  through core web services: one record a call, each stamped with the time shore forwarded it; install local_vesselsync on the cloud for original times and batches (README, \"The companion plugin\")"
+            ),
+            None => {}
+        }
         for (why, n) in &f.held {
             println!("  held: {n} record(s): {}", clean(why));
         }

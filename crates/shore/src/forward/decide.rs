@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use moodle::lookup::{Activity, Course};
-use wire::progress::RecordKind;
 use wire::progress::record::REMOVED;
+use wire::progress::{Record, RecordKind};
 
 use crate::store::{ShoreDbError, ShoreStore, ToForward, Written};
 
@@ -104,20 +104,19 @@ fn conflict(decision: &'static str, current: &str, cloud_time: i64) -> Outcome {
     settle(decision, detail, None)
 }
 
-/// Decides and does what one record asks of the cloud: settled with an outcome, or held with
-/// a reason; a cloud that cannot answer, or shore's own store failing, stops the pass.
-pub(crate) fn one(c: &mut dyn Cloud, db: &mut ShoreStore, t: &ToForward) -> Result<Outcome, Stop> {
-    let r = &t.record;
+/// The outcome of a record that needs nothing of the cloud (Moodle derives it, or it is not
+/// forwarded), if it is one; `None`: the cloud must be asked.
+pub(crate) fn without_cloud(r: &Record) -> Option<Outcome> {
     match r.kind {
         RecordKind::CourseCompletion => {
-            return Ok(settle(
+            return Some(settle(
                 "derived",
                 "Moodle derives course completion from the activity completions forwarded",
                 None,
             ));
         }
         RecordKind::Grade if r.item.is_empty() => {
-            return Ok(settle(
+            return Some(settle(
                 "derived",
                 "Moodle computes the course total from the activity grades forwarded",
                 None,
@@ -126,11 +125,21 @@ pub(crate) fn one(c: &mut dyn Cloud, db: &mut ShoreStore, t: &ToForward) -> Resu
         _ => {}
     }
     if r.value == REMOVED {
-        return Ok(settle(
+        return Some(settle(
             "ignored",
             "removed on board (a course reset or a deleted account): the cloud keeps its record",
             None,
         ));
+    }
+    None
+}
+
+/// Decides and does what one record asks of the cloud: settled with an outcome, or held with
+/// a reason; a cloud that cannot answer, or shore's own store failing, stops the pass.
+pub(crate) fn one(c: &mut dyn Cloud, db: &mut ShoreStore, t: &ToForward) -> Result<Outcome, Stop> {
+    let r = &t.record;
+    if let Some(o) = without_cloud(r) {
+        return Ok(o);
     }
     let key = |db: &mut ShoreStore, what: &str, k: &str| -> Result<String, Stop> {
         Ok(db.mapped(what, k)?.unwrap_or_else(|| k.to_string()))
@@ -253,7 +262,6 @@ pub(crate) fn one(c: &mut dyn Cloud, db: &mut ShoreStore, t: &ToForward) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wire::progress::Record;
 
     /// A cloud in memory: one course `SAFETY-101` (id 7) with activity `quiz-1` (cmid 70), one
     /// learner `S-1` (id 3) enrolled; what it holds, and every change asked of it.

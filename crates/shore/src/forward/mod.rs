@@ -33,13 +33,14 @@
 mod decide;
 mod lease;
 mod moodle;
+pub mod plugin;
 
 use std::time::{Duration, Instant};
 
 use ::moodle::ws::{Token, Ws};
 use base::clock::Clock;
 
-use crate::config::{CloudSettings, ShoreConfig};
+use crate::config::{CloudPath, CloudSettings, ShoreConfig};
 use crate::error::{Error, Result};
 use crate::store::{ForwardSummary, Settled, ShoreStore, ToForward};
 use decide::{Outcome, Stop, one};
@@ -61,6 +62,10 @@ pub const CLOUD_FUNCTIONS: &[&str] = &[
     "gradereport_user_get_grade_items",
 ];
 
+/// The companion plugin's functions, added to the same service when the cloud has
+/// `local_vesselsync` installed: forwarding then goes in batches with the original times.
+pub const PLUGIN_FUNCTIONS: &[&str] = &[plugin::APPLY, plugin::LOOKUP];
+
 /// Records looked at per pass from the stream (held ones are retried besides).
 const PASS_LIMIT: u64 = 5_000;
 
@@ -80,6 +85,9 @@ pub struct Pass {
     pub seconds: f64,
     /// Of which waiting for the cloud Moodle's answers.
     pub moodle_seconds: f64,
+    /// How the cloud was reached: `plugin` (local_vesselsync, batches, original times) or
+    /// `core` (core web services, one record a call).
+    pub path: Option<String>,
 }
 
 /// The web-service client for `[cloud]`.
@@ -140,14 +148,59 @@ fn pass_leased(
     }
     let held = db.held(PASS_LIMIT)?;
     let stream = db.to_forward(PASS_LIMIT)?;
-    let mut c = moodle::MoodleCloud::new(ws);
     let n_held = held.len();
-    let all = held
+    let all: Vec<(bool, ToForward)> = held
         .into_iter()
         .map(|(t, _)| t)
         .chain(stream)
         .enumerate()
-        .map(|(i, t)| (i < n_held, t));
+        .map(|(i, t)| (i < n_held, t))
+        .collect();
+    let through_plugin = match cloud.path {
+        CloudPath::Core => false,
+        CloudPath::Plugin => true,
+        CloudPath::Auto => match plugin::available(&ws) {
+            Ok(yes) => yes,
+            Err(e) => {
+                out.stopped = Some(e.to_string());
+                out.seconds = started.elapsed().as_secs_f64();
+                return Ok(out);
+            }
+        },
+    };
+    db.note_cloud_path(through_plugin)?;
+    out.path = Some(if through_plugin { "plugin" } else { "core" }.into());
+    if through_plugin {
+        let mut waited = Duration::ZERO;
+        for chunk in all.chunks(plugin::BATCH * plugin::LANES) {
+            if !renew(db)? {
+                out.stopped =
+                    Some("the forwarding lease ran out and another receiver took it".into());
+                break;
+            }
+            let records: Vec<ToForward> = chunk.iter().map(|(_, t)| t.clone()).collect();
+            let step = match plugin::step(&ws, db, &records) {
+                Ok(s) => s,
+                Err(plugin::StepStop::Cloud(why)) => {
+                    tracing::warn!(
+                        "the cloud Moodle cannot be reached or is busy: {why}; forwarding resumes at the next pass"
+                    );
+                    out.stopped = Some(why);
+                    break;
+                }
+                Err(plugin::StepStop::Store(e)) => return Err(e.into()),
+            };
+            waited += step.waited;
+            plugin::end(db, &records, &step.outcomes, now)?;
+            for ((was_held, t), o) in chunk.iter().zip(&step.outcomes) {
+                count(t, o, *was_held, &mut out);
+            }
+        }
+        out.moodle_seconds = waited.as_secs_f64();
+        out.seconds = started.elapsed().as_secs_f64();
+        return Ok(out);
+    }
+    let mut c = moodle::MoodleCloud::new(ws);
     for (was_held, t) in all {
         if !renew(db)? {
             out.stopped = Some("the forwarding lease ran out and another receiver took it".into());
@@ -164,47 +217,47 @@ fn pass_leased(
             }
             Err(Stop::Store(e)) => return Err(e.into()),
         };
-        record(db, &t, outcome, was_held, now, &mut out)?;
+        record(db, &t, &outcome, now)?;
+        count(&t, &outcome, was_held, &mut out);
     }
     out.moodle_seconds = c.waited.as_secs_f64();
     out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
 }
 
-/// Keeps a record's outcome (settled, or held with its reason) and counts it in the pass.
-fn record(
-    db: &mut ShoreStore,
-    t: &ToForward,
-    outcome: Outcome,
-    was_held: bool,
-    now: i64,
-    out: &mut Pass,
-) -> Result<()> {
+/// Counts a record's outcome in the pass (and logs a conflict).
+fn count(t: &ToForward, outcome: &Outcome, was_held: bool, out: &mut Pass) {
     match outcome {
-        Outcome::Settle(o, detail, wrote) => {
-            if o == "older" || o == "tie" {
+        Outcome::Settle(o, detail, _) => {
+            if *o == "older" || *o == "tie" {
                 tracing::warn!(vessel = %t.vessel, user = %t.record.user, course = %t.record.course, item = %t.record.item, "forward conflict ({o}): {detail}");
             }
-            db.settle(
-                t,
-                &Settled {
-                    outcome: o,
-                    detail: &detail,
-                    wrote: wrote.as_deref(),
-                },
-                now,
-            )?;
             *out.outcomes.entry(o.to_string()).or_default() += 1;
             if was_held {
                 out.released += 1;
             }
         }
-        Outcome::Hold(why) => {
-            db.hold(t, &why, now)?;
+        Outcome::Hold(_) => {
             if !was_held {
                 *out.outcomes.entry("held".to_string()).or_default() += 1;
             }
         }
+    }
+}
+
+/// Keeps a record's outcome (settled, or held with its reason).
+fn record(db: &mut ShoreStore, t: &ToForward, outcome: &Outcome, now: i64) -> Result<()> {
+    match outcome {
+        Outcome::Settle(o, detail, wrote) => db.settle(
+            t,
+            &Settled {
+                outcome: o,
+                detail,
+                wrote: wrote.as_deref(),
+            },
+            now,
+        )?,
+        Outcome::Hold(why) => db.hold(t, why, now)?,
     }
     Ok(())
 }

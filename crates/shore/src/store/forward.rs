@@ -84,6 +84,15 @@ pub struct Settled<'a> {
     pub wrote: Option<&'a str>,
 }
 
+/// How one record's forwarding ends.
+#[derive(Debug)]
+pub enum Ending<'a> {
+    /// Settled with an outcome.
+    Settled(Settled<'a>),
+    /// Held with a reason.
+    Held(&'a str),
+}
+
 const FORWARD_COLUMNS: &str = "r.rowid, r.vessel, r.record_id, r.kind, r.user_key, r.course_key, r.item_key, r.user_legacy, r.course_legacy, r.item_legacy, r.value, r.vtime, r.received_at";
 
 impl ShoreStore {
@@ -115,6 +124,11 @@ impl ShoreStore {
     /// The record whose cloud call was under way when shore last stopped, if any.
     pub fn forward_inflight(&self) -> Result<Option<i64>> {
         self.fact("forward_inflight")
+    }
+
+    /// Keeps which way the last pass reached the cloud (`true`: through the plugin).
+    pub fn note_cloud_path(&self, plugin: bool) -> Result<()> {
+        self.set_fact("cloud_plugin", Some(i64::from(plugin)))
     }
 
     /// Committed before a call that changes the cloud.
@@ -182,40 +196,63 @@ impl ShoreStore {
     /// Ends a record's forwarding in one transaction: its outcome, what shore wrote for its
     /// key, released from the hold, the watermark past it.
     pub fn settle(&mut self, t: &ToForward, s: &Settled<'_>, now: i64) -> Result<()> {
-        self.db.get_mut().transaction(|db| {
+        self.db
+            .get_mut()
+            .transaction(|db| Self::settle_in(db, t, s, now))
+    }
+
+    fn settle_in(db: &mut Db, t: &ToForward, s: &Settled<'_>, now: i64) -> Result<()> {
+        db.execute(
+            "INSERT INTO forwarded(record_rowid, outcome, detail, at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(record_rowid) DO UPDATE SET outcome = excluded.outcome, detail = excluded.detail, at = excluded.at",
+            &[&t.rowid, &s.outcome, &s.detail, &now],
+        )?;
+        db.execute(
+            "DELETE FROM forward_held WHERE record_rowid = ?1",
+            &[&t.rowid],
+        )?;
+        if let Some(v) = s.wrote {
+            let r = &t.record;
             db.execute(
-                "INSERT INTO forwarded(record_rowid, outcome, detail, at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(record_rowid) DO UPDATE SET outcome = excluded.outcome, detail = excluded.detail, at = excluded.at",
-                &[&t.rowid, &s.outcome, &s.detail, &now],
+                "INSERT INTO cloud_written(kind, user_key, course_key, item_key, value, vtime, written_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(kind, user_key, course_key, item_key) DO UPDATE SET value = excluded.value,
+                   vtime = excluded.vtime, written_at = excluded.written_at",
+                &[&r.kind.code(), &r.user, &r.course, &r.item, &v, &r.time, &now],
             )?;
-            db.execute(
-                "DELETE FROM forward_held WHERE record_rowid = ?1",
-                &[&t.rowid],
-            )?;
-            if let Some(v) = s.wrote {
-                let r = &t.record;
-                db.execute(
-                    "INSERT INTO cloud_written(kind, user_key, course_key, item_key, value, vtime, written_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT(kind, user_key, course_key, item_key) DO UPDATE SET value = excluded.value,
-                       vtime = excluded.vtime, written_at = excluded.written_at",
-                    &[&r.kind.code(), &r.user, &r.course, &r.item, &v, &r.time, &now],
-                )?;
-            }
-            Self::advance(db, t.rowid)
-        })
+        }
+        Self::advance(db, t.rowid)
     }
 
     /// Holds a record back with its reason (or updates the reason of one held already), and
     /// moves the watermark past it: it is retried from the hold, not from the stream.
     pub fn hold(&mut self, t: &ToForward, reason: &str, now: i64) -> Result<()> {
+        self.db
+            .get_mut()
+            .transaction(|db| Self::hold_in(db, t, reason, now))
+    }
+
+    fn hold_in(db: &mut Db, t: &ToForward, reason: &str, now: i64) -> Result<()> {
+        db.execute(
+            "INSERT INTO forward_held(record_rowid, reason, since, tried_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(record_rowid) DO UPDATE SET reason = excluded.reason, tried_at = excluded.tried_at",
+            &[&t.rowid, &reason, &now],
+        )?;
+        Self::advance(db, t.rowid)
+    }
+
+    /// Ends the forwarding of many records (one batch through the cloud's plugin) in one
+    /// transaction: each settled or held as [`settle`](Self::settle) and
+    /// [`hold`](Self::hold) do, and the watermark past them all.
+    pub fn end_many(&mut self, ends: &[(&ToForward, Ending<'_>)], now: i64) -> Result<()> {
         self.db.get_mut().transaction(|db| {
-            db.execute(
-                "INSERT INTO forward_held(record_rowid, reason, since, tried_at) VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT(record_rowid) DO UPDATE SET reason = excluded.reason, tried_at = excluded.tried_at",
-                &[&t.rowid, &reason, &now],
-            )?;
-            Self::advance(db, t.rowid)
+            for (t, end) in ends {
+                match end {
+                    Ending::Settled(s) => Self::settle_in(db, t, s, now)?,
+                    Ending::Held(why) => Self::hold_in(db, t, why, now)?,
+                }
+            }
+            Ok(())
         })
     }
 
@@ -259,6 +296,9 @@ impl ShoreStore {
     /// counts, most frequent first.
     pub fn forward_summary(&self) -> Result<ForwardSummary> {
         let cursor = self.forward_cursor()?;
+        let path = self
+            .fact("cloud_plugin")?
+            .map(|p| if p == 1 { "plugin" } else { "core" }.to_string());
         let mut db = self.db()?;
         let pairs = |r: &Row| Ok((r.get::<String>(0)?, r.get::<u64>(1)?));
         let (records, pending) = db.query_one(
@@ -267,6 +307,7 @@ impl ShoreStore {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(ForwardSummary {
+            path,
             records,
             pending,
             outcomes: db.query(
@@ -322,6 +363,10 @@ pub struct ForwardSummary {
     pub outcomes: Vec<(String, u64)>,
     /// Held records by reason.
     pub held: Vec<(String, u64)>,
+    /// The way the last pass reached the cloud: `plugin` (local_vesselsync: batches, the
+    /// original times kept) or `core` (core web services: one record a call, stamped with the
+    /// time of forwarding); `None` before the first pass.
+    pub path: Option<String>,
 }
 
 /// One vessel's part in retiring a course.

@@ -1,12 +1,17 @@
-//! A real Moodle 5.0 for the tests: the source tarball in `shared/moodle/src/` installed with
+//! A real Moodle (5.0, or 4.5 LTS) for the tests: a source tarball in `shared/moodle/src/` installed with
 //! Debian's PHP 8.2 on a throwaway PostgreSQL 15 cluster or MariaDB 10.11 server, served by
 //! PHP's built-in web server on a free loopback port, with web services and REST switched on
 //! through Moodle's own `admin/cli/cfg.php` and the external services and tokens made by
 //! [`HELPER`] through Moodle's own API.
 //!
-//! An install takes about a minute, so it is done once per database and kept in a cache
-//! (`$VESSEL_SYNC_MOODLE_CACHE`, default `~/.cache/vessel-sync/moodle`) under a key made of the
-//! tarball's SHA-256, [`HARNESS`] and the database: the stopped server's data directory, the
+//! The companion plugin `local_vesselsync` (`plugins/local/vesselsync/` in this repository) is
+//! copied into the code tree before the install, so every site has it, as a fleet that follows
+//! the README has; a test that needs a site without it uninstalls it through Moodle's own CLI
+//! ([`RealMoodle::uninstall_plugin`]).
+//!
+//! An install takes about a minute, so it is done once per version and database and kept in a
+//! cache (`$VESSEL_SYNC_MOODLE_CACHE`, default `~/.cache/vessel-sync/moodle`) under a key made of
+//! the tarball's SHA-256, [`HARNESS`], the plugin's files and the database: the stopped server's data directory, the
 //! dataroot and the tokens. A test run copies that snapshot, starts the server and the web
 //! server on new ports, writes `config.php` for them and purges Moodle's caches; then one
 //! instance per database serves every test of the run ([`RealMoodle::shared`]), each test with
@@ -59,6 +64,33 @@ pub const RO_PASSWORD: &str = "ro-secret-pw";
 pub const ADMIN_PASSWORD: &str = "Admin-pw-1!";
 const DB_USER: &str = "moodle";
 const DB_PASSWORD: &str = "moodle-db-pw";
+
+/// Which Moodle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Moodle 5.0.6+.
+    V50,
+    /// Moodle 4.5.6 LTS.
+    V45,
+}
+
+impl Version {
+    /// The tarball's name in `shared/moodle/src/`.
+    fn tarball(self) -> &'static str {
+        match self {
+            Version::V50 => "moodle-5.0.6.tar.zst",
+            Version::V45 => "moodle-4.5.6.tar.zst",
+        }
+    }
+
+    /// Its name in cache keys and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V50 => "5.0",
+            Version::V45 => "4.5",
+        }
+    }
+}
 
 /// Which database Moodle runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +210,8 @@ impl Server {
 pub struct RealMoodle {
     /// The database it runs on.
     pub db: Db,
+    /// Which Moodle.
+    pub version: Version,
     /// The code root (holds `admin/cli/` and `config.php`).
     pub code: PathBuf,
     /// The dataroot.
@@ -193,31 +227,81 @@ pub struct RealMoodle {
     root: PathBuf,
 }
 
-fn cell(db: Db) -> &'static OnceLock<Result<RealMoodle, String>> {
+fn cell(db: Db, version: Version) -> &'static OnceLock<Result<RealMoodle, String>> {
     static PG: OnceLock<Result<RealMoodle, String>> = OnceLock::new();
     static MARIA: OnceLock<Result<RealMoodle, String>> = OnceLock::new();
-    match db {
-        Db::Postgres => &PG,
-        Db::MariaDb => &MARIA,
+    static PG45: OnceLock<Result<RealMoodle, String>> = OnceLock::new();
+    static MARIA45: OnceLock<Result<RealMoodle, String>> = OnceLock::new();
+    match (db, version) {
+        (Db::Postgres, Version::V50) => &PG,
+        (Db::MariaDb, Version::V50) => &MARIA,
+        (Db::Postgres, Version::V45) => &PG45,
+        (Db::MariaDb, Version::V45) => &MARIA45,
     }
 }
 
-/// Where the source tarball is: `$VESSEL_SYNC_MOODLE_SRC`, else `shared/moodle/src/` beside the
-/// checkout.
-pub fn tarball() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("VESSEL_SYNC_MOODLE_SRC") {
-        return Ok(PathBuf::from(p));
-    }
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let p = here.join("../../../shared/moodle/src/moodle-5.0.6.tar.zst");
+/// Where a version's source tarball is: in `$VESSEL_SYNC_MOODLE_SRC_DIR`, else in
+/// `shared/moodle/src/` beside the checkout.
+pub fn tarball(version: Version) -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("VESSEL_SYNC_MOODLE_SRC_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/moodle/src"),
+    };
+    let p = dir.join(version.tarball());
     if p.exists() {
         Ok(p)
     } else {
         Err(format!(
-            "the Moodle 5.0 source tarball is not at {} (set VESSEL_SYNC_MOODLE_SRC to it)",
+            "the Moodle {} source tarball is not at {} (set VESSEL_SYNC_MOODLE_SRC_DIR to its folder)",
+            version.name(),
             p.display()
         ))
     }
+}
+
+/// The companion plugin's source in this repository.
+pub fn plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/local/vesselsync")
+}
+
+/// A short digest of the plugin's files (names and contents), for the cache key.
+fn plugin_digest() -> Result<String, String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), String> {
+        let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, base, out)?;
+            } else {
+                let name = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+                out.push((name, std::fs::read(&p).map_err(|e| e.to_string())?));
+            }
+        }
+        Ok(())
+    }
+    let base = plugin_dir();
+    let mut files = Vec::new();
+    walk(&base, &base, &mut files)?;
+    files.sort();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for (name, body) in files {
+        sha2::Digest::update(&mut h, name.as_bytes());
+        sha2::Digest::update(&mut h, [0u8]);
+        sha2::Digest::update(&mut h, &body);
+    }
+    let hex: String = sha2::Digest::finalize(h)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(hex)
+}
+
+/// Copies the plugin into a code tree (`local/vesselsync`).
+fn add_plugin(code: &Path) -> Result<(), String> {
+    let dest = code.join("local/vesselsync");
+    let _ = std::fs::remove_dir_all(&dest);
+    copy_tree(&plugin_dir(), &dest)
 }
 
 fn cache_root() -> PathBuf {
@@ -314,6 +398,7 @@ fn install(db: Db, tarball: &Path, snap: &Path) -> Result<(), String> {
     let code = work.path().join("code");
     let dataroot = work.path().join("moodledata");
     unpack(tarball, &code)?;
+    add_plugin(&code)?;
     let server = Server::start(db, None)?;
     server.create_database()?;
     let url = "http://127.0.0.1:1".to_string();
@@ -374,13 +459,18 @@ impl RealMoodle {
     /// The instance on `db` that every test of this process shares, brought up on first use
     /// (from the cached install, or installing it).
     pub fn shared(db: Db) -> Result<&'static RealMoodle, String> {
-        cell(db)
+        Self::shared_on(db, Version::V50)
+    }
+
+    /// The shared instance of `version` on `db`.
+    pub fn shared_on(db: Db, version: Version) -> Result<&'static RealMoodle, String> {
+        cell(db, version)
             .get_or_init(|| {
                 // Started from a thread that lives as long as the process: the servers get
                 // their parent-death signal when the process ends, not when a test does.
                 let (tx, rx) = std::sync::mpsc::channel();
                 std::thread::spawn(move || {
-                    let _ = tx.send(RealMoodle::start(db));
+                    let _ = tx.send(RealMoodle::start_on(db, version));
                     loop {
                         std::thread::park();
                     }
@@ -395,14 +485,25 @@ impl RealMoodle {
     /// Brings up a new instance of its own (from the cached install), for a test that changes
     /// the whole site; it is taken down when dropped.
     pub fn start(db: Db) -> Result<Self, String> {
-        let tarball = tarball()?;
-        let key = format!("{}-{HARNESS}-{}", sha256_file(&tarball)?, db.name());
+        Self::start_on(db, Version::V50)
+    }
+
+    /// A new instance of `version` of its own.
+    pub fn start_on(db: Db, version: Version) -> Result<Self, String> {
+        let tarball = tarball(version)?;
+        let key = format!(
+            "{}-{HARNESS}-{}-{}",
+            sha256_file(&tarball)?,
+            plugin_digest()?,
+            db.name()
+        );
         let snap = cache_root().join(&key);
         if !snap.join("tokens.json").exists() {
             let t = Instant::now();
             install(db, &tarball, &snap)?;
             eprintln!(
-                "real Moodle: installed on {} in {:.0} s, kept in {}",
+                "real Moodle {}: installed on {} in {:.0} s, kept in {}",
+                version.name(),
                 db.name(),
                 t.elapsed().as_secs_f64(),
                 snap.display()
@@ -425,12 +526,18 @@ impl RealMoodle {
         // the whole site (maintenance mode, an upgrade).
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let root = runs.join(format!("{}-{}-{n}", std::process::id(), db.name()));
+        let root = runs.join(format!(
+            "{}-{}-{}-{n}",
+            std::process::id(),
+            db.name(),
+            version.name()
+        ));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
         let code = root.join("code");
         let dataroot = root.join("moodledata");
         unpack(&tarball, &code)?;
+        add_plugin(&code)?;
         copy_tree(&snap.join("moodledata"), &dataroot)?;
         let server = Server::start(db, Some(&snap.join("db")))?;
         let web_port = free_port()?;
@@ -467,6 +574,7 @@ impl RealMoodle {
         let web = cmd.spawn().map_err(|e| format!("php -S: {e}"))?;
         let m = RealMoodle {
             db,
+            version,
             code,
             dataroot,
             url,
@@ -486,7 +594,8 @@ impl RealMoodle {
                 Ok(_) => return Ok(m),
                 Err(e) if t.elapsed() > Duration::from_secs(60) => {
                     return Err(format!(
-                        "the real Moodle on {} does not answer: {e}\n{}",
+                        "the real Moodle {} on {} does not answer: {e}\n{}",
+                        version.name(),
                         db.name(),
                         m.web_log()
                     ));
@@ -494,6 +603,20 @@ impl RealMoodle {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
+    }
+
+    /// Uninstalls the companion plugin through Moodle's own CLI (a site without it).
+    pub fn uninstall_plugin(&self) -> Result<(), String> {
+        php_ok(
+            &self.code,
+            &[
+                "admin/cli/uninstall_plugins.php",
+                "--plugins=local_vesselsync",
+                "--run",
+            ],
+        )?;
+        std::fs::remove_dir_all(self.code.join("local/vesselsync")).map_err(|e| e.to_string())?;
+        php_ok(&self.code, &["admin/cli/purge_caches.php"]).map(|_| ())
     }
 
     /// What PHP's web server printed besides its access lines (for failure messages).

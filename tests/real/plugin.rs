@@ -1,0 +1,280 @@
+//! The companion plugin `local_vesselsync` in a real cloud Moodle, on 5.0 (PostgreSQL and
+//! MariaDB) and 4.5 LTS (PostgreSQL): shore forwards through it in batches; every completion and
+//! grade lands with the time the learner made it (to the second, in SQL), with where it came
+//! from kept beside it; newer wins inside Moodle; a course hidden by a retirement still
+//! receives its last records; a crash at each forwarding step applies nothing twice; and a
+//! learner the cloud lacks is held with the true reason.
+
+use moodle::ws::Params;
+use testkit::realmoodle::{Db, Version};
+use wire::progress::{Record, RecordKind};
+
+use super::Site;
+use super::cloud::{forward, restore};
+use super::progress::{activities, learner};
+
+crate::on_both!(
+    through_the_plugin_progress_keeps_its_time_newer_wins_and_a_hidden_course_still_receives_it,
+);
+
+mod moodle45 {
+    #[test]
+    fn through_the_plugin_on_moodle_4_5_progress_keeps_its_time() {
+        super::scenario(
+            testkit::realmoodle::Db::Postgres,
+            testkit::realmoodle::Version::V45,
+        )
+    }
+}
+
+fn through_the_plugin_progress_keeps_its_time_newer_wins_and_a_hidden_course_still_receives_it(
+    db: Db,
+) {
+    scenario(db, Version::V50)
+}
+
+fn record(
+    kind: RecordKind,
+    user: &str,
+    course: &str,
+    item: &str,
+    value: &str,
+    time: i64,
+) -> Record {
+    Record {
+        kind,
+        user: user.into(),
+        course: course.into(),
+        item: item.into(),
+        user_legacy: String::new(),
+        course_legacy: String::new(),
+        item_legacy: String::new(),
+        value: value.into(),
+        time,
+    }
+}
+
+fn scenario(db: Db, version: Version) {
+    let tag = format!("pl{}{}", &db.name()[..2], version.name().replace('.', ""));
+    let cloud = Site::alone_on(db, version, &tag);
+    let cid = restore(&cloud, 1);
+    let course = cloud.name("S101");
+    let acts = activities(&cloud, cid);
+    let manual: Vec<usize> = (0..acts.len()).filter(|&i| acts[i].3 == 1).collect();
+    assert!(manual.len() >= 2, "{acts:?}");
+    let (m0, m1) = (manual[0], manual[1]);
+    let assign = acts
+        .iter()
+        .position(|a| a.2 == "assign")
+        .expect("the backup has an assignment");
+    let (l1, _) = learner(&cloud, "L1", cid, 5);
+    let (l2, _) = learner(&cloud, "L2", cid, 5);
+    let admin = cloud.value("SELECT id FROM mdl_user WHERE username = 'admin'");
+
+    // The course is retired: hidden in the cloud before its last records arrive.
+    cloud.admin(
+        "core_course_update_courses",
+        &Params::new()
+            .set("courses[0][id]", cid)
+            .set("courses[0][visible]", 0),
+    );
+    // A trainer in the cloud marks L1's second activity complete now: newer than the ship's.
+    cloud.admin(
+        "core_completion_override_activity_completion_status",
+        &Params::new()
+            .set("userid", l1)
+            .set("cmid", acts[m1].0)
+            .set("newstate", 1),
+    );
+
+    // Shore holds what a vessel sent: completions and a grade made days ago at sea.
+    let shore = crate::support::shore::Shore::new();
+    let token = cloud
+        .m
+        .service_token(
+            "vessel_sync_shore_plugin",
+            &[
+                shore::forward::CLOUD_FUNCTIONS,
+                shore::forward::PLUGIN_FUNCTIONS,
+            ]
+            .concat(),
+        )
+        .unwrap();
+    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
+    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
+    cfg.push_str(&format!(
+        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
+        cloud.m.url
+    ));
+    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+    let t0 = 1_780_000_000; // 2026-05-28, long before the test runs
+    let (who1, who2) = (cloud.name("L1"), cloud.name("L2"));
+    let records = vec![
+        record(
+            RecordKind::ActivityCompletion,
+            &who1,
+            &course,
+            &acts[m0].1,
+            "1",
+            t0,
+        ),
+        record(
+            RecordKind::Grade,
+            &who1,
+            &course,
+            &acts[assign].1,
+            "7.50000",
+            t0 + 60,
+        ),
+        record(
+            RecordKind::ActivityCompletion,
+            &who2,
+            &course,
+            &acts[m0].1,
+            "1",
+            t0 + 120,
+        ),
+        // Older than the trainer's change in the cloud: the cloud keeps its value.
+        record(
+            RecordKind::ActivityCompletion,
+            &who1,
+            &course,
+            &acts[m1].1,
+            "0",
+            t0 + 180,
+        ),
+        record(
+            RecordKind::ActivityCompletion,
+            &cloud.name("NOBODY"),
+            &course,
+            &acts[m0].1,
+            "1",
+            t0 + 240,
+        ),
+        record(
+            RecordKind::CourseCompletion,
+            &who1,
+            &course,
+            "",
+            "complete",
+            t0 + 300,
+        ),
+    ];
+    let mut store = shore.db();
+    store
+        .add_vessel(crate::support::VESSEL, &"0".repeat(64), "", "test", t0)
+        .unwrap();
+    store
+        .store_batch(
+            &shore::store::BatchIn {
+                vessel: crate::support::VESSEL,
+                seq: 1,
+                sha256: &"0".repeat(64),
+                envelope_id: "plugin-test",
+                records: &records,
+                previous: None,
+                rotation: None,
+                settled: 0,
+                via: "https",
+            },
+            t0 + 400,
+        )
+        .unwrap();
+    drop(store);
+
+    // Shore dies at each step of a batch: before the calls, then after the cloud applied it
+    // but before shore committed the outcomes.
+    for point in base::failpoint::FORWARD {
+        let (ok, _, _) = forward(&shore, &[("VESSEL_SYNC_FAILPOINT", point)]);
+        assert!(!ok, "{point} stopped the pass");
+    }
+    let (ok, pass, err) = forward(&shore, &[]);
+    assert!(ok, "{err}{}", cloud.said());
+    assert_eq!(pass["pass"]["path"], "plugin", "{pass}");
+    let outcomes = &pass["pass"]["outcomes"];
+    // The batch the cloud took before the crash is found there, never applied twice.
+    assert_eq!(
+        outcomes["already"].as_u64().unwrap_or(0) + outcomes["applied"].as_u64().unwrap_or(0),
+        3,
+        "{pass}"
+    );
+    assert_eq!(outcomes["older"].as_u64(), Some(1), "{pass}");
+    assert_eq!(outcomes["held"].as_u64(), Some(1), "{pass}");
+    assert_eq!(outcomes["derived"].as_u64(), Some(1), "{pass}");
+    let held = pass["summary"]["held"].to_string();
+    assert!(
+        held.contains(&format!(
+            "no learner {} on the cloud Moodle",
+            cloud.name("NOBODY")
+        )),
+        "the true reason, and nothing 'not enrolled' about the hidden course: {pass}"
+    );
+    assert!(!held.contains("not enrolled"), "{pass}");
+
+    // In the cloud's database: the learner's time, to the second, and the grade's.
+    let completion = |user: &str, cm: i64| {
+        cloud.rows(&format!(
+            "SELECT completionstate, timemodified, COALESCE(overrideby, 0) FROM mdl_course_modules_completion WHERE userid = {user} AND coursemoduleid = {cm}"
+        ))
+    };
+    assert_eq!(
+        completion(&l1.to_string(), acts[m0].0),
+        vec![vec!["1".to_string(), t0.to_string(), admin.clone()]]
+    );
+    assert_eq!(
+        completion(&l2.to_string(), acts[m0].0)[0][..2],
+        ["1".to_string(), (t0 + 120).to_string()]
+    );
+    let kept = completion(&l1.to_string(), acts[m1].0);
+    assert_eq!(kept[0][0], "1", "the trainer's newer value is kept");
+    let grade = cloud.rows(&format!(
+        "SELECT gg.rawgrade, gg.timemodified FROM mdl_grade_grades gg JOIN mdl_grade_items gi ON gi.id = gg.itemid WHERE gi.itemmodule = 'assign' AND gi.courseid = {cid} AND gg.userid = {l1}"
+    ));
+    assert!(grade[0][0].starts_with("7.5"), "{grade:?}");
+    assert_eq!(grade[0][1], (t0 + 60).to_string(), "the grade's own time");
+    let applied = cloud.rows(&format!(
+        "SELECT kind, timeoriginal, source FROM mdl_local_vesselsync_applied WHERE userid = {l1} ORDER BY timeoriginal"
+    ));
+    assert_eq!(
+        applied,
+        vec![
+            vec![
+                "completion".to_string(),
+                t0.to_string(),
+                crate::support::VESSEL.to_string()
+            ],
+            vec![
+                "grade".to_string(),
+                (t0 + 60).to_string(),
+                crate::support::VESSEL.to_string()
+            ],
+        ],
+        "where each record came from and when it was made, once each"
+    );
+    let events = cloud.value(&format!(
+        "SELECT COUNT(*) FROM mdl_logstore_standard_log WHERE eventname LIKE '%course_module_completion_updated' AND relateduserid = {l1} AND contextinstanceid = {}",
+        acts[m0].0
+    ));
+    assert_eq!(events, "1", "Moodle's own event, once");
+    assert_eq!(
+        cloud.value(&format!("SELECT visible FROM mdl_course WHERE id = {cid}")),
+        "0",
+        "the course stays hidden, and kept"
+    );
+
+    // Nothing left, nothing twice; the status says which way the cloud is reached.
+    let (ok, again, err) = forward(&shore, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        again["pass"]["outcomes"]["applied"],
+        serde_json::Value::Null,
+        "{again}"
+    );
+    let status = String::from_utf8_lossy(&shore.run(&["status"]).stdout).to_string();
+    assert!(status.contains("local_vesselsync"), "{status}");
+    eprintln!(
+        "forward through the plugin into a real Moodle {} on {db:?}: {}",
+        version.name(),
+        pass["pass"]
+    );
+}
