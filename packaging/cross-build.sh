@@ -229,6 +229,9 @@ package() {
   "$host" completions bash >"$assets/completions/vessel-sync"
   "$host" completions zsh >"$assets/completions/_vessel-sync"
   "$host" completions fish >"$assets/completions/vessel-sync.fish"
+  # The companion Moodle plugin as Moodle's plugin installer takes it (a zip of vesselsync/).
+  mkdir -p "$assets/moodle"
+  (cd plugins/local && python3 -m zipfile -c "../../$assets/moodle/local_vesselsync.zip" vesselsync)
   mkdir -p target/debian
   for t in $TARGETS; do
     # The shipped binary again (a test build may have left the lab one at this path).

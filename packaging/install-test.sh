@@ -87,7 +87,7 @@ grep -qx /etc/vessel-sync/agent.toml "$root/var/lib/dpkg/info/vessel-sync.conffi
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/vessel-sync-shore.service" ] || die "the shore unit was enabled"
 for f in /usr/share/man/man1/vessel-sync.1.gz /usr/share/bash-completion/completions/vessel-sync \
   /usr/share/doc/vessel-sync/agent.toml.example /usr/lib/sysusers.d/vessel-sync.conf \
-  /lib/systemd/system/vessel-sync-shore.service; do
+  /lib/systemd/system/vessel-sync-shore.service /usr/share/vessel-sync/moodle/local_vesselsync.zip; do
   [ -e "$root$f" ] || die "missing $f"
 done
 

@@ -1,11 +1,12 @@
 //! Command-line interface: argument parsing and dispatch. Every subcommand calls the library,
 //! renders its report and maps its errors to an exit code (see [`base::exit`]). One file per
-//! family: [`agent`] (agent, capture, sync, retry), [`bundle`], [`keys`], [`report`] (status,
-//! audit, inspect), [`shore`], [`users`].
+//! family: [`agent`] (agent, capture, sync, retry), [`bundle`], [`keys`], [`moodle`] (the
+//! companion plugin), [`report`] (status, audit, inspect), [`shore`], [`users`].
 
 pub mod agent;
 pub mod bundle;
 pub mod keys;
+pub mod moodle;
 pub mod report;
 pub mod shore;
 pub mod users;
@@ -197,6 +198,9 @@ pub enum Command {
     /// Seafarer accounts in bulk: validate a user CSV, import it into any Moodle.
     #[command(subcommand)]
     Users(users::UsersCmd),
+    /// The companion Moodle plugin local_vesselsync: install it into a Moodle.
+    #[command(subcommand)]
+    Moodle(moodle::MoodleCmd),
     /// Benchmarks to run on the ship's own hardware.
     Bench(crate::bench::BenchArgs),
 }
@@ -274,6 +278,7 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::Shore(cmd) => shore::run(cmd, clock),
         Command::Users(cmd) => users::run(cmd),
+        Command::Moodle(cmd) => moodle::run(cmd),
         Command::Bench(args) => crate::bench::run_args(args),
         Command::Completions { shell } => {
             exit::quiet_on_closed_pipe();

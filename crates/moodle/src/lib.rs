@@ -17,5 +17,6 @@ pub mod db;
 pub mod delta;
 pub mod lookup;
 pub mod mbz;
+pub mod plugin;
 pub mod users;
 pub mod ws;

@@ -56,6 +56,7 @@ pub const CLOUD_FUNCTIONS: &[&str] = &[
     "core_course_update_courses",
     "core_user_get_users_by_field",
     "core_enrol_get_users_courses",
+    "core_enrol_get_enrolled_users",
     "core_completion_get_activities_completion_status",
     "core_completion_override_activity_completion_status",
     "core_grades_update_grades",

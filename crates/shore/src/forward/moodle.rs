@@ -20,6 +20,9 @@ pub(crate) struct MoodleCloud {
     users: HashMap<String, Option<i64>>,
     courses: HashMap<String, Option<Course>>,
     enrolled: HashMap<i64, Vec<i64>>,
+    /// Hidden courses (a retirement hides them) and, once asked, their learners: the per-user
+    /// list of courses leaves hidden ones out.
+    hidden: HashMap<i64, Option<Vec<i64>>>,
     completion: HashMap<(i64, i64), HashMap<i64, (i64, i64)>>,
     grades: HashMap<(i64, i64), Grades>,
 }
@@ -37,6 +40,7 @@ impl MoodleCloud {
             users: HashMap::new(),
             courses: HashMap::new(),
             enrolled: HashMap::new(),
+            hidden: HashMap::new(),
             completion: HashMap::new(),
             grades: HashMap::new(),
         }
@@ -88,6 +92,9 @@ impl Cloud for MoodleCloud {
         let found = lookup::course(&self.ws, key, || {});
         self.waited += t.elapsed();
         let found = found.map_err(|e| Stop::Cloud(e.to_string()))?;
+        if let Some(c) = found.as_ref().filter(|c| !c.visible) {
+            self.hidden.entry(c.id).or_insert(None);
+        }
         self.courses.insert(key.to_string(), found.clone());
         Ok(found)
     }
@@ -106,10 +113,39 @@ impl Cloud for MoodleCloud {
                 .collect();
             self.enrolled.insert(user, ids);
         }
-        Ok(self
+        if self
             .enrolled
             .get(&user)
-            .is_some_and(|l| l.contains(&course)))
+            .is_some_and(|l| l.contains(&course))
+        {
+            return Ok(true);
+        }
+        // A hidden course is missing from the learner's list whether or not they are enrolled:
+        // its participants are asked instead.
+        if let Some(slot) = self.hidden.get(&course) {
+            if slot.is_none() {
+                let r = self.read(
+                    "core_enrol_get_enrolled_users",
+                    &Params::new()
+                        .set("courseid", course)
+                        .set("options[0][name]", "userfields")
+                        .set("options[0][value]", "id"),
+                )?;
+                let ids = r
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|u| u["id"].as_i64())
+                    .collect();
+                self.hidden.insert(course, Some(ids));
+            }
+            return Ok(self
+                .hidden
+                .get(&course)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.contains(&user)));
+        }
+        Ok(false)
     }
 
     /// cmid → (state, time) of a learner's activities in a course.
