@@ -1,6 +1,7 @@
-//! `vessel-sync bench forward [--rows N] [--db mariadb|postgres]` (lab builds): records
-//! forwarded per second into a real Moodle 5.0 acting as the cloud, and the share of that time
-//! spent waiting on Moodle's web services.
+//! `vessel-sync bench forward [--rows N] [--db mariadb|postgres] [--moodle 5.0|4.5]` (lab
+//! builds): records forwarded per second into a real Moodle acting as the cloud, through the
+//! companion plugin and through core web services in the same run, and the share of that time
+//! spent waiting on Moodle.
 //!
 //! It brings up the test kit's real Moodle (installed from `shared/moodle/src/` on first use and
 //! cached), restores a course from a real backup into it, makes enough learners for N activity
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base::clock::Clock;
 use moodle::ws::{Params, Token, Ws};
-use testkit::realmoodle::{Db, RealMoodle};
+use testkit::realmoodle::{Db, RealMoodle, Version};
 use wire::progress::{Record, RecordKind};
 
 /// Where the real backups are: the checkout's fixtures, else `shared/moodle/mbz` beside it.
@@ -35,11 +36,82 @@ fn lines(m: &RealMoodle, sql: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-/// `bench forward`.
-pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
+/// Records forwarded through the core path in the same run, for the ratio (it is 20 to 50
+/// times slower, so a smaller sample).
+const CORE_ROWS: u64 = 200;
+
+/// One timed pass of shore's forwarder over `records`, as a vessel sent them, into the cloud
+/// behind `token`.
+fn timed_pass(
+    m: &RealMoodle,
+    token: &str,
+    records: &[Record],
+) -> Result<(shore::forward::Pass, u64), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    base::fsutil::write_private(&dir.path().join("cloud.token"), token.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let cfg_path = dir.path().join("shore.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
+            m.url
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = shore::ShoreConfig::load(&cfg_path)?;
+    let mut store = cfg.open().map_err(|e| e.to_string())?;
+    let now = base::clock::SystemClock.now();
+    store
+        .add_vessel("bench-ship", &"0".repeat(64), "", "bench", now)
+        .map_err(|e| e.to_string())?;
+    let stored = store
+        .store_batch(
+            &shore::store::BatchIn {
+                vessel: "bench-ship",
+                seq: 1,
+                sha256: &"0".repeat(64),
+                envelope_id: "bench",
+                records,
+                previous: None,
+                rotation: None,
+                settled: 0,
+                via: "https",
+            },
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+    if let shore::store::Stored::New { duplicate, .. } = stored {
+        if duplicate > 0 {
+            return Err(format!("{duplicate} generated records were duplicates"));
+        }
+    }
+    let pass = shore::forward::pass(&cfg, &mut store, &base::clock::SystemClock)
+        .map_err(|e| e.to_string())?;
+    let left = store.forward_summary().map_err(|e| e.to_string())?.pending;
+    Ok((pass, left))
+}
+
+/// The figures of one pass.
+fn figures(pass: &shore::forward::Pass, n: usize) -> serde_json::Value {
+    let applied = pass.outcomes.get("applied").copied().unwrap_or(0);
+    serde_json::json!({
+        "records": n,
+        "outcomes": pass.outcomes,
+        "seconds": pass.seconds,
+        "moodle_seconds": pass.moodle_seconds,
+        "records_per_s": applied as f64 / pass.seconds.max(1e-9),
+        "moodle_share_percent": 100.0 * pass.moodle_seconds / pass.seconds.max(1e-9),
+        "ms_per_record": 1000.0 * pass.seconds / (n.max(1) as f64),
+    })
+}
+
+/// `bench forward`: `rows` records through the companion plugin and [`CORE_ROWS`] through core
+/// web services, into one real Moodle of `version` on `db`.
+pub fn run(rows: u64, db: Db, version: Version) -> Result<(serde_json::Value, String), String> {
     let rows = rows.max(1);
     let started = Instant::now();
-    let m = RealMoodle::start(db)?;
+    let m = RealMoodle::start_on(db, version)?;
     let startup = started.elapsed().as_secs_f64();
     // The cloud's course, from a real backup.
     let mbz = backup("course-SAFETY-101-with-users.mbz")?;
@@ -69,9 +141,17 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
     .iter()
     .filter_map(|l| l.trim().parse().ok())
     .collect();
-    let token = m.service_token("vessel_sync_shore", shore::forward::CLOUD_FUNCTIONS)?;
-    let ws =
-        Ws::new(&m.url, Token::new(&token)?, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let core_token = m.service_token("vessel_sync_shore", shore::forward::CLOUD_FUNCTIONS)?;
+    let plugin_token = m.service_token(
+        "vessel_sync_shore_plugin",
+        &[
+            shore::forward::CLOUD_FUNCTIONS,
+            shore::forward::PLUGIN_FUNCTIONS,
+        ]
+        .concat(),
+    )?;
+    let ws = Ws::new(&m.url, Token::new(&core_token)?, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
     let course = moodle::lookup::course(&ws, &key, || {})
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("the cloud Moodle does not find course {key}"))?;
@@ -89,9 +169,12 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
             "course {key} has no activity with completion tracking"
         ));
     }
-    // Learners, enrolled: enough for `rows` completions.
-    // (and one more, whose completion on board is timed to the cloud)
-    let learners = rows.div_ceil(acts.len() as u64) + 1;
+    // Learners, enrolled: enough for `rows` completions through the plugin, CORE_ROWS through
+    // core web services (other learners), and one more whose completion on board is timed to
+    // the cloud.
+    let per = acts.len() as u64;
+    let core_rows = CORE_ROWS.min(rows);
+    let learners = rows.div_ceil(per) + core_rows.div_ceil(per) + 1;
     let stamp = std::process::id();
     let mut users = Vec::new();
     for chunk_start in (0..learners).step_by(100) {
@@ -123,99 +206,97 @@ pub fn run(rows: u64, db: Db) -> Result<(serde_json::Value, String), String> {
         m.admin("enrol_manual_enrol_users", &e)?;
     }
     let setup = started.elapsed().as_secs_f64() - startup;
-    // Shore, with the records as a vessel sent them.
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    base::fsutil::write_private(&dir.path().join("cloud.token"), token.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let cfg_path = dir.path().join("shore.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "version = 1\n[shore]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\n[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
-            m.url
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let cfg = shore::ShoreConfig::load(&cfg_path)?;
-    let mut store = cfg.open().map_err(|e| e.to_string())?;
-    let now = base::clock::SystemClock.now();
-    store
-        .add_vessel("bench-ship", &"0".repeat(64), "", "bench", now)
-        .map_err(|e| e.to_string())?;
     let sailor = users.pop().ok_or("no learner was made")?;
-    let records: Vec<Record> = users
-        .iter()
-        .flat_map(|u| acts.iter().map(move |a| (u, a)))
-        .take(rows as usize)
-        .map(|(u, a)| Record {
-            kind: RecordKind::ActivityCompletion,
-            user: u.clone(),
-            course: key.clone(),
-            item: a.clone(),
-            user_legacy: String::new(),
-            course_legacy: String::new(),
-            item_legacy: String::new(),
-            value: "1".into(),
-            time: now - 60,
-        })
-        .collect();
-    let stored = store
-        .store_batch(
-            &shore::store::BatchIn {
-                vessel: "bench-ship",
-                seq: 1,
-                sha256: &"0".repeat(64),
-                envelope_id: "bench",
-                records: &records,
-                previous: None,
-                rotation: None,
-                settled: 0,
-                via: "https",
-            },
-            now,
-        )
-        .map_err(|e| e.to_string())?;
-    if let shore::store::Stored::New { duplicate, .. } = stored {
-        if duplicate > 0 {
-            return Err(format!("{duplicate} generated records were duplicates"));
-        }
+    let now = base::clock::SystemClock.now();
+    let made = |who: &[String], n: u64| -> Vec<Record> {
+        who.iter()
+            .flat_map(|u| acts.iter().map(move |a| (u, a)))
+            .take(n as usize)
+            .map(|(u, a)| Record {
+                kind: RecordKind::ActivityCompletion,
+                user: u.clone(),
+                course: key.clone(),
+                item: a.clone(),
+                user_legacy: String::new(),
+                course_legacy: String::new(),
+                item_legacy: String::new(),
+                value: "1".into(),
+                time: now - 86_400,
+            })
+            .collect()
+    };
+    let split = usize::try_from(rows.div_ceil(per))
+        .unwrap_or(users.len())
+        .min(users.len());
+    let plugin_records = made(&users[..split], rows);
+    let core_records = made(&users[split..], core_rows);
+    let (plugin_pass, plugin_left) = timed_pass(&m, &plugin_token, &plugin_records)?;
+    if plugin_pass.path.as_deref() != Some("plugin") {
+        return Err(format!(
+            "the pass did not go through the plugin: {:?}",
+            plugin_pass.path
+        ));
     }
-    let pass = shore::forward::pass(&cfg, &mut store, &base::clock::SystemClock)
-        .map_err(|e| e.to_string())?;
-    let applied = pass.outcomes.get("applied").copied().unwrap_or(0);
-    let per_s = applied as f64 / pass.seconds.max(1e-9);
-    let share = 100.0 * pass.moodle_seconds / pass.seconds.max(1e-9);
-    let delay = on_board_to_cloud(&m, &token, &key, &acts[0], &sailor, db)?;
+    let (core_pass, _) = timed_pass(&m, &core_token, &core_records)?;
+    // Through the plugin, the cloud holds the learner's time: checked in SQL.
+    let learners_time = lines(
+        &m,
+        &format!(
+            "SELECT COUNT(*) FROM mdl_course_modules_completion cmc JOIN mdl_user u ON u.id = cmc.userid WHERE u.username LIKE 'vsfwd{stamp}n%' AND cmc.timemodified = {}",
+            now - 86_400
+        ),
+    )?;
+    let core_stamped = lines(
+        &m,
+        &format!(
+            "SELECT COUNT(*) FROM mdl_course_modules_completion cmc JOIN mdl_user u ON u.id = cmc.userid WHERE u.username LIKE 'vsfwd{stamp}n%' AND cmc.timemodified >= {now}"
+        ),
+    )?;
+    let delay = on_board_to_cloud(&m, &plugin_token, &key, &acts[0], &sailor, db)?;
+    let plugin = figures(&plugin_pass, plugin_records.len());
+    let core = figures(&core_pass, core_records.len());
+    let ratio = plugin["records_per_s"].as_f64().unwrap_or(0.0)
+        / core["records_per_s"].as_f64().unwrap_or(1.0).max(1e-9);
     let v = serde_json::json!({
         "benchmark": "forward",
+        "moodle": version.name(),
         "moodle_db": db.name(),
-        "records": records.len(),
         "learners": users.len(),
         "activities": acts.len(),
-        "outcomes": pass.outcomes,
-        "seconds": pass.seconds,
-        "moodle_seconds": pass.moodle_seconds,
-        "records_per_s": per_s,
-        "moodle_share_percent": share,
-        "ms_per_record": 1000.0 * pass.seconds / (records.len().max(1) as f64),
+        "plugin": plugin,
+        "core": core,
+        "plugin_to_core_ratio": ratio,
+        "records_stamped_with_forwarding_time_core_path": core_stamped.first().cloned().unwrap_or_default(),
+        "records_with_the_learners_time": learners_time.first().cloned().unwrap_or_default(),
         "moodle_start_seconds": startup,
         "setup_seconds": setup,
         "on_board_to_cloud_seconds": delay.total,
         "capture_and_sync_seconds": delay.agent,
-        "left_pending": store.forward_summary().map_err(|e| e.to_string())?.pending,
+        "left_pending": plugin_left,
     });
     let text = format!(
-        "forward into a real Moodle 5.0 on {}: {} records ({} learners x {} activities) in {:.2} s: {per_s:.1} records/s, {:.1} ms per record, {share:.0} % of it waiting on Moodle; outcomes {:?} (Moodle started in {startup:.1} s, course and learners made in {setup:.1} s)\n\
-         one completion on board to the cloud Moodle, over HTTPS on loopback (the agent's capture and sync, then shore's forward worker at [cloud] interval_secs = 1): {:.2} s, of which {:.2} s the agent's pass; in service add up to [capture] interval + [uplink] interval + [cloud] interval_secs\n",
+        "forward into a real Moodle {} on {}:\n\
+         through the plugin: {} records in {:.2} s: {:.1} records/s, {:.0} % of it waiting on Moodle; outcomes {:?}\n\
+         through core web services: {} records in {:.2} s: {:.1} records/s, {:.0} % of it waiting on Moodle\n\
+         the plugin is {ratio:.1} times faster; completions in the cloud with the learner's own time: {} (all through the plugin); stamped with the forwarding time: {} (through core)\n\
+         one completion on board to the cloud Moodle, over HTTPS on loopback (the agent's capture and sync, then shore's forward worker at [cloud] interval_secs = 1): {:.2} s, of which {:.2} s the agent's pass\n\
+         (Moodle started in {startup:.1} s, course and {} learners made in {setup:.1} s)\n",
+        version.name(),
         db.name(),
-        records.len(),
-        users.len(),
-        acts.len(),
-        pass.seconds,
-        1000.0 * pass.seconds / (records.len().max(1) as f64),
-        pass.outcomes,
+        plugin_records.len(),
+        plugin_pass.seconds,
+        plugin["records_per_s"].as_f64().unwrap_or(0.0),
+        plugin["moodle_share_percent"].as_f64().unwrap_or(0.0),
+        plugin_pass.outcomes,
+        core_records.len(),
+        core_pass.seconds,
+        core["records_per_s"].as_f64().unwrap_or(0.0),
+        core["moodle_share_percent"].as_f64().unwrap_or(0.0),
+        learners_time.first().map(String::as_str).unwrap_or("?"),
+        core_stamped.first().map(String::as_str).unwrap_or("?"),
         delay.total,
         delay.agent,
+        users.len(),
     );
     Ok((v, text))
 }

@@ -87,6 +87,9 @@ pub struct BenchArgs {
     /// `bench forward`: the database of the real Moodle it brings up, mariadb or postgres.
     #[arg(long = "db", value_name = "DB", default_value = "mariadb")]
     pub moodle_db: String,
+    /// `bench forward`: the Moodle it brings up, 5.0 or 4.5.
+    #[arg(long = "moodle", value_name = "VERSION", default_value = "5.0")]
+    pub moodle_version: String,
     /// `bench shore`: vessels syncing at once (default: runs of 10, 100 and 1,000).
     #[arg(long, value_name = "N")]
     pub vessels: Option<usize>,
@@ -119,6 +122,7 @@ pub fn run_args(a: BenchArgs) -> i32 {
             rows: a.rows,
             keep: a.keep,
             moodle_db: a.moodle_db,
+            moodle_version: a.moodle_version,
             vessels: a.vessels,
             store: a.store,
             receivers: a.receivers,
@@ -139,6 +143,8 @@ pub struct Against {
     pub keep: bool,
     /// `bench forward`: the real Moodle's database, `mariadb` or `postgres`.
     pub moodle_db: String,
+    /// `bench forward`: the real Moodle's version, `5.0` or `4.5`.
+    pub moodle_version: String,
     /// `bench shore`: vessels syncing at once (none: 10, 100 and 1,000).
     pub vessels: Option<usize>,
     /// `bench shore`: only this store.
@@ -228,7 +234,15 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
                     return exit::USAGE;
                 }
             };
-            report_json(json, forward::run(against.rows, db))
+            let version = match against.moodle_version.as_str() {
+                "5.0" | "5" | "50" => testkit::realmoodle::Version::V50,
+                "4.5" | "45" => testkit::realmoodle::Version::V45,
+                other => {
+                    eprintln!("vessel-sync: --moodle {other:?}: give 5.0 or 4.5");
+                    return exit::USAGE;
+                }
+            };
+            report_json(json, forward::run(against.rows, db, version))
         }
         #[cfg(not(feature = "lab"))]
         "wire" | "dictionary" | "outbox" | "users" | "delta" | "forward" => {

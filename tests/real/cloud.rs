@@ -273,6 +273,15 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
         said.contains("nothing to send"),
         "no echo to the ship it came from: {said}"
     );
+    // Named by username, the same person: still nothing back to the ship it came from.
+    let username = format!("{}l1", s.tag.to_lowercase());
+    let r = shore.run(&["crew", "move", &username, "--to", crate::support::VESSEL]);
+    let said = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        r.status.success() && said.contains("nothing to send") && said.contains("came from"),
+        "no echo by username either: {said}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
     // To another ship that has the course: the cloud's completion goes with the seafarer.
     let keys = shore.path("keys/ship-b");
     wire::envelope::SecretKey::from_seed([7u8; 32])
@@ -299,6 +308,15 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
     );
     let queued = shore.db().bundles_for("ship-b", 0).unwrap();
     assert_eq!(queued.len(), 1);
+    // Run again: what the first move sent is not sent twice.
+    let r = shore.run(&["crew", "move", &who, "--to", "ship-b", "--course", &course]);
+    let again = String::from_utf8_lossy(&r.stdout).to_string();
+    assert!(
+        again.contains("nothing to send") && again.contains("1 sent there by an earlier crew move"),
+        "{again}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(shore.db().bundles_for("ship-b", 0).unwrap().len(), 1);
     let file = std::fs::File::open(shore.path("state/bundles").join(&queued[0].file)).unwrap();
     // The test reads shore's own copy to check it: no bound needed.
     #[allow(clippy::disallowed_methods)]
@@ -315,18 +333,22 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
             std::io::Read::read_to_string(&mut e, &mut csv).unwrap();
         }
     }
+    let completed = cloud.value(&format!(
+        "SELECT timemodified FROM mdl_course_modules_completion WHERE userid = {c1} AND coursemoduleid = {}",
+        cloud_acts[m0].0
+    ));
     assert_eq!(
         csv,
         format!(
-            "learner,course,activity,state\n{who},{course},{},1\n",
+            "learner,course,activity,state,time\n{who},{course},{},1,{completed}\n",
             ship_acts[m0].1
         ),
-        "the cloud's completion, not the one the cloud kept at 0"
+        "the cloud's completion with the cloud's time, not the one the cloud kept at 0"
     );
 
     // A crew list pushed for ship-b naming the seafarer is a crew change too: shore queues
-    // the cloud's records for the courses the list enrols him in.
-    let username = format!("{}l1", s.tag.to_lowercase());
+    // the cloud's records for the courses the list enrols him in (again: the list has just
+    // made the account the first import may have lacked).
     let list = format!(
         "username,firstname,lastname,email,idnumber,course1\n{username},Sea,L1,{username}@fleet.example.invalid,{who},{course}\n"
     );

@@ -149,6 +149,18 @@ impl Site {
         (s, shore)
     }
 
+    /// Gives the agent `token` for the ship's Moodle (in the `[moodle] token_file` its config
+    /// names).
+    pub fn use_token(&self, token: &str) {
+        let cfg = std::fs::read_to_string(&self.v.config).unwrap();
+        let file = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("token_file = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("the agent config names a Moodle token file");
+        std::fs::write(file, format!("{token}\n")).unwrap();
+    }
+
     /// `vessel-sync sync`: progress to shore, acknowledgements back; must not fail.
     pub fn sync(&self) -> serde_json::Value {
         let o = self.run(&["sync", "--json"], &[]);

@@ -278,3 +278,123 @@ fn scenario(db: Db, version: Version) {
         pass["pass"]
     );
 }
+
+/// `import_progress` on a ship whose Moodle has the plugin on the agent's service: each
+/// completion shows the date in the CSV's `time` column, newer progress already on board is
+/// kept, and nothing imported is captured as new progress.
+fn an_import_on_board_through_the_plugin_keeps_each_completions_time_and_is_never_sent_back(
+    db: Db,
+) {
+    use vessel::store::CommandState;
+    let s = Site::new(db, &format!("ib{}", &db.name()[..2]));
+    let token =
+        s.m.service_token(
+            "vessel_sync_plugin",
+            &[
+                testkit::realmoodle::AGENT_FUNCTIONS,
+                shore::forward::PLUGIN_FUNCTIONS,
+            ]
+            .concat(),
+        )
+        .unwrap();
+    s.use_token(&token);
+    let cid = restore(&s, 1);
+    let course = s.name("S101");
+    let acts = activities(&s, cid);
+    let manual: Vec<usize> = (0..acts.len()).filter(|&i| acts[i].3 == 1).collect();
+    let (m0, m1) = (manual[0], manual[1]);
+    let (l1, l1_token) = learner(&s, "L1", cid, 5);
+    // On board the learner already completed the second activity, today.
+    s.m.ws(
+        &l1_token,
+        "core_completion_update_activity_completion_status_manually",
+        &Params::new().set("cmid", acts[m1].0).set("completed", 1),
+    )
+    .unwrap();
+    assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
+    let before = s.v.store().course_impact(&course).unwrap().0.records;
+    let t0 = 1_760_000_000; // 2025-10-09: history from the cloud
+    let csv = format!(
+        "learner,course,activity,state,time\n{0},{course},{1},1,{t0}\n{0},{course},{2},0,{t0}\n",
+        s.name("L1"),
+        acts[m0].1,
+        acts[m1].1
+    );
+    s.send(
+        2,
+        vec![crate::support::cmd(
+            "import_progress",
+            "history",
+            serde_json::json!({}),
+            &["files/p.csv"],
+        )],
+        vec![("files/p.csv", csv.into_bytes())],
+    );
+    s.once();
+    let note = s.expect("history", CommandState::Done);
+    assert!(
+        note.contains("1 of them with their original time") && note.contains("1 kept newer"),
+        "{note}"
+    );
+    let row = |cm: i64| {
+        s.rows(&format!(
+            "SELECT completionstate, timemodified FROM mdl_course_modules_completion WHERE userid = {l1} AND coursemoduleid = {cm}"
+        ))
+    };
+    assert_eq!(
+        row(acts[m0].0),
+        vec![vec!["1".to_string(), t0.to_string()]],
+        "the completion shows the date it was made"
+    );
+    assert_eq!(
+        row(acts[m1].0)[0][0],
+        "1",
+        "newer progress on board is kept"
+    );
+    // Nothing imported is captured as new progress.
+    assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
+    let after = s.v.store().course_impact(&course).unwrap().0.records;
+    assert_eq!(after, before, "the import is never queued for shore");
+}
+
+/// Where a record's time goes inside Moodle (run by hand:
+/// `cargo test --test integration -- --ignored real::plugin::profile --nocapture`).
+#[test]
+#[ignore]
+fn profile() {
+    let cloud = Site::alone_on(Db::Postgres, Version::V50, "prof");
+    let cid = restore(&cloud, 1);
+    let mut p = Params::new();
+    let mut e = Params::new();
+    for i in 0..300 {
+        let name = format!("prof{i}");
+        p = p
+            .set(&format!("users[{i}][username]"), &name)
+            .set(&format!("users[{i}][firstname]"), "P")
+            .set(&format!("users[{i}][lastname]"), i)
+            .set(&format!("users[{i}][email]"), format!("{name}@x.invalid"))
+            .set(&format!("users[{i}][password]"), "Sailor#2026")
+            .set(&format!("users[{i}][idnumber]"), name.to_uppercase());
+    }
+    let made = cloud.admin("core_user_create_users", &p);
+    for (i, u) in made.as_array().unwrap().iter().enumerate() {
+        e = e
+            .set(&format!("enrolments[{i}][roleid]"), 5)
+            .set(
+                &format!("enrolments[{i}][userid]"),
+                u["id"].as_i64().unwrap(),
+            )
+            .set(&format!("enrolments[{i}][courseid]"), cid);
+    }
+    cloud.admin("enrol_manual_enrol_users", &e);
+    std::fs::copy("/tmp/prof/prof.php", cloud.m.code.join("prof.php")).unwrap();
+    let course = cloud.name("S101");
+    for (mode, prefix) in [("single", "prof1"), ("bulk", "prof2"), ("execute", "prof")] {
+        let o = cloud.m.php(&["prof.php", &course, prefix, mode]).unwrap();
+        eprintln!(
+            "{mode}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}

@@ -53,6 +53,25 @@ pub const FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The plugin's function that applies progress with its original time.
+pub const APPLY: &str = "local_vesselsync_apply_progress";
+/// The plugin's lookup function.
+pub const LOOKUP: &str = "local_vesselsync_lookup";
+
+/// Whether the token's service on this Moodle offers the plugin's [`APPLY`] function.
+pub fn offered(ws: &crate::ws::Ws) -> Result<bool, crate::ws::WsError> {
+    let info = ws.call(
+        "core_webservice_get_site_info",
+        &crate::ws::Params::new(),
+        crate::ws::Safety::Read,
+    )?;
+    Ok(info["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| f["name"].as_str() == Some(APPLY)))
+}
+
 /// Why the plugin could not be installed.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {

@@ -33,7 +33,7 @@ pub fn move_to(
     let (key, ws) = signer_and_cloud(cfg)?;
     let db = cfg.open()?;
     check_vessel(&db, vessel)?;
-    let summary = move_one(cfg, &db, &key, &ws, user, vessel, also, now)?;
+    let summary = move_one(cfg, &db, &key, &ws, user, vessel, also, Again::Skip, now)?;
     Ok(Moved { summary })
 }
 
@@ -109,11 +109,21 @@ pub(crate) fn follow_crew_list(
     };
     movers
         .iter()
-        .map(|(u, courses)| match move_one(cfg, db, &key, &ws, u, vessel, courses, now) {
+        .map(|(u, courses)| match move_one(cfg, db, &key, &ws, u, vessel, courses, Again::Send, now) {
             Ok(line) => line,
             Err(e) => format!("crew move of {u} to {vessel} failed: {e}; run 'vessel-sync shore crew move {u} --to {vessel}' again"),
         })
         .collect()
+}
+
+/// What a move does with completions an earlier move sent the same vessel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// Leaves them out (`shore crew move` run again).
+    Skip,
+    /// Sends them again: a crew list has just (re)created the accounts the earlier import may
+    /// have lacked.
+    Send,
 }
 
 /// Queues the cloud's completions of `user` for `vessel` (the courses it has and `also`).
@@ -126,18 +136,30 @@ fn move_one(
     user: &str,
     vessel: &str,
     also: &[String],
+    again: Again,
     now: i64,
 ) -> Result<String, Error> {
     let found = moodle::lookup::users(ws, &[user], || {})?;
-    let Some((uid, _)) = found.get(user).cloned() else {
+    let Some((uid, local)) = found.get(user).cloned() else {
         return Err(Error::NotFound(format!(
             "no learner {user} in the cloud Moodle (by idnumber or username)"
         )));
     };
+    // The same person under every key they go by: named by username or by idnumber, what came
+    // from the vessel under either is never sent back.
+    let person = cloud_keys(ws, uid, user, &local)?;
+    let keys: Vec<&str> = person.iter().map(String::as_str).collect();
     let mut courses = db.vessel_courses(vessel)?;
     courses.extend(also.iter().cloned());
     courses.sort();
     courses.dedup();
+    if courses.is_empty() {
+        let msg = format!(
+            "nothing to send {vessel} for {user}: shore knows no course of {vessel} (it has sent no progress yet); name the courses the seafarer takes there with --course KEY"
+        );
+        db.audit(&operator(), "crew move", &msg, now)?;
+        return Ok(msg);
+    }
     let enrolled: Vec<i64> = ws
         .call(
             "core_enrol_get_users_courses",
@@ -151,9 +173,10 @@ fn move_one(
         .collect();
     let mut csv = csv::Writer::from_writer(Vec::new());
     let csv_err = |e: csv::Error| Error::Failed(e.to_string());
-    csv.write_record(["learner", "course", "activity", "state"])
+    csv.write_record(["learner", "course", "activity", "state", "time"])
         .map_err(csv_err)?;
-    let (mut rows, mut theirs) = (0u64, 0u64);
+    let (mut rows, mut theirs, mut before) = (0u64, 0u64, 0u64);
+    let mut sent: Vec<(String, String, String)> = Vec::new();
     for key_of_course in &courses {
         let Some(c) = moodle::lookup::course(ws, key_of_course, || {})? else {
             continue;
@@ -175,19 +198,37 @@ fn move_one(
             let Some(a) = c.activities.values().find(|a| a.cmid == cmid) else {
                 continue;
             };
-            if db.sent_completion(vessel, user, key_of_course, &a.key)? {
+            if db.sent_completion(vessel, &keys, key_of_course, &a.key)? {
                 theirs += 1;
                 continue;
             }
-            csv.write_record([user, key_of_course.as_str(), a.key.as_str(), "1"])
-                .map_err(csv_err)?;
+            if again == Again::Skip && db.crew_sent_before(vessel, &keys, key_of_course, &a.key)? {
+                before += 1;
+                continue;
+            }
+            // When the seafarer completed it, as the cloud holds it: through the plugin on board
+            // the ship shows that date too.
+            let time = s["timecompleted"]
+                .as_i64()
+                .filter(|t| *t > 0)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            csv.write_record([
+                local.as_str(),
+                key_of_course.as_str(),
+                a.key.as_str(),
+                "1",
+                time.as_str(),
+            ])
+            .map_err(csv_err)?;
+            sent.push((local.clone(), key_of_course.clone(), a.key.clone()));
             rows += 1;
         }
     }
     let by = operator();
     if rows == 0 {
         let msg = format!(
-            "nothing to send {vessel} for {user}: the cloud holds no completion of theirs in its courses ({}) that it lacks ({theirs} came from {vessel} itself)",
+            "nothing to send {vessel} for {user}: the cloud holds no completion of theirs in its courses ({}) that it lacks ({theirs} came from {vessel} itself, {before} sent there by an earlier crew move)",
             courses.join(", ")
         );
         db.audit(&by, "crew move", &msg, now)?;
@@ -207,11 +248,33 @@ fn move_one(
         )],
         now,
     )?;
+    db.note_crew_sent(vessel, &sent, &bundle_id, now)?;
     let msg = format!(
-        "queued import_progress for {vessel} (bundle {bundle_id}): {rows} completion(s) of {user} from the cloud Moodle ({theirs} left out: they came from {vessel})"
+        "queued import_progress for {vessel} (bundle {bundle_id}): {rows} completion(s) of {user} from the cloud Moodle ({theirs} left out: they came from {vessel}; {before} sent by an earlier move)"
     );
     db.audit(&by, "crew move", &msg, now)?;
     Ok(msg)
+}
+
+/// Every key the cloud's learner `uid` goes by: the one the operator gave, their idnumber and
+/// their username.
+fn cloud_keys(ws: &Ws, uid: i64, given: &str, local: &str) -> Result<Vec<String>, Error> {
+    let r = ws.call(
+        "core_user_get_users_by_field",
+        &Params::new().set("field", "id").set("values[0]", uid),
+        Safety::Read,
+    )?;
+    let mut keys = vec![given.to_string(), local.to_string()];
+    for u in r.as_array().into_iter().flatten() {
+        for f in ["idnumber", "username"] {
+            if let Some(k) = u[f].as_str().filter(|k| !k.is_empty()) {
+                keys.push(k.to_string());
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
 }
 
 /// A crew list row: idnumber, username, and the courses it enrols the seafarer in.

@@ -191,11 +191,12 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn schemas() -> [&'static str; 6] {
+fn schemas() -> [&'static str; 7] {
     [
         SCHEMA,
         forward::SCHEMA,
         forward::RETIRE_SCHEMA,
+        forward::CREW_SCHEMA,
         reports::SCHEMA,
         fleet::SCHEMA,
         sessions::SCHEMA,
@@ -203,7 +204,7 @@ fn schemas() -> [&'static str; 6] {
 }
 
 /// The newest PostgreSQL schema version this build knows.
-const PG_SCHEMA_VERSION: i64 = 1;
+const PG_SCHEMA_VERSION: i64 = 2;
 
 /// A SQLite schema in PostgreSQL's types: 64-bit integers, BYTEA, sequences for the
 /// auto-numbered keys.
@@ -266,6 +267,14 @@ impl ShoreStore {
                 )?;
                 db.execute(
                     "INSERT INTO vessel_sync_schema(version, applied_at) VALUES (1, CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))",
+                    &[],
+                )?;
+            }
+            // Version 2: what crew moves sent (shore crew move remembers).
+            if have < 2 {
+                db.batch(&pg_ddl(forward::CREW_SCHEMA))?;
+                db.execute(
+                    "INSERT INTO vessel_sync_schema(version, applied_at) VALUES (2, CAST(EXTRACT(EPOCH FROM now()) AS BIGINT))",
                     &[],
                 )?;
             }

@@ -22,10 +22,7 @@ use wire::progress::RecordKind;
 use super::decide::{Outcome, without_cloud};
 use crate::store::{Ending, Settled, ShoreDbError, ShoreStore, ToForward};
 
-/// The plugin's function that applies progress.
-pub const APPLY: &str = "local_vesselsync_apply_progress";
-/// The plugin's lookup function.
-pub const LOOKUP: &str = "local_vesselsync_lookup";
+pub use moodle::plugin::{APPLY, LOOKUP};
 /// Records per call (the plugin takes at most 1,000).
 pub const BATCH: usize = 250;
 /// Calls at once.

@@ -392,6 +392,19 @@ pub struct Retirement {
     pub reported: Option<super::Reported>,
 }
 
+/// What crew moves sent each vessel, so that a move run again sends only what is new.
+pub(super) const CREW_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS crew_sent (
+    vessel     TEXT NOT NULL,
+    user_key   TEXT NOT NULL,
+    course_key TEXT NOT NULL,
+    item_key   TEXT NOT NULL,
+    bundle_id  TEXT NOT NULL,
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (vessel, user_key, course_key, item_key)
+);
+";
+
 pub(super) const RETIRE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS retirements (
     course     TEXT NOT NULL,
@@ -472,20 +485,69 @@ impl ShoreStore {
         )
     }
 
-    /// Whether `vessel` itself sent a completion of this activity for this learner (what it
-    /// sent is not sent back to it).
+    /// Whether `vessel` itself sent a completion of this activity for this learner, under any
+    /// of the learner's keys (idnumber, username).
     pub fn sent_completion(
         &self,
         vessel: &str,
-        user: &str,
+        users: &[&str],
         course: &str,
         item: &str,
     ) -> Result<bool> {
-        self.db()?.query_one(
-            "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
-            &[&vessel, &user, &course, &item],
-            |r| r.get(0),
-        )
+        let mut db = self.db()?;
+        for user in users.iter().filter(|u| !u.is_empty()) {
+            let n: i64 = db.query_one(
+                "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
+                &[&vessel, user, &course, &item],
+                |r| r.get(0),
+            )?;
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether an earlier crew move sent this completion to `vessel` (under any of the keys).
+    pub fn crew_sent_before(
+        &self,
+        vessel: &str,
+        users: &[&str],
+        course: &str,
+        item: &str,
+    ) -> Result<bool> {
+        let mut db = self.db()?;
+        for user in users.iter().filter(|u| !u.is_empty()) {
+            let n: i64 = db.query_one(
+                "SELECT COUNT(*) FROM crew_sent WHERE vessel = ?1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4",
+                &[&vessel, user, &course, &item],
+                |r| r.get(0),
+            )?;
+            if n > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Notes what a crew move queued for `vessel` (user, course, activity).
+    pub fn note_crew_sent(
+        &self,
+        vessel: &str,
+        rows: &[(String, String, String)],
+        bundle_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.db()?.transaction(|db| {
+            for (user, course, item) in rows {
+                db.execute(
+                    "INSERT INTO crew_sent(vessel, user_key, course_key, item_key, bundle_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(vessel, user_key, course_key, item_key) DO UPDATE SET bundle_id = excluded.bundle_id, at = excluded.at",
+                    &[&vessel, user, course, item, &bundle_id, &now],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -27,6 +27,7 @@ const TABLES: &[&str] = &[
     "cloud_map",
     "shore_audit",
     "retirements",
+    "crew_sent",
     "vessel_commands",
     "vessel_history",
     "dashboard_sessions",

@@ -501,6 +501,21 @@ impl RealMoodle {
         if !snap.join("tokens.json").exists() {
             let t = Instant::now();
             install(db, &tarball, &snap)?;
+            // Snapshots of the same Moodle made with an older plugin are of no more use.
+            let (prefix, suffix) = (
+                format!("{}-{HARNESS}-", sha256_file(&tarball)?),
+                format!("-{}", db.name()),
+            );
+            for e in std::fs::read_dir(cache_root())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name != key && name.starts_with(&prefix) && name.ends_with(&suffix) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
             eprintln!(
                 "real Moodle {}: installed on {} in {:.0} s, kept in {}",
                 version.name(),

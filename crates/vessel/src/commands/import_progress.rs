@@ -1,18 +1,23 @@
 //! `import_progress`: historical or transferred activity completions from shore, applied to the
 //! ship's Moodle as completion overrides, and never sent back (law 2).
 //!
-//! The CSV has the header `learner,course,activity,state` (any order, a byte-order mark
-//! tolerated): the learner's idnumber (or username), the course's idnumber (or shortname), the
-//! activity's key as capture writes it (course-module idnumber, else `MODNAME:NAME`), and the
-//! state, 1 (complete) or 0 (incomplete). Keys are resolved to this Moodle's ids through the web
+//! The CSV has the header `learner,course,activity,state` and optionally `time` (any order, a
+//! byte-order mark tolerated): the learner's idnumber (or username), the course's idnumber (or
+//! shortname), the activity's key as capture writes it (course-module idnumber, else
+//! `MODNAME:NAME`), the state, 1 (complete) or 0 (incomplete), and when the learner completed
+//! it (Unix seconds; empty or absent: unknown). Keys are resolved to this Moodle's ids through the web
 //! services; a row whose learner, course or activity this Moodle does not have is quarantined
 //! with its reason (in the report, never applied, never dropped silently).
 //!
 //! Two steps, so that nothing applied can be captured as new progress (law 7): the first run
 //! records every row it will apply in the journal's `imported` table, in the transaction that
-//! ends it (`waiting`, retried at once); the second applies the overrides
-//! (`core_completion_override_activity_completion_status`, safe to repeat) and finishes. A row
-//! already in that state on board is neither recorded nor applied. The report is
+//! ends it (`waiting`, retried at once); the second applies them and finishes. Where the ship's
+//! Moodle has the companion plugin `local_vesselsync` on the agent's service, rows go through it
+//! in batches **with their time**, so the ship shows the date the seafarer really completed
+//! (newer progress already on board is kept: `kept_newer` in the report); elsewhere they are
+//! completion overrides (`core_completion_override_activity_completion_status`, stamped with
+//! the time of the import). Both are safe to repeat. A row already in that state on board is
+//! neither recorded nor applied. The report is
 //! `STATE_DIR/reports/COMMAND_ID.import-report.json`.
 
 use std::collections::HashMap;
@@ -38,6 +43,12 @@ struct Apply {
     userid: i64,
     cmid: i64,
     state: i64,
+    /// When the learner completed it (0: unknown).
+    #[serde(default)]
+    time: i64,
+    /// Learner, course and activity keys on this Moodle (for the plugin).
+    #[serde(default)]
+    keys: (String, String, String),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -50,6 +61,10 @@ struct Plan {
 #[derive(Debug, Serialize)]
 struct Report<'a> {
     applied: u64,
+    /// Through the companion plugin, with the rows' own time.
+    with_original_time: u64,
+    /// Rows the plugin did not apply because newer progress was already on board.
+    kept_newer: u64,
     already_so: u64,
     quarantined: &'a [RowError],
     refused_by_moodle: &'a [RowError],
@@ -175,9 +190,13 @@ struct Wanted {
     course: String,
     activity: String,
     state: i64,
+    time: i64,
 }
 
-fn read_csv(path: &std::path::Path) -> Step<(Vec<Wanted>, Vec<RowError>)> {
+/// The latest completion time an import takes: a day past the ship's clock (clocks drift).
+const FUTURE_SLACK: i64 = 86_400;
+
+fn read_csv(path: &std::path::Path, now: i64) -> Step<(Vec<Wanted>, Vec<RowError>)> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -193,6 +212,7 @@ fn read_csv(path: &std::path::Path) -> Step<(Vec<Wanted>, Vec<RowError>)> {
             )),
         };
     let col = |n: &str| names.iter().position(|c| c == n);
+    let ct = col("time");
     let (Some(cl), Some(cc), Some(ca), Some(cs)) =
         (col("learner"), col("course"), col("activity"), col("state"))
     else {
@@ -231,12 +251,30 @@ fn read_csv(path: &std::path::Path) -> Step<(Vec<Wanted>, Vec<RowError>)> {
                     ));
                     continue;
                 };
+                let time_text = ct.map(f).unwrap_or_default();
+                let time = if time_text.is_empty() {
+                    0
+                } else {
+                    match time_text.parse::<i64>() {
+                        Ok(t) if t > 0 && t <= now + FUTURE_SLACK => t,
+                        _ => {
+                            errors.push(bad(
+                                row,
+                                "time",
+                                &time_text,
+                                "must be Unix seconds, not in the future (or empty)",
+                            ));
+                            continue;
+                        }
+                    }
+                };
                 rows.push(Wanted {
                     row,
                     learner,
                     course,
                     activity,
                     state,
+                    time,
                 });
             }
             Err(e) => {
@@ -255,7 +293,7 @@ fn read_csv(path: &std::path::Path) -> Step<(Vec<Wanted>, Vec<RowError>)> {
 
 fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
     let path = csv_path(ctx)?;
-    let (rows, mut quarantined) = read_csv(&path)?;
+    let (rows, mut quarantined) = read_csv(&path, ctx.now)?;
     let mut courses: HashMap<String, Option<CourseInfo>> = HashMap::new();
     let wanted: Vec<&str> = rows.iter().map(|r| r.learner.as_str()).collect();
     let learners = users(ctx, ws, &wanted)?;
@@ -310,6 +348,8 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
                 userid: *userid,
                 cmid: act.cmid,
                 state: w.state,
+                time: w.time,
+                keys: (user.clone(), course.key.clone(), act.key.clone()),
             },
             rec,
         ));
@@ -322,10 +362,94 @@ fn resolve(ctx: &Ctx<'_>, ws: &Ws) -> Step<ResolvedPlan> {
     })
 }
 
+/// Rows per call to the plugin.
+const PLUGIN_BATCH: usize = 250;
+
+/// What applying the rows came to.
+#[derive(Default)]
+struct Applied {
+    applied: u64,
+    with_time: u64,
+    kept_newer: u64,
+    refused: Vec<RowError>,
+}
+
+/// Applies the rows with a time through the companion plugin, in batches; the rows it leaves
+/// (no time, or no plugin) come back for the core path. `Err`: Moodle did not answer.
+fn apply_with_time<'a>(
+    ws: &Ws,
+    plan: &'a Plan,
+    done: &mut Applied,
+    keepalive: &dyn Fn(),
+) -> std::result::Result<Vec<&'a Apply>, String> {
+    let (timed, rest): (Vec<&Apply>, Vec<&Apply>) = plan
+        .apply
+        .iter()
+        .partition(|a| a.time > 0 && !a.keys.0.is_empty());
+    if timed.is_empty() || !moodle::plugin::offered(ws).unwrap_or(false) {
+        return Ok(plan.apply.iter().collect());
+    }
+    for chunk in timed.chunks(PLUGIN_BATCH) {
+        let mut p = Params::new();
+        for (n, a) in chunk.iter().enumerate() {
+            p.field("records", n, "ref", a.row);
+            p.field("records", n, "kind", "completion");
+            p.field("records", n, "user", &a.keys.0);
+            p.field("records", n, "course", &a.keys.1);
+            p.field("records", n, "activity", &a.keys.2);
+            p.field("records", n, "value", a.state);
+            p.field("records", n, "time", a.time);
+            p.field("records", n, "source", "shore");
+        }
+        // Newer wins inside Moodle: safe to repeat after a lost reply.
+        let reply = ws
+            .call(moodle::plugin::APPLY, &p, Safety::Read)
+            .map_err(|e| e.to_string())?;
+        let by_row: HashMap<u64, &Value> = reply
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| Some((o["ref"].as_str()?.parse::<u64>().ok()?, o)))
+            .collect();
+        for a in chunk {
+            let o = by_row.get(&a.row);
+            match o.and_then(|o| o["outcome"].as_str()) {
+                Some("applied") | Some("already") => {
+                    done.applied += 1;
+                    done.with_time += 1;
+                }
+                Some("older") | Some("tie") => done.kept_newer += 1,
+                _ => done.refused.push(bad(
+                    a.row,
+                    "(row)",
+                    "",
+                    o.and_then(|o| o["detail"].as_str())
+                        .unwrap_or("the plugin gave no outcome for this row"),
+                )),
+            }
+        }
+        keepalive();
+    }
+    Ok(rest)
+}
+
 fn apply(ctx: &Ctx<'_>, ws: &Ws, plan: &Plan, safe: &str) -> CommandOutcome {
-    let mut refused = Vec::new();
-    let mut applied = 0u64;
-    for (i, a) in plan.apply.iter().enumerate() {
+    let mut done = Applied::default();
+    let rest = match apply_with_time(ws, plan, &mut done, ctx.keepalive) {
+        Ok(rest) => rest,
+        Err(e) => {
+            return wait(
+                ctx,
+                300,
+                format!(
+                    "applying the import through local_vesselsync: {e}; it is applied when Moodle answers"
+                ),
+            );
+        }
+    };
+    let mut refused = std::mem::take(&mut done.refused);
+    let mut applied = done.applied;
+    for (i, a) in rest.into_iter().enumerate() {
         let p = Params::new()
             .set("userid", a.userid)
             .set("cmid", a.cmid)
@@ -356,6 +480,8 @@ fn apply(ctx: &Ctx<'_>, ws: &Ws, plan: &Plan, safe: &str) -> CommandOutcome {
     let report_path = ctx.reports_dir.join(format!("{safe}.import-report.json"));
     let report = Report {
         applied,
+        with_original_time: done.with_time,
+        kept_newer: done.kept_newer,
         already_so: plan.already,
         quarantined: &plan.quarantined,
         refused_by_moodle: &refused,
@@ -363,10 +489,17 @@ fn apply(ctx: &Ctx<'_>, ws: &Ws, plan: &Plan, safe: &str) -> CommandOutcome {
     if let Ok(b) = serde_json::to_vec_pretty(&report) {
         let _ = base::fsutil::atomic_write(&report_path, &b);
     }
-    let mut note = format!(
-        "{applied} completions applied as overrides (recorded as imported: never sent back), {} already so on board",
-        plan.already
-    );
+    let mut note = if done.with_time > 0 || done.kept_newer > 0 {
+        format!(
+            "{applied} completions applied, {} of them with their original time through local_vesselsync (recorded as imported: never sent back), {} kept newer progress already on board, {} already so on board",
+            done.with_time, done.kept_newer, plan.already
+        )
+    } else {
+        format!(
+            "{applied} completions applied as overrides (recorded as imported: never sent back), {} already so on board",
+            plan.already
+        )
+    };
     if !plan.quarantined.is_empty() {
         let q = &plan.quarantined[0];
         note.push_str(&format!(

@@ -45,6 +45,9 @@ class apply_progress extends external_api {
     /** Records one call may carry. */
     const MAX_RECORDS = 1000;
 
+    /** @var array learner and course pairs whose activity completions changed in this call */
+    private static array $touched = [];
+
     /**
      * Parameters.
      *
@@ -86,6 +89,7 @@ class apply_progress extends external_api {
         }
         $resolver = new resolver();
         $out = [];
+        self::$touched = [];
         foreach ($params['records'] as $r) {
             $tx = $DB->start_delegated_transaction();
             try {
@@ -102,6 +106,16 @@ class apply_progress extends external_api {
             $result['ref'] = $r['ref'];
             $out[] = $result;
         }
+        // Course completion, as Moodle reviews it after a single change: the activity
+        // criteria met (with the activities' own times) and the course aggregated.
+        foreach (self::$touched as [$userid, $courseid]) {
+            $id = \core_completion\api::mark_course_completions_activity_criteria(
+                ['userid' => $userid, 'courseid' => $courseid]);
+            if ($id) {
+                aggregate_completions($id);
+            }
+        }
+        self::$touched = [];
         return $out;
     }
 
@@ -189,7 +203,7 @@ class apply_progress extends external_api {
      * @return array
      */
     private static function apply_one(array $r, resolver $resolver): array {
-        global $USER;
+        global $DB, $USER;
         $course = $resolver->course($r['course']);
         if (!$course) {
             return self::held("no course {$r['course']} on the cloud Moodle (by idnumber or shortname)");
@@ -215,7 +229,16 @@ class apply_progress extends external_api {
             if (!$completion->is_enabled($cm)) {
                 return self::held("completion tracking is off for {$r['activity']} in {$r['course']} on the cloud Moodle");
             }
-            $data = $completion->get_data($cm, false, (int) $user->id);
+            // The stored row, read directly: completion_info::get_data() would build the
+            // course's module info for every learner (cm_info::create for another user), which
+            // is most of the cost of a record.
+            $data = $DB->get_record('course_modules_completion',
+                ['coursemoduleid' => $cm->id, 'userid' => $user->id]) ?: (object) [
+                    'id' => 0, 'coursemoduleid' => $cm->id, 'userid' => (int) $user->id,
+                    'completionstate' => COMPLETION_INCOMPLETE, 'overrideby' => null, 'timemodified' => 0,
+                ];
+            $data->viewed = $DB->record_exists('course_modules_viewed',
+                ['coursemoduleid' => $cm->id, 'userid' => $user->id]) ? 1 : 0;
             $state = (int) $data->completionstate;
             $current = $state == COMPLETION_COMPLETE_PASS ? COMPLETION_COMPLETE : $state;
             $cloudtime = (int) $data->timemodified;
@@ -231,7 +254,23 @@ class apply_progress extends external_api {
             $data->completionstate = $wanted;
             $data->timemodified = $time;
             $data->overrideby = $USER->id;
-            $completion->internal_set_data($cm, $data);
+            // Moodle's bulk form of the write (the row, the viewed flag and the learner's
+            // completion cache); the event follows here, and course completion once per learner
+            // and course at the end of the call (see execute()), instead of once per record.
+            $completion->internal_set_data($cm, $data, true);
+            $event = \core\event\course_module_completion_updated::create([
+                'objectid' => $data->id,
+                'context' => \context_module::instance($cm->id),
+                'relateduserid' => $user->id,
+                'other' => [
+                    'relateduserid' => $user->id,
+                    'overrideby' => $data->overrideby,
+                    'completionstate' => $data->completionstate,
+                ],
+            ]);
+            $event->add_record_snapshot('course_modules_completion', $data);
+            $event->trigger();
+            self::$touched[$user->id . ':' . $course->id] = [(int) $user->id, (int) $course->id];
             self::note($r, $course, $cm, $user, (string) $wanted);
             return self::result('applied', 'completion set with its original time', (string) $wanted, $time);
         }
