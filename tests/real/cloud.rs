@@ -15,6 +15,11 @@ use testkit::realmoodle::Db;
 crate::on_both!(progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo,);
 
 pub(super) fn restore(s: &Site, seq: u64) -> i64 {
+    restore_from(s, seq, mbz("course-SAFETY-101-with-users.mbz"))
+}
+
+/// Restores `backup` as the test's course `TAG-S101` through the agent; its id.
+pub(super) fn restore_from(s: &Site, seq: u64, backup: Vec<u8>) -> i64 {
     s.category("DECK");
     let course = s.name("S101");
     s.send(
@@ -25,7 +30,7 @@ pub(super) fn restore(s: &Site, seq: u64) -> i64 {
             serde_json::json!({"shortname": course, "idnumber": course, "category": s.name("DECK")}),
             &["files/s.mbz"],
         )],
-        vec![("files/s.mbz", mbz("course-SAFETY-101-with-users.mbz"))],
+        vec![("files/s.mbz", backup)],
     );
     s.once();
     s.expect("safety", CommandState::Done);

@@ -132,8 +132,19 @@ impl Site {
     /// With a real shore on loopback that the vessel's uplink reaches over HTTPS, registered
     /// but not yet serving (`shore.start()`).
     pub fn with_shore(db: Db, tag: &str) -> (Self, crate::support::shore::Shore) {
+        Self::with_shore_on(db, testkit::realmoodle::Version::V50, tag)
+    }
+
+    /// With a real shore, beside the shared Moodle of `version`.
+    pub fn with_shore_on(
+        db: Db,
+        version: testkit::realmoodle::Version,
+        tag: &str,
+    ) -> (Self, crate::support::shore::Shore) {
         let shore = crate::support::shore::Shore::new();
-        let s = Self::new(db, tag);
+        let m = RealMoodle::shared_on(db, version)
+            .unwrap_or_else(|e| panic!("real Moodle {} on {db:?}: {e}", version.name()));
+        let s = Self::on(Moodle::Shared(m), tag, "");
         wire::envelope::SecretKey::from_seed([5u8; 32])
             .write_pair(&s.v.path("keys/vessel"), VESSEL)
             .unwrap();

@@ -10,11 +10,12 @@ use testkit::realmoodle::{Db, Version};
 use wire::progress::{Record, RecordKind};
 
 use super::Site;
-use super::cloud::{forward, restore};
+use super::cloud::{forward, restore, restore_from};
 use super::progress::{activities, learner};
 
 crate::on_both!(
     through_the_plugin_progress_keeps_its_time_newer_wins_and_a_hidden_course_still_receives_it,
+    an_import_on_board_through_the_plugin_keeps_each_completions_time_and_is_never_sent_back,
 );
 
 mod moodle45 {
@@ -24,6 +25,12 @@ mod moodle45 {
             testkit::realmoodle::Db::Postgres,
             testkit::realmoodle::Version::V45,
         )
+    }
+
+    #[test]
+    fn a_mixed_fleet_a_5_0_cloud_course_restored_on_a_4_5_vessel_and_its_progress_home_with_its_time()
+     {
+        super::mixed_fleet()
     }
 }
 
@@ -397,4 +404,93 @@ fn profile() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+/// A fleet upgrading ship by ship: the cloud on Moodle 5.0, a vessel still on 4.5 LTS. A course
+/// backed up on the cloud is restored on the vessel by the agent, a learner completes an
+/// activity on board, and the completion reaches the cloud through a real shore and the plugin
+/// with the time it was made on board.
+fn mixed_fleet() {
+    let tag = "mx45";
+    let cloud = Site::new(Db::Postgres, tag);
+    let cid = restore(&cloud, 1);
+    let course = cloud.name("S101");
+    // The cloud's own backup of the course (Moodle 5.0's backup CLI).
+    let out_dir = tempfile::tempdir().unwrap();
+    let o = cloud
+        .m
+        .php(&[
+            "admin/cli/backup.php",
+            &format!("--courseid={cid}"),
+            &format!("--destination={}", out_dir.path().display()),
+        ])
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let backup = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "mbz"))
+        .expect("the backup CLI wrote an .mbz");
+    let (s, mut shore) = Site::with_shore_on(Db::Postgres, Version::V45, tag);
+    assert_eq!(s.m.version, Version::V45);
+    let vcid = restore_from(&s, 1, std::fs::read(&backup).unwrap());
+    let ship = activities(&s, vcid);
+    let clouds = activities(&cloud, cid);
+    let m0 = (0..ship.len())
+        .find(|&i| ship[i].3 == 1)
+        .expect("a manual activity");
+    assert_eq!(
+        ship[m0].1, clouds[m0].1,
+        "the same activity keys on both versions"
+    );
+    let (l1, l1_token) = learner(&s, "L1", vcid, 5);
+    let (c1, _) = learner(&cloud, "L1", cid, 5);
+    s.m.ws(
+        &l1_token,
+        "core_completion_update_activity_completion_status_manually",
+        &Params::new().set("cmid", ship[m0].0).set("completed", 1),
+    )
+    .unwrap();
+    let on_board = s.value(&format!(
+        "SELECT timemodified FROM mdl_course_modules_completion WHERE userid = {l1} AND coursemoduleid = {}",
+        ship[m0].0
+    ));
+    shore.start();
+    assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
+    s.sync();
+    shore.stop();
+    let token = cloud
+        .m
+        .service_token(
+            "vessel_sync_shore_plugin",
+            &[
+                shore::forward::CLOUD_FUNCTIONS,
+                shore::forward::PLUGIN_FUNCTIONS,
+            ]
+            .concat(),
+        )
+        .unwrap();
+    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
+    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
+    cfg.push_str(&format!(
+        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
+        cloud.m.url
+    ));
+    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+    let (ok, pass, err) = forward(&shore, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        pass["pass"]["outcomes"]["applied"].as_u64().unwrap_or(0) >= 1,
+        "{pass}"
+    );
+    let in_cloud = cloud.rows(&format!(
+        "SELECT completionstate, timemodified FROM mdl_course_modules_completion WHERE userid = {c1} AND coursemoduleid = {}",
+        clouds[m0].0
+    ));
+    assert_eq!(
+        in_cloud,
+        vec![vec!["1".to_string(), on_board.clone()]],
+        "the 4.5 vessel's completion in the 5.0 cloud, with the time it was made on board ({course})"
+    );
 }
