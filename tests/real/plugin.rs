@@ -28,6 +28,11 @@ mod moodle45 {
     }
 
     #[test]
+    fn the_plugin_installs_and_upgrades_with_one_command_from_the_binary() {
+        super::install_from_the_binary()
+    }
+
+    #[test]
     fn a_mixed_fleet_a_5_0_cloud_course_restored_on_a_4_5_vessel_and_its_progress_home_with_its_time()
      {
         super::mixed_fleet()
@@ -492,5 +497,60 @@ fn mixed_fleet() {
         in_cloud,
         vec![vec!["1".to_string(), on_board.clone()]],
         "the 4.5 vessel's completion in the 5.0 cloud, with the time it was made on board ({course})"
+    );
+}
+
+/// `vessel-sync moodle install-plugin` on a Moodle 4.5 without the plugin: the files written
+/// and Moodle's upgrade run, the plugin's version and functions registered; run again, an
+/// upgrade in place.
+fn install_from_the_binary() {
+    let site = Site::alone_on(Db::Postgres, Version::V45, "inst");
+    site.m.uninstall_plugin().unwrap();
+    let registered = || {
+        site.value(
+            "SELECT COUNT(*) FROM mdl_external_functions WHERE component = 'local_vesselsync'",
+        )
+    };
+    assert_eq!(registered(), "0", "uninstalled through Moodle's CLI");
+    let code = site.m.code.display().to_string();
+    let o = site.v.run(&[
+        "moodle",
+        "install-plugin",
+        "--moodle-dir",
+        &code,
+        "--php",
+        "/usr/bin/php",
+    ]);
+    let said = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && said.contains("installed local_vesselsync version"),
+        "{said}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(registered(), "2", "both functions registered");
+    assert_eq!(
+        site.value("SELECT value FROM mdl_config_plugins WHERE plugin = 'local_vesselsync' AND name = 'version'"),
+        moodle::plugin::version()
+    );
+    let o = site.v.run(&[
+        "moodle",
+        "install-plugin",
+        "--moodle-dir",
+        &code,
+        "--php",
+        "/usr/bin/php",
+    ]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("upgraded"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = site
+        .v
+        .run(&["moodle", "install-plugin", "--moodle-dir", "/tmp"]);
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "a folder that is not Moodle is refused"
     );
 }

@@ -154,7 +154,8 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Writes the plugin into `moodle`'s code tree and, when `upgrade` names a PHP binary, runs
-/// `admin/cli/upgrade.php --non-interactive` with it.
+/// `admin/cli/upgrade.php --non-interactive` with it (with `max_input_vars=5000`, which Moodle's
+/// environment check wants).
 pub fn install(moodle: &Path, upgrade: Option<&str>) -> Result<Installed, PluginError> {
     let local = local_dir(moodle)?;
     let dest = local.join("vesselsync");
@@ -184,8 +185,15 @@ pub fn install(moodle: &Path, upgrade: Option<&str>) -> Result<Installed, Plugin
     let upgrade = match upgrade {
         None => None,
         Some(php) => {
+            // Moodle's environment check refuses an upgrade under PHP's default
+            // max_input_vars (Debian's php.ini says 1000, Moodle wants 5000); this run only.
             let out = Command::new(php)
-                .args(["admin/cli/upgrade.php", "--non-interactive"])
+                .args([
+                    "-d",
+                    "max_input_vars=5000",
+                    "admin/cli/upgrade.php",
+                    "--non-interactive",
+                ])
                 .current_dir(moodle)
                 .output()
                 .map_err(|e| PluginError::Php {
