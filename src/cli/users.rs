@@ -348,12 +348,13 @@ fn import_cmd(
         print_errors(&summary, Some(&paths.report));
         let verb = if opts.dry_run { "would be " } else { "" };
         println!(
-            "{}: {} rows, {} valid; users {verb}created {}, {verb}updated {}, enrolments {verb}sent {}; {} rows refused",
+            "{}: {} rows, {} valid; users {verb}created {}, {verb}updated {}, unchanged {} (not written), enrolments {verb}sent {}; {} rows refused",
             file.display(),
             summary.rows,
             summary.valid,
             summary.created,
             summary.updated,
+            summary.unchanged,
             summary.enrolments,
             summary
                 .errors

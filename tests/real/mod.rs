@@ -101,6 +101,13 @@ impl Site {
         Self::on(Moodle::Shared(m), tag, extra)
     }
 
+    /// Beside the shared Moodle of `version`.
+    pub fn shared_on(db: Db, version: testkit::realmoodle::Version, tag: &str) -> Self {
+        let m = RealMoodle::shared_on(db, version)
+            .unwrap_or_else(|e| panic!("real Moodle {} on {db:?}: {e}", version.name()));
+        Self::on(Moodle::Shared(m), tag, "")
+    }
+
     /// Beside a Moodle of its own, for a test that changes the whole site (maintenance mode,
     /// an upgrade).
     pub fn alone(db: Db, tag: &str) -> Self {

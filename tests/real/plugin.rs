@@ -68,7 +68,7 @@ fn record(
 
 fn scenario(db: Db, version: Version) {
     let tag = format!("pl{}{}", &db.name()[..2], version.name().replace('.', ""));
-    let cloud = Site::alone_on(db, version, &tag);
+    let cloud = Site::shared_on(db, version, &tag);
     let cid = restore(&cloud, 1);
     let course = cloud.name("S101");
     let acts = activities(&cloud, cid);

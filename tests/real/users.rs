@@ -88,13 +88,13 @@ fn upsert(db: Db, tag: &str, extra: &str) {
             serde_json::json!({}),
             &["files/crew.csv"],
         )],
-        vec![("files/crew.csv", csv.into_bytes())],
+        vec![("files/crew.csv", csv.clone().into_bytes())],
     );
     s.once();
     let note = s.expect("crew", CommandState::Done);
     assert!(
         note.starts_with(&format!(
-            "{ROWS} rows: {} users created, 1 updated, 197 enrolments; 3 rows refused",
+            "{ROWS} rows: {} users created, 1 updated, 0 unchanged (not written), 197 enrolments; 3 rows refused",
             ROWS - 4
         )),
         "{note}{}",
@@ -156,6 +156,79 @@ fn upsert(db: Db, tag: &str, extra: &str) {
         "SELECT COUNT(*) FROM mdl_user_enrolments ue JOIN mdl_enrol e ON e.id = ue.enrolid JOIN mdl_course c ON c.id = e.courseid WHERE c.shortname = '{course}'"
     ));
     assert_eq!(enrolled, "197");
+
+    // The same list sent again costs only the check: nothing is written.
+    let changed_before = s.value(&format!(
+        "SELECT COALESCE(MAX(timemodified), 0) FROM mdl_user WHERE username LIKE '{t}u%'"
+    ));
+    s.send(
+        3,
+        vec![cmd(
+            "upsert_users",
+            "crew-again",
+            serde_json::json!({}),
+            &["files/crew.csv"],
+        )],
+        vec![("files/crew.csv", csv.clone().into_bytes())],
+    );
+    s.once();
+    let note = s.expect("crew-again", CommandState::Done);
+    assert!(
+        note.starts_with(&format!(
+            "{ROWS} rows: 0 users created, 0 updated, {} unchanged (not written), 0 enrolments; 3 rows refused",
+            ROWS - 3
+        )),
+        "{note}{}",
+        s.said()
+    );
+    assert_eq!(
+        s.value(&format!(
+            "SELECT COALESCE(MAX(timemodified), 0) FROM mdl_user WHERE username LIKE '{t}u%'"
+        )),
+        changed_before,
+        "no account was touched"
+    );
+    // Five emails changed: exactly those five are updated.
+    let mut edited = String::new();
+    for line in csv.lines() {
+        let n = (10..15).find(|i| line.starts_with(&format!("{t}u{i:04},")));
+        match n {
+            Some(i) => {
+                edited += &line.replace(
+                    &format!("{t}u{i:04}@fleet"),
+                    &format!("{t}u{i:04}.new@fleet"),
+                )
+            }
+            None => edited += line,
+        }
+        edited.push('\n');
+    }
+    s.send(
+        4,
+        vec![cmd(
+            "upsert_users",
+            "crew-five",
+            serde_json::json!({}),
+            &["files/crew.csv"],
+        )],
+        vec![("files/crew.csv", edited.into_bytes())],
+    );
+    s.once();
+    let note = s.expect("crew-five", CommandState::Done);
+    assert!(
+        note.starts_with(&format!(
+            "{ROWS} rows: 0 users created, 5 updated, {} unchanged (not written)",
+            ROWS - 8
+        )),
+        "{note}{}",
+        s.said()
+    );
+    assert_eq!(
+        s.value(&format!(
+            "SELECT COUNT(*) FROM mdl_user WHERE username LIKE '{t}u%' AND email LIKE '%.new@fleet.example.invalid'"
+        )),
+        "5"
+    );
 }
 
 fn two_thousand_rows_through_the_web_services_land_exactly_as_the_report_says(db: Db) {

@@ -5,7 +5,11 @@
 //! 2. every valid row is checked against the site's existing users in chunks (username,
 //!    email as written and in lower case, idnumber): a username that exists is an update unless
 //!    its idnumber differs; an email or idnumber held by another account refuses the row; the
-//!    courses named are looked up by shortname;
+//!    courses named are looked up by shortname (with their learners, where the service offers
+//!    `core_enrol_get_enrolled_users`); an account that already holds exactly what its row says
+//!    (names, email, idnumber, auth and suspension as the file gives them, every course
+//!    enrolled) is **unchanged** and is not written again, so a crew list sent whole again costs
+//!    only the check;
 //! 3. chunk by chunk, in file order: the chunk's usernames are looked up again (a chunk cut by a
 //!    crash is finished, never doubled), new users are created in one call, existing ones
 //!    updated in one call (the password only ever set on creation), and the rows' courses
@@ -58,6 +62,8 @@ pub struct Summary {
     pub created: u64,
     /// Users updated (would be, in a dry run).
     pub updated: u64,
+    /// Rows whose account already held exactly what they say: not written.
+    pub unchanged: u64,
     /// Enrolments sent (would be, in a dry run).
     pub enrolments: u64,
     /// A dry run.
@@ -143,6 +149,32 @@ pub fn run(
             course_ids.insert(c.clone(), id);
         }
     }
+    // Who is enrolled in those courses already (unknown where the service lacks the function:
+    // every row naming a course is then written, as before).
+    let mut enrolled: Option<HashSet<(i64, i64)>> = Some(HashSet::new());
+    for (_, cid) in course_ids.iter() {
+        let reply = t.call(
+            "core_enrol_get_enrolled_users",
+            &Params::new()
+                .set("courseid", cid)
+                .set("options[0][name]", "userfields")
+                .set("options[0][value]", "id"),
+            Safety::Read,
+        );
+        match (reply, enrolled.as_mut()) {
+            (Ok(list), Some(set)) => {
+                for u in list.as_array().into_iter().flatten() {
+                    if let Some(uid) = u["id"].as_i64() {
+                        set.insert((uid, *cid));
+                    }
+                }
+            }
+            (Err(e), _) if e.errorcode().is_some() && !e.is_transient() => enrolled = None,
+            (Err(e), _) => return Err(e.into()),
+            (Ok(_), None) => {}
+        }
+    }
+    let mut unchanged: HashSet<u64> = HashSet::new();
     // Step 2: every valid row against the site.
     let total = v.valid_rows();
     let mut conflicts: Vec<RowError> = Vec::new();
@@ -207,12 +239,19 @@ pub fn run(
                 ));
             }
             if conflicts.len() == before {
-                if by_name.contains_key(&r.username) {
-                    would_update += 1;
-                } else {
-                    would_create += 1;
+                match by_name.get(&r.username) {
+                    Some(e) if holds(e, &r, &course_ids, enrolled.as_ref()) => {
+                        unchanged.insert(r.row);
+                    }
+                    Some(_) => {
+                        would_update += 1;
+                        would_enrol += r.courses.len() as u64;
+                    }
+                    None => {
+                        would_create += 1;
+                        would_enrol += r.courses.len() as u64;
+                    }
                 }
-                would_enrol += r.courses.len() as u64;
             }
             done.set(done.get() + 1);
         }
@@ -249,6 +288,7 @@ pub fn run(
     if opts.dry_run {
         summary.created = would_create;
         summary.updated = would_update;
+        summary.unchanged = unchanged.len() as u64;
         summary.enrolments = would_enrol;
     } else {
         // Step 3: write, chunk by chunk.
@@ -308,11 +348,20 @@ pub fn run(
             Ok(())
         };
         let mut failure: Option<ImportError> = None;
+        // Unchanged rows met since the last saved step: saved with the next one (a crash
+        // counts them again after the resume, never twice).
+        let left_alone = Cell::new(0u64);
         valid_rows(csv, v, 0, &mut |r| {
             if r.row < start {
                 done.set(done.get() + 1);
                 return true;
             }
+            if unchanged.contains(&r.row) {
+                done.set(done.get() + 1);
+                left_alone.set(left_alone.get() + 1);
+                return true;
+            }
+            progress.unchanged += left_alone.take();
             batch.push(r);
             if batch.len() >= step {
                 if let Err(e) = write(&mut batch, &mut t, progress, false) {
@@ -326,10 +375,13 @@ pub fn run(
         if let Some(e) = failure {
             return Err(e);
         }
+        progress.unchanged += left_alone.take();
         write(&mut batch, &mut t, progress, true)?;
+        save(progress)?;
         obs.progress("importing", total, total);
         summary.created = progress.created;
         summary.updated = progress.updated;
+        summary.unchanged = progress.unchanged;
         summary.enrolments = progress.enrolments;
         for e in &progress.refused {
             v.push(e.clone());
@@ -342,6 +394,29 @@ pub fn run(
     summary.moodle_seconds = t.waited.as_secs_f64();
     summary.total_seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Whether the account `e` already holds exactly what row `r` says: its names, email and
+/// idnumber, its auth and suspension where the file gives them, and an enrolment in every course
+/// (`enrolled`: known enrolments; `None`: not known, so a row naming a course is never unchanged).
+fn holds(
+    e: &Existing,
+    r: &Row,
+    course_ids: &HashMap<String, i64>,
+    enrolled: Option<&HashSet<(i64, i64)>>,
+) -> bool {
+    let same = e.firstname == r.firstname
+        && e.lastname == r.lastname
+        && e.email == r.email
+        && e.idnumber == r.idnumber
+        && (r.auth.is_empty() || e.auth == r.auth)
+        && r.suspended.is_none_or(|s| s == e.suspended);
+    same && r.courses.iter().all(|c| {
+        course_ids
+            .get(c)
+            .zip(enrolled)
+            .is_some_and(|(cid, set)| set.contains(&(e.id, *cid)))
+    })
 }
 
 /// Lower-cased email -> username of the accounts holding any of `emails`.

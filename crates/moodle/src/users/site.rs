@@ -25,6 +25,9 @@ pub struct Progress {
     pub created: u64,
     /// Users updated so far.
     pub updated: u64,
+    /// Rows left alone so far: the account already held exactly what the row says.
+    #[serde(default)]
+    pub unchanged: u64,
     /// Enrolments sent so far.
     pub enrolments: u64,
     /// Rows Moodle refused in finished chunks.
@@ -51,6 +54,10 @@ pub(super) struct Existing {
     pub(super) username: String,
     pub(super) idnumber: String,
     pub(super) email: String,
+    pub(super) firstname: String,
+    pub(super) lastname: String,
+    pub(super) auth: String,
+    pub(super) suspended: bool,
 }
 
 /// The web service, timed.
@@ -92,6 +99,11 @@ impl Timed<'_> {
                         username: u["username"].as_str().unwrap_or_default().to_string(),
                         idnumber: u["idnumber"].as_str().unwrap_or_default().to_string(),
                         email: u["email"].as_str().unwrap_or_default().to_string(),
+                        firstname: u["firstname"].as_str().unwrap_or_default().to_string(),
+                        lastname: u["lastname"].as_str().unwrap_or_default().to_string(),
+                        auth: u["auth"].as_str().unwrap_or_default().to_string(),
+                        suspended: u["suspended"].as_bool().unwrap_or(false)
+                            || u["suspended"].as_i64() == Some(1),
                     })
                     .collect()
             })

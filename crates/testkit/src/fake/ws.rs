@@ -98,6 +98,7 @@ pub(super) fn handle(state: &Mutex<State>, form: &[(String, String)]) -> (&'stat
             "core_user_create_users" => create_users(&mut st, form),
             "core_user_update_users" => update_users(&mut st, form),
             "enrol_manual_enrol_users" => enrol(&mut st, form),
+            "core_enrol_get_enrolled_users" => enrolled_users(&st, form),
             "core_course_get_courses_by_field" => courses_by_field(&st, form),
             "core_course_get_categories" => categories(&st, form),
             "core_course_get_contents" => contents(&st, form),
@@ -317,6 +318,29 @@ fn enrol(st: &mut State, form: &[(String, String)]) -> Value {
     }
     st.enrolments.extend(rows);
     Value::Null
+}
+
+/// `core_enrol_get_enrolled_users`: the course's learners (with `userfields=id`, ids only,
+/// as the real one answers).
+fn enrolled_users(st: &State, form: &[(String, String)]) -> Value {
+    let Some(course) = scalar(form, "courseid").and_then(|v| v.parse::<i64>().ok()) else {
+        return invalid(
+            st.debug,
+            "Missing required key in single structure: courseid".into(),
+        );
+    };
+    if !st.courses.contains_key(&course) {
+        return missing(st.debug);
+    }
+    let mut ids: Vec<i64> = st
+        .enrolments
+        .iter()
+        .filter(|(_, c, _)| *c == course)
+        .map(|(u, _, _)| *u)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Value::Array(ids.into_iter().map(|id| json!({ "id": id })).collect())
 }
 
 fn course_json(c: &Course) -> Value {

@@ -38,7 +38,7 @@ use crate::pgtemp::{TempPg, copy_tree, die_with_parent, free_port};
 pub const HELPER: &str = include_str!("helper.php");
 
 /// Changes whenever what an install holds changes, so old snapshots are not used.
-pub const HARNESS: &str = "h3";
+pub const HARNESS: &str = "h4";
 
 /// The web-service functions the agent calls: what a site's external service for vessel-sync
 /// must hold (README, "Setting up Moodle").
@@ -50,6 +50,7 @@ pub const AGENT_FUNCTIONS: &[&str] = &[
     "core_course_get_courses_by_field",
     "core_course_update_courses",
     "core_completion_override_activity_completion_status",
+    "core_enrol_get_enrolled_users",
     "core_user_create_users",
     "core_user_get_users_by_field",
     "core_user_update_users",

@@ -165,8 +165,8 @@ impl UpsertUsers {
         let refused: std::collections::HashSet<u64> =
             summary.errors.iter().map(|e| e.row).collect();
         let mut note = format!(
-            "{} rows: {} users created, {} updated, {} enrolments",
-            summary.rows, summary.created, summary.updated, summary.enrolments
+            "{} rows: {} users created, {} updated, {} unchanged (not written), {} enrolments",
+            summary.rows, summary.created, summary.updated, summary.unchanged, summary.enrolments
         );
         if !refused.is_empty() {
             let first = &summary.errors[0];
