@@ -6,7 +6,8 @@
 //!
 //! Three imports of N fresh accounts each: the upload CLI alone on the whole file; the
 //! vessel's default way (`user_import = "cli"`: the upload CLI per chunk, every row checked
-//! through the web services before and after); and the web-service way. The accounts are named
+//! through the web services before and after), then the same list again (every row unchanged:
+//! only the check); and the web-service way. The accounts are named
 //! `vsbench<time>{c,v,w}<n>` with addresses under `bench.invalid`, and are deleted afterwards
 //! through the upload CLI (`--keep` leaves them), so run it on a site where that is acceptable.
 
@@ -98,6 +99,15 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
         },
     )?;
     made.push(dir.join(format!("{prefix}-v.csv")));
+    // 2b. The same list again, as a shore re-sends a crew list: nothing should be written.
+    let (again, again_s) = vessel_run(
+        'v',
+        &import::Via::UploadCli {
+            cli: &cli,
+            dir: &dir,
+            workers: cli_s.upload_workers,
+        },
+    )?;
     // 3. Through the web services.
     let (vw, vw_s) = vessel_run('w', &import::Via::WebService)?;
     made.push(dir.join(format!("{prefix}-w.csv")));
@@ -137,6 +147,10 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
         "vessel_cli_users_per_s": round(rate(vc.created, vc_s)),
         "vessel_cli_waiting_on_moodle_seconds": round(vc.moodle_seconds),
         "vessel_cli_ratio": round(ratio_cli),
+        "vessel_again_seconds": round(again_s),
+        "vessel_again_created": again.created,
+        "vessel_again_updated": again.updated,
+        "vessel_again_unchanged": again.unchanged,
         "vessel_ws_seconds": round(vw_s),
         "vessel_ws_users_created": vw.created,
         "vessel_ws_users_per_s": round(rate(vw.created, vw_s)),
@@ -147,6 +161,7 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
         "bench users against {} ({rows} new users each, chunks of {}):\n\
          \x20 Moodle's upload CLI alone      {:>7.1} s  {:>6.1} users/s  ({} created)\n\
          \x20 vessel, user_import = \"cli\"    {:>7.1} s  {:>6.1} users/s  ({} created)  ratio {:.2}\n\
+         \x20 vessel, the same list again    {:>7.1} s  ({} created, {} updated, {} unchanged: not written)\n\
          \x20 vessel, user_import = \"webservice\" {:>4.1} s  {:>6.1} users/s  ({} created)  ratio {:.2}\n\
          \x20 (ratio = upload CLI time / vessel time; 1.0 or more: the vessel is at least as fast)\n\
          \x20 benchmark accounts {cleanup}\n",
@@ -159,6 +174,10 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
         rate(vc.created, vc_s),
         vc.created,
         ratio_cli,
+        again_s,
+        again.created,
+        again.updated,
+        again.unchanged,
         vw_s,
         rate(vw.created, vw_s),
         vw.created,

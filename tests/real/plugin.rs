@@ -527,7 +527,7 @@ fn install_from_the_binary() {
         "{said}{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(registered(), "2", "both functions registered");
+    assert_eq!(registered(), "3", "the three functions registered");
     assert_eq!(
         site.value("SELECT value FROM mdl_config_plugins WHERE plugin = 'local_vesselsync' AND name = 'version'"),
         moodle::plugin::version()

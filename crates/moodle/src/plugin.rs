@@ -40,6 +40,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../../plugins/local/vesselsync/classes/external/apply_progress.php"),
     ),
     (
+        "classes/external/get_users.php",
+        include_str!("../../../plugins/local/vesselsync/classes/external/get_users.php"),
+    ),
+    (
         "classes/external/lookup.php",
         include_str!("../../../plugins/local/vesselsync/classes/external/lookup.php"),
     ),
@@ -57,9 +61,16 @@ pub const FILES: &[(&str, &str)] = &[
 pub const APPLY: &str = "local_vesselsync_apply_progress";
 /// The plugin's lookup function.
 pub const LOOKUP: &str = "local_vesselsync_lookup";
+/// The plugin's bulk account lookup (what a crew list carries, and enrolments).
+pub const GET_USERS: &str = "local_vesselsync_get_users";
 
 /// Whether the token's service on this Moodle offers the plugin's [`APPLY`] function.
 pub fn offered(ws: &crate::ws::Ws) -> Result<bool, crate::ws::WsError> {
+    offers(ws, APPLY)
+}
+
+/// Whether the token's service on this Moodle offers `function`.
+pub fn offers(ws: &crate::ws::Ws, function: &str) -> Result<bool, crate::ws::WsError> {
     let info = ws.call(
         "core_webservice_get_site_info",
         &crate::ws::Params::new(),
@@ -69,7 +80,7 @@ pub fn offered(ws: &crate::ws::Ws) -> Result<bool, crate::ws::WsError> {
         .as_array()
         .into_iter()
         .flatten()
-        .any(|f| f["name"].as_str() == Some(APPLY)))
+        .any(|f| f["name"].as_str() == Some(function)))
 }
 
 /// Why the plugin could not be installed.

@@ -25,7 +25,7 @@
 defined('MOODLE_INTERNAL') || die();
 
 $plugin->component = 'local_vesselsync';
-$plugin->version   = 2026120700;
+$plugin->version   = 2026120701;
 $plugin->requires  = 2024100700; // Moodle 4.5 LTS.
 $plugin->supported = [405, 500];
 $plugin->maturity  = MATURITY_STABLE;

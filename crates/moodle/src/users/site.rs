@@ -58,6 +58,9 @@ pub(super) struct Existing {
     pub(super) lastname: String,
     pub(super) auth: String,
     pub(super) suspended: bool,
+    /// The courses (of those the import names) the account is enrolled in, when the companion
+    /// plugin answered; `None`: not known.
+    pub(super) courses: Option<Vec<String>>,
 }
 
 /// The web service, timed.
@@ -66,6 +69,10 @@ pub(super) struct Timed<'a> {
     /// Time spent waiting on Moodle (its replies and its CLI).
     pub(super) waited: Duration,
     pub(super) calls: u64,
+    /// Accounts are looked up through the companion plugin's `local_vesselsync_get_users`
+    /// (a fraction of core_user_get_users_by_field's cost), with enrolments in these courses;
+    /// `None`: through core web services.
+    pub(super) plugin: Option<Vec<String>>,
 }
 
 impl Timed<'_> {
@@ -89,7 +96,18 @@ impl Timed<'_> {
         for (i, v) in values.iter().enumerate() {
             p = p.item("values", i, v);
         }
-        let reply = self.call("core_user_get_users_by_field", &p, Safety::Read)?;
+        if let Some(courses) = &self.plugin {
+            for (i, c) in courses.iter().enumerate() {
+                p = p.item("courses", i, c);
+            }
+        }
+        let function = if self.plugin.is_some() {
+            crate::plugin::GET_USERS
+        } else {
+            "core_user_get_users_by_field"
+        };
+        let plugin = self.plugin.is_some();
+        let reply = self.call(function, &p, Safety::Read)?;
         Ok(reply
             .as_array()
             .map(|a| {
@@ -104,6 +122,14 @@ impl Timed<'_> {
                         auth: u["auth"].as_str().unwrap_or_default().to_string(),
                         suspended: u["suspended"].as_bool().unwrap_or(false)
                             || u["suspended"].as_i64() == Some(1),
+                        courses: plugin.then(|| {
+                            u["courses"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|c| c.as_str().map(str::to_string))
+                                .collect()
+                        }),
                     })
                     .collect()
             })

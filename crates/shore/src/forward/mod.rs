@@ -65,7 +65,7 @@ pub const CLOUD_FUNCTIONS: &[&str] = &[
 
 /// The companion plugin's functions, added to the same service when the cloud has
 /// `local_vesselsync` installed: forwarding then goes in batches with the original times.
-pub const PLUGIN_FUNCTIONS: &[&str] = &[plugin::APPLY, plugin::LOOKUP];
+pub const PLUGIN_FUNCTIONS: &[&str] = &[plugin::APPLY, plugin::LOOKUP, ::moodle::plugin::GET_USERS];
 
 /// Records looked at per pass from the stream (held ones are retried besides).
 const PASS_LIMIT: u64 = 5_000;

@@ -32,6 +32,13 @@ $functions = [
         'type' => 'write',
         'capabilities' => 'local/vesselsync:applyprogress',
     ],
+    'local_vesselsync_get_users' => [
+        'classname' => 'local_vesselsync\external\get_users',
+        'description' => 'Accounts by username, email or idnumber in bulk, with the fields a crew list '
+            . 'carries and their enrolments in the courses asked.',
+        'type' => 'read',
+        'capabilities' => 'local/vesselsync:lookup',
+    ],
     'local_vesselsync_lookup' => [
         'classname' => 'local_vesselsync\external\lookup',
         'description' => 'Resolves courses (hidden ones too) and learners by key, and which learners '
@@ -43,7 +50,8 @@ $functions = [
 
 $services = [
     'vessel-sync' => [
-        'functions' => ['local_vesselsync_apply_progress', 'local_vesselsync_lookup'],
+        'functions' => ['local_vesselsync_apply_progress', 'local_vesselsync_lookup',
+            'local_vesselsync_get_users'],
         'shortname' => 'local_vesselsync',
         'restrictedusers' => 1,
         'enabled' => 0,
