@@ -44,8 +44,13 @@ pub enum UsersCmd {
     /// imported; 65: some rows refused (the rest were imported); 69: Moodle unreachable or
     /// refusing the token (run again with --resume).
     ///
+    /// A row whose account already holds exactly what it says is left alone (counted
+    /// "unchanged"), so a list sent again writes only what changed.
+    ///
     /// The token's service needs core_user_get_users_by_field, core_user_create_users,
-    /// core_user_update_users, core_course_get_courses_by_field and enrol_manual_enrol_users.
+    /// core_user_update_users, core_course_get_courses_by_field, core_enrol_get_enrolled_users
+    /// and enrol_manual_enrol_users; with the companion plugin's local_vesselsync_get_users on
+    /// it, the checks run in bulk (much faster for a list of existing users).
     Import {
         /// The CSV.
         file: PathBuf,

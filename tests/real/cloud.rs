@@ -457,6 +457,31 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
         "{audit}"
     );
 
+    // Fresh progress at sea after the retirement: the cloud course is hidden, and the record
+    // still reaches it (a hidden course is not "not enrolled").
+    s.m.ws(
+        &l1_token,
+        "core_completion_update_activity_completion_status_manually",
+        &Params::new()
+            .set("cmid", ship_acts[m0].0)
+            .set("completed", 0),
+    )
+    .unwrap();
+    assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
+    s.sync();
+    let (ok, late, err) = forward(&shore, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(late["pass"]["outcomes"]["applied"], 1, "{late}");
+    assert!(
+        !late["summary"]["held"].to_string().contains("not enrolled"),
+        "{late}"
+    );
+    assert_eq!(
+        state(c1, cloud_acts[m0].0),
+        "0",
+        "the last record of a retired course is in the cloud"
+    );
+
     // The ship fetches the deletion and works through its guard, reporting each step in its
     // next batch; the table ashore follows it to the end.
     let row = || -> serde_json::Value {

@@ -1,5 +1,6 @@
-//! The end-to-end suite against a real Moodle 5.0 (`testkit::realmoodle`), through the real
-//! binary and a real agent config, once on PostgreSQL and once on MariaDB. One Moodle per
+//! The end-to-end suite against a real Moodle 5.0 (or 4.5 LTS with
+//! `VESSEL_SYNC_MOODLE_VERSION=4.5`; `testkit::realmoodle`), through the real binary and a real
+//! agent config, once on PostgreSQL and once on MariaDB. One Moodle per
 //! database serves the whole run; each test makes its own categories, courses and users under
 //! a tag of its own, so tests do not depend on each other. A failing test prints what Moodle
 //! said: the command's reason (which carries the CLI script's output), the agent's log and the
@@ -111,7 +112,8 @@ impl Site {
     /// Beside a Moodle of its own, for a test that changes the whole site (maintenance mode,
     /// an upgrade).
     pub fn alone(db: Db, tag: &str) -> Self {
-        Self::alone_on(db, testkit::realmoodle::Version::V50, tag)
+        let version = testkit::realmoodle::Version::default_for_run().unwrap();
+        Self::alone_on(db, version, tag)
     }
 
     /// Beside a Moodle of `version` of its own.
@@ -139,7 +141,8 @@ impl Site {
     /// With a real shore on loopback that the vessel's uplink reaches over HTTPS, registered
     /// but not yet serving (`shore.start()`).
     pub fn with_shore(db: Db, tag: &str) -> (Self, crate::support::shore::Shore) {
-        Self::with_shore_on(db, testkit::realmoodle::Version::V50, tag)
+        let version = testkit::realmoodle::Version::default_for_run().unwrap();
+        Self::with_shore_on(db, version, tag)
     }
 
     /// With a real shore, beside the shared Moodle of `version`.

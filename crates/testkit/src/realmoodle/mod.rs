@@ -84,6 +84,17 @@ impl Version {
         }
     }
 
+    /// 5.0, or what `$VESSEL_SYNC_MOODLE_VERSION` names.
+    pub fn default_for_run() -> Result<Self, String> {
+        match std::env::var("VESSEL_SYNC_MOODLE_VERSION").ok().as_deref() {
+            None | Some("") | Some("5.0") => Ok(Version::V50),
+            Some("4.5") => Ok(Version::V45),
+            Some(other) => Err(format!(
+                "VESSEL_SYNC_MOODLE_VERSION={other:?}: give 5.0 or 4.5"
+            )),
+        }
+    }
+
     /// Its name in cache keys and messages.
     pub fn name(self) -> &'static str {
         match self {
@@ -459,8 +470,10 @@ fn install(db: Db, tarball: &Path, snap: &Path) -> Result<(), String> {
 impl RealMoodle {
     /// The instance on `db` that every test of this process shares, brought up on first use
     /// (from the cached install, or installing it).
+    /// The version is 5.0, or the one `$VESSEL_SYNC_MOODLE_VERSION` names (`4.5`: the whole
+    /// suite on Moodle 4.5 LTS).
     pub fn shared(db: Db) -> Result<&'static RealMoodle, String> {
-        Self::shared_on(db, Version::V50)
+        Self::shared_on(db, Version::default_for_run()?)
     }
 
     /// The shared instance of `version` on `db`.
@@ -486,7 +499,7 @@ impl RealMoodle {
     /// Brings up a new instance of its own (from the cached install), for a test that changes
     /// the whole site; it is taken down when dropped.
     pub fn start(db: Db) -> Result<Self, String> {
-        Self::start_on(db, Version::V50)
+        Self::start_on(db, Version::default_for_run()?)
     }
 
     /// A new instance of `version` of its own.
