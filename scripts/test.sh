@@ -8,7 +8,8 @@
 # postgresql-client, mariadb-server and mariadb-client, PHP 8.2 and zstd (the real Moodle),
 # chromium (the dashboard's browser test).
 # Then the shore's tests run a second time with the shore on PostgreSQL
-# (VESSEL_SYNC_TEST_SHORE_STORE=postgres; tests/shore_store.rs runs on it in both passes).
+# (VESSEL_SYNC_TEST_SHORE_STORE=postgres; tests/shore_store.rs runs on it in both passes), and
+# the real-Moodle suite a second time on Moodle 4.5 LTS (VESSEL_SYNC_MOODLE_VERSION=4.5).
 # Extra arguments go to `cargo test`, e.g. ./scripts/test.sh crash. $CARGO names another cargo:
 # CI runs the suite with Debian's rustc 1.85 in release mode, sharing the amd64 package's build
 # (.ci/run).
@@ -54,4 +55,9 @@ if [ $# -eq 0 ] || [ "${1#-}" != "$1" ]; then
   # --workspace as above: the same feature set, so nothing is compiled again.
   VESSEL_SYNC_TEST_SHORE_STORE=postgres "${CARGO:-cargo}" test --workspace --locked --test integration "$@" -- \
     uplink:: keys:: delta:: imports:: hostile_shore::
+  # Moodle 4.5 LTS, which most fleets run: the whole real-Moodle suite once more on it
+  # (PostgreSQL; the 4.5-specific tests already ran above).
+  echo "== the real-Moodle suite again, on Moodle 4.5 LTS (PostgreSQL) =="
+  VESSEL_SYNC_MOODLE_VERSION=4.5 "${CARGO:-cargo}" test --workspace --locked --test integration "$@" -- \
+    real:: --skip mariadb --skip moodle45 --skip profile
 fi

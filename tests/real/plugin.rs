@@ -417,7 +417,7 @@ fn profile() {
 /// with the time it was made on board.
 fn mixed_fleet() {
     let tag = "mx45";
-    let cloud = Site::new(Db::Postgres, tag);
+    let cloud = Site::shared_on(Db::Postgres, Version::V50, tag);
     let cid = restore(&cloud, 1);
     let course = cloud.name("S101");
     // The cloud's own backup of the course (Moodle 5.0's backup CLI).
