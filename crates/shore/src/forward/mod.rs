@@ -26,9 +26,17 @@
 //! where this one stopped; under `shore serve` it comes after `[cloud] interval_secs`, doubled
 //! per failed pass in a row up to an hour and jittered (`base::retry`, the uplink's rule).
 //!
+//! Two paths into the cloud. Where the token's service offers the companion plugin
+//! `local_vesselsync` (`[cloud] path = "auto"`, the default), records go in batches through it
+//! ([`plugin`]): applied inside Moodle with the learner's own time, newer-wins decided there,
+//! each step of up to 1,000 records committed ashore in one transaction (the crash rule above
+//! holds per step). Elsewhere the core web services take one record a call, stamped with the
+//! time of forwarding (the rest of this page).
+//!
 //! Rooms: this file holds the pass, its worker under `shore serve` and the operator commands'
-//! library side; [`decide`] the decision for one record over a small `Cloud` trait;
-//! [`moodle`] that trait over the cloud's web services; [`lease`] the forwarding lease.
+//! library side; [`plugin`] the plugin path; [`decide`] the core path's decision for one record
+//! over a small `Cloud` trait; [`moodle`] that trait over the cloud's web services; [`lease`]
+//! the forwarding lease.
 
 mod decide;
 mod lease;
