@@ -37,6 +37,24 @@ pub(super) fn restore_from(s: &Site, seq: u64, backup: Vec<u8>) -> i64 {
     s.course(&course).unwrap().0
 }
 
+/// Gives `shore` a `[cloud]` section for `cloud`, with the admin's token on a service `name`
+/// holding exactly `functions`.
+pub(super) fn point_at_cloud(
+    shore: &crate::support::shore::Shore,
+    cloud: &Site,
+    name: &str,
+    functions: &[&str],
+) {
+    let token = cloud.m.service_token(name, functions).unwrap();
+    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
+    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
+    cfg.push_str(&format!(
+        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
+        cloud.m.url
+    ));
+    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+}
+
 pub(super) fn forward(
     shore: &crate::support::shore::Shore,
     env: &[(&str, &str)],
@@ -144,17 +162,12 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
     );
 
     // The cloud: shore's token on a service with exactly the functions the README lists.
-    let token = cloud
-        .m
-        .service_token("vessel_sync_shore", shore::forward::CLOUD_FUNCTIONS)
-        .unwrap();
-    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
-    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
-    cfg.push_str(&format!(
-        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
-        cloud.m.url
-    ));
-    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+    point_at_cloud(
+        &shore,
+        &cloud,
+        "vessel_sync_shore",
+        shore::forward::CLOUD_FUNCTIONS,
+    );
 
     // The learner has no account in the cloud yet: every forwardable record is held, with why.
     let (ok, first, err) = forward(&shore, &[]);

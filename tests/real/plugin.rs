@@ -10,7 +10,7 @@ use testkit::realmoodle::{Db, Version};
 use wire::progress::{Record, RecordKind};
 
 use super::Site;
-use super::cloud::{forward, restore, restore_from};
+use super::cloud::{forward, point_at_cloud, restore, restore_from};
 use super::progress::{activities, learner};
 
 crate::on_both!(
@@ -101,24 +101,16 @@ fn scenario(db: Db, version: Version) {
 
     // Shore holds what a vessel sent: completions and a grade made days ago at sea.
     let shore = crate::support::shore::Shore::new();
-    let token = cloud
-        .m
-        .service_token(
-            "vessel_sync_shore_plugin",
-            &[
-                shore::forward::CLOUD_FUNCTIONS,
-                shore::forward::PLUGIN_FUNCTIONS,
-            ]
-            .concat(),
-        )
-        .unwrap();
-    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
-    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
-    cfg.push_str(&format!(
-        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
-        cloud.m.url
-    ));
-    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+    point_at_cloud(
+        &shore,
+        &cloud,
+        "vessel_sync_shore_plugin",
+        &[
+            shore::forward::CLOUD_FUNCTIONS,
+            shore::forward::PLUGIN_FUNCTIONS,
+        ]
+        .concat(),
+    );
     let t0 = 1_780_000_000; // 2026-05-28, long before the test runs
     let (who1, who2) = (cloud.name("L1"), cloud.name("L2"));
     let records = vec![
@@ -465,24 +457,16 @@ fn mixed_fleet() {
     assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
     s.sync();
     shore.stop();
-    let token = cloud
-        .m
-        .service_token(
-            "vessel_sync_shore_plugin",
-            &[
-                shore::forward::CLOUD_FUNCTIONS,
-                shore::forward::PLUGIN_FUNCTIONS,
-            ]
-            .concat(),
-        )
-        .unwrap();
-    base::fsutil::write_private(&shore.path("cloud.token"), token.as_bytes()).unwrap();
-    let mut cfg = std::fs::read_to_string(shore.path("shore.toml")).unwrap();
-    cfg.push_str(&format!(
-        "[cloud]\nurl = \"{}\"\ntoken_file = \"cloud.token\"\n",
-        cloud.m.url
-    ));
-    std::fs::write(shore.path("shore.toml"), cfg).unwrap();
+    point_at_cloud(
+        &shore,
+        &cloud,
+        "vessel_sync_shore_plugin",
+        &[
+            shore::forward::CLOUD_FUNCTIONS,
+            shore::forward::PLUGIN_FUNCTIONS,
+        ]
+        .concat(),
+    );
     let (ok, pass, err) = forward(&shore, &[]);
     assert!(ok, "{err}");
     assert!(

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::site::{Existing, Timed};
+use super::site::{Existing, Timed, holds, known_enrolments};
 pub use super::site::{ImportError, Progress};
 use super::upload::{InFlight, Prepared};
 use super::validate::{Row, Validation, valid_rows};
@@ -156,33 +156,8 @@ pub fn run(
             course_ids.insert(c.clone(), id);
         }
     }
-    // Who is enrolled in those courses already (unknown where the service lacks the function:
-    // every row naming a course is then written, as before).
-    let mut enrolled: Option<HashSet<(i64, i64)>> = Some(HashSet::new());
-    // Through the plugin each account comes with its enrolments (see `holds`).
-    let through_plugin = t.plugin.is_some();
-    for (_, cid) in course_ids.iter().filter(|_| !through_plugin) {
-        let reply = t.call(
-            "core_enrol_get_enrolled_users",
-            &Params::new()
-                .set("courseid", cid)
-                .set("options[0][name]", "userfields")
-                .set("options[0][value]", "id"),
-            Safety::Read,
-        );
-        match (reply, enrolled.as_mut()) {
-            (Ok(list), Some(set)) => {
-                for u in list.as_array().into_iter().flatten() {
-                    if let Some(uid) = u["id"].as_i64() {
-                        set.insert((uid, *cid));
-                    }
-                }
-            }
-            (Err(e), _) if e.errorcode().is_some() && !e.is_transient() => enrolled = None,
-            (Err(e), _) => return Err(e.into()),
-            (Ok(_), None) => {}
-        }
-    }
+    // Who is enrolled in those courses already.
+    let enrolled = known_enrolments(&mut t, &course_ids)?;
     let mut unchanged: HashSet<u64> = HashSet::new();
     // Step 2: every valid row against the site.
     let total = v.valid_rows();
@@ -403,30 +378,6 @@ pub fn run(
     summary.moodle_seconds = t.waited.as_secs_f64();
     summary.total_seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-/// Whether the account `e` already holds exactly what row `r` says: its names, email and
-/// idnumber, its auth and suspension where the file gives them, and an enrolment in every course
-/// (`enrolled`: known enrolments; `None`: not known, so a row naming a course is never unchanged).
-fn holds(
-    e: &Existing,
-    r: &Row,
-    course_ids: &HashMap<String, i64>,
-    enrolled: Option<&HashSet<(i64, i64)>>,
-) -> bool {
-    let same = e.firstname == r.firstname
-        && e.lastname == r.lastname
-        && e.email == r.email
-        && e.idnumber == r.idnumber
-        && (r.auth.is_empty() || e.auth == r.auth)
-        && r.suspended.is_none_or(|s| s == e.suspended);
-    same && r.courses.iter().all(|c| match &e.courses {
-        Some(held) => course_ids.contains_key(c) && held.contains(c),
-        None => course_ids
-            .get(c)
-            .zip(enrolled)
-            .is_some_and(|(cid, set)| set.contains(&(e.id, *cid))),
-    })
 }
 
 /// Lower-cased email -> username of the accounts holding any of `emails`.

@@ -1,12 +1,15 @@
 //! What an import keeps of itself and of the site: its saved progress, why it stopped, and the
 //! web service timed (every call counted, the time spent waiting on Moodle summed), with the
-//! lookup of users by a field that both ways of writing users rely on.
+//! lookup of users by a field that both ways of writing users rely on, and what makes a row
+//! `unchanged` (the account already holds it: `holds`, with `known_enrolments`).
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::validate::Row;
 use crate::ws::{Params, Safety, Ws, WsError};
 use base::csvrow::RowError;
 
@@ -135,4 +138,64 @@ impl Timed<'_> {
             })
             .unwrap_or_default())
     }
+}
+
+/// Who is enrolled in each of the import's courses (user id, course id), asked course by course
+/// through `core_enrol_get_enrolled_users`; `None` where the service lacks the function (every
+/// row naming a course is then written, as before). Through the companion plugin each account
+/// comes with its enrolments instead, and nothing is asked here.
+pub(super) fn known_enrolments(
+    t: &mut Timed<'_>,
+    course_ids: &HashMap<String, i64>,
+) -> Result<Option<HashSet<(i64, i64)>>, WsError> {
+    let mut enrolled = HashSet::new();
+    if t.plugin.is_some() {
+        return Ok(Some(enrolled));
+    }
+    for cid in course_ids.values() {
+        let reply = t.call(
+            "core_enrol_get_enrolled_users",
+            &Params::new()
+                .set("courseid", cid)
+                .set("options[0][name]", "userfields")
+                .set("options[0][value]", "id"),
+            Safety::Read,
+        );
+        match reply {
+            Ok(list) => {
+                for u in list.as_array().into_iter().flatten() {
+                    if let Some(uid) = u["id"].as_i64() {
+                        enrolled.insert((uid, *cid));
+                    }
+                }
+            }
+            Err(e) if e.errorcode().is_some() && !e.is_transient() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(enrolled))
+}
+
+/// Whether the account `e` already holds exactly what row `r` says: its names, email and
+/// idnumber, its auth and suspension where the file gives them, and an enrolment in every course
+/// (`enrolled`: known enrolments; `None`: not known, so a row naming a course is never unchanged).
+pub(super) fn holds(
+    e: &Existing,
+    r: &Row,
+    course_ids: &HashMap<String, i64>,
+    enrolled: Option<&HashSet<(i64, i64)>>,
+) -> bool {
+    let same = e.firstname == r.firstname
+        && e.lastname == r.lastname
+        && e.email == r.email
+        && e.idnumber == r.idnumber
+        && (r.auth.is_empty() || e.auth == r.auth)
+        && r.suspended.is_none_or(|s| s == e.suspended);
+    same && r.courses.iter().all(|c| match &e.courses {
+        Some(held) => course_ids.contains_key(c) && held.contains(c),
+        None => course_ids
+            .get(c)
+            .zip(enrolled)
+            .is_some_and(|(cid, set)| set.contains(&(e.id, *cid))),
+    })
 }

@@ -494,13 +494,28 @@ impl ShoreStore {
         course: &str,
         item: &str,
     ) -> Result<bool> {
+        self.any_key(
+            "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
+            vessel,
+            users,
+            course,
+            item,
+        )
+    }
+
+    /// Whether a count over (`vessel`, learner key, `course`, `item`) is above zero for any
+    /// of the learner's keys.
+    fn any_key(
+        &self,
+        sql: &str,
+        vessel: &str,
+        users: &[&str],
+        course: &str,
+        item: &str,
+    ) -> Result<bool> {
         let mut db = self.db()?;
         for user in users.iter().filter(|u| !u.is_empty()) {
-            let n: i64 = db.query_one(
-                "SELECT COUNT(*) FROM records WHERE vessel = ?1 AND kind = 1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4 AND value IN ('1', '2')",
-                &[&vessel, user, &course, &item],
-                |r| r.get(0),
-            )?;
+            let n: i64 = db.query_one(sql, &[&vessel, user, &course, &item], |r| r.get(0))?;
             if n > 0 {
                 return Ok(true);
             }
@@ -516,18 +531,13 @@ impl ShoreStore {
         course: &str,
         item: &str,
     ) -> Result<bool> {
-        let mut db = self.db()?;
-        for user in users.iter().filter(|u| !u.is_empty()) {
-            let n: i64 = db.query_one(
-                "SELECT COUNT(*) FROM crew_sent WHERE vessel = ?1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4",
-                &[&vessel, user, &course, &item],
-                |r| r.get(0),
-            )?;
-            if n > 0 {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.any_key(
+            "SELECT COUNT(*) FROM crew_sent WHERE vessel = ?1 AND user_key = ?2 AND course_key = ?3 AND item_key = ?4",
+            vessel,
+            users,
+            course,
+            item,
+        )
     }
 
     /// Notes what a crew move queued for `vessel` (user, course, activity).

@@ -31,8 +31,14 @@ use std::time::{Duration, Instant};
 use moodle::ws::{Params, Safety, Token, Ws};
 use serde_json::Value;
 
-use crate::mariatemp::TempMaria;
-use crate::pgtemp::{TempPg, copy_tree, die_with_parent, free_port};
+mod server;
+mod source;
+
+use server::Server;
+pub use source::{Version, plugin_dir, tarball};
+use source::{add_plugin, plugin_digest};
+
+use crate::pgtemp::{copy_tree, die_with_parent, free_port};
 
 /// The PHP script that makes the external services and tokens.
 pub const HELPER: &str = include_str!("helper.php");
@@ -66,44 +72,6 @@ pub const ADMIN_PASSWORD: &str = "Admin-pw-1!";
 const DB_USER: &str = "moodle";
 const DB_PASSWORD: &str = "moodle-db-pw";
 
-/// Which Moodle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    /// Moodle 5.0.6+.
-    V50,
-    /// Moodle 4.5.6 LTS.
-    V45,
-}
-
-impl Version {
-    /// The tarball's name in `shared/moodle/src/`.
-    fn tarball(self) -> &'static str {
-        match self {
-            Version::V50 => "moodle-5.0.6.tar.zst",
-            Version::V45 => "moodle-4.5.6.tar.zst",
-        }
-    }
-
-    /// 5.0, or what `$VESSEL_SYNC_MOODLE_VERSION` names.
-    pub fn default_for_run() -> Result<Self, String> {
-        match std::env::var("VESSEL_SYNC_MOODLE_VERSION").ok().as_deref() {
-            None | Some("") | Some("5.0") => Ok(Version::V50),
-            Some("4.5") => Ok(Version::V45),
-            Some(other) => Err(format!(
-                "VESSEL_SYNC_MOODLE_VERSION={other:?}: give 5.0 or 4.5"
-            )),
-        }
-    }
-
-    /// Its name in cache keys and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Version::V50 => "5.0",
-            Version::V45 => "4.5",
-        }
-    }
-}
-
 /// Which database Moodle runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -126,94 +94,6 @@ impl Db {
         match self {
             Db::Postgres => "pgsql",
             Db::MariaDb => "mariadb",
-        }
-    }
-}
-
-enum Server {
-    Pg(TempPg),
-    Maria(TempMaria),
-}
-
-impl Server {
-    fn start(db: Db, template: Option<&Path>) -> Result<Self, String> {
-        Ok(match db {
-            Db::Postgres => Server::Pg(TempPg::start_from(template)?),
-            Db::MariaDb => Server::Maria(TempMaria::start_from(template)?),
-        })
-    }
-
-    fn port(&self) -> u16 {
-        match self {
-            Server::Pg(p) => p.port,
-            Server::Maria(m) => m.port,
-        }
-    }
-
-    fn query(&self, sql: &str) -> Result<String, String> {
-        match self {
-            Server::Pg(p) => p.query("moodle", sql),
-            Server::Maria(m) => m.sql(Some("moodle"), sql),
-        }
-    }
-
-    fn create_database(&self) -> Result<(), String> {
-        match self {
-            Server::Pg(p) => {
-                p.psql(
-                    "postgres",
-                    &format!("CREATE ROLE {DB_USER} LOGIN SUPERUSER PASSWORD '{DB_PASSWORD}'"),
-                )?;
-                p.psql(
-                    "postgres",
-                    &format!("CREATE DATABASE moodle OWNER {DB_USER}"),
-                )?;
-            }
-            Server::Maria(m) => {
-                m.sql(
-                    None,
-                    &format!(
-                        "CREATE DATABASE moodle CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
-                         CREATE USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';
-                         GRANT ALL ON moodle.* TO '{DB_USER}'@'127.0.0.1';"
-                    ),
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The read-only capture user, with the GRANTs of docs/progress.md.
-    fn create_reader(&self) -> Result<(), String> {
-        match self {
-            Server::Pg(p) => p
-                .psql(
-                    "moodle",
-                    &format!(
-                        "CREATE ROLE {RO_USER} LOGIN PASSWORD '{RO_PASSWORD}';
-                         GRANT CONNECT ON DATABASE moodle TO {RO_USER};
-                         GRANT USAGE ON SCHEMA public TO {RO_USER};
-                         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {RO_USER};
-                         ALTER DEFAULT PRIVILEGES FOR ROLE {DB_USER} IN SCHEMA public GRANT SELECT ON TABLES TO {RO_USER};"
-                    ),
-                )
-                .map(|_| ()),
-            Server::Maria(m) => m
-                .sql(
-                    None,
-                    &format!(
-                        "CREATE USER '{RO_USER}'@'127.0.0.1' IDENTIFIED BY '{RO_PASSWORD}';
-                         GRANT SELECT ON moodle.* TO '{RO_USER}'@'127.0.0.1';"
-                    ),
-                )
-                .map(|_| ()),
-        }
-    }
-
-    fn stop_into(self, dest: &Path) -> Result<(), String> {
-        match self {
-            Server::Pg(p) => p.stop_into(dest),
-            Server::Maria(m) => m.stop_into(dest),
         }
     }
 }
@@ -250,70 +130,6 @@ fn cell(db: Db, version: Version) -> &'static OnceLock<Result<RealMoodle, String
         (Db::Postgres, Version::V45) => &PG45,
         (Db::MariaDb, Version::V45) => &MARIA45,
     }
-}
-
-/// Where a version's source tarball is: in `$VESSEL_SYNC_MOODLE_SRC_DIR`, else in
-/// `shared/moodle/src/` beside the checkout.
-pub fn tarball(version: Version) -> Result<PathBuf, String> {
-    let dir = match std::env::var_os("VESSEL_SYNC_MOODLE_SRC_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/moodle/src"),
-    };
-    let p = dir.join(version.tarball());
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(format!(
-            "the Moodle {} source tarball is not at {} (set VESSEL_SYNC_MOODLE_SRC_DIR to its folder)",
-            version.name(),
-            p.display()
-        ))
-    }
-}
-
-/// The companion plugin's source in this repository.
-pub fn plugin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/local/vesselsync")
-}
-
-/// A short digest of the plugin's files (names and contents), for the cache key.
-fn plugin_digest() -> Result<String, String> {
-    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), String> {
-        let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, base, out)?;
-            } else {
-                let name = p.strip_prefix(base).unwrap_or(&p).display().to_string();
-                out.push((name, std::fs::read(&p).map_err(|e| e.to_string())?));
-            }
-        }
-        Ok(())
-    }
-    let base = plugin_dir();
-    let mut files = Vec::new();
-    walk(&base, &base, &mut files)?;
-    files.sort();
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    for (name, body) in files {
-        sha2::Digest::update(&mut h, name.as_bytes());
-        sha2::Digest::update(&mut h, [0u8]);
-        sha2::Digest::update(&mut h, &body);
-    }
-    let hex: String = sha2::Digest::finalize(h)
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(hex)
-}
-
-/// Copies the plugin into a code tree (`local/vesselsync`).
-fn add_plugin(code: &Path) -> Result<(), String> {
-    let dest = code.join("local/vesselsync");
-    let _ = std::fs::remove_dir_all(&dest);
-    copy_tree(&plugin_dir(), &dest)
 }
 
 fn cache_root() -> PathBuf {
