@@ -90,24 +90,15 @@ pub fn run(config: &Path, rows: u64, keep: bool) -> Result<(serde_json::Value, S
             .map_err(|e| e.to_string())?;
             Ok((s, t.elapsed().as_secs_f64()))
         };
-    let (vc, vc_s) = vessel_run(
-        'v',
-        &import::Via::UploadCli {
-            cli: &cli,
-            dir: &dir,
-            workers: cli_s.upload_workers,
-        },
-    )?;
+    let via_cli = import::Via::UploadCli {
+        cli: &cli,
+        dir: &dir,
+        workers: cli_s.upload_workers,
+    };
+    let (vc, vc_s) = vessel_run('v', &via_cli)?;
     made.push(dir.join(format!("{prefix}-v.csv")));
     // 2b. The same list again, as a shore re-sends a crew list: nothing should be written.
-    let (again, again_s) = vessel_run(
-        'v',
-        &import::Via::UploadCli {
-            cli: &cli,
-            dir: &dir,
-            workers: cli_s.upload_workers,
-        },
-    )?;
+    let (again, again_s) = vessel_run('v', &via_cli)?;
     // 3. Through the web services.
     let (vw, vw_s) = vessel_run('w', &import::Via::WebService)?;
     made.push(dir.join(format!("{prefix}-w.csv")));

@@ -182,6 +182,23 @@ impl Site {
         std::fs::write(file, format!("{token}\n")).unwrap();
     }
 
+    /// Gives the agent a token on a service holding its functions and the companion plugin's
+    /// (imports with their time, crew-list checks in bulk).
+    pub fn use_plugin_token(&self) {
+        let token = self
+            .m
+            .service_token(
+                "vessel_sync_plugin",
+                &[
+                    testkit::realmoodle::AGENT_FUNCTIONS,
+                    shore::forward::PLUGIN_FUNCTIONS,
+                ]
+                .concat(),
+            )
+            .unwrap();
+        self.use_token(&token);
+    }
+
     /// `vessel-sync sync`: progress to shore, acknowledgements back; must not fail.
     pub fn sync(&self) -> serde_json::Value {
         let o = self.run(&["sync", "--json"], &[]);

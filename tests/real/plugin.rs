@@ -66,6 +66,20 @@ fn record(
     }
 }
 
+/// Points `shore` at `cloud` with the core functions and the plugin's on its service.
+fn point_at_plugin_cloud(shore: &crate::support::shore::Shore, cloud: &Site) {
+    point_at_cloud(
+        shore,
+        cloud,
+        "vessel_sync_shore_plugin",
+        &[
+            shore::forward::CLOUD_FUNCTIONS,
+            shore::forward::PLUGIN_FUNCTIONS,
+        ]
+        .concat(),
+    );
+}
+
 fn scenario(db: Db, version: Version) {
     let tag = format!("pl{}{}", &db.name()[..2], version.name().replace('.', ""));
     let cloud = Site::shared_on(db, version, &tag);
@@ -101,16 +115,7 @@ fn scenario(db: Db, version: Version) {
 
     // Shore holds what a vessel sent: completions and a grade made days ago at sea.
     let shore = crate::support::shore::Shore::new();
-    point_at_cloud(
-        &shore,
-        &cloud,
-        "vessel_sync_shore_plugin",
-        &[
-            shore::forward::CLOUD_FUNCTIONS,
-            shore::forward::PLUGIN_FUNCTIONS,
-        ]
-        .concat(),
-    );
+    point_at_plugin_cloud(&shore, &cloud);
     let t0 = 1_780_000_000; // 2026-05-28, long before the test runs
     let (who1, who2) = (cloud.name("L1"), cloud.name("L2"));
     let records = vec![
@@ -291,17 +296,7 @@ fn an_import_on_board_through_the_plugin_keeps_each_completions_time_and_is_neve
 ) {
     use vessel::store::CommandState;
     let s = Site::new(db, &format!("ib{}", &db.name()[..2]));
-    let token =
-        s.m.service_token(
-            "vessel_sync_plugin",
-            &[
-                testkit::realmoodle::AGENT_FUNCTIONS,
-                shore::forward::PLUGIN_FUNCTIONS,
-            ]
-            .concat(),
-        )
-        .unwrap();
-    s.use_token(&token);
+    s.use_plugin_token();
     let cid = restore(&s, 1);
     let course = s.name("S101");
     let acts = activities(&s, cid);
@@ -457,16 +452,7 @@ fn mixed_fleet() {
     assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
     s.sync();
     shore.stop();
-    point_at_cloud(
-        &shore,
-        &cloud,
-        "vessel_sync_shore_plugin",
-        &[
-            shore::forward::CLOUD_FUNCTIONS,
-            shore::forward::PLUGIN_FUNCTIONS,
-        ]
-        .concat(),
-    );
+    point_at_plugin_cloud(&shore, &cloud);
     let (ok, pass, err) = forward(&shore, &[]);
     assert!(ok, "{err}");
     assert!(
