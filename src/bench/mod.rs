@@ -1,6 +1,7 @@
 //! Benchmarks an IT officer can run on the ship's own hardware: `vessel-sync bench NAME [--json]`.
 //!
-//! `bundle`: builds a bundle with one generated file of `--size-mb` MB (partly
+//! `link` ([`link`]): what the uplink costs with this agent's settings, against a shore of this
+//! binary on loopback. `bundle`: builds a bundle with one generated file of `--size-mb` MB (partly
 //! compressible data, like a course backup), then measures verify-and-extract throughput and the process's
 //! peak resident memory while doing it; the same is measured for a bundle a tenth of the size, to
 //! show that memory does not grow with the bundle.
@@ -16,6 +17,7 @@ pub mod delta;
 #[cfg(feature = "lab")]
 pub mod forward;
 pub mod hostile;
+pub mod link;
 #[cfg(feature = "lab")]
 pub mod progress;
 pub mod rss;
@@ -61,7 +63,11 @@ pub struct BenchArgs {
     /// Which benchmark: `bundle` (verify-and-extract throughput, peak memory), `shore` (N
     /// vessels sending a 1,000-record batch at once to shore serve, one receiver on SQLite and
     /// on PostgreSQL, and two on PostgreSQL: batches/s, records/s, p50/p99, receiver memory,
-    /// every record stored once), `wire` (bytes per record on the link, round trips), `outbox`
+    /// every record stored once), `link` (what the uplink costs with this agent's settings, or
+    /// the defaults: bytes and round trips of an empty poll, first and resumed, of 1 and 300
+    /// records, and of an idle day on the agent's schedule, priced with `[uplink]
+    /// price_per_mb`; `--config` takes an agent config), `wire` (bytes per record on the link,
+    /// round trips), `outbox`
     /// (capture and enqueue rate), `users` (an 80,000-row CSV validated, the importer's time per
     /// chunk; with --config: --rows new users into that real Moodle against its upload CLI),
     /// `delta` (a course update by content), `forward` (shore forwarding --rows records into a
@@ -220,6 +226,13 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
             Err(e) => report_json(json, Err(e)),
         },
         "shore" => report_json(json, shore::run(against)),
+        "link" => report_json(
+            json,
+            link::run(
+                against.config.as_deref(),
+                base::clock::Clock::now(&base::clock::SystemClock),
+            ),
+        ),
         #[cfg(feature = "lab")]
         "outbox" => report_json(json, progress::outbox()),
         #[cfg(feature = "lab")]
@@ -251,7 +264,7 @@ pub fn run(name: &str, json: bool, size_mb: u64, against: &Against) -> i32 {
         }
         other => {
             eprintln!(
-                "vessel-sync: unknown benchmark {other:?}; available: bundle, shore, wire, outbox, users, delta, forward"
+                "vessel-sync: unknown benchmark {other:?}; available: bundle, shore, link, wire, outbox, users, delta, forward"
             );
             exit::USAGE
         }

@@ -21,8 +21,8 @@ pub enum Fault {
     None,
     /// Close the connection once this many bytes went upstream.
     CutUpload(u64),
-    /// Once this many bytes went upstream (the request), close before any further reply byte
-    /// reaches the client: the server has the request, the client never hears the answer.
+    /// Once this many bytes went upstream (the request), nothing more reaches the client: the
+    /// server reads the request and answers, the client never hears the answer and times out.
     CutReply(u64),
     /// Accept and forward nothing.
     Blackhole,
@@ -152,6 +152,7 @@ fn pump(
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0u64;
+    let mut cut = false;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -179,10 +180,14 @@ fn pump(
             }
         } else if matches!(fault, Fault::CutReply(after) if sent_up.load(Ordering::SeqCst) >= after)
         {
-            s.faults.fetch_add(1, Ordering::SeqCst);
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
-            return;
+            // Everything from here on is lost on the way down, the server none the wiser: it
+            // reads the whole request and answers (a session ticket sent ahead of the answer
+            // must not close the server's side before it has the request).
+            if !cut {
+                cut = true;
+                s.faults.fetch_add(1, Ordering::SeqCst);
+            }
+            continue;
         }
         let new_dir = if upward { 1 } else { 2 };
         if dir.swap(new_dir, Ordering::SeqCst) == 1 && !upward {

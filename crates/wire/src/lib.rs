@@ -4,7 +4,9 @@
 //! - [`envelope`]: the signed, compressed tar envelope that carries command bundles to vessels
 //!   and progress batches to shore: keys, manifest, strict tar reader, bounded reader, writer.
 //! - [`progress`]: progress records, their ids, and the `records.bin` codec with its dictionary.
-//! - [`net`]: the HTTP client and both TLS configurations (rustls with ring, CA file, pins).
+//! - [`net`]: the HTTP clients and both TLS configurations (rustls with ring, CA file, pins).
+//! - [`link`]: the uplink's own HTTP/1.1 client, which counts every byte and turn it costs and
+//!   resumes TLS sessions.
 //! - [`ids`]: the one rule for ids that name files.
 //! - the names both sides use: [`SHORE`], [`RECORDS_MEMBER`], [`valid_vessel_id`].
 //!
@@ -15,6 +17,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 pub mod envelope;
 pub mod ids;
+pub mod link;
 pub mod net;
 pub mod progress;
 

@@ -3,7 +3,8 @@
 //! - `POST /v1/sync` (`Authorization: Bearer TOKEN`, `X-Vessel-Id`): the body is a progress
 //!   envelope, or empty for a poll. The batch is stored durably before the reply; the reply
 //!   carries the acknowledged sequence and the bundles waiting for the vessel after its
-//!   `X-Bundle-Cursor`, so one exchange does the whole sync cycle.
+//!   `X-Bundle-Cursor`, so one exchange does the whole sync cycle. When bundles are offered the
+//!   reply's `poll_in` asks the vessel to come back within [`POLL_IN_BUSY`] seconds.
 //! - `GET /v1/bundles/ID`: a queued bundle, with `Range: bytes=N-[M]` (206) for resumption; one
 //!   response carries at most [`MAX_CHUNK`] bytes, and `Content-Range` says which.
 //! - `GET /v1/health`: `ok`.
@@ -38,6 +39,10 @@ use super::{ShoreConfig, intake, token_hash};
 use base::clock::Clock;
 
 pub use download::MAX_CHUNK;
+
+/// Seconds within which a vessel that was just offered bundles is asked to come back (the
+/// reply's `poll_in`), so their outcomes reach shore without waiting for its idle cadence.
+pub const POLL_IN_BUSY: i64 = 300;
 
 /// Batches verified and decoded at once (each may hold up to its decode budget in memory).
 pub const INTAKE_SLOTS: usize = 2;
@@ -247,7 +252,8 @@ async fn sync(shared: Arc<Shared>, vessel: Vessel, req: Request<Incoming>) -> Re
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let oldest: Option<i64> = header(&req, "x-oldest-unsent").and_then(|v| v.parse().ok());
-    let depth: Option<i64> = header(&req, "x-outbox-depth").and_then(|v| v.parse().ok());
+    // An agent leaves both out when its outbox is empty (every byte is billed on its link).
+    let depth: Option<i64> = header(&req, "x-outbox-depth").map_or(Some(0), |v| v.parse().ok());
     let max = shared.cfg.shore.max_batch_bytes;
     let too_large = || {
         error(
@@ -348,12 +354,10 @@ fn sync_steps(
     lock()?
         .note_contact(&vessel.id, now, oldest, depth)
         .map_err(|e| e.to_string())?;
-    let mut reply = serde_json::json!({"vessel": vessel.id});
+    let mut reply = serde_json::json!({});
     match body {
-        None => {
-            reply["result"] = "no_batch".into();
-            reply["acked_seq"] = vessel.acked_seq.into();
-        }
+        // A poll: no `result` (it could only say `no_batch`).
+        None => reply["acked_seq"] = vessel.acked_seq.into(),
         Some(path) => match intake(&shared.cfg, &shared.db, vessel, path, "https", now) {
             Ok(i) => {
                 reply["acked_seq"] = i.acked_seq.into();
@@ -389,12 +393,22 @@ fn sync_steps(
         .iter()
         .map(|q| crate::content::offer(&shared.cfg, &shared.db, &vessel.id, q))
         .collect::<Result<Vec<_>, String>>()?;
-    reply["bundles"] = list
-        .iter()
-        .map(|q| serde_json::json!({"queue_id": q.id, "bundle_id": q.bundle_id, "size": q.size, "sha256": q.sha256, "path": format!("/v1/bundles/{}", q.id)}))
-        .collect::<Vec<_>>()
-        .into();
-    Ok(json(StatusCode::OK, reply))
+    if !list.is_empty() {
+        // The vessel applies these and has their outcomes to tell: come back soon, whatever its
+        // idle cadence.
+        reply["poll_in"] = POLL_IN_BUSY.into();
+    }
+    // Left out when empty: an idle vessel's poll is answered in as few bytes as it can be.
+    if !list.is_empty() {
+        reply["bundles"] = list
+            .iter()
+            .map(|q| serde_json::json!({"queue_id": q.id, "bundle_id": q.bundle_id, "size": q.size, "sha256": q.sha256, "path": format!("/v1/bundles/{}", q.id)}))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    // No Content-Type: the agent reads this reply as JSON whatever it says, and a vessel pays
+    // for every byte of its check-ins.
+    Ok(Response::new(Full::new(Bytes::from(reply.to_string()))))
 }
 
 /// Runs the server until SIGTERM or SIGINT. `ready` is called with the bound address once the
@@ -502,6 +516,8 @@ pub fn run(
                             .timer(TokioTimer::new())
                             .header_read_timeout(conn::HEADER_TIMEOUT)
                             .keep_alive(true)
+                            // A vessel pays for every byte: no Date header it never reads.
+                            .auto_date_header(false)
                             .serve_connection(TokioIo::new(io), svc)
                             .await
                         {

@@ -61,6 +61,9 @@ pub enum AgentError {
     Locked(PathBuf),
 }
 
+/// Why a SIGHUP scheduled an exchange.
+const SYNC_ASKED: &str = "the operator asked (SIGHUP)";
+
 /// What one or more passes did, for `--once` output and the demo.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
@@ -299,6 +302,9 @@ impl Agent {
         })();
         let note = match &result {
             Ok(r) => {
+                if r.queued > 0 {
+                    self.nudge_uplink("a capture found progress to send");
+                }
                 if r.changes > 0 {
                     tracing::info!(
                         rows = r.rows,
@@ -349,6 +355,27 @@ impl Agent {
         }
         // A clock set back would otherwise postpone capture until it caught up again.
         Some(if last > now { now } else { next })
+    }
+
+    /// New work for shore (progress captured, a bundle applied): the next exchange comes
+    /// forward ([`Uplink::nudge`]). `now`: the operator asked (SIGHUP), whatever the cadence.
+    fn nudge_uplink(&mut self, why: &str) {
+        let now = self.clock.now();
+        let Some(u) = self.uplink.as_ref() else {
+            return;
+        };
+        let out = if why == SYNC_ASKED {
+            self.store
+                .write(|tx| tx.schedule_sync(now, why))
+                .map(|()| now)
+                .map_err(|e| e.to_string())
+        } else {
+            u.nudge(&mut self.store, now, why)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = out {
+            tracing::warn!("cannot bring the next exchange forward: {e}");
+        }
     }
 
     /// Runs one sync cycle now (when an uplink is configured).
@@ -522,6 +549,9 @@ impl Agent {
                 break;
             };
             let mut report = self.pass()?;
+            if !report.commands.is_empty() {
+                self.nudge_uplink("commands ran: their outcomes go home");
+            }
             self.periodic(&mut report);
             drop(work);
             if report.did_something() {
@@ -539,11 +569,17 @@ impl Agent {
             let started = Instant::now();
             match wake.recv_timeout(timeout) {
                 Ok(Wake::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok(Wake::Now) => {
+                    tracing::info!("SIGHUP: rescanning and exchanging with shore now");
+                    self.nudge_uplink(SYNC_ASKED);
+                }
                 Ok(Wake::Hint) => {
                     // Let a burst of events from one copy collapse into one scan.
                     while let Ok(w) = wake.try_recv() {
-                        if matches!(w, Wake::Stop) {
-                            self.stop.store(true, Ordering::SeqCst);
+                        match w {
+                            Wake::Stop => self.stop.store(true, Ordering::SeqCst),
+                            Wake::Now => self.nudge_uplink(SYNC_ASKED),
+                            Wake::Hint => {}
                         }
                     }
                     tracing::debug!(after = ?started.elapsed(), "inbox hint");

@@ -1,5 +1,5 @@
 //! What wakes the agent's work loop: an inotify watcher on the inbox (hints only: the loop
-//! scans anyway) and a signal listener (SIGTERM and SIGINT stop, SIGHUP rescans).
+//! scans anyway) and a signal listener (SIGTERM and SIGINT stop, SIGHUP rescans and exchanges with shore now).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,12 +13,14 @@ use super::AgentError;
 pub enum Wake {
     /// Something changed in the inbox.
     Hint,
+    /// SIGHUP: rescan the inbox and exchange with shore now.
+    Now,
     /// Shut down.
     Stop,
 }
 
 /// Starts the threads that feed the work loop: an inotify watcher on the inbox (hints only) and
-/// a signal listener (SIGTERM/SIGINT stop, SIGHUP rescans). Returns the receiver and the watcher,
+/// a signal listener (SIGTERM/SIGINT stop, SIGHUP rescans and exchanges with shore now). Returns the receiver and the watcher,
 /// which must be kept alive.
 pub fn wake_sources(
     inbox: &Path,
@@ -63,7 +65,7 @@ pub fn wake_sources(
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == signal_hook::consts::SIGHUP {
-                    let _ = tx.send(Wake::Hint);
+                    let _ = tx.send(Wake::Now);
                 } else {
                     stop.store(true, Ordering::SeqCst);
                     let _ = tx.send(Wake::Stop);

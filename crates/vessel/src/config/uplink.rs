@@ -31,8 +31,15 @@ pub struct UplinkSettings {
     pub signing_key: Option<PathBuf>,
     /// TLS trust.
     pub trust: Trust,
-    /// Seconds between sync cycles.
+    /// Seconds between exchanges while records wait to go home.
     pub interval: u64,
+    /// Seconds between check-ins while nothing waits (shore's `poll_in` and new work shorten
+    /// it).
+    pub idle_interval: u64,
+    /// What a megabyte (10^6 bytes) on the link costs, for `status`'s bill; `None`: not shown.
+    pub price_per_mb: Option<f64>,
+    /// The price's currency as the operator writes it (`USD`, `EUR`); at most 8 characters.
+    pub currency: String,
     /// Connect timeout, seconds.
     pub connect_timeout: u64,
     /// Whole-request timeout, seconds.
@@ -77,6 +84,9 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> UplinkSettings {
                 "ca_file",
                 "pin_sha256",
                 "interval",
+                "idle_interval",
+                "price_per_mb",
+                "currency",
                 "connect_timeout",
                 "timeout",
                 "batch_records",
@@ -165,13 +175,49 @@ pub(crate) fn parse(w: &mut Walker<'_>, root: &Table) -> UplinkSettings {
         Some(_) => w.bytes(uplink_t, "uplink", "monthly_budget", 0),
         None => 0,
     };
+    let price_per_mb = match uplink_t.and_then(|t| t.get("price_per_mb")) {
+        None => None,
+        Some(item) => {
+            let v = item
+                .as_float()
+                .or_else(|| item.as_integer().map(|i| i as f64));
+            match v {
+                Some(p) if (0.0..1e6).contains(&p) => Some(p),
+                _ => {
+                    w.push(item.span(), "uplink.price_per_mb is what one megabyte on the link costs, a number such as 0.13 or 18.78".into());
+                    None
+                }
+            }
+        }
+    };
+    let currency = match w.string(uplink_t, "uplink", "currency") {
+        None => String::new(),
+        Some((c, span)) => {
+            let c = c.trim().to_string();
+            if c.chars().count() > 8 || c.chars().any(|ch| ch.is_control()) {
+                w.push(
+                    span,
+                    "uplink.currency is a short name such as \"USD\" (at most 8 characters)".into(),
+                );
+                String::new()
+            } else {
+                c
+            }
+        }
+    };
+    let interval = w.seconds(uplink_t, "uplink", "interval", 300).max(1);
     UplinkSettings {
         mode,
         url: url.trim_end_matches('/').to_string(),
         token_file,
         signing_key,
         trust,
-        interval: w.seconds(uplink_t, "uplink", "interval", 300).max(1),
+        interval,
+        idle_interval: w
+            .seconds(uplink_t, "uplink", "idle_interval", 3600)
+            .max(interval),
+        price_per_mb,
+        currency,
         connect_timeout: w.seconds(uplink_t, "uplink", "connect_timeout", 30).max(1),
         timeout: w.seconds(uplink_t, "uplink", "timeout", 300).max(1),
         batch_records: w

@@ -2,12 +2,13 @@
 //! request), within the byte budget less the reserve kept for progress, each checked against
 //! its digest before it is committed under its final name.
 
-use std::io::{Read, Write};
-
-use base::text::error_chain;
+use std::io::Write;
 
 use super::exchange::Offer;
-use super::{CycleReport, Uplink, UplinkError, day_of};
+
+/// Bytes asked for in one Range request.
+const CHUNK: u64 = 4 << 20;
+use super::{CycleReport, Uplink, UplinkError};
 use crate::store::Store;
 
 impl Uplink {
@@ -18,9 +19,10 @@ impl Uplink {
         offers: Vec<Offer>,
         report: &mut CycleReport,
     ) -> Result<(), UplinkError> {
-        let (Some(client), Some(token)) = (&self.client, &self.token) else {
+        let Some(token) = self.token.clone() else {
             return Ok(());
         };
+        let auth = format!("Bearer {token}");
         let mut offers = offers;
         offers.sort_by_key(|o| o.queue_id);
         for o in offers {
@@ -63,49 +65,54 @@ impl Uplink {
                 ));
                 break;
             }
-            let url = format!("{}{path}", self.cfg.url);
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&part)
                 .map_err(|e| UplinkError::Io(format!("{}: {e}", part.display())))?;
             while have < o.size {
-                let end = (have + (4 << 20)).min(o.size) - 1;
-                let resp = client
-                    .get(&url)
-                    .header("authorization", format!("Bearer {token}"))
-                    .header("x-vessel-id", &self.vessel)
-                    .header("range", format!("bytes={have}-{end}"))
-                    .send()
-                    .and_then(|r| r.error_for_status());
-                let mut resp = match resp {
-                    Ok(r) => r,
+                let end = (have + CHUNK).min(o.size) - 1;
+                let range = format!("bytes={have}-{end}");
+                let before = self.tally();
+                let Some(client) = self.client.as_mut() else {
+                    return Ok(());
+                };
+                let answer = client.request(
+                    "GET",
+                    &path,
+                    &[
+                        ("authorization", &auth),
+                        ("x-vessel-id", &self.vessel),
+                        ("range", &range),
+                    ],
+                    &[],
+                    // At most what was asked for, and a byte more to see a reply that overran.
+                    end + 2 - have,
+                );
+                self.bill(store, now, &before)?;
+                let buf = match answer {
+                    Ok(a) if (200..300).contains(&a.status) => a.body,
+                    Ok(a) => {
+                        report.held = Some(format!(
+                            "download of bundle {} paused at {have} of {} bytes: shore answered HTTP {}",
+                            o.bundle_id, o.size, a.status
+                        ));
+                        return Ok(());
+                    }
                     Err(e) => {
                         report.held = Some(format!(
-                            "download of bundle {} paused at {have} of {} bytes: {}",
-                            o.bundle_id,
-                            o.size,
-                            error_chain(&e)
+                            "download of bundle {} paused at {have} of {} bytes: {e}",
+                            o.bundle_id, o.size
                         ));
                         return Ok(());
                     }
                 };
-                // At most what was asked for (and a byte more, to see a reply that overran).
-                let mut buf = Vec::new();
-                if let Err(e) = resp.by_ref().take(end + 2 - have).read_to_end(&mut buf) {
-                    report.held = Some(format!(
-                        "download of bundle {} cut at {have} bytes: {e}",
-                        o.bundle_id
-                    ));
-                    return Ok(());
-                }
                 if buf.is_empty() {
                     break;
                 }
                 file.write_all(&buf)
                     .map_err(|e| UplinkError::Io(format!("{}: {e}", part.display())))?;
                 have += buf.len() as u64;
-                store.write(|tx| tx.add_traffic(&day_of(now), 300, buf.len() as u64 + 300))?;
             }
             file.sync_all()
                 .map_err(|e| UplinkError::Io(format!("{}: {e}", part.display())))?;

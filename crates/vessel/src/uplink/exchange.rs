@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use super::Uplink;
 use crate::store::Store;
-use base::text::error_chain;
+
+/// Largest reply of `POST /v1/sync` read (the offers of a long queue fit many times over).
+const MAX_REPLY: u64 = 4 << 20;
 
 /// The reply of `POST /v1/sync`.
 #[derive(Debug, Deserialize)]
@@ -18,6 +20,10 @@ pub(crate) struct Reply {
     pub acked_seq: Option<u64>,
     #[serde(default)]
     pub bundles: Vec<Offer>,
+    /// Shore asks to hear from the vessel again within this many seconds (something is under
+    /// way for it: a bundle not yet fetched, a retirement or a crew change waiting on it).
+    #[serde(default)]
+    pub poll_in: Option<i64>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
@@ -37,8 +43,8 @@ pub(crate) struct Offer {
 /// How one exchange ended.
 #[derive(Debug)]
 pub(crate) enum Exchange {
-    /// Shore answered (the reply, and its size in bytes).
-    Reply(Reply, u64),
+    /// Shore answered.
+    Reply(Reply),
     /// Worth trying again after a backoff (why, shore's `Retry-After` in seconds).
     Retry(String, Option<i64>),
     /// Refused; tried again only after a fix, a restart or six hours.
@@ -70,7 +76,7 @@ pub(crate) fn classify(status: u16, retry_after: Option<i64>, body: &[u8]) -> Ex
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
     match status {
         200 => match reply {
-            Some(r) => Exchange::Reply(r, body.len() as u64),
+            Some(r) => Exchange::Reply(r),
             None => Exchange::Retry("shore's reply is not the expected JSON".into(), None),
         },
         409 if reply.as_ref().and_then(|r| r.error.as_deref()) == Some("replayed") => {
@@ -85,10 +91,9 @@ pub(crate) fn classify(status: u16, retry_after: Option<i64>, body: &[u8]) -> Ex
 }
 
 impl Uplink {
-    pub(super) fn post(&self, store: &Store, body: Vec<u8>, now: i64) -> Exchange {
-        let (Some(client), Some(token)) = (&self.client, &self.token) else {
-            return Exchange::Permanent("uplink not configured for https".into());
-        };
+    /// `POST /v1/sync` with `body` (a batch, or nothing as a poll). Only what shore reads is
+    /// sent: no user agent, no content type, no accept header.
+    pub(super) fn post(&mut self, store: &Store, body: &[u8], now: i64) -> Exchange {
         let summary = store.outbox_summary().unwrap_or_default();
         let cursor = store
             .uplink_state()
@@ -98,39 +103,33 @@ impl Uplink {
         let oldest = summary
             .oldest_captured_at
             .map(|t| (now - t).max(0))
-            .unwrap_or(0);
-        let url = format!("{}/v1/sync", self.cfg.url);
-        let resp = client
-            .post(&url)
-            .header("authorization", format!("Bearer {token}"))
-            .header("x-vessel-id", &self.vessel)
-            .header("x-bundle-cursor", cursor)
-            .header("x-oldest-unsent", oldest.to_string())
-            .header("x-outbox-depth", summary.records.to_string())
-            .header("content-type", "application/vnd.vessel-sync.envelope")
-            .body(body)
-            .send();
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                return Exchange::Retry(
-                    format!("cannot reach shore at {url}: {}", error_chain(&e)),
-                    None,
-                );
-            }
+            .unwrap_or(0)
+            .to_string();
+        let depth = summary.records.to_string();
+        let url = self.cfg.url.clone();
+        let (Some(client), Some(token)) = (self.client.as_mut(), self.token.as_ref()) else {
+            return Exchange::Permanent("uplink not configured for https".into());
         };
-        let status = resp.status().as_u16();
-        let after = retry_after(
-            resp.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-        );
-        match resp.bytes() {
-            Ok(body) => classify(status, after, &body),
-            Err(e) => Exchange::Retry(
-                format!("reply from shore cut off: {}", error_chain(&e)),
-                None,
-            ),
+        let auth = format!("Bearer {token}");
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("x-vessel-id", &self.vessel),
+        ];
+        if cursor != "0" {
+            headers.push(("x-bundle-cursor", &cursor));
+        }
+        // Shore reads their absence as an empty outbox.
+        if summary.records > 0 {
+            headers.push(("x-oldest-unsent", &oldest));
+            headers.push(("x-outbox-depth", &depth));
+        }
+        let answer = client.request("POST", "/v1/sync", &headers, body, MAX_REPLY);
+        match answer {
+            Ok(a) => classify(a.status, retry_after(a.header("retry-after")), &a.body),
+            Err(e) => {
+                client.close();
+                Exchange::Retry(format!("cannot reach shore at {url}: {e}"), None)
+            }
         }
     }
 }
@@ -141,7 +140,7 @@ mod tests {
 
     fn kind(e: &Exchange) -> String {
         match e {
-            Exchange::Reply(r, _) => format!("reply acked={:?}", r.acked_seq),
+            Exchange::Reply(r) => format!("reply acked={:?}", r.acked_seq),
             Exchange::Retry(_, after) => format!("retry after={after:?}"),
             Exchange::Permanent(_) => "permanent".into(),
             Exchange::Replayed(n) => format!("replayed acked={n}"),

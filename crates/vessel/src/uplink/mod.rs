@@ -34,6 +34,7 @@ use crate::store::{Store, StoreError};
 use base::clock::{format_age, format_time};
 use base::failpoint;
 use wire::envelope::SecretKey;
+use wire::link::Tally;
 
 pub use batch::build_batches;
 use batch::store_has_no_batches;
@@ -82,6 +83,11 @@ pub struct CycleReport {
     pub held: Option<String>,
     /// When the next cycle is due (Unix seconds).
     pub next_attempt: i64,
+    /// What the cycle cost on the link (HTTPS mode): bytes, round trips, connections.
+    pub link: wire::link::Tally,
+    /// Shore asked to hear from the vessel again within this many seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_in: Option<i64>,
 }
 
 pub(crate) fn day_of(t: i64) -> String {
@@ -147,7 +153,7 @@ pub struct Uplink {
     outbound: PathBuf,
     key: SecretKey,
     token: Option<String>,
-    client: Option<reqwest::blocking::Client>,
+    client: Option<wire::link::LinkClient>,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
@@ -169,12 +175,13 @@ impl Uplink {
                 .token_file
                 .as_ref()
                 .ok_or_else(|| UplinkError::Setup("uplink.token_file is required".into()))?;
-            let client = wire::net::http_client(
+            let client = wire::link::LinkClient::new(
+                &u.url,
                 &u.trust,
                 Duration::from_secs(u.connect_timeout),
                 Duration::from_secs(u.timeout),
             )
-            .map_err(|e| UplinkError::Setup(format!("uplink TLS: {e}")))?;
+            .map_err(|e| UplinkError::Setup(format!("uplink: {e}")))?;
             (Some(read_token(tf)?), Some(client))
         } else {
             (None, None)
@@ -233,7 +240,6 @@ impl Uplink {
     /// One sync cycle.
     pub fn cycle(&mut self, store: &mut Store, now: i64) -> Result<CycleReport, UplinkError> {
         let mut report = CycleReport::default();
-        let interval = i64::try_from(self.cfg.interval).unwrap_or(300);
         if !in_window(&self.cfg.windows, now) {
             let at = next_window_start(&self.cfg.windows, now);
             let why = format!(
@@ -250,16 +256,39 @@ impl Uplink {
             UplinkMode::Files => self.files_cycle(store, now, &mut report)?,
             UplinkMode::Https => self.https_cycle(store, now, &mut report)?,
         }
-        report.acked_seq = store.outbox_summary()?.acked_seq;
+        let summary = store.outbox_summary()?;
+        report.acked_seq = summary.acked_seq;
         if report.next_attempt == 0 {
-            report.next_attempt = now + interval;
-            let why = report
-                .held
-                .clone()
-                .unwrap_or_else(|| "regular schedule (uplink.interval)".into());
+            let (wait, why) = next_wait(
+                &self.cfg,
+                summary.records > 0,
+                report.poll_in,
+                report.held.as_deref(),
+            );
+            report.next_attempt = now + wait;
             self.schedule(store, report.next_attempt, &why)?;
         }
         Ok(report)
+    }
+
+    /// Work appeared (a capture found changes, a bundle came through the inbox): the next
+    /// exchange is brought forward to `uplink.interval` after the last contact, or now, unless
+    /// a backoff or a permanent refusal holds the link. Returns when it is now due.
+    pub fn nudge(&self, store: &mut Store, now: i64, why: &str) -> Result<i64, UplinkError> {
+        let state = store.uplink_state()?;
+        if state.failures > 0 || state.permanent_error.is_some() {
+            return Ok(state.next_attempt_at);
+        }
+        let interval = i64::try_from(self.cfg.interval).unwrap_or(300);
+        let at = state
+            .last_contact_at
+            .map_or(now, |t| t.saturating_add(interval))
+            .max(now);
+        if at < state.next_attempt_at {
+            self.schedule(store, at, why)?;
+            return Ok(at);
+        }
+        Ok(state.next_attempt_at)
     }
 
     fn files_cycle(
@@ -297,7 +326,40 @@ impl Uplink {
         Ok(())
     }
 
+    /// What the link has cost this process so far.
+    fn tally(&self) -> Tally {
+        self.client
+            .as_ref()
+            .map(wire::link::LinkClient::tally)
+            .unwrap_or_default()
+    }
+
+    /// Books what the link cost since `before` on today's traffic (the budgets and the bill).
+    fn bill(&self, store: &mut Store, now: i64, before: &Tally) -> Result<(), UplinkError> {
+        let spent = self.tally().since(before);
+        if spent.bytes() > 0 {
+            store.write(|tx| tx.add_traffic(&day_of(now), spent.up, spent.down))?;
+        }
+        Ok(())
+    }
+
     fn https_cycle(
+        &mut self,
+        store: &mut Store,
+        now: i64,
+        report: &mut CycleReport,
+    ) -> Result<(), UplinkError> {
+        let start = self.tally();
+        let out = self.https_exchanges(store, now, report);
+        // The next cycle is minutes away: a connection kept that long only dies on the way.
+        if let Some(c) = self.client.as_mut() {
+            c.close();
+        }
+        report.link = self.tally().since(&start);
+        out
+    }
+
+    fn https_exchanges(
         &mut self,
         store: &mut Store,
         now: i64,
@@ -333,16 +395,13 @@ impl Uplink {
                 report.held = Some(why);
                 break;
             }
-            let sent = body.len() as u64 + 600;
-            let outcome = self.post(store, body, now);
+            let before = self.tally();
+            let outcome = self.post(store, &body, now);
             report.exchanges += 1;
-            let received = match &outcome {
-                Exchange::Reply(_, n) => *n + 300,
-                _ => 300,
-            };
-            store.write(|tx| tx.add_traffic(&day_of(now), sent, received))?;
+            self.bill(store, now, &before)?;
             match outcome {
-                Exchange::Reply(reply, _) => {
+                Exchange::Reply(reply) => {
+                    report.poll_in = reply.poll_in.filter(|s| *s >= 0);
                     failpoint::hit("sync.before-ack");
                     let acked = reply.acked_seq.unwrap_or(0);
                     store.write(|tx| {
@@ -410,6 +469,44 @@ impl Uplink {
         }
         self.download(store, now, offers, report)
     }
+}
+
+/// Shortest wait shore's `poll_in` may ask for, seconds.
+pub const MIN_POLL: i64 = 30;
+
+/// How long until the next exchange after a cycle that ended normally, and why: records still
+/// waiting (a budget or a window held them) come back after `uplink.interval`; an idle vessel
+/// checks in after `uplink.idle_interval`; shore's `poll_in` shortens either.
+pub fn next_wait(
+    cfg: &UplinkSettings,
+    records_waiting: bool,
+    poll_in: Option<i64>,
+    held: Option<&str>,
+) -> (i64, String) {
+    let interval = i64::try_from(cfg.interval).unwrap_or(300);
+    let idle = i64::try_from(cfg.idle_interval).unwrap_or(3600);
+    let (mut wait, mut why) = if records_waiting || cfg.mode == UplinkMode::Files {
+        (
+            interval,
+            "records wait to go home (uplink.interval)".to_string(),
+        )
+    } else {
+        (
+            idle,
+            "nothing to send: checking in (uplink.idle_interval)".to_string(),
+        )
+    };
+    if let Some(p) = poll_in {
+        let p = p.max(MIN_POLL);
+        if p < wait {
+            wait = p;
+            why = "shore has something under way for this vessel".into();
+        }
+    }
+    if let Some(h) = held {
+        why = h.to_string();
+    }
+    (wait, why)
 }
 
 #[cfg(test)]
