@@ -16,6 +16,7 @@ mod hostile;
 mod hostile_shore;
 mod imports;
 mod keys;
+mod link;
 mod ordering;
 mod progress;
 mod real;

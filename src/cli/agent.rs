@@ -188,6 +188,19 @@ pub fn sync(path: &Path, json: bool, clock: Arc<dyn Clock>) -> i32 {
                     "sync: {} batch(es) built, {} exchange(s), acknowledged up to batch {}, {} bundle(s) downloaded",
                     r.built, r.exchanges, r.acked_seq, r.downloaded
                 );
+                if r.link.connections > 0 {
+                    println!(
+                        "link: {} bytes sent, {} received, {} round trip(s){}",
+                        r.link.up,
+                        r.link.down,
+                        r.link.round_trips,
+                        if r.link.resumed > 0 {
+                            " (TLS session resumed)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 if let Some(h) = &r.held {
                     println!("held: {h}");
                 }

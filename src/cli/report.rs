@@ -222,12 +222,15 @@ pub fn status(cfg: &Config, clock: &dyn Clock, json: bool) -> i32 {
     exit::OK
 }
 
-fn budget(used: u64, limit: u64) -> String {
+fn budget(used: u64, limit: u64, cost: Option<f64>, currency: &str) -> String {
+    let cost = cost
+        .map(|c| format!(", {c:.3} {currency}").trim_end().to_string())
+        .unwrap_or_default();
     if limit == 0 {
-        format!("{used} bytes (no limit)")
+        format!("{used} bytes{cost} (no limit)")
     } else {
         format!(
-            "{used} of {limit} bytes ({}%)",
+            "{used} of {limit} bytes{cost} ({}%)",
             used.saturating_mul(100) / limit.max(1)
         )
     }
@@ -275,9 +278,14 @@ fn print_progress(p: &ProgressStatus, now: i64) {
         println!("last error: {e}");
     }
     println!(
-        "budget:    today {}; this month {}",
-        budget(p.bytes_today, p.daily_budget),
-        budget(p.bytes_this_month, p.monthly_budget)
+        "link cost: today {}; this month {}",
+        budget(p.bytes_today, p.daily_budget, p.cost_today, &p.currency),
+        budget(
+            p.bytes_this_month,
+            p.monthly_budget,
+            p.cost_this_month,
+            &p.currency
+        )
     );
     if p.capture_configured {
         println!(
@@ -489,9 +497,10 @@ pub fn print_pass(r: &Report) {
     }
     if let Some(s) = &r.sync {
         println!(
-            "sync         {} batch(es) built, {} exchange(s), shore acknowledged up to batch {}, {} bundle(s) fetched{}",
+            "sync         {} batch(es) built, {} exchange(s) ({} bytes), shore acknowledged up to batch {}, {} bundle(s) fetched{}",
             s.built,
             s.exchanges,
+            s.link.bytes(),
             s.acked_seq,
             s.downloaded,
             s.held

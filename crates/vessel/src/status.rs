@@ -238,6 +238,14 @@ pub struct ProgressStatus {
     pub daily_budget: u64,
     /// `uplink.monthly_budget` (0: none).
     pub monthly_budget: u64,
+    /// What today's bytes cost at `uplink.price_per_mb` (none without a price).
+    pub cost_today: Option<f64>,
+    /// What this month's bytes cost.
+    pub cost_this_month: Option<f64>,
+    /// `uplink.price_per_mb`.
+    pub price_per_mb: Option<f64>,
+    /// `uplink.currency`.
+    pub currency: String,
     /// Whether capture reads a Moodle.
     pub capture_configured: bool,
     /// When capture last ran.
@@ -248,6 +256,12 @@ pub struct ProgressStatus {
     pub capture_error: Option<String>,
     /// Progress rows quarantined by capture.
     pub quarantine: Vec<QuarantinedProgress>,
+}
+
+/// What `bytes` cost at `price_per_mb` (a megabyte is 10^6 bytes, as satellite plans bill),
+/// rounded to a thousandth.
+pub fn cost(bytes: u64, price_per_mb: f64) -> f64 {
+    (bytes as f64 / 1e6 * price_per_mb * 1000.0).round() / 1000.0
 }
 
 fn progress_status(
@@ -283,6 +297,10 @@ fn progress_status(
         bytes_this_month: mu + md,
         daily_budget: cfg.uplink.daily_budget,
         monthly_budget: cfg.uplink.monthly_budget,
+        cost_today: cfg.uplink.price_per_mb.map(|p| cost(du + dd, p)),
+        cost_this_month: cfg.uplink.price_per_mb.map(|p| cost(mu + md, p)),
+        price_per_mb: cfg.uplink.price_per_mb,
+        currency: cfg.uplink.currency.clone(),
         capture_configured: cfg.moodle_db.is_some(),
         last_capture: time_of("last_capture_at"),
         last_capture_rows: facts.get("last_capture_rows").and_then(|v| v.parse().ok()),

@@ -149,6 +149,17 @@ impl Write for Counted {
         Ok(n)
     }
 
+    /// One system call for all of rustls's pending records: the client's `Finished` and the
+    /// request leave in one segment, so shore never answers the one before the other arrives.
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let n = self.sock.write_vectored(bufs)?;
+        if n > 0 {
+            self.counters.up.fetch_add(n as u64, Ordering::Relaxed);
+            self.sent_since_read = true;
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.sock.flush()
     }
@@ -267,6 +278,29 @@ fn proxy_from_env(host: &str) -> Result<Option<Proxy>, LinkError> {
     Ok(Some(Proxy { addr, auth }))
 }
 
+/// Makes the coming close of `sock` a reset (`SO_LINGER` of zero), so that the peer's answer
+/// to a graceful close never crosses the link.
+fn abort(sock: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the descriptor is open (owned by `sock`, which outlives the call) and the option
+    // value is a `linger` of the size passed.
+    let _ = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    // No shutdown(): it would send a FIN first, and shore would answer it before the reset
+    // arrives. The caller drops the socket, which resets the connection.
+}
+
 fn io_err(e: std::io::Error, timeout: Duration) -> LinkError {
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -313,9 +347,13 @@ impl LinkClient {
     }
 
     /// Closes the kept connection (the end of a cycle). The TLS session stays resumable.
+    ///
+    /// The close is abortive (a TCP reset): every answer has been read in full by then, and a
+    /// graceful close would have shore send a TLS `close_notify` (24 bytes) down the billed link
+    /// for nobody to read.
     pub fn close(&mut self) {
         if let Some(live) = self.live.take() {
-            let _ = live.sock.sock.shutdown(std::net::Shutdown::Both);
+            abort(&live.sock.sock);
         }
     }
 
