@@ -370,3 +370,57 @@ fn the_watchdog_stays_fed_while_a_sync_waits_on_a_dead_link_and_sigterm_still_st
     let mut child = child;
     assert!(child.0.wait().unwrap().success());
 }
+
+/// `systemctl reload vessel-sync` (SIGHUP) exchanges with shore now, though the idle vessel's
+/// next check-in is an hour away.
+#[test]
+fn sighup_makes_an_idle_agent_exchange_with_shore_now() {
+    use crate::support::shore::{Shore, linked_vessel};
+    use std::sync::atomic::Ordering;
+    use testkit::faultproxy::Proxy;
+    let mut shore = Shore::new();
+    shore.start();
+    let proxy = Proxy::start(shore.addr()).unwrap();
+    let v = linked_vessel(
+        &shore,
+        &format!("https://127.0.0.1:{}", proxy.addr.port()),
+        "",
+    );
+    let (mut n, sock_path) = Notify::bind(&v);
+    let child = Daemon::spawn(agent_under_systemd(&v, &sock_path).stderr(Stdio::null()));
+    n.until("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    let connections = || proxy.state.connections.load(Ordering::SeqCst);
+    let t = std::time::Instant::now();
+    while connections() == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no first check-in");
+        n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    }
+    // Idle: the next check-in is due in an hour.
+    let t = std::time::Instant::now();
+    loop {
+        let state = v.store().uplink_state().unwrap();
+        if state.last_contact_at.is_some() {
+            assert!(
+                state.next_attempt_at >= now() + 3000,
+                "idle cadence: {:?}",
+                state.next_attempt_reason
+            );
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no contact recorded");
+        n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    }
+    child.signal(libc::SIGHUP);
+    let t = std::time::Instant::now();
+    while connections() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "SIGHUP did not make the agent exchange with shore"
+        );
+        n.until("WATCHDOG=1", |m| m.trim_end() == "WATCHDOG=1");
+    }
+    child.signal(libc::SIGTERM);
+    n.until("STOPPING=1", |m| m.lines().any(|l| l == "STOPPING=1"));
+    let mut child = child;
+    assert!(child.0.wait().unwrap().success());
+}

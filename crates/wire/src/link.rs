@@ -241,12 +241,21 @@ fn host_port(url: &str) -> Result<(String, u16), LinkError> {
 /// The proxy from `HTTPS_PROXY` / `https_proxy` unless `NO_PROXY` / `no_proxy` names `host`.
 fn proxy_from_env(host: &str) -> Result<Option<Proxy>, LinkError> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let Some(url) = var("HTTPS_PROXY").or_else(|| var("https_proxy")) else {
+    proxy_for(
+        host,
+        var("HTTPS_PROXY").or_else(|| var("https_proxy")),
+        &var("NO_PROXY")
+            .or_else(|| var("no_proxy"))
+            .unwrap_or_default(),
+    )
+}
+
+/// The proxy `url` for `host`, unless `no_proxy` (a comma-separated list of hosts and domain
+/// suffixes, or `*`) names it.
+fn proxy_for(host: &str, url: Option<String>, no_proxy: &str) -> Result<Option<Proxy>, LinkError> {
+    let Some(url) = url else {
         return Ok(None);
     };
-    let no_proxy = var("NO_PROXY")
-        .or_else(|| var("no_proxy"))
-        .unwrap_or_default();
     let skipped = no_proxy.split(',').map(str::trim).any(|n| {
         let n = n.trim_start_matches('.');
         n == "*" || (!n.is_empty() && (host == n || host.ends_with(&format!(".{n}"))))
@@ -415,8 +424,8 @@ impl LinkClient {
             counters: self.counters.clone(),
             sent_since_read: false,
         };
-        // The proxy's own connection and its answer are a round trip of their own.
-        self.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+        // Round trips: the TCP connection to the proxy is counted by the caller as the
+        // connection; the CONNECT and its answer are one more turn, counted as it is read.
         let mut head = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n");
         if let Some(a) = &p.auth {
             head.push_str(&format!("proxy-authorization: Basic {a}\r\n"));
@@ -693,6 +702,36 @@ mod tests {
         ] {
             assert!(host_port(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_proxy_is_used_unless_no_proxy_names_the_host() {
+        let p = |url: &str, no: &str| proxy_for("shore.fleet.example", Some(url.into()), no);
+        let got = p("http://proxy.ship.lan:8080", "").unwrap().unwrap();
+        assert_eq!((got.addr.as_str(), got.auth), ("proxy.ship.lan:8080", None));
+        let got = p("http://officer:secret@proxy.ship.lan", "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.addr, "proxy.ship.lan:3128", "the usual proxy port");
+        assert_eq!(got.auth.as_deref(), Some("b2ZmaWNlcjpzZWNyZXQ="));
+        for no in [
+            "fleet.example",
+            ".fleet.example",
+            "*",
+            "localhost, shore.fleet.example",
+        ] {
+            assert!(p("http://proxy:3128", no).unwrap().is_none(), "{no}");
+        }
+        assert!(
+            p("http://proxy:3128", "example.org,leet.example")
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            p("https://proxy:3128", "").is_err(),
+            "a TLS proxy is not spoken"
+        );
+        assert!(proxy_for("shore", None, "").unwrap().is_none());
     }
 
     #[test]

@@ -328,6 +328,12 @@ impl RealMoodle {
             db.name()
         );
         let snap = cache_root().join(&key);
+        // One install at a time in this process: two tests asking for the same new snapshot at
+        // once (the shared instance and a private one) would otherwise share its `.tmp` folder.
+        static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one = INSTALLING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !snap.join("tokens.json").exists() {
             let t = Instant::now();
             install(db, &tarball, &snap)?;
@@ -354,6 +360,7 @@ impl RealMoodle {
                 snap.display()
             );
         }
+        drop(one);
         let tokens: Value = serde_json::from_str(
             &std::fs::read_to_string(snap.join("tokens.json")).map_err(|e| e.to_string())?,
         )

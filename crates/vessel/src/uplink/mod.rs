@@ -259,8 +259,7 @@ impl Uplink {
         let summary = store.outbox_summary()?;
         report.acked_seq = summary.acked_seq;
         if report.next_attempt == 0 {
-            let (wait, why) = next_wait(
-                &self.cfg,
+            let (wait, why) = Cadence::of(&self.cfg).next_wait(
                 summary.records > 0,
                 report.poll_in,
                 report.held.as_deref(),
@@ -474,44 +473,95 @@ impl Uplink {
 /// Shortest wait shore's `poll_in` may ask for, seconds.
 pub const MIN_POLL: i64 = 30;
 
-/// How long until the next exchange after a cycle that ended normally, and why: records still
-/// waiting (a budget or a window held them) come back after `uplink.interval`; an idle vessel
-/// checks in after `uplink.idle_interval`; shore's `poll_in` shortens either.
-pub fn next_wait(
-    cfg: &UplinkSettings,
-    records_waiting: bool,
-    poll_in: Option<i64>,
-    held: Option<&str>,
-) -> (i64, String) {
-    let interval = i64::try_from(cfg.interval).unwrap_or(300);
-    let idle = i64::try_from(cfg.idle_interval).unwrap_or(3600);
-    let (mut wait, mut why) = if records_waiting || cfg.mode == UplinkMode::Files {
-        (
-            interval,
-            "records wait to go home (uplink.interval)".to_string(),
-        )
-    } else {
-        (
-            idle,
-            "nothing to send: checking in (uplink.idle_interval)".to_string(),
-        )
-    };
-    if let Some(p) = poll_in {
-        let p = p.max(MIN_POLL);
-        if p < wait {
-            wait = p;
-            why = "shore has something under way for this vessel".into();
+/// The uplink's cadence: when the next exchange is due after a cycle that ended normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Seconds while records wait (`uplink.interval`).
+    pub interval: i64,
+    /// Seconds while nothing waits (`uplink.idle_interval`).
+    pub idle: i64,
+    /// Files mode: a carrier's schedule, no check-ins.
+    pub files: bool,
+}
+
+impl Cadence {
+    /// The cadence of `cfg`.
+    pub fn of(cfg: &UplinkSettings) -> Self {
+        Self {
+            interval: i64::try_from(cfg.interval).unwrap_or(300),
+            idle: i64::try_from(cfg.idle_interval).unwrap_or(3600),
+            files: cfg.mode == UplinkMode::Files,
         }
     }
-    if let Some(h) = held {
-        why = h.to_string();
+
+    /// How long until the next exchange, and why: records still waiting (a budget or a window
+    /// held them) come back after `interval`; an idle vessel checks in after `idle`; shore's
+    /// `poll_in` (at least [`MIN_POLL`]) shortens either; a hold names itself as the reason.
+    pub fn next_wait(
+        &self,
+        records_waiting: bool,
+        poll_in: Option<i64>,
+        held: Option<&str>,
+    ) -> (i64, String) {
+        let (mut wait, mut why) = if records_waiting || self.files {
+            (
+                self.interval,
+                "records wait to go home (uplink.interval)".to_string(),
+            )
+        } else {
+            (
+                self.idle,
+                "nothing to send: checking in (uplink.idle_interval)".to_string(),
+            )
+        };
+        if let Some(p) = poll_in {
+            let p = p.max(MIN_POLL);
+            if p < wait {
+                wait = p;
+                why = "shore has something under way for this vessel".into();
+            }
+        }
+        if let Some(h) = held {
+            why = h.to_string();
+        }
+        (wait, why)
     }
-    (wait, why)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cadence, case by case: work waiting, idle, shore's poll_in (never below MIN_POLL,
+    /// never lengthening), files mode, a hold's reason.
+    #[test]
+    fn the_next_exchange_follows_the_work_and_shores_poll_in() {
+        let c = Cadence {
+            interval: 300,
+            idle: 3600,
+            files: false,
+        };
+        assert_eq!(c.next_wait(true, None, None).0, 300);
+        assert_eq!(c.next_wait(false, None, None).0, 3600);
+        assert!(c.next_wait(false, None, None).1.contains("idle_interval"));
+        assert_eq!(c.next_wait(false, Some(120), None).0, 120);
+        assert!(c.next_wait(false, Some(120), None).1.contains("shore"));
+        assert_eq!(c.next_wait(false, Some(0), None).0, MIN_POLL);
+        assert_eq!(
+            c.next_wait(true, Some(900), None).0,
+            300,
+            "poll_in never lengthens"
+        );
+        assert_eq!(c.next_wait(false, Some(-5), None).0, MIN_POLL);
+        let held = c.next_wait(true, None, Some("byte budget used up"));
+        assert_eq!(held, (300, "byte budget used up".into()));
+        let files = Cadence { files: true, ..c };
+        assert_eq!(
+            files.next_wait(false, None, None).0,
+            300,
+            "a carrier's schedule"
+        );
+    }
 
     #[test]
     fn windows_cover_midnight_and_name_the_next_opening() {
