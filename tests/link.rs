@@ -239,3 +239,63 @@ fn status_shows_what_the_link_cost_today_and_this_month() {
         "{text}"
     );
 }
+
+/// A ship whose only way out is an HTTP proxy: with `HTTPS_PROXY` set the uplink tunnels to
+/// shore through it with `CONNECT` (as reqwest did before the uplink had its own client), and
+/// the proxy's answer counts as one more round trip.
+#[test]
+fn the_uplink_reaches_shore_through_an_http_proxy_with_connect() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    let mut shore = Shore::new();
+    shore.start();
+    let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "");
+    seed(&v, 5, 0);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let tunnels = Arc::new(AtomicU64::new(0));
+    let (seen, target) = (tunnels.clone(), shore.port);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { continue };
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && client.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let line = String::from_utf8_lossy(&head).into_owned();
+            if !line.starts_with(&format!("CONNECT 127.0.0.1:{target} HTTP/1.1")) {
+                let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n");
+                continue;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            let server = TcpStream::connect(("127.0.0.1", target)).unwrap();
+            client
+                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .unwrap();
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c2, &mut s2));
+            let (mut s, mut c) = (server, client);
+            std::thread::spawn(move || std::io::copy(&mut s, &mut c));
+        }
+    });
+    let out = v.run_env(
+        &["sync", "--config", v.config.to_str().unwrap(), "--json"],
+        &[("HTTPS_PROXY", &format!("http://127.0.0.1:{proxy_port}"))],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tunnels.load(Ordering::SeqCst) >= 1, "the proxy carried it");
+    assert_eq!(shore.counts(), (5, 5));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["link"]["round_trips"], 4,
+        "TCP, CONNECT, TLS, request: {r}"
+    );
+}

@@ -273,12 +273,18 @@ fn install(db: Db, tarball: &Path, snap: &Path) -> Result<(), String> {
     setup.extend_from_slice(AGENT_FUNCTIONS);
     let tokens = php_ok(&code, &setup)?;
     server.create_reader()?;
-    let tmp = snap.with_extension("tmp");
+    // This process's own: another test process installing the same snapshot has another.
+    let tmp = snap.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     server.stop_into(&tmp.join("db"))?;
     copy_tree(&dataroot, &tmp.join("moodledata"))?;
     std::fs::write(tmp.join("tokens.json"), tokens.trim()).map_err(|e| e.to_string())?;
+    if snap.join("tokens.json").exists() {
+        // Another process finished the same install first: keep its snapshot.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
     let _ = std::fs::remove_dir_all(snap);
     std::fs::rename(&tmp, snap).map_err(|e| format!("{}: {e}", snap.display()))
 }
