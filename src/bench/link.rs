@@ -130,7 +130,8 @@ fn crew_snapshot(n: u64, t0: i64) -> moodle::db::Snapshot {
 }
 
 struct Bench {
-    dir: tempfile::TempDir,
+    /// Holds the run's files until the benchmark ends.
+    _dir: tempfile::TempDir,
     uplink: Uplink,
     store: Store,
     cfg: Config,
@@ -195,7 +196,7 @@ fn setup(config: Option<&Path>, now: i64) -> Result<Bench, String> {
         .map_err(|e| e.to_string())?
         .ok_or("the bench's uplink is off")?;
     Ok(Bench {
-        dir,
+        _dir: dir,
         uplink,
         store,
         cfg,
@@ -284,7 +285,6 @@ pub fn run(config: Option<&Path>, now: i64) -> Result<(serde_json::Value, String
         ));
     }
     text.push_str("  (TLS and HTTP bytes as the agent's socket counted them; TCP/IP headers, about 52 bytes a packet, come on top)\n");
-    let _ = b.dir.path();
     Ok((
         json!({
             "benchmark": "link",

@@ -81,7 +81,9 @@ pub struct BenchArgs {
     pub size_mb: u64,
     /// `bench users` against the real Moodle of this agent config (its [moodle] url,
     /// token_file and moodle_dir). Creates 3 x --rows accounts named vsbench... and deletes
-    /// them afterwards: run it on a site where that is acceptable.
+    /// them afterwards: run it on a site where that is acceptable. `bench link`: the
+    /// [uplink] settings of this agent config (interval, idle_interval, batch_records,
+    /// price_per_mb, currency); nothing of it is contacted.
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
     /// `bench users --config`: new users per import; `bench forward`: records forwarded.

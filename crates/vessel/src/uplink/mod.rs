@@ -11,7 +11,14 @@
 //! errors, 408, 429 and 5xx are retried with capped, jittered exponential backoff that honours
 //! `Retry-After`; other 4xx are permanent (shown in `status`, tried again only after six hours
 //! or a restart). Budgets and time windows are checked before every exchange; when the budget
-//! is tight, progress goes first and bundle downloads wait.
+//! is tight, progress goes first and bundle downloads wait. The bytes booked against the
+//! budgets are those the client counted on its socket ([`wire::link`]); the connection lives for
+//! one cycle.
+//!
+//! Cadence ([`Cadence`]): while records wait, the next exchange comes after `interval`; an idle
+//! vessel checks in after `idle_interval`; shore's `poll_in` shortens either. New work
+//! ([`Uplink::nudge`]: a capture that queued progress, commands that ran) brings the next
+//! exchange forward to `interval` after the last contact, but never hurries a backoff.
 //!
 //! Files mode: every batch is written atomically into the outbound directory for a carrier and
 //! written again if no acknowledgement came within `resend_after`; shore's `ack` bundles come
