@@ -396,3 +396,18 @@ fn bench_shore_counts_every_record_of_every_vessel_stored_once_and_acknowledged(
         assert_eq!(r["refused"], 0, "{j}");
     }
 }
+
+/// The agent's log written to a file or a pipe (`agent > agent.log`, cron) is plain text: no
+/// ANSI colour codes, which made such logs unreadable.
+#[test]
+fn the_log_in_a_file_or_a_pipe_carries_no_colour_codes() {
+    let shore = crate::support::shore::Shore::new();
+    let v = crate::support::shore::linked_vessel(&shore, "https://127.0.0.1:1", "");
+    let out = v.run(&["sync", "--config", v.config.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("cannot reach shore"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+}

@@ -138,6 +138,11 @@ pub fn init_logging(level: &str) {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_target(false)
+                // Colour only for a person at a terminal: a log file or a pipe gets plain text.
+                .with_ansi(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr())
+                        && std::env::var_os("NO_COLOR").is_none(),
+                )
                 .compact(),
         )
         .try_init();
