@@ -411,3 +411,35 @@ fn the_log_in_a_file_or_a_pipe_carries_no_colour_codes() {
         "colour codes in a piped log: {log:?}"
     );
 }
+
+/// `keygen`'s advice fits the key: a vessel's own key stays on board and its .pub goes ashore;
+/// an operator's key stays ashore (it was told "keep it ashore" for a vessel's key too).
+#[test]
+fn keygen_advice_fits_a_vessels_own_key_and_an_operators() {
+    let v = Vessel::new();
+    let out = v.run(&[
+        "keygen",
+        "--vessel",
+        "--out",
+        v.path("keys/mv").to_str().unwrap(),
+    ]);
+    let (text, err) = s(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(text.contains("stays on board"), "{text}");
+    assert!(
+        text.contains("shore vessel add ID --pubkey mv.pub"),
+        "{text}"
+    );
+    assert!(!text.contains("keep it ashore"), "{text}");
+    let out = v.run(&["keygen", "--out", v.path("keys/desk").to_str().unwrap()]);
+    let (text, _) = s(&out);
+    assert!(text.contains("keep it ashore"), "{text}");
+    let out = v.run(&[
+        "keygen",
+        "--vessel",
+        "--root",
+        "--out",
+        v.path("keys/x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a root key is no vessel's key");
+}

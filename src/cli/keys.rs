@@ -196,7 +196,7 @@ fn show(file: &Path, root: Option<&Path>, now: i64) -> i32 {
 }
 
 /// `vessel-sync keygen`.
-pub fn keygen(out: &Path, comment: &str, root: bool) -> i32 {
+pub fn keygen(out: &Path, comment: &str, root: bool, vessel: bool) -> i32 {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
             return fail(
@@ -229,9 +229,24 @@ pub fn keygen(out: &Path, comment: &str, root: bool) -> i32 {
             println!("key id:                 {}", key.id);
             exit::OK
         }
+        Ok((k, p)) if vessel => {
+            println!(
+                "private key: {} (mode 0600; this vessel's own: it stays on board, readable by the agent's user only; set it as [uplink] signing_key)",
+                k.display()
+            );
+            println!(
+                "public key:  {} (send it ashore: 'vessel-sync shore vessel add ID --pubkey {}')",
+                p.display(),
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            );
+            println!("key id:      {}", key.id);
+            exit::OK
+        }
         Ok((k, p)) => {
             println!(
-                "private key: {} (mode 0600; keep it ashore, never copy it to a vessel)",
+                "private key: {} (mode 0600; an operator's or shore's key: keep it ashore, never copy it to a vessel; for this vessel's own key use --vessel)",
                 k.display()
             );
             println!(

@@ -47,10 +47,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make an Ed25519 key pair for signing bundles: PREFIX.key (private, mode 0600) and PREFIX.pub.
+    /// Make an Ed25519 key pair: PREFIX.key (private, mode 0600) and PREFIX.pub.
     ///
-    /// Keep the .key file on the operator's machine ashore; copy the .pub file to every vessel
-    /// and list it under [keyring] trusted in the agent's config. Existing files are never
+    /// An operator's (or shore's) key signs bundles: keep its .key ashore; copy the .pub to every
+    /// vessel and list it under [keyring] trusted. A vessel's own key (`--vessel`) signs its
+    /// progress batches: its .key stays on board ([uplink] signing_key, readable by the agent
+    /// only) and its .pub goes ashore to 'shore vessel add --pubkey'. Existing files are never
     /// overwritten.
     Keygen {
         /// Path prefix of the two files, e.g. `keys/shore-ops`.
@@ -64,6 +66,10 @@ pub enum Command {
         /// under [keyring] root on every vessel.
         #[arg(long)]
         root: bool,
+        /// Make this vessel's own key (its [uplink] signing_key): the advice printed is for a
+        /// key that stays on board.
+        #[arg(long, conflicts_with = "root")]
+        vessel: bool,
     },
     /// Operator certificates from the fleet root key: certify, show.
     #[command(subcommand)]
@@ -242,7 +248,12 @@ a throwaway database, which the package does not carry. Run it from a source che
 pub fn run(cli: Cli) -> i32 {
     let clock: Arc<dyn Clock> = base::clock::from_env();
     match cli.command {
-        Command::Keygen { out, comment, root } => keys::keygen(&out, &comment, root),
+        Command::Keygen {
+            out,
+            comment,
+            root,
+            vessel,
+        } => keys::keygen(&out, &comment, root, vessel),
         Command::Key(cmd) => keys::run(cmd, clock.as_ref()),
         Command::RotateKey { config, json } => keys::rotate(&config.config, json, clock.as_ref()),
         Command::Bundle(b) => bundle::run(b, clock.as_ref()),
