@@ -443,3 +443,29 @@ fn keygen_advice_fits_a_vessels_own_key_and_an_operators() {
     ]);
     assert_eq!(out.status.code(), Some(2), "a root key is no vessel's key");
 }
+
+/// `check-config` names a secret file the agent would fail to read at work: the Moodle
+/// database password, the web-service token, the uplink's token (before, a missing one was
+/// found only at the first capture or sync).
+#[test]
+fn check_config_reports_missing_password_and_token_files() {
+    let v = Vessel::with(Options {
+        extra: "[moodle]\ndb_type = \"postgres\"\ndb_password_file = \"missing-db.password\"\nurl = \"http://127.0.0.1:1\"\ntoken_file = \"missing-ws.token\"\n",
+        ..Options::default()
+    });
+    let out = v.run(&["check-config", "--config", v.config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{:?}", s(&out));
+    let err = s(&out).1;
+    assert!(
+        err.contains("moodle.db_password_file") && err.contains("missing-db.password"),
+        "{err}"
+    );
+    assert!(
+        err.contains("moodle.token_file") && err.contains("missing-ws.token"),
+        "{err}"
+    );
+    std::fs::write(v.path("missing-db.password"), "secret\n").unwrap();
+    std::fs::write(v.path("missing-ws.token"), "t\n").unwrap();
+    let out = v.run(&["check-config", "--config", v.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", s(&out));
+}

@@ -316,6 +316,35 @@ fn check_config(path: &Path) -> i32 {
         Err(code) => return code,
     };
     let mut problems = cfg.check_directories();
+    // The secret files the agent reads at work, each checked here rather than at the first
+    // capture or command hours later.
+    let mut secrets: Vec<(&str, &Path)> = Vec::new();
+    if let Some(f) = cfg
+        .moodle_db
+        .as_ref()
+        .and_then(|d| d.password_file.as_deref())
+    {
+        secrets.push(("moodle.db_password_file", f));
+    }
+    if let Some(ws) = &cfg.moodle_ws {
+        secrets.push(("moodle.token_file", &ws.token_file));
+    }
+    if cfg.uplink.mode != vessel::config::UplinkMode::Off {
+        if let Some(f) = cfg.uplink.token_file.as_deref() {
+            secrets.push(("uplink.token_file", f));
+        }
+        if let Some(f) = cfg.uplink.signing_key.as_deref() {
+            secrets.push(("uplink.signing_key", f));
+        }
+    }
+    for (key, file) in secrets {
+        if let Err(e) = std::fs::File::open(file) {
+            problems.push(format!(
+                "{key} {}: {e} (the agent reads it as its own user: www-data under the packaged unit)",
+                file.display()
+            ));
+        }
+    }
     if let Err(e) = vessel::uplink::Uplink::new(&cfg) {
         problems.push(e.to_string());
     }
