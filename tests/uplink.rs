@@ -609,3 +609,39 @@ fn a_vessel_tells_shore_once_how_each_command_ended_and_sends_nothing_more_while
         "no batch for nothing"
     );
 }
+
+/// `agent --once` applies the bundles its sync fetched in the same run: a download is checked
+/// against its digest and renamed into place whole, so it does not wait for the inbox's settle
+/// time (an hour here) as a file copied in by hand does (before, a second run was needed).
+#[test]
+fn agent_once_applies_what_its_sync_fetched_in_the_same_run() {
+    let mut shore = Shore::new();
+    shore.start();
+    let v = crate::support::shore::linked_vessel_with(
+        &shore,
+        &format!("https://127.0.0.1:{}", shore.port),
+        "",
+        crate::support::Options {
+            settle: "1h",
+            ..Default::default()
+        },
+    );
+    let bundle = v.bundle(
+        "m.vsb",
+        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
+    );
+    std::fs::rename(&bundle, shore.path("m.vsb")).unwrap();
+    let out = shore.run(&["push", shore.path("m.vsb").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = v.once();
+    assert!(out.contains("set_mapping"), "{out}");
+    assert_eq!(
+        v.store().mappings().unwrap().len(),
+        1,
+        "applied in the same run"
+    );
+}

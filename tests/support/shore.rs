@@ -221,7 +221,17 @@ impl Shore {
 
 /// A vessel set up for the uplink to `url` (https) with the shore's CA.
 pub fn linked_vessel(shore: &Shore, url: &str, extra: &str) -> Vessel {
-    let v = Vessel::new();
+    linked_vessel_with(shore, url, extra, crate::support::Options::default())
+}
+
+/// [`linked_vessel`] with the vessel's own `Options` (settle time, gap timeout, extra config).
+pub fn linked_vessel_with(
+    shore: &Shore,
+    url: &str,
+    extra: &str,
+    options: crate::support::Options,
+) -> Vessel {
+    let v = Vessel::with(options);
     SecretKey::from_seed([5u8; 32])
         .write_pair(&v.path("keys/vessel"), VESSEL)
         .unwrap();

@@ -16,7 +16,7 @@
 //! files move to `quarantine/` with `NAME.reason.txt` beside them; local faults (disk full) leave
 //! the file where it is for the next scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -44,6 +44,7 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct Scanner {
     seen: HashMap<PathBuf, Seen>,
+    complete: HashSet<PathBuf>,
 }
 
 /// Result of one scan.
@@ -95,7 +96,11 @@ impl Scanner {
             let unchanged = prev == Some(seen);
             let old_enough = now.saturating_sub(mtime) >= settle;
             let mtime_in_future = mtime > now;
-            let settled = if mtime_in_future {
+            // A file this agent committed itself (a download, checked against its digest and
+            // renamed into place) is whole: no settle wait.
+            let settled = if self.complete.remove(&path) {
+                true
+            } else if mtime_in_future {
                 unchanged && now.saturating_sub(since) >= settle
             } else {
                 old_enough && (prev.is_none() || unchanged)
@@ -114,6 +119,12 @@ impl Scanner {
         self.seen = present;
         out.ready.sort();
         Ok(out)
+    }
+
+    /// Marks a file the agent itself put into the inbox whole (renamed into place after its
+    /// digest was checked): the next scan takes it without waiting for it to settle.
+    pub fn mark_complete(&mut self, path: PathBuf) {
+        self.complete.insert(path);
     }
 
     /// Forgets a file (after it was moved away).
@@ -552,6 +563,31 @@ pub fn quarantine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_the_agent_committed_itself_is_taken_at_once_and_only_that_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("shore-00000001-x.vsb");
+        let theirs = dir.path().join("usb.vsb");
+        fs::write(&mine, b"abc").unwrap();
+        fs::write(&theirs, b"abc").unwrap();
+        let now = fs::metadata(&mine)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut s = Scanner::default();
+        s.mark_complete(mine.clone());
+        let scan = s.scan(dir.path(), 3600, now).unwrap();
+        assert_eq!(scan.ready, vec![mine.clone()], "the download, at once");
+        assert_eq!(scan.arriving.len(), 1, "the copied file settles as before");
+        // The mark is used up: the same name written again later settles like any file.
+        fs::write(&mine, b"abcd").unwrap();
+        let scan = s.scan(dir.path(), 3600, now).unwrap();
+        assert!(scan.ready.is_empty());
+    }
 
     #[test]
     fn a_growing_file_is_not_ready_until_it_settles() {

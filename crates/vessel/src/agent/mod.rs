@@ -388,11 +388,18 @@ impl Agent {
         let u = &self.cfg.uplink;
         let max = Duration::from_secs((u.connect_timeout + u.timeout).saturating_mul(3));
         let store = &mut self.store;
-        Some(
-            self.notifier
-                .keepalive_during(max, || uplink.cycle(store, now))
-                .map_err(|e| e.to_string()),
-        )
+        let out = self
+            .notifier
+            .keepalive_during(max, || uplink.cycle(store, now))
+            .map_err(|e| e.to_string());
+        // What the cycle downloaded is whole: the next pass applies it (`agent --once` in the
+        // same run) without waiting for it to settle.
+        if let Ok(r) = &out {
+            for f in &r.downloaded_files {
+                self.scanner.mark_complete(f.clone());
+            }
+        }
+        Some(out)
     }
 
     fn sync_due(&self, now: i64) -> Option<i64> {

@@ -132,6 +132,7 @@ impl Uplink {
             store.write(|tx| tx.set_bundle_cursor(o.queue_id))?;
             tracing::info!(bundle = %o.bundle_id, bytes = o.size, "bundle downloaded into the inbox");
             report.downloaded += 1;
+            report.downloaded_files.push(dest);
         }
         Ok(())
     }

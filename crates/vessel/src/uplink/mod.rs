@@ -86,6 +86,10 @@ pub struct CycleReport {
     pub acked_seq: u64,
     /// Bundles downloaded into the inbox.
     pub downloaded: u64,
+    /// Their files (whole, checked against their digests): the agent applies them in the same
+    /// run without waiting for them to settle.
+    #[serde(skip)]
+    pub downloaded_files: Vec<PathBuf>,
     /// Why the cycle stopped early, if it did.
     pub held: Option<String>,
     /// When the next cycle is due (Unix seconds).
