@@ -109,6 +109,16 @@ impl Tx<'_> {
             let released = self.prune_acked(acked_seq)?;
             if released > 0 {
                 tracing::info!(acked_seq, released, "shore acknowledged progress");
+                // A guarded deletion waiting for this acknowledgement goes ahead in the next
+                // pass, not at its next retry minutes later.
+                self.tx
+                    .execute(
+                        "UPDATE commands SET next_attempt_at = ?1
+                         WHERE state = 'waiting' AND type IN ('delete_course', 'replace_course')
+                           AND next_attempt_at > ?1",
+                        params![now],
+                    )
+                    .ctx(self.path)?;
             }
         }
         Ok(changed > 0)
