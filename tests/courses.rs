@@ -686,3 +686,35 @@ fn a_final_backup_without_user_data_holds_the_deletion() {
     assert_eq!(ship.command("fire").0, CommandState::Done);
     assert!(ship.moodle.state().course("FIRE-201").is_none());
 }
+
+/// `shore course retire` of a course nobody knows (a typo) is an error that says what was
+/// looked at; naming a vessel that holds it queues the guarded deletion for it.
+#[test]
+fn retiring_a_course_nobody_knows_is_an_error_unless_a_vessel_is_named() {
+    let mut shore = crate::support::shore::Shore::new();
+    shore.start();
+    let v = crate::support::shore::linked_vessel(
+        &shore,
+        &format!("https://127.0.0.1:{}", shore.port),
+        "",
+    );
+    let out = shore.run(&["course", "retire", "ERM-11O"]);
+    assert_eq!(out.status.code(), Some(65), "{:?}", out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no course ERM-11O is known") && err.contains("--vessel"),
+        "{err}"
+    );
+    let out = shore.run(&["course", "retire", "ERM-11O", "--vessel", VESSEL]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("queued delete_course"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = v;
+}

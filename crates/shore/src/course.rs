@@ -16,19 +16,29 @@ use crate::store::{Queued, Retirement};
 use crate::{Error, ShoreConfig, operator};
 
 /// Hides `course` in the cloud; Ok(note) says what was done there.
-fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, Error> {
+/// Hides `course` in the cloud Moodle: what was done, and whether the cloud has the course.
+fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<(String, bool), Error> {
     let Some(cloud) = cfg.cloud.as_ref() else {
-        return Ok("no [cloud] configured: not hidden in a cloud Moodle".into());
+        return Ok((
+            "no [cloud] configured: not hidden in a cloud Moodle".into(),
+            false,
+        ));
     };
     let ws = connect(cloud)?;
     let found = moodle::lookup::course(&ws, course, || {})?;
     let Some(c) = found else {
-        return Ok(format!(
-            "no course {course} in the cloud Moodle (by idnumber or shortname): nothing hidden there"
+        return Ok((
+            format!(
+                "no course {course} in the cloud Moodle (by idnumber or shortname): nothing hidden there"
+            ),
+            false,
         ));
     };
     if !c.visible {
-        return Ok(format!("hidden in the cloud Moodle already (id {})", c.id));
+        return Ok((
+            format!("hidden in the cloud Moodle already (id {})", c.id),
+            true,
+        ));
     }
     ws.call(
         "core_course_update_courses",
@@ -37,9 +47,12 @@ fn hide_in_cloud(cfg: &ShoreConfig, course: &str) -> Result<String, Error> {
             .set("courses[0][visible]", 0),
         Safety::Write,
     )?;
-    Ok(format!(
-        "hidden in the cloud Moodle (id {}), kept for reporting",
-        c.id
+    Ok((
+        format!(
+            "hidden in the cloud Moodle (id {}), kept for reporting",
+            c.id
+        ),
+        true,
     ))
 }
 
@@ -125,8 +138,21 @@ pub fn retire(
     })?;
     let key = SecretKey::load(key_path).map_err(|e| Error::Config(e.to_string()))?;
     let db = cfg.open()?;
-    let cloud = hide_in_cloud(cfg, course)?;
+    let (cloud, in_cloud) = hide_in_cloud(cfg, course)?;
     let mut vessels = db.course_vessels(course)?;
+    if !in_cloud && vessels.is_empty() && also.is_empty() && db.retirements(course)?.is_empty() {
+        // A typo must not pass for a retirement that found nothing to do.
+        let where_cloud = if cfg.cloud.is_some() {
+            "it is not in the cloud Moodle (by idnumber or shortname)"
+        } else {
+            "no [cloud] is configured to look in"
+        };
+        return Err(Error::NotFound(format!(
+            "no course {course} is known: {where_cloud}, no vessel sent progress of it, and \
+             none was named with --vessel; check its idnumber or shortname, or name the vessels \
+             that hold it with --vessel ID"
+        )));
+    }
     for v in also {
         if db.vessel(v)?.is_none() {
             return Err(Error::NotFound(format!(
