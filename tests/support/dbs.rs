@@ -43,7 +43,8 @@ impl Pg {
         let schema = schema_dir();
         pg.psql_file("moodle", &schema.join("postgres.sql"));
         pg.psql_file("moodle", &schema.join("data.sql"));
-        // The GRANTs of docs/progress.md, verbatim.
+        // The GRANTs of docs/progress.md; the tables here belong to the role that loaded them,
+        // so it is the owner the default privileges name.
         pg.psql(
             "moodle",
             &format!(
@@ -51,7 +52,7 @@ impl Pg {
                  GRANT CONNECT ON DATABASE moodle TO {RO_USER};
                  GRANT USAGE ON SCHEMA public TO {RO_USER};
                  GRANT SELECT ON ALL TABLES IN SCHEMA public TO {RO_USER};
-                 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {RO_USER};"
+                 ALTER DEFAULT PRIVILEGES FOR ROLE CURRENT_USER IN SCHEMA public GRANT SELECT ON TABLES TO {RO_USER};"
             ),
         );
         pg
