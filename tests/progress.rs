@@ -341,3 +341,31 @@ fn capture_killed_before_or_after_its_commit_loses_and_duplicates_nothing() {
     assert_eq!(again["changes"], 0, "{again}");
     assert_eq!(outbox(&v).len(), n);
 }
+
+/// A capture that cannot log in says why in the server's own words (`role "..." does not
+/// exist`), not only "db error".
+#[test]
+fn a_refused_database_login_is_reported_with_the_servers_reason() {
+    let pg = Pg::start();
+    let v = Vessel::new();
+    let section = pg.moodle_section(&v.path("db.pw"));
+    let section: String = section
+        .lines()
+        .map(|l| {
+            if l.starts_with("db_user") {
+                "db_user = \"no_such_role\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    append(&v, &format!("{section}\n"));
+    let out = v.run(&["capture", "--config", v.config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no_such_role") && err.contains("does not exist"),
+        "the server's reason is missing: {err}"
+    );
+}

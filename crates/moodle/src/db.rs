@@ -231,9 +231,11 @@ impl Database {
                 if let Some(p) = &password {
                     c.password(p);
                 }
+                // The server's own words ("password authentication failed for user ...") are
+                // in the error's sources, not its top line ("db error").
                 let client = c.connect(postgres::NoTls).map_err(|e| DbError::Connect {
                     what: what.clone(),
-                    detail: e.to_string(),
+                    detail: base::text::error_chain(&e),
                 })?;
                 Conn::Pg(Box::new(client))
             }
@@ -251,7 +253,7 @@ impl Database {
                 };
                 let conn = mysql::Conn::new(o).map_err(|e| DbError::Connect {
                     what: what.clone(),
-                    detail: e.to_string(),
+                    detail: base::text::error_chain(&e),
                 })?;
                 Conn::My(Box::new(conn))
             }
@@ -265,10 +267,13 @@ impl Database {
     fn exec(&mut self, sql: &str) -> Result<(), DbError> {
         let q = |e: String| DbError::Query { detail: e };
         match &mut self.conn {
-            Conn::Pg(c) => c.batch_execute(sql).map_err(|e| q(e.to_string())),
+            Conn::Pg(c) => c
+                .batch_execute(sql)
+                .map_err(|e| q(base::text::error_chain(&e))),
             Conn::My(c) => {
                 use mysql::prelude::Queryable;
-                c.query_drop(sql).map_err(|e| q(e.to_string()))
+                c.query_drop(sql)
+                    .map_err(|e| q(base::text::error_chain(&e)))
             }
         }
     }
@@ -288,9 +293,9 @@ impl Database {
                 use postgres::types::Type;
                 let mut it = c
                     .query_raw(sql.as_str(), std::iter::empty::<i32>())
-                    .map_err(|e| q(e.to_string()))?;
+                    .map_err(|e| q(base::text::error_chain(&e)))?;
                 use postgres::fallible_iterator::FallibleIterator;
-                while let Some(row) = it.next().map_err(|e| q(e.to_string()))? {
+                while let Some(row) = it.next().map_err(|e| q(base::text::error_chain(&e)))? {
                     row_buf.clear();
                     for (i, col) in row.columns().iter().enumerate() {
                         let t = col.type_();
@@ -307,16 +312,18 @@ impl Database {
                             row.try_get::<_, Option<String>>(i)
                                 .map(|v| v.map_or(Val::Null, Val::Text))
                         };
-                        row_buf.push(v.map_err(|e| q(e.to_string()))?);
+                        row_buf.push(v.map_err(|e| q(base::text::error_chain(&e)))?);
                     }
                     f(&row_buf);
                 }
             }
             Conn::My(c) => {
                 use mysql::prelude::Queryable;
-                let result = c.query_iter(sql.as_str()).map_err(|e| q(e.to_string()))?;
+                let result = c
+                    .query_iter(sql.as_str())
+                    .map_err(|e| q(base::text::error_chain(&e)))?;
                 for row in result {
-                    let row = row.map_err(|e| q(e.to_string()))?;
+                    let row = row.map_err(|e| q(base::text::error_chain(&e)))?;
                     row_buf.clear();
                     for v in row.unwrap() {
                         row_buf.push(match v {
