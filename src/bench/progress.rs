@@ -12,7 +12,6 @@
 //! enqueue rate for 300,000 records, each with the process's peak memory.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
@@ -207,45 +206,12 @@ pub fn wire() -> Result<(serde_json::Value, String), String> {
 
 fn round_trips(dir: &std::path::Path, vessel_key: &SecretKey) -> Result<(u64, u64), String> {
     use std::sync::atomic::Ordering;
-    let (ca, chain, tls_key) = wire::net::generate_server_cert(
-        &["127.0.0.1".into()],
+    // The same shore on loopback as `bench link` (vessel mv-bench, a token of its own).
+    let (addr, token) = super::link::start_shore(
+        dir,
+        vessel_key,
         base::clock::Clock::now(&base::clock::SystemClock),
-    )
-    .map_err(|e| e.to_string())?;
-    for (name, body) in [("ca.pem", &ca), ("cert.pem", &chain), ("key.pem", &tls_key)] {
-        base::fsutil::write_private(&dir.join(name), body.as_bytes()).map_err(|e| e.to_string())?;
-    }
-    let cfg_path = dir.join("shore.toml");
-    std::fs::write(
-        &cfg_path,
-        "version = 1\n[shore]\nstate_dir = \"shore\"\nlisten = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let cfg = shore::ShoreConfig::load(&cfg_path)?;
-    let db = cfg.open().map_err(|e| e.to_string())?;
-    let token = "bench-token";
-    let pubkey = format!("vessel-sync-ed25519 {} mv-bench", {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(vessel_key.key.verifying_key().as_bytes())
-    });
-    db.add_vessel(
-        "mv-bench",
-        &shore::token_hash(token),
-        &pubkey,
-        &vessel_key.id,
-        0,
-    )
-    .map_err(|e| e.to_string())?;
-    drop(db);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = shore::serve::run(cfg, Arc::new(base::clock::SystemClock), move |a| {
-            let _ = tx.send(a);
-        });
-    });
-    let addr = rx
-        .recv_timeout(std::time::Duration::from_secs(20))
-        .map_err(|_| "the shore receiver did not start".to_string())?;
+    )?;
     let proxy = testkit::faultproxy::Proxy::start(addr).map_err(|e| e.to_string())?;
     let client = wire::net::http_client(
         &wire::net::Trust {

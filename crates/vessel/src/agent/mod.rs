@@ -361,17 +361,10 @@ impl Agent {
     /// forward ([`Uplink::nudge`]). `now`: the operator asked (SIGHUP), whatever the cadence.
     fn nudge_uplink(&mut self, why: &str) {
         let now = self.clock.now();
-        let Some(u) = self.uplink.as_ref() else {
-            return;
-        };
-        let out = if why == SYNC_ASKED {
-            self.store
-                .write(|tx| tx.schedule_sync(now, why))
-                .map(|()| now)
-                .map_err(|e| e.to_string())
-        } else {
-            u.nudge(&mut self.store, now, why)
-                .map_err(|e| e.to_string())
+        let out = match self.uplink.as_ref() {
+            Some(u) if why == SYNC_ASKED => u.exchange_now(&mut self.store, now, why),
+            Some(u) => u.nudge(&mut self.store, now, why).map(drop),
+            None => Ok(()),
         };
         if let Err(e) = out {
             tracing::warn!("cannot bring the next exchange forward: {e}");

@@ -281,6 +281,11 @@ impl Uplink {
         Ok(report)
     }
 
+    /// The operator asked (SIGHUP): the next exchange is due now, backoff or not.
+    pub fn exchange_now(&self, store: &mut Store, now: i64, why: &str) -> Result<(), UplinkError> {
+        self.schedule(store, now, why)
+    }
+
     /// Work appeared (a capture found changes, a bundle came through the inbox): the next
     /// exchange is brought forward to `uplink.interval` after the last contact, or now, unless
     /// a backoff or a permanent refusal holds the link. Returns when it is now due.
