@@ -508,15 +508,21 @@ fn progress_from_sea_lands_in_the_cloud_once_newer_wins_and_imports_never_echo(d
     let id = format!("retire-{}-1", crate::support::VESSEL);
     s.sync();
     s.once();
+    // With the link up, one run may do it all: the deletion hides the course, the capture
+    // records its last progress, the sync gets it acknowledged, and the deletion goes ahead in
+    // the pass after the acknowledgement. Otherwise it waits, and the table says so.
     let (state, note) = s.command(&id);
-    assert_eq!(state, CommandState::Waiting, "{note}{}", s.said());
-    s.sync();
-    let waiting = row();
-    assert_eq!(waiting["phase"], "waiting", "{waiting}");
-    assert!(
-        waiting["reported"]["learners"].as_u64().unwrap_or(0) >= 1,
-        "{waiting}"
-    );
+    if state == CommandState::Waiting {
+        s.sync();
+        let waiting = row();
+        assert_eq!(waiting["phase"], "waiting", "{waiting}");
+        assert!(
+            waiting["reported"]["learners"].as_u64().unwrap_or(0) >= 1,
+            "{waiting}"
+        );
+    } else {
+        assert_eq!(state, CommandState::Done, "{note}{}", s.said());
+    }
     let mut at = 0;
     while !s.command(&id).0.is_final() && at < 3600 {
         assert!(s.run(&["capture"], &[]).status.success(), "{}", s.said());
