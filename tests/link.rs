@@ -180,19 +180,7 @@ fn new_work_and_shores_poll_in_bring_an_idle_vessels_next_exchange_forward() {
     // A bundle waiting ashore: shore's reply asks the vessel back within five minutes.
     let (r, _, _) = l.cycle(now + 300);
     assert_eq!(r.next_attempt, now + 300 + 3600, "sent, idle again");
-    let bundle = l.v.bundle(
-        "m.vsb",
-        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
-    );
-    std::fs::rename(&bundle, l.shore.path("m.vsb")).unwrap();
-    let out = l
-        .shore
-        .run(&["push", l.shore.path("m.vsb").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::shore::push_mapping_bundle(&l.shore, &l.v);
     let (r, _, _) = l.cycle(now + 400);
     assert_eq!(r.poll_in, Some(shore::serve::POLL_IN_BUSY));
     assert!(r.downloaded >= 1, "{r:?}");

@@ -346,17 +346,7 @@ fn bundles_waiting_ashore_are_fetched_with_resumable_range_requests_and_applied(
     shore.start();
     let v = linked_vessel(&shore, &format!("https://127.0.0.1:{}", shore.port), "");
     // A set_mapping bundle signed by the operator, queued ashore for this vessel.
-    let bundle = v.bundle(
-        "m.vsb",
-        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
-    );
-    std::fs::rename(&bundle, shore.path("m.vsb")).unwrap();
-    let out = shore.run(&["push", shore.path("m.vsb").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::shore::push_mapping_bundle(&shore, &v);
     // Half of it already arrived in an earlier, interrupted cycle.
     let data = std::fs::read(shore.path("m.vsb")).unwrap();
     std::fs::write(v.inbox().join(".dl-1.part"), &data[..data.len() / 2]).unwrap();
@@ -626,17 +616,7 @@ fn agent_once_applies_what_its_sync_fetched_in_the_same_run() {
             ..Default::default()
         },
     );
-    let bundle = v.bundle(
-        "m.vsb",
-        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
-    );
-    std::fs::rename(&bundle, shore.path("m.vsb")).unwrap();
-    let out = shore.run(&["push", shore.path("m.vsb").to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::shore::push_mapping_bundle(&shore, &v);
     let out = v.once();
     assert!(out.contains("set_mapping"), "{out}");
     assert_eq!(

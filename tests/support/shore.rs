@@ -413,3 +413,19 @@ pub fn drain(v: &Vessel, rounds: u32) -> u32 {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Queues ashore, for vessel `v`, a `set_mapping` bundle (sequence 1) signed by the vessel's
+/// operator key, as `shore push` does; asserts the push succeeded.
+pub fn push_mapping_bundle(shore: &Shore, v: &Vessel) {
+    let bundle = v.bundle(
+        "m.vsb",
+        crate::support::mapping(1, "kind,legacy_id,moodle_key\ncourse,LEG-1,SAFETY-101\n"),
+    );
+    std::fs::rename(&bundle, shore.path("m.vsb")).unwrap();
+    let out = shore.run(&["push", shore.path("m.vsb").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
